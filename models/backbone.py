@@ -1,0 +1,91 @@
+"""ResNet backbone (depths 18, 34, 50, 101) with frozen batch norm folded into each conv.
+
+Returns the outputs of the four residual stages C2..C5 (strides 4, 8, 16, 32). The layout
+follows torchvision's ResNet v1.5 (stride on the 3x3 conv of a bottleneck), so its weights
+import one to one.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from .config import BackboneConfig
+from .layers import Params, conv2d, conv_shapes
+
+BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+def is_bottleneck(depth: int) -> bool:
+    return depth >= 50
+
+
+def stage_channels(cfg: BackboneConfig) -> list[int]:
+    """Output channels of C2..C5."""
+    expansion = 4 if is_bottleneck(cfg.depth) else 1
+    return [cfg.width * m * expansion for m in (1, 2, 4, 8)]
+
+
+def _blocks(cfg: BackboneConfig):
+    """Yield (name, in_channels, planes, stride, has_downsample) for every residual block."""
+    expansion = 4 if is_bottleneck(cfg.depth) else 1
+    inplanes = cfg.width
+    for stage, count in enumerate(BLOCKS[cfg.depth]):
+        planes = cfg.width * 2 ** stage
+        for i in range(count):
+            stride = 2 if (stage > 0 and i == 0) else 1
+            downsample = i == 0 and (stride != 1 or inplanes != planes * expansion)
+            yield f"backbone/layer{stage + 1}/{i}", inplanes, planes, stride, downsample
+            inplanes = planes * expansion
+
+
+def backbone_shapes(cfg: BackboneConfig) -> dict[str, tuple]:
+    shapes = conv_shapes("backbone/conv1", 7, 3, cfg.width)
+    bottleneck = is_bottleneck(cfg.depth)
+    for name, cin, planes, _, downsample in _blocks(cfg):
+        if bottleneck:
+            shapes.update(conv_shapes(f"{name}/conv1", 1, cin, planes))
+            shapes.update(conv_shapes(f"{name}/conv2", 3, planes, planes))
+            shapes.update(conv_shapes(f"{name}/conv3", 1, planes, planes * 4))
+            out = planes * 4
+        else:
+            shapes.update(conv_shapes(f"{name}/conv1", 3, cin, planes))
+            shapes.update(conv_shapes(f"{name}/conv2", 3, planes, planes))
+            out = planes
+        if downsample:
+            shapes.update(conv_shapes(f"{name}/downsample", 1, cin, out))
+    return shapes
+
+
+def last_conv_of_blocks(cfg: BackboneConfig) -> list[str]:
+    """Names of the last conv of every residual branch (zero-initialised when training from scratch)."""
+    last = "conv3" if is_bottleneck(cfg.depth) else "conv2"
+    return [f"{name}/{last}/kernel" for name, *_ in _blocks(cfg)]
+
+
+def resnet(params: Params, images: tf.Tensor, cfg: BackboneConfig) -> list[tf.Tensor]:
+    """images (B, H, W, 3) normalised, H and W multiples of 32 -> [C2, C3, C4, C5].
+
+    C_k has shape (B, H / 2^k, W / 2^k, stage_channels[k - 2]).
+    """
+    x = conv2d(images, params, "backbone/conv1", stride=2, relu=True)
+    # 3x3/2 max-pool with padding 1; inputs are >= 0 after the ReLU, so zero padding equals -inf padding.
+    x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    x = tf.nn.max_pool2d(x, 3, 2, "VALID")
+    bottleneck = is_bottleneck(cfg.depth)
+    outputs = []
+    current_stage = "layer1"
+    for name, _, _, stride, downsample in _blocks(cfg):
+        stage = name.split("/")[1]
+        if stage != current_stage:
+            outputs.append(x)
+            current_stage = stage
+        shortcut = conv2d(x, params, f"{name}/downsample", stride=stride) if downsample else x
+        if bottleneck:
+            y = conv2d(x, params, f"{name}/conv1", relu=True)
+            y = conv2d(y, params, f"{name}/conv2", stride=stride, relu=True)
+            y = conv2d(y, params, f"{name}/conv3")
+        else:
+            y = conv2d(x, params, f"{name}/conv1", stride=stride, relu=True)
+            y = conv2d(y, params, f"{name}/conv2")
+        x = tf.nn.relu(y + shortcut)
+    outputs.append(x)
+    return outputs

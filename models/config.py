@@ -1,0 +1,273 @@
+"""Model configuration: typed dataclasses loaded from YAML and validated on load.
+
+Every semantic choice of the model (normalisation, resize rule, anchor sizes, NMS thresholds,
+RoIAlign sampling, box coder weights, ...) is a value here, so that the torchvision reference
+model and the light default model differ only in their YAML files.
+
+`from_dict` is generic over dataclasses and is reused by the pipeline's configuration: unknown
+keys, wrong types and impossible values raise `ConfigError` with one line naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, described in one line that names the key."""
+
+
+@dataclass
+class InputConfig:
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    min_size: int = 800          # short side after resizing
+    max_size: int = 1333         # long side at most
+    size_divisible: int = 32     # padded size is a multiple of this
+
+    def validate(self, path: str) -> None:
+        _require(len(self.mean) == 3 and len(self.std) == 3, path, "mean and std need 3 values")
+        _require(all(s > 0 for s in self.std), path + ".std", "must be positive")
+        _require(0 < self.min_size <= self.max_size, path, "need 0 < min_size <= max_size")
+        _require(self.size_divisible in (32, 64, 128), path + ".size_divisible",
+                 "must be 32, 64 or 128 (the coarsest feature stride)")
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 50              # ResNet depth: 18, 34, 50 or 101
+    width: int = 64              # channels of the stem; stages have width * (1, 2, 4, 8) (x4 for bottlenecks)
+    frozen_bn_eps: float = 1e-5
+    trainable_stages: int = 3    # training only: how many of the last stages (of 5: stem, res2..res5) train
+
+    def validate(self, path: str) -> None:
+        _require(self.depth in (18, 34, 50, 101), path + ".depth", "must be 18, 34, 50 or 101")
+        _require(self.width >= 8 and self.width % 8 == 0, path + ".width", "must be a multiple of 8")
+        _require(0 <= self.trainable_stages <= 5, path + ".trainable_stages", "must be in 0..5")
+
+
+@dataclass
+class FPNConfig:
+    channels: int = 256
+
+    def validate(self, path: str) -> None:
+        _require(self.channels > 0, path + ".channels", "must be positive")
+
+
+@dataclass
+class AnchorConfig:
+    sizes: list[float] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one per level P2..P6
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # height / width
+
+    def validate(self, path: str) -> None:
+        _require(len(self.sizes) == 5, path + ".sizes", "needs one size per level P2..P6 (5 values)")
+        _require(all(r > 0 for r in self.aspect_ratios), path + ".aspect_ratios", "must be positive")
+
+
+@dataclass
+class RPNConfig:
+    box_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    pre_nms_top_n_test: int = 1000    # per level
+    post_nms_top_n_test: int = 1000   # per image
+    pre_nms_top_n_train: int = 2000
+    post_nms_top_n_train: int = 2000
+    nms_threshold: float = 0.7
+    min_size: float = 1e-3
+    # training targets
+    fg_iou_threshold: float = 0.7
+    bg_iou_threshold: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+
+    def validate(self, path: str) -> None:
+        _require(len(self.box_weights) == 4, path + ".box_weights", "needs 4 values")
+        _require(0 < self.nms_threshold <= 1, path + ".nms_threshold", "must be in (0, 1]")
+        _require(self.pre_nms_top_n_test > 0 and self.post_nms_top_n_test > 0, path, "top_n must be positive")
+        _require(self.bg_iou_threshold <= self.fg_iou_threshold, path, "bg_iou_threshold > fg_iou_threshold")
+
+
+@dataclass
+class RoIAlignConfig:
+    box_output_size: int = 7
+    mask_output_size: int = 14
+    sampling_ratio: int = 2
+    aligned: bool = False        # True: half-pixel offset (detectron2's ROIAlignV2)
+    canonical_scale: float = 224.0
+    canonical_level: int = 4
+    level_eps: float = 1e-6
+
+    def validate(self, path: str) -> None:
+        _require(self.sampling_ratio > 0, path + ".sampling_ratio", "must be positive (adaptive is not supported)")
+        _require(self.box_output_size > 0 and self.mask_output_size > 0, path, "output sizes must be positive")
+
+
+@dataclass
+class BoxHeadConfig:
+    fc_dim: int = 1024
+    box_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    min_size: float = 1e-2
+    # training
+    fg_iou_threshold: float = 0.5
+    bg_iou_threshold: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+
+    def validate(self, path: str) -> None:
+        _require(len(self.box_weights) == 4, path + ".box_weights", "needs 4 values")
+        _require(0 <= self.score_threshold < 1, path + ".score_threshold", "must be in [0, 1)")
+        _require(self.detections_per_image > 0, path + ".detections_per_image", "must be positive")
+
+
+@dataclass
+class MaskHeadConfig:
+    conv_dims: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
+    threshold: float = 0.5       # mask probability at which a pixel belongs to the instance
+    paste_padding: int = 1       # torchvision pastes a 1-pixel zero-padded mask
+
+    def validate(self, path: str) -> None:
+        _require(len(self.conv_dims) >= 1, path + ".conv_dims", "needs at least one conv")
+        _require(0 < self.threshold < 1, path + ".threshold", "must be in (0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "maskrcnn"
+    class_names: list[str] = field(default_factory=lambda: ["__background__", "object"])  # index = class id
+    box_xform_clip: float = math.log(1000.0 / 16)
+    precision: str = "float32"   # float32 or bfloat16 (mixed: bf16 compute, f32 outputs)
+    input: InputConfig = field(default_factory=InputConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_align: RoIAlignConfig = field(default_factory=RoIAlignConfig)
+    box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including the background (class id 0)."""
+        return len(self.class_names)
+
+    def validate(self, path: str = "model") -> None:
+        _require(len(self.class_names) >= 2, path + ".class_names", "needs the background and at least one class")
+        _require(self.precision in ("float32", "bfloat16"), path + ".precision", "must be float32 or bfloat16")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate(f"{path}.{f.name}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _require(ok: bool, path: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path}: {problem}")
+
+
+def from_dict(cls, data: Any, path: str):
+    """Build dataclass `cls` from a mapping, checking keys and value types (recursively).
+
+    Raises ConfigError("path.key: problem") for an unknown key or a value of the wrong type.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{path}.{key}: unknown key (known: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(hints[key], value, f"{path}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, path: str):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{path}: unexpected value {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; a missing file or a syntax error is one ConfigError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(source: str | Path | dict | ModelConfig) -> ModelConfig:
+    """A validated ModelConfig from a YAML path, a mapping, or a ModelConfig."""
+    if isinstance(source, ModelConfig):
+        config = source
+        where = "model"
+    elif isinstance(source, dict):
+        config = from_dict(ModelConfig, source, "model")
+        where = "model"
+    else:
+        where = str(source)
+        data = read_yaml(source)
+        data = data.get("model", data) if isinstance(data.get("model"), dict) else data
+        config = from_dict(ModelConfig, data, where)
+    config.validate(where)
+    return config
