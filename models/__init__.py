@@ -16,9 +16,14 @@ graph call; a batch of different sizes returns exactly what separate calls would
 
 This package never imports Ray or ZeroMQ.
 """
-from .config import ConfigError, ModelConfig, load_config
-from .mask_rcnn import Detections, MaskRCNN, load_model
-from .weights import WeightsError, load_weights, save_weights
+import os
+
+# TensorFlow's C++ start-up and graph-cost chatter is noise for users; real errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from .config import ConfigError  # noqa: E402, ModelConfig, load_config
+from .mask_rcnn import Detections, MaskRCNN, load_model  # noqa: E402
+from .weights import WeightsError, load_weights, save_weights  # noqa: E402
 
 __all__ = ["ConfigError", "Detections", "MaskRCNN", "ModelConfig", "WeightsError", "load_config",
            "load_model", "load_weights", "save_weights"]

@@ -1,0 +1,74 @@
+"""Preprocessing: frame checks and conversion (numpy), and in-graph normalise, resize, pad.
+
+The resize rule is torchvision's: scale = min(min_size / short side, max_size / long side),
+output size floor(side * scale) computed in double precision, bilinear with half-pixel centres;
+the normalised image is zero-padded at the bottom and right to a multiple of `size_divisible`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+MIN_FRAME_SIDE = 32
+
+
+def to_rgb_frame(frame, index: int = 0) -> np.ndarray:
+    """Check one frame and return it as a contiguous uint8 (H, W, 3) RGB array.
+
+    Grayscale (H, W) or (H, W, 1) is replicated to three channels; RGBA drops its alpha. An
+    empty frame, a non-uint8 array, a wrong rank or channel count, or a side under 32 pixels
+    raises ValueError naming the frame.
+    """
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(f"frame {index}: expected a numpy array, got {type(frame).__name__}")
+    if frame.size == 0:
+        raise ValueError(f"frame {index}: empty array of shape {frame.shape}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"frame {index}: dtype {frame.dtype}, expected uint8 RGB")
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.ndim != 3:
+        raise ValueError(f"frame {index}: rank {frame.ndim} (shape {frame.shape}), expected (H, W, 3)")
+    channels = frame.shape[2]
+    if channels == 1:
+        frame = np.repeat(frame, 3, axis=2)
+    elif channels == 4:
+        frame = frame[:, :, :3]
+    elif channels != 3:
+        raise ValueError(f"frame {index}: {channels} channels, expected 1, 3 or 4")
+    if min(frame.shape[:2]) < MIN_FRAME_SIDE:
+        raise ValueError(f"frame {index}: {frame.shape[1]}x{frame.shape[0]} is smaller than "
+                         f"{MIN_FRAME_SIDE} pixels on a side")
+    return np.ascontiguousarray(frame)
+
+
+def as_frame_list(frames) -> list[np.ndarray]:
+    """A list of frames or one (B, H, W, C) array -> list of checked uint8 RGB frames."""
+    if isinstance(frames, np.ndarray) and frames.ndim == 4:
+        frames = list(frames)
+    elif isinstance(frames, np.ndarray):
+        raise ValueError(f"frames: a single array must be (B, H, W, 3), got shape {frames.shape}")
+    return [to_rgb_frame(f, i) for i, f in enumerate(frames)]
+
+
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """The (height, width) a frame is resized to, exactly as torchvision computes it."""
+    scale = min(float(min_size) / min(height, width), float(max_size) / max(height, width))
+    return int(math.floor(height * scale)), int(math.floor(width * scale))
+
+
+def padded_size(height: int, width: int, divisible: int) -> tuple[int, int]:
+    return int(math.ceil(height / divisible) * divisible), int(math.ceil(width / divisible) * divisible)
+
+
+def normalize_resize_pad(images: tf.Tensor, resized_hw: tuple[int, int], padded_hw: tuple[int, int],
+                         mean, std) -> tf.Tensor:
+    """uint8 (B, H, W, 3) -> float32 (B, padded_h, padded_w, 3): (x / 255 - mean) / std, resized
+    bilinearly to resized_hw, zero-padded at the bottom and right."""
+    x = tf.cast(images, tf.float32) / 255.0
+    x = (x - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    if tuple(resized_hw) != tuple(images.shape[1:3]):
+        x = tf.image.resize(x, resized_hw, method="bilinear", antialias=False)
+    return tf.pad(x, [[0, 0], [0, padded_hw[0] - resized_hw[0]], [0, padded_hw[1] - resized_hw[1]], [0, 0]])

@@ -1,0 +1,73 @@
+"""Region proposal network: a shared 3x3 conv head over P2..P6 and the selection of proposals
+(top-k per level by objectness, decode, clip, drop tiny boxes, NMS within each level, best
+`post_nms_top_n` per image).
+
+All tensors keep a static batch dimension; images of one call share one size (the model groups
+frames by size), so the clipping bounds are Python numbers.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from . import box_coding
+from .config import RPNConfig
+from .layers import Params, conv2d, conv_shapes
+
+
+def rpn_shapes(channels: int, num_anchors: int) -> dict[str, tuple]:
+    shapes = conv_shapes("rpn/conv", 3, channels, channels)
+    shapes.update(conv_shapes("rpn/objectness", 1, channels, num_anchors))
+    shapes.update(conv_shapes("rpn/deltas", 1, channels, 4 * num_anchors))
+    return shapes
+
+
+def rpn_head(params: Params, features: list[tf.Tensor]) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+    """[P_l (B, H_l, W_l, C)] -> objectness logits [(B, H_l*W_l*A)] and deltas [(B, H_l*W_l*A, 4)].
+
+    The flattening order (location-major, then anchor) matches the anchors'.
+    """
+    logits, deltas = [], []
+    for x in features:
+        t = conv2d(x, params, "rpn/conv", relu=True)
+        o = conv2d(t, params, "rpn/objectness")
+        d = conv2d(t, params, "rpn/deltas")
+        batch = tf.shape(x)[0]
+        logits.append(tf.reshape(o, [batch, -1]))
+        deltas.append(tf.reshape(d, [batch, -1, 4]))
+    return logits, deltas
+
+
+def select_proposals(logits: list[tf.Tensor], deltas: list[tf.Tensor], anchors: list, image_hw: tuple[int, int],
+                     cfg: RPNConfig, box_xform_clip: float, training: bool = False
+                     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Per-level logits (B, N_l), deltas (B, N_l, 4), anchors (N_l, 4) -> proposals.
+
+    Returns boxes (B, P, 4) in resized-image pixels sorted by objectness, their objectness
+    probabilities (B, P), and a validity mask (B, P) (false for padding when fewer than P
+    proposals survive NMS). P = post_nms_top_n.
+    """
+    pre_n = cfg.pre_nms_top_n_train if training else cfg.pre_nms_top_n_test
+    post_n = cfg.post_nms_top_n_train if training else cfg.post_nms_top_n_test
+    all_boxes, all_scores = [], []
+    for level_logits, level_deltas, level_anchors in zip(logits, deltas, anchors):
+        k = min(pre_n, int(level_anchors.shape[0]))
+        top_logits, top_idx = tf.math.top_k(tf.stop_gradient(level_logits), k=k, sorted=True)
+        top_deltas = tf.gather(tf.stop_gradient(level_deltas), top_idx, batch_dims=1)
+        top_anchors = tf.gather(tf.constant(level_anchors), top_idx)
+        boxes = box_coding.decode(top_deltas, top_anchors, cfg.box_weights, box_xform_clip)
+        boxes = box_coding.clip_to_image(boxes, image_hw[0], image_hw[1])
+        scores = tf.sigmoid(top_logits)
+        # Dropped boxes get a negative score, which the NMS below filters out.
+        scores = tf.where(box_coding.is_large_enough(boxes, cfg.min_size), scores, -1.0)
+        nms = tf.image.combined_non_max_suppression(
+            boxes[:, :, None, :], scores[:, :, None], max_output_size_per_class=min(k, post_n),
+            max_total_size=min(k, post_n), iou_threshold=cfg.nms_threshold, score_threshold=-0.5,
+            pad_per_class=False, clip_boxes=False)
+        valid = tf.range(min(k, post_n))[None, :] < nms.valid_detections[:, None]
+        all_boxes.append(nms.nmsed_boxes)
+        all_scores.append(tf.where(valid, nms.nmsed_scores, -1.0))
+    boxes = tf.concat(all_boxes, axis=1)
+    scores = tf.concat(all_scores, axis=1)
+    n = min(post_n, int(boxes.shape[1]))
+    top_scores, idx = tf.math.top_k(scores, k=n, sorted=True)
+    return tf.gather(boxes, idx, batch_dims=1), top_scores, top_scores >= 0.0
