@@ -1,0 +1,98 @@
+"""The numpy-made torchvision state dicts: deterministic, well initialised, and (when torchvision is
+installed) key for key, shape for shape what torchvision itself builds."""
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from torchvision_weights import make_state_dict, reference_state_dict
+
+# Runs in a child process: importing torchvision after tensorflow in one process crashes.
+TORCHVISION_LAYOUTS = """
+import json, sys
+from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+num_classes = int(sys.argv[1])
+def layout(model):
+    return [[k, list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()]
+out = {str(d): layout(MaskRCNN(resnet_fpn_backbone(backbone_name=f"resnet{d}", weights=None, trainable_layers=3),
+                               num_classes=num_classes)) for d in (18, 34, 50, 101)}
+out["maskrcnn_resnet50_fpn"] = layout(maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes))
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def torchvision_layouts():
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed (optional extra)")
+    done = subprocess.run([sys.executable, "-c", TORCHVISION_LAYOUTS, "7"], capture_output=True, text=True,
+                          check=True, timeout=600)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_keys_shapes_and_dtypes_match_torchvision(torchvision_layouts, depth):
+    ours = [[k, list(v.shape), "torch.float32" if v.dtype == np.float32 else str(v.dtype)]
+            for k, v in make_state_dict(depth, num_classes=7).items()]
+    assert ours == torchvision_layouts[str(depth)]
+
+
+def test_maskrcnn_resnet50_fpn_differs_only_by_num_batches_tracked(torchvision_layouts):
+    untrained = torchvision_layouts["maskrcnn_resnet50_fpn"]
+    extra = [entry for entry in untrained if entry[0].endswith("num_batches_tracked")]
+    assert len(extra) == 53 and all(entry[1:] == [[], "torch.int64"] for entry in extra)
+    assert [entry for entry in untrained if entry not in extra] == torchvision_layouts["50"]
+
+
+def test_resnet50_layout_and_size():
+    state = make_state_dict(50)
+    assert len(state) == 307
+    assert sum(v.size for v in state.values()) == 44_507_633
+    assert all(v.dtype == np.float32 for v in state.values())
+    assert state["roi_heads.box_predictor.cls_score.weight"].shape == (91, 1024)
+    assert state["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape == (91, 256, 1, 1)
+    assert state["backbone.fpn.inner_blocks.3.0.weight"].shape == (256, 2048, 1, 1)
+
+
+def test_same_seed_same_values_other_seed_other_values():
+    first, again, other = make_state_dict(18, seed=3), make_state_dict(18, seed=3), make_state_dict(18, seed=4)
+    key = "backbone.body.layer2.0.conv1.weight"
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert not np.array_equal(first[key], other[key])
+
+
+def test_initialisation_statistics():
+    state = make_state_dict(50, seed=1)
+    kernel = state["backbone.body.layer3.0.conv2.weight"]            # fan_in 256 * 3 * 3
+    assert kernel.std() == pytest.approx(np.sqrt(2 / (256 * 9)), rel=0.02)
+    assert abs(kernel.mean()) < 1e-3
+    assert state["roi_heads.box_head.fc6.weight"].std() == pytest.approx(0.01, rel=0.02)
+    bn = "backbone.body.layer4.2.bn3"
+    assert state[f"{bn}.weight"].mean() == pytest.approx(1.0, abs=0.02)
+    assert state[f"{bn}.bias"].std() == pytest.approx(0.1, rel=0.1)
+    assert np.all(state[f"{bn}.running_mean"] == 0) and np.all(state[f"{bn}.running_var"] == 1)
+
+
+def test_unknown_depth_is_refused():
+    with pytest.raises(ValueError, match="depth"):
+        make_state_dict(42)
+
+
+def test_reference_state_dict_applies_overrides(tmp_path):
+    key = "backbone.body.bn1.running_var"
+    path = tmp_path / "ref.npz"
+    np.savez(path, seed=5, depth=18, num_classes=4, **{f"override/{key}": np.full(64, 2.5, np.float32)})
+    state, plain = reference_state_dict(path), make_state_dict(18, 4, seed=5)
+    assert np.all(state[key] == 2.5)
+    assert all(np.array_equal(state[k], plain[k]) for k in plain if k != key)
+
+
+def test_reference_state_dict_refuses_misfit_override(tmp_path):
+    path = tmp_path / "ref.npz"
+    np.savez(path, seed=0, depth=18, num_classes=4, **{"override/backbone.body.bn1.running_var": np.ones(3)})
+    with pytest.raises(ValueError, match="bn1.running_var"):
+        reference_state_dict(path)
