@@ -24,7 +24,7 @@ def stage_channels(cfg: BackboneConfig) -> list[int]:
     return [cfg.width * m * expansion for m in (1, 2, 4, 8)]
 
 
-def _blocks(cfg: BackboneConfig):
+def residual_blocks(cfg: BackboneConfig):
     """Yield (name, in_channels, planes, stride, has_downsample) for every residual block."""
     expansion = 4 if is_bottleneck(cfg.depth) else 1
     inplanes = cfg.width
@@ -40,7 +40,7 @@ def _blocks(cfg: BackboneConfig):
 def backbone_shapes(cfg: BackboneConfig) -> dict[str, tuple]:
     shapes = conv_shapes("backbone/conv1", 7, 3, cfg.width)
     bottleneck = is_bottleneck(cfg.depth)
-    for name, cin, planes, _, downsample in _blocks(cfg):
+    for name, cin, planes, _, downsample in residual_blocks(cfg):
         if bottleneck:
             shapes.update(conv_shapes(f"{name}/conv1", 1, cin, planes))
             shapes.update(conv_shapes(f"{name}/conv2", 3, planes, planes))
@@ -58,7 +58,7 @@ def backbone_shapes(cfg: BackboneConfig) -> dict[str, tuple]:
 def last_conv_of_blocks(cfg: BackboneConfig) -> list[str]:
     """Names of the last conv of every residual branch (zero-initialised when training from scratch)."""
     last = "conv3" if is_bottleneck(cfg.depth) else "conv2"
-    return [f"{name}/{last}/kernel" for name, *_ in _blocks(cfg)]
+    return [f"{name}/{last}/kernel" for name, *_ in residual_blocks(cfg)]
 
 
 def resnet(params: Params, images: tf.Tensor, cfg: BackboneConfig) -> list[tf.Tensor]:
@@ -73,7 +73,7 @@ def resnet(params: Params, images: tf.Tensor, cfg: BackboneConfig) -> list[tf.Te
     bottleneck = is_bottleneck(cfg.depth)
     outputs = []
     current_stage = "layer1"
-    for name, _, _, stride, downsample in _blocks(cfg):
+    for name, _, _, stride, downsample in residual_blocks(cfg):
         stage = name.split("/")[1]
         if stage != current_stage:
             outputs.append(x)
