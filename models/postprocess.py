@@ -74,7 +74,8 @@ def region_to_rle(region: np.ndarray, y0: int, x0: int, image_hw: tuple[int, int
     if len(boundaries) > 1:
         joined = np.flatnonzero(boundaries[1:] == boundaries[:-1])
         boundaries = np.delete(boundaries, np.concatenate([joined, joined + 1]))
-    counts = np.diff(np.concatenate([[0], boundaries, [height * width]])).astype(np.uint32)
+    ends = [height * width] if not len(boundaries) or boundaries[-1] != height * width else []
+    counts = np.diff(np.concatenate([[0], boundaries, ends])).astype(np.uint32)
     rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
     return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 

@@ -1,0 +1,135 @@
+"""The model API: batching is exact, graphs are reused, bad frames are refused, RLE equals the
+pasted masks, and weight files that do not fit fail in one line."""
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+import models
+from models import postprocess
+from models.anchors import base_anchors, level_anchors
+from models.convert import ConversionError, convert_state_dict
+from models.mask_rcnn import param_shapes
+
+TINY = "configs/test_tiny.yaml"
+
+
+def still(i, width, height):
+    image = cv2.imread(f"../shared/data/highway_{i}.jpg")
+    return cv2.cvtColor(cv2.resize(image, (width, height)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return models.load_model(TINY, seed=3)
+
+
+def assert_same_detections(a, b):
+    assert len(a) == len(b) > 0
+    np.testing.assert_array_equal(a.class_ids, b.class_ids)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+    np.testing.assert_allclose(a.mask_probs, b.mask_probs, atol=1e-4)
+
+
+def test_a_batch_of_different_sizes_equals_separate_calls(model):
+    frames = [still(1, 320, 180), still(2, 200, 150), still(3, 320, 180), still(4, 97, 61)]
+    together = model.predict(frames, masks="full")
+    for frame, batched in zip(frames, together):
+        alone = model.predict([frame], masks="full")[0]
+        assert_same_detections(batched, alone)
+        assert batched.masks.shape == (len(batched),) + frame.shape[:2]
+        agree = (batched.masks == alone.masks).mean()
+        assert agree > 0.999
+
+
+def test_same_size_batch_is_one_graph_reused_across_calls(model):
+    frames = np.stack([still(1, 256, 144), still(2, 256, 144)])
+    model.predict(frames, masks="none")
+    traces = model._infer.experimental_get_tracing_count()
+    out = model.predict(frames[::-1].copy(), masks="none")
+    assert model._infer.experimental_get_tracing_count() == traces
+    assert len(out) == 2 and all(len(d) == 10 for d in out)
+
+
+def test_rle_equals_pasted_masks(model):
+    frame = still(5, 300, 170)
+    full = model.predict([frame], masks="full")[0]
+    rle = model.predict([frame], masks="rle")[0]
+    decoded = mask_utils.decode(rle.rles).transpose(2, 0, 1).astype(bool)
+    np.testing.assert_array_equal(decoded, full.masks)
+    assert all(r["size"] == [170, 300] and isinstance(r["counts"], str) for r in rle.rles)
+
+
+@pytest.mark.parametrize("shape", [(40, 60), (40, 60, 1), (40, 60, 4)])
+def test_grayscale_and_rgba_frames_are_converted(model, shape):
+    frame = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    (det,) = model.predict([frame], masks="none")
+    assert det.boxes.shape == (10, 4)
+    assert det.boxes[:, 2].max() <= 60 and det.boxes[:, 3].max() <= 40
+
+
+@pytest.mark.parametrize("bad, problem", [
+    (np.zeros((0, 50, 3), np.uint8), "empty"),
+    (np.zeros((50, 50, 3), np.float32), "dtype float32"),
+    (np.zeros((2, 50, 50, 3, 1), np.uint8), "rank 5"),
+    (np.zeros((50, 50, 2), np.uint8), "2 channels"),
+    (np.zeros((20, 50, 3), np.uint8), "smaller than 32"),
+])
+def test_bad_frames_are_refused_naming_the_frame(model, bad, problem):
+    with pytest.raises(ValueError, match=rf"^frame 1: .*{problem}"):
+        model.predict([still(1, 64, 64), bad])
+
+
+def test_region_rle_matches_pycocotools_including_runs_across_columns():
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        height, width = rng.integers(1, 30, 2)
+        h, w = rng.integers(0, height + 1), rng.integers(0, width + 1)
+        y0, x0 = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+        region = rng.random((h, w)) < rng.choice([0.1, 0.5, 0.95])
+        if trial % 5 == 0:                      # full-height regions: runs join across columns
+            y0, h = 0, height
+            region = rng.random((h, w)) < 0.97
+        full = np.zeros((height, width), np.uint8)
+        full[y0:y0 + h, x0:x0 + w] = region[:h, :w] if region.size else 0
+        want = mask_utils.encode(np.asfortranarray(full))
+        got = postprocess.region_to_rle(region[:h, :w] if region.size else np.zeros((h, w), bool), y0, x0,
+                                        (int(height), int(width)))
+        assert got["counts"] == want["counts"].decode(), trial
+
+
+def test_anchors_follow_torchvision():
+    np.testing.assert_array_equal(base_anchors(32, (0.5, 1.0, 2.0)),
+                                  [[-23, -11, 23, 11], [-16, -16, 16, 16], [-11, -23, 11, 23]])
+    anchors = level_anchors((800, 1344), (13, 21), 512.0, (1.0,))
+    # P6 of an 800-high image is 13 cells: torchvision's stride is 800 // 13 = 61, not 64.
+    np.testing.assert_array_equal(anchors[21], [-256, 61 - 256, 256, 61 + 256])
+
+
+def test_weights_round_trip_and_one_line_errors(tmp_path, model):
+    path = model.save(tmp_path / "tiny.npz")
+    again = models.load_model(TINY, weights=path)
+    frame = still(2, 160, 96)
+    assert_same_detections(model.predict([frame])[0], again.predict([frame])[0])
+
+    with pytest.raises(models.WeightsError, match="no such weights file"):
+        models.load_model(TINY, weights=tmp_path / "missing.npz")
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(models.WeightsError, match="corrupt.npz: not a maskstream weights file"):
+        models.load_model(TINY, weights=tmp_path / "corrupt.npz")
+    other = models.load_config(TINY)
+    other.backbone.depth = 34
+    models.save_weights(tmp_path / "r34.npz", models.mask_rcnn.initial_params(other))
+    with pytest.raises(models.WeightsError, match=r"r34.npz: (missing|unexpected) parameter backbone/layer"):
+        models.load_model(TINY, weights=tmp_path / "r34.npz")
+
+
+def test_converter_names_the_first_missing_or_misshaped_key():
+    config = models.load_config(TINY)
+    with pytest.raises(ConversionError, match="missing key backbone.body.conv1.weight"):
+        convert_state_dict({}, config, "sd.pth")
+    state = {"backbone.body.conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}
+    with pytest.raises(ConversionError, match=r"conv1.weight has shape \(64, 3, 7, 7\), the configuration needs \(16, 3, 7, 7\)"):
+        convert_state_dict(state, config, "sd.pth")
+    assert len(param_shapes(config)) > 50
