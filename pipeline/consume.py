@@ -1,0 +1,90 @@
+"""``python -m pipeline.consume ENDPOINT``: print, record or render a publisher's frames.
+
+Exits 0 once every expected stream has sent EOS, 1 on a timeout or bad input, 130 on Ctrl-C.
+"""
+import argparse
+import contextlib
+import sys
+import time
+
+from .consumer import Consumer, EndOfStream, Frame
+from .sinks import JsonlSink, OverlayVideoSink
+
+MAX_LABELS_SHOWN = 5
+
+
+def describe(frame: Frame) -> str:
+    """One line per frame: ids, timing and the best few instances."""
+    age_ms = (time.time() - frame.captured_at) * 1e3
+    labels = ", ".join(f"{inst.label} {inst.score:.2f}" for inst in frame.instances[:MAX_LABELS_SHOWN])
+    more = len(frame.instances) - MAX_LABELS_SHOWN
+    return (f"{frame.stream} seq={frame.seq} frame={frame.frame_index} pts={frame.pts:.3f} "
+            f"dropped_before={frame.dropped_before} age_ms={age_ms:.1f} "
+            f"instances={len(frame.instances)}" + (f": {labels}" if labels else "")
+            + (f", +{more} more" if more > 0 else ""))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.consume",
+        description="Subscribe to a maskstream publisher: print a line per frame, record JSON lines, "
+                    "or render an overlay video. Ends when every expected stream has sent EOS.")
+    parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
+    parser.add_argument("--stream", action="append", metavar="ID",
+                        help="only this stream (repeatable); default: every stream, ending once "
+                             "all streams seen have ended")
+    parser.add_argument("--jsonl", metavar="FILE",
+                        help="write each frame's header, as received, as one JSON line")
+    parser.add_argument("--video", metavar="FILE",
+                        help="render masks, boxes, labels and scores into FILE (.mp4 or .avi) on a "
+                             "black canvas of the frame size: the wire carries no pixels (the "
+                             "pipeline's --out overlay has them); needs exactly one --stream")
+    parser.add_argument("--fps", type=float, default=25.0, help="frame rate of --video (default 25)")
+    parser.add_argument("--curve-keys", metavar="DIR",
+                        help="consumer key directory for an encrypted publisher (see python -m pipeline.keys)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="give up after this long without a message (default: wait on)")
+    args = parser.parse_args(argv)
+    if args.video and len(args.stream or []) != 1:
+        parser.error("--video renders one stream: name it with exactly one --stream")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with contextlib.ExitStack() as closing:
+        try:
+            consumer = closing.enter_context(
+                Consumer(args.endpoint, args.stream, args.curve_keys, args.timeout))
+            jsonl = closing.enter_context(contextlib.closing(JsonlSink(args.jsonl))) if args.jsonl else None
+            video = (closing.enter_context(contextlib.closing(OverlayVideoSink(args.video, args.fps)))
+                     if args.video else None)
+        except (OSError, ValueError) as error:  # one-line errors: endpoint, keys, stream ids, files
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        try:
+            consume(consumer, jsonl, video)
+        except KeyboardInterrupt:
+            return 130
+    if not consumer.finished:
+        open_streams = sorted((consumer.streams or consumer.seen) - set(consumer.ended))
+        print(f"error: {args.endpoint}: no message for {args.timeout} s; streams not ended: "
+              f"{', '.join(open_streams) or 'none seen'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def consume(consumer: Consumer, jsonl: JsonlSink | None, video: OverlayVideoSink | None) -> None:
+    """Prints a line per message and feeds the sinks until the consumer is done."""
+    for message in consumer.messages():
+        if isinstance(message, EndOfStream):
+            print(f"{message.stream} ended after {message.frames} frames", flush=True)
+            continue
+        print(describe(message), flush=True)
+        if jsonl:
+            jsonl.write(message.header)
+        if video:
+            video.write(message.header)
+
+if __name__ == "__main__":
+    sys.exit(main())

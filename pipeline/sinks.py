@@ -1,0 +1,154 @@
+"""File sinks: the lossless record of what was published.
+
+Per stream, under the output directory:
+
+- ``<stream>.jsonl``: one line per frame, byte for byte the wire header (``protocol.encode_header``);
+- ``<stream>.coco_results.json``: COCO results, one entry per instance: ``image_id``,
+  ``category_id`` (the instance's ``class_id``), ``segmentation`` (compressed RLE), ``bbox``
+  ([x, y, width, height] pixels) and ``score``;
+- ``<stream>.coco_images.json``: the images those results refer to, in COCO ground-truth form, so
+  ``COCO(images_file).loadRes(results_file)`` works. A frame's ``image_id`` is its ``seq`` (unique
+  and gap-free per stream even when frames are dropped or a camera is reopened); each image entry
+  also carries ``stream``, ``seq``, ``frame_index`` (position in the source) and ``pts``.
+  Categories are ``{id: class_id, name: label}``;
+- ``<stream>.overlay.mp4`` (optional): the frames with coloured masks, boxes, labels and scores.
+"""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .overlay import draw_instances
+from .protocol import encode_header
+
+FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG"}
+
+
+class JsonlSink:
+    """Writes one header per line, exactly as encoded on the wire, flushed per frame."""
+
+    def __init__(self, path: str | Path):
+        self._file = open(path, "wb")
+
+    def write(self, header: dict) -> None:
+        self._file.write(encode_header(header) + b"\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class CocoResultsSink:
+    """Streams COCO results to ``results_path``; writes the images file on close.
+
+    Results are written as they come (memory stays flat over long videos); the images list is
+    small and written at the end, with the categories seen plus any of ``class_names``
+    (``class_names[class_id]`` is that class's label).
+    """
+
+    def __init__(self, results_path: str | Path, images_path: str | Path,
+                 class_names: list[str] | None = None):
+        self._results = open(results_path, "w", encoding="utf-8")
+        self._results.write("[")
+        self._wrote_result = False
+        self._images_path = Path(images_path)
+        self._images = []
+        self._categories = dict(enumerate(class_names or []))
+
+    def write(self, header: dict) -> None:
+        image_id = header["seq"]
+        self._images.append({
+            "id": image_id, "file_name": f"{header['stream']}/{header['frame_index']:06d}",
+            "width": header["width"], "height": header["height"], "stream": header["stream"],
+            "seq": header["seq"], "frame_index": header["frame_index"], "pts": header["pts"]})
+        for inst in header["instances"]:
+            self._categories[inst["class_id"]] = inst["label"]
+            x1, y1, x2, y2 = inst["box"]
+            result = {"image_id": image_id, "category_id": inst["class_id"],
+                      "segmentation": inst["mask"], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                      "score": inst["score"]}
+            self._results.write(("," if self._wrote_result else "") + "\n" + json.dumps(result))
+            self._wrote_result = True
+
+    def close(self) -> None:
+        self._results.write("\n]\n")
+        self._results.close()
+        categories = [{"id": class_id, "name": name}
+                      for class_id, name in sorted(self._categories.items())]
+        with open(self._images_path, "w", encoding="utf-8") as file:
+            json.dump({"images": self._images, "categories": categories, "annotations": []}, file)
+
+
+class OverlayVideoSink:
+    """Renders frames with their instances into a video (``.mp4`` or ``.avi``).
+
+    Opened on the first frame, at that frame's size. Without the frame's pixels the instances
+    are drawn on a black canvas of the frame's size.
+    """
+
+    def __init__(self, path: str | Path, fps: float):
+        self._path = Path(path)
+        if self._path.suffix.lower() not in FOURCC_BY_SUFFIX:
+            raise ValueError(f"overlay video {self._path}: use a .mp4 or .avi file name")
+        self._fps = fps
+        self._writer = None
+        self._size = None
+
+    def write(self, header: dict, image_rgb: np.ndarray | None = None) -> None:
+        size = (header["width"], header["height"])
+        if self._writer is None:
+            self._open(size)
+        if size != self._size:
+            raise ValueError(f"overlay video {self._path}: frame seq {header['seq']} is "
+                             f"{size[0]}x{size[1]}, the video is {self._size[0]}x{self._size[1]}")
+        if image_rgb is None:
+            canvas = np.zeros((size[1], size[0], 3), np.uint8)
+        elif image_rgb.shape != (size[1], size[0], 3):
+            raise ValueError(f"overlay video {self._path}: frame seq {header['seq']} pixels are "
+                             f"{image_rgb.shape}, its header says {size[0]}x{size[1]} RGB")
+        else:
+            canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+        self._writer.write(draw_instances(canvas, header["instances"]))
+
+    def _open(self, size: tuple[int, int]) -> None:
+        fourcc = cv2.VideoWriter_fourcc(*FOURCC_BY_SUFFIX[self._path.suffix.lower()])
+        self._writer = cv2.VideoWriter(str(self._path), fourcc, self._fps, size)
+        if not self._writer.isOpened():
+            raise OSError(f"overlay video {self._path}: OpenCV cannot open it for writing")
+        self._size = size
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+
+
+class StreamSinks:
+    """All file sinks of one stream under ``out_dir`` (names in the module docstring)."""
+
+    def __init__(self, out_dir: str | Path, stream: str, class_names: list[str] | None = None,
+                 overlay_fps: float | None = None):
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self._jsonl = JsonlSink(out / f"{stream}.jsonl")
+        self._coco = CocoResultsSink(out / f"{stream}.coco_results.json",
+                                     out / f"{stream}.coco_images.json", class_names)
+        self._video = (OverlayVideoSink(out / f"{stream}.overlay.mp4", overlay_fps)
+                       if overlay_fps else None)
+
+    @property
+    def wants_pixels(self) -> bool:
+        """Whether ``write`` should be given the frame's pixels (the overlay video is on)."""
+        return self._video is not None
+
+    def write(self, header: dict, image_rgb: np.ndarray | None = None) -> None:
+        self._jsonl.write(header)
+        self._coco.write(header)
+        if self._video is not None:
+            self._video.write(header, image_rgb)
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._coco.close()
+        if self._video is not None:
+            self._video.close()

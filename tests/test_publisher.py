@@ -1,0 +1,120 @@
+"""The publisher actor over real ZeroMQ sockets: order, duplicates, EOS, late joiners, masks."""
+import pytest
+import ray
+
+from pipeline.consumer import Consumer, EndOfStream, Frame
+from pipeline.publisher import Publisher, PublisherActor, PublisherError
+from wire_helpers import (HEIGHT, WIDTH, make_record, ray_session, rectangle_mask, start_publisher,
+                          stop_publisher, warm_up)
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def messages_of(consumer: Consumer, stream: str) -> list:
+    """Every frame and EOS of ``stream`` until the consumer is done."""
+    return [message for message in consumer.messages() if message.stream == stream]
+
+
+def test_out_of_order_records_go_out_in_seq_order_once_then_eos():
+    publisher, endpoint = start_publisher()
+    with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
+        warm_frames = warm_up(publisher, [consumer])
+        for seq in [3, 0, 2, 2, 1, 0, 5, 4, 3]:
+            publisher.publish.remote(make_record("cam1", seq))
+        publisher.end_stream.remote("cam1", 6)
+        publisher.end_stream.remote("warmup", warm_frames)
+        received = messages_of(consumer, "cam1")
+    stats = stop_publisher(publisher)
+
+    assert [message.seq for message in received[:-1]] == [0, 1, 2, 3, 4, 5]
+    assert received[-1] == EndOfStream("cam1", 6)
+    first = received[0]
+    assert first.published_at > 0 and set(first.timing_ms) == {"infer", "publish"}
+    cam1 = stats["streams"]["cam1"]
+    assert (cam1["published"], cam1["duplicates_dropped"], cam1["last_seq"]) == (6, 3, 5)
+    assert cam1["ended"] and cam1["waiting"] == 0
+    assert set(cam1["latency_ms"]) == {"infer", "publish", "end_to_end"}
+    assert cam1["latency_ms"]["infer"]["count"] == 6
+
+
+def test_eos_waits_for_the_last_missing_frame():
+    publisher, endpoint = start_publisher()
+    with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
+        publisher.end_stream.remote("warmup", warm_up(publisher, [consumer]))
+        publisher.publish.remote(make_record("cam1", 1))
+        publisher.end_stream.remote("cam1", 3)
+        publisher.publish.remote(make_record("cam1", 2))
+        ray.get(publisher.publish.remote(make_record("cam1", 0)))
+        received = messages_of(consumer, "cam1")
+    stop_publisher(publisher)
+    assert [type(message) for message in received] == [Frame, Frame, Frame, EndOfStream]
+    assert [message.seq for message in received[:3]] == [0, 1, 2]
+
+
+def test_late_joiner_starts_at_the_next_frame():
+    publisher, endpoint = start_publisher()
+    with Consumer(endpoint, streams=["cam1"], timeout=30) as early:
+        seq = warm_up(publisher, [early], stream="cam1")  # seqs 0..seq-1 are out
+        published_before_joining = seq
+        with Consumer(endpoint, streams=["cam1"], timeout=30) as late:
+            while (first := late.receive(timeout=0.05)) is None:  # the late one's own slow join
+                publisher.publish.remote(make_record("cam1", seq))
+                seq += 1
+            for more in range(seq, seq + 3):
+                publisher.publish.remote(make_record("cam1", more))
+            publisher.end_stream.remote("cam1", seq + 3)
+            late_seqs = [first.seq] + [frame.seq for frame in late]
+        early_seqs = [frame.seq for frame in early]
+    stop_publisher(publisher)
+    assert late_seqs[0] >= published_before_joining  # nothing from before it joined...
+    assert late_seqs == list(range(late_seqs[0], seq + 3))  # ...then every frame, in order
+    assert early_seqs == list(range(early_seqs[0], seq + 3))
+
+
+def test_masks_decode_to_the_frame_size_and_match_what_was_encoded():
+    publisher, endpoint = start_publisher()
+    with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
+        publisher.end_stream.remote("warmup", warm_up(publisher, [consumer]))
+        publisher.publish.remote(make_record("cam1", 0, instances=3))
+        publisher.end_stream.remote("cam1", 1)
+        frame = next(iter(message for message in messages_of(consumer, "cam1")))
+    stop_publisher(publisher)
+    assert frame.masks.shape == (3, HEIGHT, WIDTH) and frame.masks.dtype == bool
+    for index, instance in enumerate(frame.instances):
+        expected, box = rectangle_mask(0, index)
+        assert (frame.masks[index] == expected).all() and (instance.mask == expected).all()
+        assert list(instance.box) == box
+
+
+def test_close_sends_what_waits_and_eos_for_open_streams():
+    publisher, endpoint = start_publisher()
+    with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
+        warm_up(publisher, [consumer])
+        publisher.publish.remote(make_record("cam1", 0))
+        publisher.publish.remote(make_record("cam1", 2))  # seq 1 never comes: Ctrl-C mid-run
+        stats = ray.get(publisher.close.remote())
+        received = messages_of(consumer, "cam1")
+    ray.kill(publisher)
+    assert [message.seq for message in received[:2]] == [0, 2]
+    assert received[2] == EndOfStream("cam1", 3)
+    assert (stats["streams"]["cam1"]["missing"], stats["streams"]["cam1"]["published"]) == (1, 2)
+    assert stats["streams"]["warmup"]["ended"]
+
+
+def test_endpoint_in_use_is_one_line_naming_it():
+    publisher, endpoint = start_publisher()
+    second = PublisherActor.remote({"endpoint": endpoint})
+    with pytest.raises(ray.exceptions.RayActorError) as failure:
+        ray.get(second.ready.remote())
+    assert f"publish endpoint {endpoint}: Address already in use" in str(failure.value)
+    stop_publisher(publisher)
+
+
+@pytest.mark.parametrize("config, problem", [
+    ({"hwm": -1}, "hwm -1 must be >= 0"),
+    ({"overlay_video": True}, "overlay_video needs out_dir"),
+    ({"endpiont": "tcp://127.0.0.1:5555"}, "unknown key.s. endpiont"),
+])
+def test_bad_configs_are_refused_with_one_line(config, problem):
+    with pytest.raises(PublisherError, match=problem):
+        Publisher(config)
