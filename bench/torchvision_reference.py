@@ -1,0 +1,269 @@
+"""Write a torchvision Mask R-CNN reference (weights + outputs) for the TensorFlow parity tests.
+
+Needs the optional torch extra; runs here, never in CI (CI reads the .npz it writes). Never import
+tensorflow (or the `models` package, which does) in this process: torchvision after tensorflow crashes.
+
+    python bench/torchvision_reference.py                              # ResNet-50, 800/1333 -> tests/data/tv_reference_r50.npz
+    python bench/torchvision_reference.py --depth 18 --min-size 320 --max-size 576 \\
+        --out tests/data/tv_reference_r18_320.npz                      # the small reference CI compares with
+    python bench/torchvision_reference.py --save-pth /tmp/tv_r50.pth   # also the conditioned state dict for models.convert
+
+Steps: build torchvision's MaskRCNN on `resnet_fpn_backbone(f"resnet{depth}")` (frozen batch norm, as in
+the COCO checkpoint), load `make_state_dict(depth, num_classes, seed)` (tests/torchvision_weights.py), then
+condition the random weights so that their outputs are not degenerate:
+  1. every FrozenBatchNorm2d gets the per-channel mean and variance of its own input on the test
+     images, in forward order (one pass with forward pre-hooks: each layer sees inputs already
+     normalised by the layers before it), so activations neither vanish nor explode;
+  2. the class logits are spread: `roi_heads.box_predictor.cls_score.weight` is multiplied by the
+     smallest factor of a geometric grid for which every image yields >= 50 detections over the
+     score threshold, all with distinct scores (random weights otherwise give ~1/91 for every class).
+Then run torchvision at the requested sizes on the images and store, per image, its detections.
+
+The .npz holds: seed, depth, num_classes, min_size, max_size, score_thresh, detections_per_img,
+image_names; `override/<state-dict key>` for every value conditioning changed (so `make_state_dict(seed)`
++ overrides is exactly the state dict used: see `reference_state_dict`), and for
+diagnosis the factors cls_score_scale, rpn_cls_logits_scale, rpn_bbox_pred_scale;
+input_shape (the padded batch tensor, B 3 H W), image_sizes (resized, before padding, H W per image),
+original_sizes; and per image NAME: NAME/boxes (N, 4) x1 y1 x2 y2 in original pixels, NAME/scores (N,),
+NAME/labels (N,), NAME/mask_probs (N, 28, 28) (the mask head's per-class probability before pasting),
+NAME/mask_counts (N,) COCO compressed RLE strings of the pasted masks thresholded at > 0.5.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+from tests.torchvision_weights import OVERRIDE_PREFIX, make_state_dict, reference_state_dict  # noqa: E402
+
+MIN_DETECTIONS = 50
+RPN_OUTPUT_STDS = {"cls_logits": 0.5, "bbox_pred": 0.25}
+CLS_SCALES = [2.0 ** (k / 2) for k in range(0, 25)]   # 1 .. 4096, steps of sqrt(2)
+REFERENCE_LIMIT_BYTES = 5 * 2 ** 20
+
+
+def build_model(depth: int, num_classes: int, min_size: int, max_size: int,
+                score_thresh: float = 0.05, detections_per_img: int = 100) -> MaskRCNN:
+    """torchvision's Mask R-CNN v1 on a frozen-BN ResNet-`depth` FPN, in eval mode, random weights."""
+    backbone = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None, trainable_layers=3)
+    model = MaskRCNN(backbone, num_classes=num_classes, min_size=min_size, max_size=max_size,
+                     box_score_thresh=score_thresh, box_detections_per_img=detections_per_img)
+    return model.eval()
+
+
+def load_numpy_state(model: MaskRCNN, state: dict[str, np.ndarray]) -> None:
+    model.load_state_dict({key: torch.from_numpy(value) for key, value in state.items()}, strict=True)
+
+
+def read_frames(paths: list[Path]) -> list[torch.Tensor]:
+    """Images as float RGB CHW tensors in [0, 1], read with OpenCV like the pipeline reads frames."""
+    frames = []
+    for path in paths:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SystemExit(f"{path}: cannot read image")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        frames.append(torch.from_numpy(rgb).permute(2, 0, 1).float().div(255.0))
+    return frames
+
+
+@torch.no_grad()
+def condition_batch_norms(model: MaskRCNN, frames: list[torch.Tensor]) -> None:
+    """Set each FrozenBatchNorm2d's statistics to those of its input, in one forward pass of the body."""
+    def use_input_statistics(module, inputs):
+        variance, mean = torch.var_mean(inputs[0], dim=(0, 2, 3), unbiased=False)
+        module.running_mean.copy_(mean)
+        module.running_var.copy_(variance)
+
+    hooks = [m.register_forward_pre_hook(use_input_statistics)
+             for m in model.backbone.body.modules() if isinstance(m, FrozenBatchNorm2d)]
+    try:
+        batch, _ = model.transform(frames)
+        model.backbone.body(batch.tensors)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@torch.no_grad()
+def scale_rpn_predictors(model: MaskRCNN, frames: list[torch.Tensor]) -> dict[str, float]:
+    """Scale the RPN head's 1x1 predictors so their outputs have the stds of RPN_OUTPUT_STDS."""
+    outputs = {name: [] for name in RPN_OUTPUT_STDS}
+    head = model.rpn.head
+    hooks = [getattr(head, name).register_forward_hook(lambda module, inputs, output, kept=kept: kept.append(output))
+             for name, kept in outputs.items()]
+    try:
+        batch, _ = model.transform(frames)
+        head(list(model.backbone(batch.tensors).values()))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    scales = {}
+    for name, target in RPN_OUTPUT_STDS.items():
+        measured = torch.cat([level.flatten() for level in outputs[name]]).std().item()
+        scales[name] = target / measured
+        getattr(head, name).weight.mul_(scales[name])
+        getattr(head, name).bias.mul_(scales[name])
+    return scales
+
+
+@torch.no_grad()
+def box_head_features(model: MaskRCNN, frames: list[torch.Tensor]):
+    """The box head's output for every proposal: (features (R, fc_dim), proposals, image_sizes)."""
+    batch, _ = model.transform(frames)
+    features = model.backbone(batch.tensors)
+    proposals, _ = model.rpn(batch, features)
+    pooled = model.roi_heads.box_roi_pool(features, proposals, batch.image_sizes)
+    return model.roi_heads.box_head(pooled), proposals, batch.image_sizes
+
+
+def detections_are_spread(scores_per_image: list[torch.Tensor]) -> bool:
+    """True when every image has >= MIN_DETECTIONS detections and no two of its scores are equal."""
+    return all(len(s) >= MIN_DETECTIONS and len(torch.unique(s)) == len(s) for s in scores_per_image)
+
+
+@torch.no_grad()
+def spread_class_logits(model: MaskRCNN, frames: list[torch.Tensor]) -> float:
+    """Scale the classifier weights by the smallest factor giving spread detections; return it."""
+    features, proposals, image_sizes = box_head_features(model, frames)
+    predictor, heads = model.roi_heads.box_predictor, model.roi_heads
+    box_regression = predictor.bbox_pred(features)
+    for scale in CLS_SCALES:
+        logits = torch.nn.functional.linear(features, predictor.cls_score.weight * scale, predictor.cls_score.bias)
+        _, scores, _ = heads.postprocess_detections(logits, box_regression, proposals, image_sizes)
+        if detections_are_spread(scores):
+            predictor.cls_score.weight.mul_(scale)
+            return scale
+    raise SystemExit(f"no classifier scale up to {CLS_SCALES[-1]} gives >= {MIN_DETECTIONS} detections per image")
+
+
+def changed_entries(model: MaskRCNN, original: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """State-dict entries of the model that differ from the seeded weights."""
+    return {key: value.numpy().copy() for key, value in model.state_dict().items()
+            if not np.array_equal(value.numpy(), original[key])}
+
+
+def encode_masks(masks: torch.Tensor) -> np.ndarray:
+    """(N, 1, H, W) pasted mask probabilities -> (N,) COCO compressed RLE strings of mask > 0.5."""
+    binary = np.asfortranarray((masks[:, 0] > 0.5).numpy().transpose(1, 2, 0).astype(np.uint8))
+    return np.array([rle["counts"].decode("ascii") for rle in mask_utils.encode(binary)], dtype=str)
+
+
+@torch.no_grad()
+def run_reference(model: MaskRCNN, frames: list[torch.Tensor]) -> tuple[list[dict], dict]:
+    """torchvision's detections per frame plus the mask head's 28x28 probabilities and input geometry."""
+    captured = {}
+
+    def keep_roi_heads_output(module, inputs, output):
+        captured["mask_probs"] = [r["masks"][:, 0].clone() for r in output[0]]
+
+    def keep_transform_output(module, inputs, output):
+        captured["input_shape"] = tuple(output[0].tensors.shape)
+        captured["image_sizes"] = [tuple(size) for size in output[0].image_sizes]
+
+    hooks = [model.roi_heads.register_forward_hook(keep_roi_heads_output),
+             model.transform.register_forward_hook(keep_transform_output)]
+    try:
+        outputs = model(frames)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    detections = [{"boxes": out["boxes"].numpy(), "scores": out["scores"].numpy(),
+                   "labels": out["labels"].numpy(), "mask_probs": probs.numpy(),
+                   "mask_counts": encode_masks(out["masks"])}
+                  for out, probs in zip(outputs, captured["mask_probs"])]
+    geometry = {"input_shape": np.array(captured["input_shape"]), "image_sizes": np.array(captured["image_sizes"]),
+                "original_sizes": np.array([tuple(f.shape[-2:]) for f in frames])}
+    return detections, geometry
+
+
+def summarise(names: list[str], detections: list[dict]) -> None:
+    print(f"{'image':<12} {'detections':>10} {'distinct':>8} {'min score':>10} {'max score':>10} "
+          f"{'min gap':>9} {'classes':>7} {'mask fg':>7}")
+    for name, d in zip(names, detections):
+        scores = np.sort(d["scores"])
+        gap = np.diff(scores).min() if len(scores) > 1 else float("nan")
+        print(f"{name:<12} {len(scores):>10} {len(np.unique(scores)):>8} {scores.min():>10.4f} "
+              f"{scores.max():>10.4f} {gap:>9.2e} {len(np.unique(d['labels'])):>7} "
+              f"{(d['mask_probs'] > 0.5).mean():>7.2f}")
+
+
+def write_reference(path: Path, settings: dict, names: list[str], overrides: dict, detections: list[dict],
+                    geometry: dict) -> None:
+    arrays = {**{k: np.array(v) for k, v in settings.items()}, "image_names": np.array(names), **geometry}
+    arrays.update({OVERRIDE_PREFIX + key: value for key, value in overrides.items()})
+    for name, d in zip(names, detections):
+        arrays.update({f"{name}/{field}": value for field, value in d.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    size = path.stat().st_size
+    print(f"wrote {path} ({size} bytes, {len(overrides)} overridden state-dict entries)")
+    if size > REFERENCE_LIMIT_BYTES:
+        raise SystemExit(f"{path}: {size} bytes is over the {REFERENCE_LIMIT_BYTES} byte limit")
+
+
+def check_round_trip(path: Path, model: MaskRCNN) -> None:
+    """The file's seed + overrides must rebuild exactly the state dict torchvision ran with."""
+    rebuilt = reference_state_dict(path)
+    for key, value in model.state_dict().items():
+        if not np.array_equal(rebuilt[key], value.numpy()):
+            raise SystemExit(f"{path}: seed + overrides do not rebuild {key}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101])
+    parser.add_argument("--num-classes", type=int, default=91)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-size", type=int, default=800)
+    parser.add_argument("--max-size", type=int, default=1333)
+    parser.add_argument("--images", nargs="+", default=["highway_1.jpg", "highway_2.jpg", "highway_3.jpg"],
+                        help="file names in ../shared/data (or paths)")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "tv_reference_r50.npz")
+    parser.add_argument("--save-pth", type=Path, help="also torch.save the conditioned state dict here")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    paths = [Path(p) if Path(p).exists() else DATA / p for p in args.images]
+    names = [p.stem for p in paths]
+    frames = read_frames(paths)
+    model = build_model(args.depth, args.num_classes, args.min_size, args.max_size)
+    seeded = make_state_dict(args.depth, args.num_classes, args.seed)
+    load_numpy_state(model, seeded)
+
+    condition_batch_norms(model, frames)
+    rpn_scales = scale_rpn_predictors(model, frames)
+    scale = spread_class_logits(model, frames)
+    print(f"RPN objectness scaled by {rpn_scales['cls_logits']:.4f}, RPN deltas by {rpn_scales['bbox_pred']:.4f}, "
+          f"classifier weights by {scale:.3f}")
+    detections, geometry = run_reference(model, frames)
+    summarise(names, detections)
+    if not detections_are_spread([torch.from_numpy(d["scores"]) for d in detections]):
+        raise SystemExit("the full model run does not give spread detections on every image")
+
+    settings = {"seed": args.seed, "depth": args.depth, "num_classes": args.num_classes,
+                "min_size": args.min_size, "max_size": args.max_size,
+                "score_thresh": model.roi_heads.score_thresh,
+                "detections_per_img": model.roi_heads.detections_per_img, "cls_score_scale": scale,
+                "rpn_cls_logits_scale": rpn_scales["cls_logits"], "rpn_bbox_pred_scale": rpn_scales["bbox_pred"]}
+    write_reference(args.out, settings, names, changed_entries(model, seeded), detections, geometry)
+    check_round_trip(args.out, model)
+    if args.save_pth:
+        torch.save(model.state_dict(), args.save_pth)
+        print(f"wrote {args.save_pth}")
+
+
+if __name__ == "__main__":
+    main()
