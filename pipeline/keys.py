@@ -26,7 +26,7 @@ class CurveKeyError(ValueError):
 
 def load_server_keys(key_dir: str | Path) -> tuple[bytes, bytes, Path]:
     """The publisher's (public key, secret key, directory of allowed clients' public keys)."""
-    key_dir = Path(key_dir)
+    key_dir = _existing_dir(key_dir)
     public, secret = _load_key_pair(key_dir / f"{SERVER_NAME}.key_secret", key_dir)
     clients = key_dir / CLIENTS_DIR
     if not clients.is_dir() or not any(clients.glob("*.key")):
@@ -37,7 +37,7 @@ def load_server_keys(key_dir: str | Path) -> tuple[bytes, bytes, Path]:
 
 def load_client_keys(key_dir: str | Path) -> tuple[bytes, bytes, bytes]:
     """A consumer's (public key, secret key, publisher's public key)."""
-    key_dir = Path(key_dir)
+    key_dir = _existing_dir(key_dir)
     server_file = key_dir / f"{SERVER_NAME}.key"
     if not server_file.is_file():
         raise CurveKeyError(f"curve keys {key_dir}: missing {server_file.name} "
@@ -51,11 +51,16 @@ def load_client_keys(key_dir: str | Path) -> tuple[bytes, bytes, bytes]:
     return public, secret, server_public
 
 
-def _load_key_pair(secret_file: Path, key_dir: Path) -> tuple[bytes, bytes]:
-    """Public and secret key from a ``.key_secret`` file, or a one-line error naming it."""
+def _existing_dir(key_dir: str | Path) -> Path:
+    key_dir = Path(key_dir)
     if not key_dir.is_dir():
         raise CurveKeyError(f"curve keys {key_dir}: no such directory "
                             f"(make keys with python -m pipeline.keys {key_dir})")
+    return key_dir
+
+
+def _load_key_pair(secret_file: Path, key_dir: Path) -> tuple[bytes, bytes]:
+    """Public and secret key from a ``.key_secret`` file, or a one-line error naming it."""
     if not secret_file.is_file():
         raise CurveKeyError(f"curve keys {key_dir}: missing {secret_file.name} "
                             f"(make it with python -m pipeline.keys {key_dir} --name {secret_file.stem})")

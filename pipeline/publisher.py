@@ -20,8 +20,8 @@ passes the reference instead of resolving it).
   after a worker died) is dropped and counted.
 - Each sent header gets ``published_at`` and ``timing_ms["publish"]``: milliseconds from the
   record's arrival here to its sending, which includes waiting for earlier seqs.
-- ``end_stream(stream_id, frames)``: once seqs 0..frames-1 are out, sends EOS and closes that
-  stream's files. ``close()`` sends what is waiting, EOS for every stream not yet ended, closes
+- ``end_stream(stream_id, frames)``: once seqs 0..frames-1 are out, closes that stream's files
+  and sends EOS. ``close()`` sends what is waiting, EOS for every stream not yet ended, closes
   the socket and files, and returns ``stats()``.
 - ``stats()``: ``{"endpoint", "streams": {id: {published, duplicates_dropped, last_seq, waiting,
   dropped_before, missing, ended, latency_ms: {stage: {count, p50, p95, p99}}}}}``, where the
@@ -235,10 +235,11 @@ class Publisher:
             stream.sinks.write(header, _pixels(record) if stream.sinks.wants_pixels else None)
 
     def _send_eos(self, stream: _Stream) -> None:
-        self._socket.send_multipart(encode_message(eos_header(stream.stream_id, stream.next_seq)))
-        stream.ended = True
+        # Files first: a consumer that sees EOS may read them at once.
         if stream.sinks is not None:
             stream.sinks.close()
+        self._socket.send_multipart(encode_message(eos_header(stream.stream_id, stream.next_seq)))
+        stream.ended = True
 
     def _close_zmq(self) -> None:
         self._socket.close()

@@ -1,0 +1,106 @@
+"""The consumer SDK and the consume CLI against a live publisher."""
+import json
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from pipeline.consumer import Consumer, ConsumerError, EndOfStream
+from wire_helpers import HEIGHT, WIDTH, make_record, ray_session, start_publisher, stop_publisher, warm_up
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+REPO = Path(__file__).resolve().parent.parent
+CLI_START_LIMIT = 60.0  # seconds; a guard against a CLI that never prints, not a timing
+
+
+def test_stream_filter_and_eos_per_stream():
+    publisher, endpoint = start_publisher()
+    with Consumer(endpoint, timeout=30) as everything, \
+            Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as only_cam1:
+        warm_frames = warm_up(publisher, [everything, only_cam1])
+        for seq in range(3):
+            publisher.publish.remote(make_record("cam10", seq))
+            publisher.publish.remote(make_record("cam1", seq))
+        publisher.end_stream.remote("cam1", 3)
+        publisher.end_stream.remote("cam10", 3)
+        publisher.end_stream.remote("warmup", warm_frames)
+        all_messages = [m for m in everything.messages() if m.stream != "warmup"]
+        cam1_messages = [m for m in only_cam1.messages() if m.stream != "warmup"]
+        assert everything.finished and only_cam1.finished
+    stop_publisher(publisher)
+    assert [(m.stream, getattr(m, "seq", None)) for m in cam1_messages] == [
+        ("cam1", 0), ("cam1", 1), ("cam1", 2), ("cam1", None)]
+    assert cam1_messages[-1] == EndOfStream("cam1", 3)
+    for stream in ("cam1", "cam10"):
+        assert [m.seq for m in all_messages if m.stream == stream and not isinstance(m, EndOfStream)] == [0, 1, 2]
+    assert {m.stream: m.frames for m in all_messages if isinstance(m, EndOfStream)} == {
+        "cam1": 3, "cam10": 3}
+
+
+def test_iteration_ends_on_timeout_without_a_publisher():
+    with Consumer("tcp://127.0.0.1:9", streams=["cam1"], timeout=0.2) as consumer:
+        assert list(consumer) == []
+        assert not consumer.finished
+
+
+def test_bad_endpoint_is_one_line_naming_it():
+    with pytest.raises(ConsumerError, match=r"^consumer endpoint tcp://nowhere: "):
+        Consumer("tcp://nowhere")
+
+
+def wait_for_line(process: subprocess.Popen) -> str | None:
+    """A line the CLI printed, or None if none is ready within 50 ms."""
+    ready, _, _ = select.select([process.stdout], [], [], 0.05)
+    return process.stdout.readline() if ready else None
+
+
+def test_consume_cli_records_and_renders_what_was_sent(tmp_path):
+    publisher, endpoint = start_publisher()
+    jsonl, video = tmp_path / "cam1.jsonl", tmp_path / "cam1.avi"
+    command = [sys.executable, "-m", "pipeline.consume", endpoint, "--stream", "cam1",
+               "--jsonl", str(jsonl), "--video", str(video), "--timeout", "30"]
+    with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as reference:
+        publisher.end_stream.remote("warmup", warm_up(publisher, [reference]))
+        cli = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        seq, started = 0, time.monotonic()
+        while (first_line := wait_for_line(cli)) is None:  # the CLI's slow join
+            assert time.monotonic() - started < CLI_START_LIMIT, cli.stderr.read()
+            publisher.publish.remote(make_record("cam1", seq))
+            seq += 1
+        for more in range(seq, seq + 4):
+            publisher.publish.remote(make_record("cam1", more))
+        publisher.end_stream.remote("cam1", seq + 4)
+        sent = [frame.header for frame in reference if frame.stream == "cam1"]
+        output, errors = cli.communicate(timeout=60)
+    stop_publisher(publisher)
+
+    assert cli.returncode == 0, errors
+    recorded = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    first_seq = recorded[0]["seq"]
+    assert recorded == sent[first_seq:]  # from the frame it joined at to the end, as sent
+    assert first_line.startswith(f"cam1 seq={first_seq} frame={first_seq} ")
+    assert output.splitlines()[-1] == f"cam1 ended after {seq + 4} frames"
+    capture = cv2.VideoCapture(str(video))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    assert frames == len(recorded)
+    assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (WIDTH, HEIGHT)
+    capture.release()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--video", "x.mp4"], "--video renders one stream"),
+    (["--curve-keys", "/nonexistent/keys"], "curve keys /nonexistent/keys: no such directory"),
+])
+def test_consume_cli_bad_arguments_are_one_line(arguments, message):
+    result = subprocess.run([sys.executable, "-m", "pipeline.consume", "tcp://127.0.0.1:9", *arguments],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert message in result.stderr.strip().splitlines()[-1]

@@ -1,0 +1,114 @@
+"""File sinks: JSON lines, COCO results and the overlay video agree with what was published."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import ray
+from pycocotools.coco import COCO
+
+from pipeline.consumer import Consumer
+from pipeline.overlay import MASK_OPACITY, class_colour, draw_instances
+from pipeline.protocol import encode_header
+from pipeline.sinks import OverlayVideoSink
+from wire_helpers import (HEIGHT, WIDTH, encode_rle, make_record, ray_session, rectangle_mask,
+                          start_publisher, stop_publisher, warm_up)
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+CLASS_NAMES = ["background", "person", "bicycle", "car"]
+GRAY = 128
+FRAMES = 5
+
+
+@pytest.fixture(scope="module")
+def published(ray_session, tmp_path_factory):
+    """cam1 published out of order with file sinks and the overlay video on; what the wire carried."""
+    out_dir = tmp_path_factory.mktemp("out")
+    publisher, endpoint = start_publisher(out_dir=str(out_dir), overlay_video=True, overlay_fps=10.0,
+                                          class_names=CLASS_NAMES)
+    pixels = ray.put(np.full((HEIGHT, WIDTH, 3), GRAY, np.uint8))
+    with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
+        publisher.end_stream.remote("warmup", warm_up(publisher, [consumer]))
+        for seq in [1, 0, 3, 2, 4]:
+            publisher.publish.remote(make_record("cam1", seq, instances=seq % 3, frame_ref=[pixels]))
+        publisher.end_stream.remote("cam1", FRAMES)
+        headers = [frame.header for frame in consumer if frame.stream == "cam1"]
+        # EOS has arrived: the stream's files are complete before the publisher closes.
+        files = {path.name: path.read_bytes() for path in out_dir.glob("cam1.*")}
+    stop_publisher(publisher)
+    return headers, files, out_dir
+
+
+def test_jsonl_lines_are_the_wire_headers(published):
+    headers, files, _ = published
+    assert [header["seq"] for header in headers] == list(range(FRAMES))
+    assert files["cam1.jsonl"].splitlines() == [encode_header(header) for header in headers]
+
+
+def test_coco_results_load_against_the_images_file_and_match_the_wire(published):
+    headers, _, out_dir = published
+    ground_truth = COCO(str(out_dir / "cam1.coco_images.json"))
+    results = ground_truth.loadRes(str(out_dir / "cam1.coco_results.json"))
+    assert sorted(results.getImgIds()) == list(range(FRAMES))
+    for header in headers:
+        image = ground_truth.loadImgs(header["seq"])[0]
+        assert (image["frame_index"], image["width"], image["height"]) == (
+            header["frame_index"], header["width"], header["height"])
+        found = results.loadAnns(results.getAnnIds(imgIds=header["seq"]))
+        assert [(ann["category_id"], ann["segmentation"], ann["score"]) for ann in found] == [
+            (inst["class_id"], inst["mask"], inst["score"]) for inst in header["instances"]]
+        for index, (ann, inst) in enumerate(zip(found, header["instances"])):
+            x1, y1, x2, y2 = inst["box"]
+            assert ann["bbox"] == [x1, y1, x2 - x1, y2 - y1]
+            assert (results.annToMask(ann) == rectangle_mask(header["seq"], index)[0]).all()
+    categories = {cat["id"]: cat["name"] for cat in ground_truth.loadCats(ground_truth.getCatIds())}
+    assert categories == dict(enumerate(CLASS_NAMES))
+
+
+def test_overlay_video_has_every_frame_drawn_on_its_pixels(published):
+    headers, _, out_dir = published
+    capture = cv2.VideoCapture(str(out_dir / "cam1.overlay.mp4"))
+    images = []
+    while (image := capture.read())[0]:
+        images.append(image[1])
+    capture.release()
+    assert len(images) == FRAMES
+    assert all(image.shape == (HEIGHT, WIDTH, 3) for image in images)
+    for image, header in zip(images, headers):
+        # The bottom-right corner holds no instance: the frame's own gray, not a black canvas.
+        assert abs(float(np.median(image[-12:, -12:])) - GRAY) < 10
+        for inst in header["instances"]:
+            x1, y1, x2, y2 = (int(v) for v in inst["box"])
+            drawn = image[y1:y2, x1:x2].astype(float)
+            assert np.abs(drawn - GRAY).mean() > 20  # mask, box and caption coloured over the gray
+
+
+def test_draw_instances_blends_class_colours_inside_masks_only():
+    canvas = np.zeros((200, 200, 3), np.uint8)
+    mask = np.zeros((200, 200), bool)
+    mask[60:120, 60:120] = True
+    instance = {"class_id": 3, "label": "car", "score": 0.87, "box": [60.0, 60.0, 120.0, 120.0],
+                "mask": encode_rle(mask)}
+    draw_instances(canvas, [instance])
+    expected = (np.array(class_colour(3)) * MASK_OPACITY).astype(np.uint8)
+    assert (canvas[90, 90] == expected).all()
+    assert (canvas[170, 170] == 0).all()
+    assert (canvas[60, 90] == class_colour(3)).all()  # the box's edge
+
+
+def test_overlay_video_refuses_an_unknown_extension_and_a_frame_of_another_size(tmp_path):
+    with pytest.raises(ValueError, match=r"overlay video .*out\.mkv: use a \.mp4 or \.avi file name"):
+        OverlayVideoSink(tmp_path / "out.mkv", fps=10)
+    sink = OverlayVideoSink(tmp_path / "out.avi", fps=10)
+    sink.write(make_record("cam1", 0, instances=0))
+    with pytest.raises(ValueError, match="frame seq 1 is 32x48, the video is 64x48"):
+        sink.write(make_record("cam1", 1, instances=0, width=32))
+    sink.close()
+
+
+def test_coco_images_file_names_every_field_a_user_matches_on(published):
+    _, files, _ = published
+    images = json.loads(files["cam1.coco_images.json"])["images"]
+    assert [(image["id"], image["stream"], image["seq"], image["frame_index"], image["pts"])
+            for image in images] == [(seq, "cam1", seq, seq, seq / 25.0) for seq in range(FRAMES)]
