@@ -1,0 +1,194 @@
+"""Publisher cost per frame: encode (v1 header to JSON) and encode+send, for 20 and 100 instances.
+
+    python bench/publisher.py [--frames N] [--width W --height H]
+
+Three measurements per instance count, on 1280x720 frames with elliptical masks encoded as COCO
+RLE, and a real subscriber on 127.0.0.1 receiving every message:
+- ``encode``: ``frame_header`` + ``encode_message``, per frame;
+- ``publish``: ``Publisher.publish`` in this process (reorder bookkeeping, encode, ZeroMQ send);
+- ``actor``: frames/s through ``PublisherActor.publish.remote`` (adds Ray's call and the record's
+  serialisation), from the first call to the subscriber's last message.
+
+Prints a table and writes bench/results/publisher.json. Times vary with the machine's load:
+compare rows of one run.
+"""
+import argparse
+import json
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import ray
+import zmq
+from pycocotools import mask as mask_utils
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pipeline.protocol import encode_message, frame_header, topic  # noqa: E402
+from pipeline.publisher import Publisher, PublisherActor  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "publisher.json"
+INSTANCE_COUNTS = (20, 100)
+LABELS = ("person", "car", "bicycle", "dog")
+
+
+def make_instances(count: int, width: int, height: int, rng: np.random.Generator) -> list[dict]:
+    """``count`` wire-format instances with filled-ellipse masks of varied sizes."""
+    instances = []
+    for index in range(count):
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        axes = (int(rng.integers(10, width // 8)), int(rng.integers(10, height // 6)))
+        mask = np.zeros((height, width), np.uint8)
+        cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, cv2.FILLED)
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        x, y, w, h = mask_utils.toBbox(rle)
+        instances.append({"class_id": index % len(LABELS), "label": LABELS[index % len(LABELS)],
+                          "score": float(rng.uniform(0.05, 1.0)), "box": [x, y, x + w, y + h],
+                          "mask": {"size": [height, width], "counts": rle["counts"].decode("ascii")}})
+    return instances
+
+
+def make_records(stream: str, frames: int, instances: list[dict], width: int, height: int) -> list[dict]:
+    """In-order records of one stream sharing the same instances."""
+    return [{"stream": stream, "seq": seq, "frame_index": seq, "pts": seq / 25.0,
+             "captured_at": time.time(), "width": width, "height": height, "dropped_before": 0,
+             "timing_ms": {"decode": 1.0, "infer": 500.0}, "instances": instances}
+            for seq in range(frames)]
+
+
+def warm_up_records(width: int, height: int):
+    """Endless in-order records of the ``warmup`` stream, for the subscriber's slow join."""
+    template = make_records("warmup", 1, [], width, height)[0]
+    seq = 0
+    while True:
+        yield {**template, "seq": seq, "frame_index": seq}
+        seq += 1
+
+
+class Subscriber:
+    """A SUB socket in a thread that counts the frames of one stream until its EOS."""
+
+    def __init__(self, endpoint: str, stream: str):
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.SUB)
+        self._socket.rcvhwm = 0  # keep every message: the bench measures the sender, not drops
+        self._socket.subscribe(topic(stream))
+        self._socket.subscribe(topic("warmup"))
+        self._socket.connect(endpoint)
+        self._stream_topic = topic(stream)
+        self.received = 0
+        self.message_bytes = 0
+        self.ended_at = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def wait_connected(self, publish_warm_up) -> None:
+        """Calls ``publish_warm_up()`` until a message arrives (ZeroMQ's slow joiner)."""
+        while not self._socket.poll(50):
+            publish_warm_up()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            parts = self._socket.recv_multipart()
+            if parts[0] != self._stream_topic:
+                continue
+            if b'"schema":"maskstream.eos/1"' in parts[1]:
+                self.ended_at = time.perf_counter()
+                return
+            self.received += 1
+            self.message_bytes = sum(len(part) for part in parts)
+
+    def join(self) -> None:
+        self._thread.join()
+        self._socket.close(linger=0)
+        self._context.term()
+
+
+def percentiles(samples_s: list[float]) -> dict:
+    p50, p99 = np.percentile(np.array(samples_s) * 1e3, [50, 99])
+    return {"p50_ms": float(p50), "p99_ms": float(p99), "mean_ms": float(np.mean(samples_s) * 1e3)}
+
+
+def time_encode(records: list[dict]) -> dict:
+    samples = []
+    for record in records:
+        start = time.perf_counter()
+        encode_message(frame_header(record, time.time()))
+        samples.append(time.perf_counter() - start)
+    return percentiles(samples)
+
+
+def time_publish_in_process(records: list[dict], width: int, height: int) -> tuple[dict, int]:
+    """Per-frame ``Publisher.publish`` times with a live subscriber; the message size in bytes."""
+    publisher = Publisher({"endpoint": "tcp://127.0.0.1:*", "hwm": 0})
+    subscriber = Subscriber(publisher.ready(), records[0]["stream"])
+    warm_up = warm_up_records(width, height)
+    subscriber.wait_connected(lambda: publisher.publish(next(warm_up)))
+    samples = []
+    for record in records:
+        start = time.perf_counter()
+        publisher.publish(record)
+        samples.append(time.perf_counter() - start)
+    publisher.end_stream(records[0]["stream"], len(records))
+    subscriber.join()
+    publisher.close()
+    assert subscriber.received == len(records), "the subscriber missed frames"
+    return percentiles(samples), subscriber.message_bytes
+
+
+def time_actor(records: list[dict], width: int, height: int) -> float:
+    """Frames/s through the Ray actor, first call to the subscriber's EOS."""
+    publisher = PublisherActor.remote({"endpoint": "tcp://127.0.0.1:*", "hwm": 0})
+    subscriber = Subscriber(ray.get(publisher.ready.remote()), records[0]["stream"])
+    warm_up = warm_up_records(width, height)
+    subscriber.wait_connected(lambda: ray.get(publisher.publish.remote(next(warm_up))))
+    start = time.perf_counter()
+    for record in records:
+        publisher.publish.remote(record)
+    publisher.end_stream.remote(records[0]["stream"], len(records))
+    subscriber.join()
+    ray.get(publisher.close.remote())
+    ray.kill(publisher)
+    assert subscriber.received == len(records), "the subscriber missed frames"
+    return len(records) / (subscriber.ended_at - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=720)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    rows = []
+    for count in INSTANCE_COUNTS:
+        instances = make_instances(count, args.width, args.height, rng)
+        records = make_records(f"bench{count}", args.frames, instances, args.width, args.height)
+        encode = time_encode(records)
+        publish, message_bytes = time_publish_in_process(records, args.width, args.height)
+        rows.append({"instances": count, "message_bytes": message_bytes, "encode": encode,
+                     "publish": publish, "actor_frames_per_s": time_actor(records, args.width, args.height)})
+    ray.shutdown()
+
+    print(f"publisher, {args.frames} frames of {args.width}x{args.height} per row")
+    print(f"{'instances':>9} {'bytes':>8} {'encode p50/p99 ms':>18} {'publish p50/p99 ms':>19} "
+          f"{'in-process fps':>14} {'actor fps':>9}")
+    for row in rows:
+        print(f"{row['instances']:>9} {row['message_bytes']:>8} "
+              f"{row['encode']['p50_ms']:>8.3f}/{row['encode']['p99_ms']:<9.3f} "
+              f"{row['publish']['p50_ms']:>8.3f}/{row['publish']['p99_ms']:<10.3f} "
+              f"{1e3 / row['publish']['mean_ms']:>14.0f} {row['actor_frames_per_s']:>9.0f}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "benchmark": "publisher", "date": time.strftime("%Y-%m-%d"), "machine": platform.processor()
+        or platform.machine(), "frames": args.frames, "width": args.width, "height": args.height,
+        "rows": rows}, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
