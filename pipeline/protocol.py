@@ -38,16 +38,21 @@ def topic(stream_id: str) -> bytes:
     return f"{TOPIC_ROOT}{stream_id}/".encode()
 
 
+def check_record(record: dict) -> None:
+    """Raises a one-line ProtocolError if a pipeline record lacks a field the header needs."""
+    missing = [name for name in FRAME_FIELDS if name != "published_at" and name not in record]
+    if missing:
+        raise ProtocolError(f"record of stream {record.get('stream')!r} seq {record.get('seq')!r}: "
+                            f"missing {', '.join(missing)}")
+
+
 def frame_header(record: dict, published_at: float) -> dict:
     """The v1 header of a pipeline record, stamped with ``published_at`` (Unix seconds).
 
     Keeps exactly the protocol's fields (a record's extra keys, such as ``frame_ref``, stay out)
     and turns numpy scalars into plain JSON numbers.
     """
-    missing = [name for name in FRAME_FIELDS if name != "published_at" and name not in record]
-    if missing:
-        raise ProtocolError(f"record of stream {record.get('stream')!r} seq {record.get('seq')!r}: "
-                            f"missing {', '.join(missing)}")
+    check_record(record)
     return {
         "schema": FRAME_SCHEMA,
         "stream": record["stream"],

@@ -35,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -42,7 +43,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from .keys import load_server_keys
-from .protocol import check_stream_id, encode_message, eos_header, frame_header
+from .protocol import check_record, check_stream_id, encode_message, eos_header, frame_header
 from .sinks import StreamSinks
 
 LATENCY_SAMPLES = 10_000  # per stage and stream: recent enough, bounded memory
@@ -56,6 +57,8 @@ class PublisherError(ValueError):
 class PublisherConfig:
     """Where and how to publish.
 
+    ``hwm``: ZeroMQ's send high-water mark, in messages per subscriber (0: no limit); a
+    subscriber that falls further behind loses messages, the file sinks do not.
     ``curve_keys``: the publisher's key directory (see ``pipeline.keys``), None for plain TCP.
     ``out_dir``: where the file sinks write (see ``pipeline.sinks``), None for none.
     ``class_names[class_id]``: labels for the COCO categories, also those never detected.
@@ -126,6 +129,8 @@ class Publisher:
 
     def __init__(self, config: "PublisherConfig | Mapping"):
         self.config = PublisherConfig.from_value(config)
+        if self.config.out_dir:
+            _make_out_dir(self.config.out_dir)
         self._context = zmq.Context()
         self._authenticator = None
         self._socket = self._context.socket(zmq.PUB)
@@ -163,6 +168,7 @@ class Publisher:
         """Takes a record in any order; sends every record whose earlier seqs are all out."""
         arrived = time.perf_counter()
         self._check_open()
+        check_record(record)  # now, not when its turn comes: a bad record must not stall the stream
         stream = self._stream(record["stream"])
         seq = int(record["seq"])
         if seq < stream.next_seq or seq in stream.waiting:
@@ -246,6 +252,13 @@ class Publisher:
         if self._authenticator is not None:
             self._authenticator.stop()
         self._context.term()
+
+
+def _make_out_dir(out_dir: str) -> None:
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PublisherError(f"output directory {out_dir}: {error.strerror}") from None
 
 
 def _pixels(record: dict) -> np.ndarray | None:

@@ -101,6 +101,22 @@ def test_close_sends_what_waits_and_eos_for_open_streams():
     assert stats["streams"]["warmup"]["ended"]
 
 
+def test_a_bad_record_is_refused_on_arrival_and_its_stream_goes_on():
+    publisher, endpoint = start_publisher()
+    bad = make_record("cam1", 1)
+    del bad["width"]
+    with pytest.raises(ray.exceptions.RayTaskError, match="record of stream 'cam1' seq 1: missing width"):
+        ray.get(publisher.publish.remote(bad))  # ahead of its turn: refused now, not when seq 0 comes
+    with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
+        publisher.end_stream.remote("warmup", warm_up(publisher, [consumer]))
+        ray.get(publisher.publish.remote(make_record("cam1", 0)))
+        ray.get(publisher.publish.remote(make_record("cam1", 1)))
+        publisher.end_stream.remote("cam1", 2)
+        received = messages_of(consumer, "cam1")
+    stop_publisher(publisher)
+    assert [getattr(message, "seq", "eos") for message in received] == [0, 1, "eos"]
+
+
 def test_endpoint_in_use_is_one_line_naming_it():
     publisher, endpoint = start_publisher()
     second = PublisherActor.remote({"endpoint": endpoint})
@@ -114,6 +130,7 @@ def test_endpoint_in_use_is_one_line_naming_it():
     ({"hwm": -1}, "hwm -1 must be >= 0"),
     ({"overlay_video": True}, "overlay_video needs out_dir"),
     ({"endpiont": "tcp://127.0.0.1:5555"}, "unknown key.s. endpiont"),
+    ({"out_dir": "/dev/null/out"}, "^output directory /dev/null/out: Not a directory$"),
 ])
 def test_bad_configs_are_refused_with_one_line(config, problem):
     with pytest.raises(PublisherError, match=problem):
