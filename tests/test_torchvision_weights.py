@@ -4,11 +4,13 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 
-from torchvision_weights import make_state_dict, reference_state_dict
+from torchvision_weights import OVERRIDE_PREFIX, make_state_dict, reference_state_dict, state_dict_layout
 
 # Runs in a child process: importing torchvision after tensorflow in one process crashes.
 TORCHVISION_LAYOUTS = """
@@ -96,3 +98,25 @@ def test_reference_state_dict_refuses_misfit_override(tmp_path):
     np.savez(path, seed=0, depth=18, num_classes=4, **{"override/backbone.body.bn1.running_var": np.ones(3)})
     with pytest.raises(ValueError, match="bn1.running_var"):
         reference_state_dict(path)
+
+
+@pytest.mark.parametrize("name", ["tv_reference_r50.npz", "tv_reference_r18_320.npz"])
+def test_committed_reference_is_complete(name):
+    """The references bench/torchvision_reference.py wrote: every batch norm conditioned, and per image
+    >= 50 detections with distinct scores, 28x28 mask probabilities and full-frame RLE masks."""
+    path = Path(__file__).parent / "data" / name
+    reference_state_dict(path)                                     # every override fits the layout
+    with np.load(path) as ref:
+        layout = state_dict_layout(int(ref["depth"]), int(ref["num_classes"]))
+        batch_norm_stats = {k for k, (kind, _) in layout.items() if kind in ("bn_running_mean", "bn_running_var")}
+        assert batch_norm_stats <= {n[len(OVERRIDE_PREFIX):] for n in ref.files if n.startswith(OVERRIDE_PREFIX)}
+        assert len(ref["image_names"]) >= 3
+        for image, (height, width) in zip(ref["image_names"], ref["original_sizes"]):
+            scores = ref[f"{image}/scores"]
+            count = len(scores)
+            assert count >= 50 and len(np.unique(scores)) == count and np.all(scores > 0.05)
+            assert ref[f"{image}/boxes"].shape == (count, 4) and ref[f"{image}/labels"].shape == (count,)
+            assert ref[f"{image}/mask_probs"].shape == (count, 28, 28)
+            rles = [{"size": [int(height), int(width)], "counts": str(c)} for c in ref[f"{image}/mask_counts"]]
+            masks = mask_utils.decode(rles)
+            assert masks.shape == (height, width, count) and 0 < masks.mean() < 1
