@@ -1,0 +1,10 @@
+"""The streaming pipeline: sources, ingest actors, batching, inference scheduling, publishing.
+
+    from pipeline.config import load_pipeline_config
+    from pipeline.runner import run
+    summary = run(load_pipeline_config("my.yaml", ["sources.max_frames=100"]))
+    print(summary.table())
+
+Modules, in the order frames flow: config, sources, ingest, batching (scheduler), publisher
+(protocol, sinks, overlay, keys), consumer; metrics and runner around them.
+"""

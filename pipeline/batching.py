@@ -1,0 +1,307 @@
+"""Scheduling: frames from every stream into dynamic batches, batches onto inference workers.
+
+`DynamicBatcher` is the batching rule alone: a batch leaves when it is full (`max_batch`) or when
+its oldest frame has waited `max_wait_ms`. `Scheduler` is the event loop around it, on Ray refs:
+
+    ingest actors ──take()──► accept (seq per stream) ──► DynamicBatcher ──► worker.infer()
+         ▲ pulled only while there is room                                      │ results
+         └───────────────────────────────────────── publish (any order) ◄──────┘
+
+- Flow control is by pulling: offline, frames are taken while fewer than `max_in_flight` are
+  accepted and unpublished (the readers block behind their small buffers); live, frames are
+  taken only when a worker is free, so the frame taken is the newest the camera has.
+- `seq` is assigned when a frame is accepted, so it is gap-free over published frames even
+  though live streams drop frames before that point.
+- A batch whose worker dies is put back at the head of the queue and runs on another worker
+  (Ray restarts crashed workers and retries their batch first, `max_restarts` and
+  `max_task_retries`; a worker killed for good fails its batches and is probed before reuse).
+  The publisher drops a seq it has already sent, so every frame is published exactly once.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from .metrics import RunStats
+
+log = logging.getLogger(__name__)
+
+TAKE_TIMEOUT_S = 0.5       # an ingest's take() waits at most this for a frame
+MAX_ATTEMPTS = 3           # a frame whose batch killed this many workers stops the run
+PUBLISH_BACKLOG = 256      # publish calls in flight before the scheduler waits for the publisher
+
+
+class PipelineError(RuntimeError):
+    """The run cannot go on; one line for the operator."""
+
+
+def error_line(error: Exception) -> str:
+    """The message of an exception raised inside an actor, without Ray's traceback around it."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(error).__name__
+    name, sep, message = last.partition(": ")
+    return message if sep and name.replace(".", "").isidentifier() else last
+
+
+@dataclass
+class Accepted:
+    """A frame accepted for inference: its stamps (`record`), its pixels' ref, and its history."""
+    record: dict        # stream, seq, frame_index, pts, captured_at, width, height, dropped_before
+    frame_ref: object   # ObjectRef of RGB uint8 (H, W, 3)
+    decode_ms: float
+    ready_at: float     # monotonic seconds when it entered the batcher
+    attempts: int = 0
+
+
+class DynamicBatcher:
+    """FIFO of frames that forms batches of up to `max_batch`, waiting at most `max_wait_s`."""
+
+    def __init__(self, max_batch: int, max_wait_s: float):
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._queue: deque[Accepted] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, item: Accepted) -> None:
+        self._queue.append(item)
+
+    def put_back(self, items: list[Accepted]) -> None:
+        """Return a failed batch to the head of the queue, in its order, ready to leave at once."""
+        for item in reversed(items):
+            item.ready_at = float("-inf")
+            self._queue.appendleft(item)
+
+    def next_batch(self, now: float, flush: bool = False) -> list[Accepted] | None:
+        """A batch if one is due at `now`: full, or its oldest frame waited max_wait_s, or `flush`
+        (no more frames are coming soon); else None."""
+        if not self._queue:
+            return None
+        due = len(self._queue) >= self.max_batch or now - self._queue[0].ready_at >= self.max_wait_s
+        if not (due or flush):
+            return None
+        return [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+
+    def seconds_until_due(self, now: float) -> float | None:
+        """How long until the head frame has waited max_wait_s; None when empty."""
+        if not self._queue:
+            return None
+        return max(0.0, self._queue[0].ready_at + self.max_wait_s - now)
+
+
+@dataclass
+class StreamState:
+    stream_id: str
+    ingest: object                 # IngestActor handle
+    next_seq: int = 0
+    published: int = 0
+    reading: bool = True           # more frames may come from the ingest
+    ended: bool = False            # end_stream sent
+    error: str | None = None
+
+
+@dataclass
+class WorkerState:
+    handle: object                 # InferenceWorkerActor handle
+    name: str
+    batches: int = 0               # batches submitted and not returned
+    alive: bool = True
+    probing: bool = False          # after a failure: not used until ready() answers
+
+
+@dataclass
+class _Pending:
+    kind: str                      # take | batch | probe
+    stream: StreamState | None = None
+    worker: WorkerState | None = None
+    frames: list[Accepted] = field(default_factory=list)
+    requested: int = 0
+
+
+class Scheduler:
+    """Runs streams through workers to the publisher until every stream has ended (see module doc)."""
+
+    def __init__(self, streams: dict[str, object], workers: dict[str, object], publisher, *,
+                 live: bool, max_batch: int, max_wait_ms: float, max_in_flight: int,
+                 batches_per_worker: int, live_queue: int, overlay: bool, stats: RunStats):
+        self.streams = {sid: StreamState(sid, handle) for sid, handle in streams.items()}
+        self.workers = [WorkerState(handle, name) for name, handle in workers.items()]
+        self.publisher = publisher
+        self.live = live
+        self.batcher = DynamicBatcher(max_batch, max_wait_ms / 1e3)
+        self.max_in_flight = max_in_flight
+        self.worker_capacity = 1 if live else batches_per_worker
+        self.take_size = live_queue if live else max_batch
+        self.overlay = overlay
+        self.stats = stats
+        self._pending: dict[object, _Pending] = {}
+        self._publishing: list = []
+        self._in_flight = 0            # accepted, not yet published
+        self._stopping = False
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Until all streams ended. Setting `stop` takes no new frames, finishes those accepted,
+        and ends every stream (EOS)."""
+        while True:
+            if stop.is_set() and not self._stopping:
+                self._stop_reading()
+            self._request_frames()
+            self._dispatch()
+            self._end_finished_streams()
+            if all(s.ended for s in self.streams.values()):
+                break
+            if not self._pending:
+                if self.batcher:
+                    continue
+                raise PipelineError("scheduler stalled: frames accepted but nothing in flight")
+            ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=self._wait_timeout())
+            for ref in ready:
+                self._handle(ref, self._pending.pop(ref))
+        ray.get(self._publishing)
+
+    def _wait_timeout(self) -> float:
+        """Wake for the batcher's deadline, and often enough to notice a stop request."""
+        due = self.batcher.seconds_until_due(time.monotonic())
+        return 0.1 if due is None else min(due, 0.1)
+
+    def _stop_reading(self) -> None:
+        self._stopping = True
+        for stream in self.streams.values():
+            stream.reading = False
+            stream.ingest.stop.remote()
+
+    # -- frames in --------------------------------------------------------------------------
+
+    def _free_worker_slots(self) -> int:
+        return sum(self.worker_capacity - w.batches for w in self.workers if w.alive and not w.probing)
+
+    def _request_frames(self) -> None:
+        requested = sum(p.requested for p in self._pending.values())
+        for stream in self.streams.values():
+            if not stream.reading or any(p.stream is stream for p in self._pending.values()):
+                continue
+            if self.live:
+                wanted = self.take_size if self._free_worker_slots() > 0 and len(self.batcher) < self.batcher.max_batch else 0
+            else:
+                wanted = min(self.take_size, self.max_in_flight - self._in_flight - requested)
+            if wanted > 0:
+                ref = stream.ingest.take.remote(wanted, TAKE_TIMEOUT_S)
+                self._pending[ref] = _Pending("take", stream=stream, requested=wanted)
+                requested += wanted
+
+    def _accept(self, stream: StreamState, taken: dict) -> None:
+        for event in taken["events"]:
+            log.warning("%s", event)
+        if self._stopping:
+            return  # frames read after the stop are not published; they get no seq
+        now = time.monotonic()
+        for frame in taken["frames"]:
+            record = {key: frame[key] for key in ("stream", "frame_index", "pts", "captured_at",
+                                                   "width", "height", "dropped_before")}
+            record["seq"] = stream.next_seq
+            stream.next_seq += 1
+            self._in_flight += 1
+            self.stats.accepted(stream.stream_id, frame["dropped_before"])
+            self.batcher.add(Accepted(record, frame["ref"][0], frame["decode_ms"], now))
+        if taken["done"]:
+            stream.reading = False
+            stream.error = taken["error"]
+            if stream.error:
+                log.error("%s", stream.error)
+
+    # -- batches out ------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        flush = self._stopping or not any(s.reading for s in self.streams.values())
+        while self._free_worker_slots() > 0:
+            batch = self.batcher.next_batch(time.monotonic(), flush=flush)
+            if batch is None:
+                return
+            worker = min((w for w in self.workers if w.alive and not w.probing and w.batches < self.worker_capacity),
+                         key=lambda w: w.batches)
+            worker.batches += 1
+            dispatched_at = time.time()
+            for item in batch:
+                item.record["queue_ms"] = (dispatched_at - item.record["captured_at"]) * 1e3
+            ref = worker.handle.infer.remote([item.frame_ref for item in batch])
+            self._pending[ref] = _Pending("batch", worker=worker, frames=batch)
+
+    def _handle(self, ref, pending: _Pending) -> None:
+        if pending.kind == "take":
+            try:
+                self._accept(pending.stream, ray.get(ref))
+            except RayActorError:
+                pending.stream.reading = False
+                pending.stream.error = f"{pending.stream.stream_id}: its ingest actor died"
+                log.error("%s", pending.stream.error)
+        elif pending.kind == "batch":
+            pending.worker.batches -= 1
+            try:
+                result = ray.get(ref)
+            except RayActorError:
+                self._worker_failed(pending.worker, pending.frames)
+            except RayTaskError as error:
+                raise PipelineError(f"inference failed on {pending.worker.name}: {error_line(error)}") from None
+            else:
+                self._publish(pending.frames, result)
+        else:
+            pending.worker.probing = False
+            try:
+                ray.get(ref)
+                log.warning("%s: restarted, back in service", pending.worker.name)
+            except RayActorError:
+                pending.worker.alive = False
+                log.warning("%s: gone", pending.worker.name)
+                if not any(w.alive for w in self.workers):
+                    raise PipelineError("every inference worker died; nothing left to run the model") from None
+
+    def _worker_failed(self, worker: WorkerState, frames: list[Accepted]) -> None:
+        """Put the batch back for another worker; probe the failed one before using it again."""
+        for item in frames:
+            item.attempts += 1
+            if item.attempts >= MAX_ATTEMPTS:
+                raise PipelineError(f"{item.record['stream']} frame {item.record['frame_index']}: "
+                                    f"its batch failed on {MAX_ATTEMPTS} workers")
+        self.batcher.put_back(frames)
+        if worker.alive and not worker.probing:
+            log.warning("%s: died with a batch of %d frames; re-running it", worker.name, len(frames))
+            worker.probing = True
+            self._pending[worker.handle.ready.remote()] = _Pending("probe", worker=worker)
+
+    # -- results out ------------------------------------------------------------------------
+
+    def _publish(self, batch: list[Accepted], result: dict) -> None:
+        for item, frame in zip(batch, result["frames"]):
+            record = dict(item.record)
+            record["timing_ms"] = {"decode": item.decode_ms, "queue": record.pop("queue_ms"),
+                                   **result["timing_ms"]}
+            record["instances"] = frame["instances"]
+            if self.overlay:
+                record["frame_ref"] = [item.frame_ref]
+            self._publishing.append(self.publisher.publish.remote(record))
+            stream = self.streams[record["stream"]]
+            stream.published += 1
+            self._in_flight -= 1
+            self.stats.published(record)
+        if len(self._publishing) > PUBLISH_BACKLOG:
+            # Surfaces a publisher error, and keeps memory bounded if the publisher falls behind.
+            half = len(self._publishing) // 2
+            ray.get(self._publishing[:half])
+            del self._publishing[:half]
+
+    def _end_finished_streams(self) -> None:
+        for stream in self.streams.values():
+            if not stream.ended and not stream.reading and stream.published == stream.next_seq \
+                    and not any(p.stream is stream for p in self._pending.values()):
+                self._publishing.append(self.publisher.end_stream.remote(stream.stream_id, stream.next_seq))
+                stream.ended = True
+                self.stats.ended(stream.stream_id, stream.next_seq)

@@ -1,0 +1,210 @@
+"""Pipeline configuration: typed sections loaded from YAML, overridable from the command line.
+
+The embedded default is configs/default.yaml; a user's YAML is laid over it (sections merge key
+by key, lists are replaced), then `--set section.key=value` overrides (the value is read as YAML:
+`4`, `true`, `null`, `[a, b]`).
+Validation reuses the model's generic dataclass loader, so a mistake is one `ConfigError` line
+naming the key. Relative paths inside a YAML file are taken from that file's folder; paths given
+on the command line are taken from the current directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.config import ConfigError, from_dict, read_yaml
+
+from .sources import source_kind, split_spec
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+MODES = ("auto", "offline", "live")
+DEVICES = ("auto", "gpu", "cpu")
+PRECISIONS = ("model", "float32", "bfloat16")
+
+
+@dataclass
+class ModelSection:
+    config: str | None = None          # model YAML (see models/config.py)
+    weights: str | None = None         # weights file; none: seeded random weights
+
+    def validate(self, path: str) -> None:
+        _require(self.config is not None, path + ".config", "needs the model's YAML file")
+
+
+@dataclass
+class SourcesSection:
+    uris: list[str] = field(default_factory=lambda: ["synthetic:"])  # URI or id=URI, one per stream
+    mode: str = "auto"                 # auto: live if any source is a camera or network stream
+    max_frames: int = 0                # per stream, 0 reads to the end
+    folder_fps: float = 25.0           # image folders: pts advances 1/folder_fps per image
+    open_timeout_s: float = 10.0       # network streams: give up opening or reading after this
+    reconnect_initial_s: float = 0.5   # live: first back-off after a stream fails
+    reconnect_max_s: float = 10.0      # live: back-off doubles up to this
+    read_ahead: int = 8                # offline: decoded frames waiting per stream (reader blocks beyond)
+    live_queue: int = 1                # live: newest frames kept per stream while inference is busy
+
+    def validate(self, path: str) -> None:
+        _require(len(self.uris) > 0, path + ".uris", "needs at least one source")
+        _require(self.mode in MODES, path + ".mode", f"must be one of {', '.join(MODES)}")
+        _require(self.max_frames >= 0, path + ".max_frames", "must be >= 0 (0 reads to the end)")
+        _require(self.folder_fps > 0, path + ".folder_fps", "must be positive")
+        _require(self.open_timeout_s > 0, path + ".open_timeout_s", "must be positive")
+        _require(0 < self.reconnect_initial_s <= self.reconnect_max_s, path,
+                 "need 0 < reconnect_initial_s <= reconnect_max_s")
+        _require(self.read_ahead >= 1, path + ".read_ahead", "must be >= 1")
+        _require(self.live_queue >= 1, path + ".live_queue", "must be >= 1")
+
+
+@dataclass
+class WorkersSection:
+    count: int = 0                     # inference actors; 0: one per GPU in the cluster, else 1
+    device: str = "auto"               # auto: GPUs when the cluster has them
+    cpus: float = 1.0                  # CPUs reserved per worker; also its TensorFlow thread count
+    precision: str = "model"           # model: as the model config says
+    max_restarts: int = 2              # Ray restarts a crashed worker this often
+    max_task_retries: int = 1          # and re-runs its unfinished batch this often
+
+    def validate(self, path: str) -> None:
+        _require(self.count >= 0, path + ".count", "must be >= 0 (0 picks one per GPU, else 1)")
+        _require(self.device in DEVICES, path + ".device", f"must be one of {', '.join(DEVICES)}")
+        _require(self.cpus > 0, path + ".cpus", "must be positive")
+        _require(self.precision in PRECISIONS, path + ".precision", f"must be one of {', '.join(PRECISIONS)}")
+        _require(self.max_restarts >= 0 and self.max_task_retries >= 0, path, "restarts and retries must be >= 0")
+
+
+@dataclass
+class BatchingSection:
+    max_batch: int = 4                 # frames per inference call, across streams
+    max_wait_ms: float = 10.0          # a partial batch waits at most this for more frames
+    max_in_flight: int = 0             # offline: frames accepted but not yet published; 0: 3 batches per worker
+    batches_per_worker: int = 2        # offline: batches queued on a worker so it never idles
+
+    def validate(self, path: str) -> None:
+        _require(self.max_batch >= 1, path + ".max_batch", "must be >= 1")
+        _require(self.max_wait_ms >= 0, path + ".max_wait_ms", "must be >= 0")
+        _require(self.max_in_flight >= 0, path + ".max_in_flight", "must be >= 0")
+        _require(self.batches_per_worker >= 1, path + ".batches_per_worker", "must be >= 1")
+
+
+@dataclass
+class PublishSection:
+    endpoint: str = "tcp://127.0.0.1:5555"
+    hwm: int = 1000                    # messages queued per subscriber before ZeroMQ drops
+    curve_keys: str | None = None      # key directory (python -m pipeline.keys); none: plain TCP
+
+    def validate(self, path: str) -> None:
+        _require("://" in self.endpoint, path + ".endpoint", "must look like tcp://HOST:PORT")
+        _require(self.hwm >= 0, path + ".hwm", "must be >= 0")
+
+
+@dataclass
+class OutputSection:
+    dir: str | None = None             # file sinks (JSON lines, COCO results); none: no files
+    overlay: bool = False              # also an overlay video per stream (needs dir)
+
+    def validate(self, path: str) -> None:
+        _require(not self.overlay or self.dir is not None, path + ".overlay", "needs output.dir")
+
+
+@dataclass
+class PipelineConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    sources: SourcesSection = field(default_factory=SourcesSection)
+    workers: WorkersSection = field(default_factory=WorkersSection)
+    batching: BatchingSection = field(default_factory=BatchingSection)
+    publish: PublishSection = field(default_factory=PublishSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    metrics_port: int | None = None    # serve Prometheus metrics on this port
+    ray_address: str | None = None     # join this Ray cluster; none: start a local one
+    verbose: bool = False
+    progress: bool = True              # progress bars for offline streams (on a terminal)
+
+    def validate(self, path: str = "config") -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate(f"{path}.{f.name}")
+        _require(self.metrics_port is None or 0 < self.metrics_port < 65536, path + ".metrics_port",
+                 "must be a TCP port (1-65535)")
+
+
+def _require(ok: bool, path: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path}: {problem}")
+
+
+# Keys holding file paths: a relative path in a YAML file means "next to that file".
+PATH_KEYS = (("model", "config"), ("model", "weights"), ("publish", "curve_keys"), ("output", "dir"))
+
+
+def load_pipeline_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
+    """The validated config: the embedded default, then the YAML at `path`, then `key=value` overrides.
+
+    Overrides are dotted keys (`batching.max_batch=8`); their paths stay relative to the
+    current directory. Raises ConfigError with one line for the first mistake.
+    """
+    data = _read_layer(DEFAULT_CONFIG)
+    if path is not None:
+        merge(data, _read_layer(path))
+    for override in overrides:
+        set_dotted(data, override)
+    config = from_dict(PipelineConfig, data, "config")
+    config.validate("config")
+    return config
+
+
+def _read_layer(path: str | Path) -> dict:
+    """A YAML mapping whose relative file paths are made absolute from the file's folder."""
+    data = read_yaml(path)
+    base = Path(path).resolve().parent
+    for section, key in PATH_KEYS:
+        node = data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str) and not Path(node[key]).is_absolute():
+            node[key] = str(base / node[key])
+    sources = data.get("sources")
+    if isinstance(sources, dict) and isinstance(sources.get("uris"), list):
+        sources["uris"] = [_resolve_source(spec, base) for spec in sources["uris"]]
+    return data
+
+
+def _resolve_source(spec: Any, base: Path) -> Any:
+    """A file or folder source of a YAML file, made absolute; other URIs as they are."""
+    if not isinstance(spec, str):
+        return spec
+    stream_id, uri = split_spec(spec)
+    if source_kind(uri) in ("file", "folder") and not Path(uri).is_absolute():
+        uri = str(base / uri)
+    return uri if stream_id is None else f"{stream_id}={uri}"
+
+
+def merge(base: dict, layer: dict) -> None:
+    """Lay mapping `layer` over `base` in place: nested mappings merge, other values replace."""
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def set_dotted(data: dict, assignment: str) -> None:
+    """Apply one `a.b.c=value` override to a nested mapping; the value is parsed as YAML."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment}: expected key=value, for example batching.max_batch=8")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment}: {'.'.join(parts[:i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value

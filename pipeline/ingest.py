@@ -1,0 +1,189 @@
+"""Ingest: one Ray actor per stream reads its source and hands frames out through the object store.
+
+A reader thread decodes frames into a small buffer; the scheduler takes them with `take()`, which
+puts each frame's pixels into the object store once and returns only references and stamps.
+
+- offline: the buffer holds at most `read_ahead` frames and the reader blocks when it is full, so
+  memory stays bounded however slow inference is;
+- live: the buffer keeps the newest `live_queue` frames; an older waiting frame is dropped and
+  counted, and the count rides on the next frame taken (`dropped_before`). A camera or network
+  stream that fails or ends is reopened with doubling back-off. Files, folders and generated
+  scenes in a live run are read at their own frame rate, as a camera would deliver them.
+
+Problems the operator should see (a stream lost, an unreadable file) come back from `take()` as
+one-line `events`, so the driver reports them without Ray's log forwarding.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import ray
+
+from .config import SourcesSection
+from .sources import Frame, FrameSource, SourceError, SourceSpec, open_source
+
+
+@dataclass
+class _Decoded:
+    frame: Frame
+    frame_index: int
+    captured_at: float  # Unix seconds when the frame was read
+    decode_ms: float
+
+
+class Ingest:
+    """Reads one stream; see the module docstring. `IngestActor` runs it as a Ray actor."""
+
+    def __init__(self, spec: SourceSpec, options: SourcesSection, live: bool):
+        self.spec = spec
+        self.options = options
+        self.live = live
+        self._paced = live and not spec.live
+        self._capacity = options.live_queue if live else options.read_ahead
+        self._buffer: deque[_Decoded] = deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._finished = False         # the reader is done; the buffer may still hold frames
+        self._error: str | None = None
+        self._events: list[str] = []
+        self._read = 0                 # frames read from the source (taken + dropped + waiting)
+        self._dropped = 0              # dropped in all
+        self._dropped_pending = 0      # dropped since the last frame taken
+        self._source: FrameSource | None = None
+        self._thread = threading.Thread(target=self._read_loop, name=f"ingest-{spec.stream_id}", daemon=True)
+
+    def start(self) -> dict:
+        """Open the source and start reading. Returns {"stream", "total", "error"}: error is a
+        one-line problem naming the input (the stream does not run then), else None."""
+        try:
+            self._source = self._open()
+        except SourceError as error:
+            return {"stream": self.spec.stream_id, "total": None, "error": str(error)}
+        self._thread.start()
+        return {"stream": self.spec.stream_id, "total": self._expected_total(), "error": None}
+
+    def _open(self) -> FrameSource:
+        return open_source(self.spec, self.options.folder_fps, self.options.open_timeout_s)
+
+    def _expected_total(self) -> int | None:
+        total = self._source.total
+        if self.options.max_frames:
+            total = min(total, self.options.max_frames) if total else self.options.max_frames
+        return None if self.live else total
+
+    def take(self, max_frames: int, timeout_s: float) -> dict:
+        """Up to `max_frames` waiting frames, waiting at most `timeout_s` for the first.
+
+        Returns {"frames": [{stream, frame_index, pts, captured_at, width, height, dropped_before,
+        decode_ms, ref: [ObjectRef of RGB uint8 (H, W, 3)]}], "done": no frame will follow,
+        "error": why the stream ended early or None, "events": one-line notices since last time}.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self._buffer or self._finished or self._stopped, timeout_s)
+            taken = [self._buffer.popleft() for _ in range(min(max_frames, len(self._buffer)))]
+            dropped_before, self._dropped_pending = self._dropped_pending, 0
+            done = (self._finished or self._stopped) and not self._buffer
+            events, self._events = self._events, []
+            self._cond.notify_all()
+        frames = []
+        for decoded in taken:
+            frames.append(self._describe(decoded, dropped_before))
+            dropped_before = 0  # the drops happened before the first frame taken
+        return {"frames": frames, "done": done, "error": self._error if done else None, "events": events}
+
+    def _describe(self, decoded: _Decoded, dropped_before: int) -> dict:
+        rgb = decoded.frame.rgb
+        return {"stream": self.spec.stream_id, "frame_index": decoded.frame_index,
+                "pts": decoded.frame.pts, "captured_at": decoded.captured_at,
+                "width": rgb.shape[1], "height": rgb.shape[0], "dropped_before": dropped_before,
+                "decode_ms": decoded.decode_ms, "ref": [ray.put(rgb)]}
+
+    def stop(self) -> dict:
+        """Stop reading (frames already waiting can still be taken); returns `counts()`."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        return self.counts()
+
+    def counts(self) -> dict:
+        """{"read": frames read from the source, "dropped": live frames dropped}."""
+        with self._cond:
+            return {"read": self._read, "dropped": self._dropped}
+
+    def _read_loop(self) -> None:
+        try:
+            self._read_frames()
+        except SourceError as error:
+            self._error = str(error)
+        except Exception as error:  # an unexpected decoder failure still ends the stream cleanly
+            self._error = f"{self.spec.uri}: reading failed: {type(error).__name__}: {error}"
+        finally:
+            if self._source is not None:
+                self._source.close()
+            with self._cond:
+                self._finished = True
+                self._cond.notify_all()
+
+    def _read_frames(self) -> None:
+        first_pts = start = None
+        limit = self.options.max_frames
+        while not self._stopped and not (limit and self._read >= limit):
+            began = time.perf_counter()
+            frame = self._source.read()
+            decode_ms = (time.perf_counter() - began) * 1e3
+            if frame is None:
+                if not (self.live and self.spec.live) or not self._reopen():
+                    return
+                continue
+            if self._paced:
+                if start is None:
+                    first_pts, start = frame.pts, time.monotonic()
+                time.sleep(max(0.0, start + frame.pts - first_pts - time.monotonic()))
+            self._offer(_Decoded(frame, self._read, time.time(), decode_ms))
+
+    def _offer(self, decoded: _Decoded) -> None:
+        """Put a frame in the buffer: offline waits for room, live drops the oldest waiting."""
+        with self._cond:
+            if self.live:
+                if len(self._buffer) >= self._capacity:
+                    self._buffer.popleft()
+                    self._dropped += 1
+                    self._dropped_pending += 1
+            else:
+                self._cond.wait_for(lambda: len(self._buffer) < self._capacity or self._stopped)
+                if self._stopped:
+                    return
+            self._read += 1
+            self._buffer.append(decoded)
+            self._cond.notify_all()
+
+    def _reopen(self) -> bool:
+        """Reopen a live stream that ended or failed, backing off between tries; False if stopped."""
+        self._source.close()
+        self._source = None
+        delay = self.options.reconnect_initial_s
+        self._note(f"{self.spec.stream_id}: stream lost, reopening {self.spec.uri}")
+        while True:
+            with self._cond:
+                if self._cond.wait_for(lambda: self._stopped, delay):
+                    return False
+            try:
+                self._source = self._open()
+            except SourceError as error:
+                delay = min(2 * delay, self.options.reconnect_max_s)
+                self._note(f"{self.spec.stream_id}: {error}; next try in {delay:.1f} s")
+                continue
+            self._note(f"{self.spec.stream_id}: stream reopened")
+            return True
+
+    def _note(self, event: str) -> None:
+        with self._cond:
+            self._events.append(event)
+
+
+# No CPU reserved: decoding is light next to inference and must not wait for a free core.
+# Two concurrent calls, so that stop() gets through while take() waits for frames.
+IngestActor = ray.remote(num_cpus=0, max_concurrency=2)(Ingest)

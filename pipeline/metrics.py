@@ -1,0 +1,162 @@
+"""What a run did: progress bars, counts and latency percentiles, and the same as Prometheus metrics.
+
+`RunStats` is fed by the scheduler (a frame accepted, a frame published, a stream ended) and
+gives the end-of-run `RunSummary`. With a metrics port it serves, from its own registry:
+
+- `maskstream_frames_accepted_total{stream}`, `maskstream_frames_published_total{stream}`,
+  `maskstream_frames_dropped_total{stream}` (live frames dropped before inference);
+- `maskstream_stage_latency_seconds{stage}`: a histogram per stage;
+- `maskstream_stage_latency_ms{stage, quantile}`: p50, p95 and p99 over recent frames, as in
+  the summary (refreshed at most once a second).
+
+Stages: `decode` (reading the frame from its source), `queue` (capture to dispatch: buffers
+and batching), `fetch` (the worker reading the pixels from the object store), `inference` (the
+model on the frame's batch) and `result` (capture to the result being back for publishing).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from tqdm import tqdm
+
+STAGES = ("decode", "queue", "fetch", "inference", "result")
+QUANTILES = (50, 95, 99)
+LATENCY_SAMPLES = 10_000      # per stage: recent enough, bounded memory
+QUANTILE_REFRESH_S = 1.0
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass
+class StreamSummary:
+    stream: str
+    frames_in: int                 # read from the source (published, dropped, or stopped before inference)
+    published: int
+    dropped: int                   # live: dropped before inference
+    fps: float                     # published frames per second of the run
+    error: str | None = None
+    end_to_end_ms: dict = field(default_factory=dict)  # {p50, p95, p99}, capture to publish
+
+
+@dataclass
+class RunSummary:
+    seconds: float
+    streams: dict[str, StreamSummary]
+    latency_ms: dict[str, dict]    # stage -> {count, p50, p95, p99}
+    workers: list[dict]            # each worker's ready() answer: name, device, gpu_ids, node_id
+    errors: list[str]              # one line per input that failed
+
+    @property
+    def published(self) -> int:
+        return sum(s.published for s in self.streams.values())
+
+    def table(self) -> str:
+        """The summary as a plain-text table."""
+        lines = [f"{'stream':<20} {'in':>7} {'published':>9} {'dropped':>7} {'fps':>7}  end-to-end ms p50/p95/p99"]
+        for s in self.streams.values():
+            e2e = "/".join(f"{s.end_to_end_ms[f'p{q}']:.0f}" for q in QUANTILES) if s.end_to_end_ms else "-"
+            lines.append(f"{s.stream:<20} {s.frames_in:>7} {s.published:>9} {s.dropped:>7} {s.fps:>7.1f}  {e2e}")
+        total_fps = self.published / self.seconds if self.seconds > 0 else 0.0
+        lines.append(f"{'all':<20} {sum(s.frames_in for s in self.streams.values()):>7} {self.published:>9} "
+                     f"{sum(s.dropped for s in self.streams.values()):>7} {total_fps:>7.1f}  in {self.seconds:.1f} s")
+        lines.append(f"{'stage latency ms':<20} {'p50':>9} {'p95':>9} {'p99':>9} {'frames':>7}")
+        for stage, p in self.latency_ms.items():
+            lines.append(f"{stage:<20} {p['p50']:>9.1f} {p['p95']:>9.1f} {p['p99']:>9.1f} {p['count']:>7}")
+        return "\n".join(lines + [f"error: {e}" for e in self.errors])
+
+
+def percentiles(samples) -> dict:
+    """{count, p50, p95, p99} of a sequence of numbers (non-empty)."""
+    values = np.percentile(np.fromiter(samples, float), QUANTILES)
+    return {"count": len(samples), **{f"p{q}": float(v) for q, v in zip(QUANTILES, values)}}
+
+
+class RunStats:
+    """Counts and latencies of a run, shown as progress bars and served to Prometheus."""
+
+    def __init__(self, totals: dict[str, int | None], progress: bool, metrics_port: int | None):
+        """`totals`: expected frames per stream (None when unknown); progress bars are shown for
+        streams in `totals` when `progress` and stderr is a terminal."""
+        self.started = time.monotonic()
+        self.accepted_frames = dict.fromkeys(totals, 0)
+        self.published_frames = dict.fromkeys(totals, 0)
+        self._latency = {stage: deque(maxlen=LATENCY_SAMPLES) for stage in STAGES}
+        self._bars = {sid: tqdm(total=total, desc=sid, unit="frame", position=i, leave=True,
+                                dynamic_ncols=True, disable=None if progress else True)
+                      for i, (sid, total) in enumerate(totals.items())}
+        self._registry = CollectorRegistry()
+        self._server = None
+        labels = {"registry": self._registry}
+        self._m_accepted = Counter("maskstream_frames_accepted", "Frames accepted for inference", ["stream"], **labels)
+        self._m_published = Counter("maskstream_frames_published", "Frames published", ["stream"], **labels)
+        self._m_dropped = Counter("maskstream_frames_dropped", "Live frames dropped before inference",
+                                  ["stream"], **labels)
+        self._m_latency = Histogram("maskstream_stage_latency_seconds", "Latency per stage", ["stage"],
+                                    buckets=LATENCY_BUCKETS_S, **labels)
+        self._m_quantile = Gauge("maskstream_stage_latency_ms", "Latency percentiles per stage over recent frames",
+                                 ["stage", "quantile"], **labels)
+        self._quantiles_at = 0.0
+        if metrics_port is not None:
+            self._server, _thread = start_http_server(metrics_port, addr="0.0.0.0", registry=self._registry)
+
+    def accepted(self, stream: str, dropped_before: int) -> None:
+        self.accepted_frames[stream] += 1
+        self._m_accepted.labels(stream).inc()
+        if dropped_before:
+            self._m_dropped.labels(stream).inc(dropped_before)
+
+    def published(self, record: dict) -> None:
+        """A frame's result went to the publisher; `record["timing_ms"]` holds its stage times."""
+        stream = record["stream"]
+        self.published_frames[stream] += 1
+        self._m_published.labels(stream).inc()
+        stages = dict(record["timing_ms"], result=(time.time() - record["captured_at"]) * 1e3)
+        for stage, ms in stages.items():
+            if stage in self._latency:
+                self._latency[stage].append(ms)
+                self._m_latency.labels(stage).observe(ms / 1e3)
+        self._bars[stream].update(1)
+        if time.monotonic() - self._quantiles_at >= QUANTILE_REFRESH_S:
+            self.refresh_quantiles()
+
+    def refresh_quantiles(self) -> None:
+        self._quantiles_at = time.monotonic()
+        for stage, p in self.latency_ms().items():
+            for q in QUANTILES:
+                self._m_quantile.labels(stage, str(q / 100)).set(p[f"p{q}"])
+
+    def ended(self, stream: str, frames: int) -> None:
+        """The stream ended after `frames` frames: its bar now shows the true total."""
+        bar = self._bars[stream]
+        bar.total = frames
+        bar.refresh()
+
+    def latency_ms(self) -> dict[str, dict]:
+        return {stage: percentiles(samples) for stage, samples in self._latency.items() if samples}
+
+    def summary(self, ingest_counts: dict[str, dict], publisher_stats: dict, workers: list[dict],
+                errors: dict[str, str]) -> RunSummary:
+        """The run's summary. `ingest_counts`: {stream: {"read", "dropped"}}; `publisher_stats`:
+        the publisher's close() answer; `errors`: {stream: one-line problem}."""
+        seconds = time.monotonic() - self.started
+        published_by = publisher_stats.get("streams", {})
+        streams = {}
+        for sid in self.accepted_frames:
+            counts = ingest_counts.get(sid, {"read": 0, "dropped": 0})
+            sent = published_by.get(sid, {})
+            streams[sid] = StreamSummary(
+                stream=sid, frames_in=counts["read"], published=sent.get("published", 0),
+                dropped=counts["dropped"], fps=sent.get("published", 0) / seconds if seconds > 0 else 0.0,
+                error=errors.get(sid), end_to_end_ms=sent.get("latency_ms", {}).get("end_to_end", {}))
+        self.refresh_quantiles()
+        return RunSummary(seconds, streams, self.latency_ms(), workers, list(errors.values()))
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

@@ -1,0 +1,202 @@
+"""Run the pipeline: connect to Ray, start the actors, schedule until the streams end, summarise.
+
+    summary = run(load_pipeline_config("my.yaml", ["batching.max_batch=8"]))
+
+The publisher and the ingest actors run on the driver's node (its cameras, files and publish
+address are there); inference workers go wherever Ray finds their resources, one GPU each when
+the cluster has GPUs. A bad input stops only its own stream: it is reported in one line and the
+others run. Ctrl-C (or `stop`) stops reading, finishes the frames already accepted, sends EOS
+for every stream and prints the summary; a second Ctrl-C abandons the unfinished frames.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from models.config import load_config
+from workers.inference import InferenceWorkerActor, ModelFactory
+
+from .batching import PipelineError, Scheduler, error_line
+from .config import PipelineConfig
+from .ingest import IngestActor
+from .metrics import RunStats, RunSummary
+from .publisher import PublisherActor, PublisherConfig
+from .sources import SourceError, SourceSpec, parse_source
+
+log = logging.getLogger("maskstream")
+
+
+def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
+        stop: threading.Event | None = None) -> RunSummary:
+    """Run `config` to the end of its streams (or until `stop` is set) and return the summary.
+
+    Raises PipelineError (one line) when nothing can run: no source opens, the model or the
+    publish endpoint is unusable. Joins `config.ray_address`, or the Ray instance this process
+    already has, or starts a local one (and shuts it down after).
+    """
+    specs = parse_sources(config.sources.uris)
+    live = resolve_live(config.sources.mode, specs)
+    class_names = check_model_inputs(config)
+    stop = stop or threading.Event()
+    started_ray = connect_ray(config)
+    actors = []
+    try:
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        publisher = start_publisher(config, class_names, here)
+        actors.append(publisher)
+        try:
+            ingests, totals, errors = start_ingests(specs, config, live, here)
+            actors += ingests.values()
+            workers, placement = start_workers(config, model_factory)
+            actors += workers.values()
+            stats = RunStats(totals, progress=config.progress and not live, metrics_port=config.metrics_port)
+            try:
+                scheduler = Scheduler(ingests, workers, publisher, live=live, overlay=config.output.overlay,
+                                      stats=stats, **scheduling_options(config, len(workers)))
+                with stop_on_sigint(stop):
+                    scheduler.run(stop)
+                errors.update({s.stream_id: s.error for s in scheduler.streams.values() if s.error})
+                counts = dict(zip(ingests, ray.get([a.counts.remote() for a in ingests.values()])))
+            finally:
+                stats.close()
+        finally:
+            publisher_stats = ray.get(publisher.close.remote())
+        return stats.summary(counts, publisher_stats, placement, errors)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started_ray:
+            ray.shutdown()
+
+
+def parse_sources(uris: list[str]) -> list[SourceSpec]:
+    """The streams of the configured URIs; PipelineError for a malformed or repeated one."""
+    try:
+        specs = [parse_source(uri) for uri in uris]
+    except SourceError as error:
+        raise PipelineError(str(error)) from None
+    seen = set()
+    for spec in specs:
+        if spec.stream_id in seen:
+            raise PipelineError(f"two sources have the stream id {spec.stream_id!r}: name them with id=URI")
+        seen.add(spec.stream_id)
+    return specs
+
+
+def resolve_live(mode: str, specs: list[SourceSpec]) -> bool:
+    """Live or offline: as configured, or (auto) live when any source is a camera or network stream."""
+    return any(spec.live for spec in specs) if mode == "auto" else mode == "live"
+
+
+def connect_ray(config: PipelineConfig) -> bool:
+    """Join the configured cluster or start a local Ray, quietly unless verbose; True if started here."""
+    if ray.is_initialized():
+        return False
+    env = {} if config.verbose else {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    ray.init(address=config.ray_address, log_to_driver=config.verbose, include_dashboard=False,
+             logging_level=logging.INFO if config.verbose else logging.ERROR,
+             runtime_env={"env_vars": env})
+    return True
+
+
+def check_model_inputs(config: PipelineConfig) -> list[str]:
+    """The model's class names; ConfigError or PipelineError (one line) for a bad model config or
+    a missing weights file, before any actor starts."""
+    weights = config.model.weights
+    if weights is not None and not Path(weights).is_file():
+        raise PipelineError(f"{weights}: no such weights file")
+    return list(load_config(config.model.config).class_names)
+
+
+def start_publisher(config: PipelineConfig, class_names: list[str], placement) -> object:
+    """The publisher actor, bound to its endpoint; PipelineError if it cannot bind."""
+    publisher = PublisherActor.options(scheduling_strategy=placement).remote(PublisherConfig(
+        endpoint=config.publish.endpoint, hwm=config.publish.hwm, curve_keys=config.publish.curve_keys,
+        out_dir=config.output.dir, overlay_video=config.output.overlay, class_names=class_names))
+    try:
+        ray.get(publisher.ready.remote())
+    except ray.exceptions.RayError as error:
+        ray.kill(publisher)
+        raise PipelineError(error_line(error)) from None
+    return publisher
+
+
+def start_ingests(specs: list[SourceSpec], config: PipelineConfig, live: bool, placement):
+    """An ingest actor per stream, opened. Returns ({stream: actor}, {stream: expected frames},
+    {stream: error}) for the streams that opened and those that did not."""
+    actors = {spec.stream_id: IngestActor.options(scheduling_strategy=placement).remote(spec, config.sources, live)
+              for spec in specs}
+    opened = dict(zip(actors, ray.get([actor.start.remote() for actor in actors.values()])))
+    errors = {sid: answer["error"] for sid, answer in opened.items() if answer["error"]}
+    for sid in errors:
+        ray.kill(actors.pop(sid))
+    if not actors:
+        if len(errors) == 1:
+            raise PipelineError(next(iter(errors.values())))
+        raise PipelineError(f"none of the {len(errors)} sources could be opened: " + "; ".join(errors.values()))
+    for error in errors.values():
+        log.error("%s", error)
+    return actors, {sid: opened[sid]["total"] for sid in actors}, errors
+
+
+def start_workers(config: PipelineConfig, model_factory: ModelFactory | None):
+    """The inference workers, ready. Returns ({name: actor}, [their ready() answers])."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpus = {"auto": gpus > 0, "gpu": True, "cpu": False}[config.workers.device]
+    if use_gpus and gpus == 0:
+        raise PipelineError("workers.device is gpu, but the Ray cluster has no GPU")
+    count = config.workers.count or (gpus if use_gpus else 1)
+    run_id = uuid.uuid4().hex[:8]
+    workers = {}
+    for i in range(count):
+        name = f"maskstream-{run_id}-worker-{i}"
+        workers[name] = InferenceWorkerActor.options(
+            name=name, num_gpus=1 if use_gpus else 0, num_cpus=config.workers.cpus,
+            max_restarts=config.workers.max_restarts, max_task_retries=config.workers.max_task_retries,
+        ).remote(config.model.config, config.model.weights, config.workers.cpus,
+                 config.workers.precision, model_factory)
+    placement = ray.get([w.ready.remote() for w in workers.values()])
+    for answer in placement:
+        if answer["note"]:
+            log.warning("%s: %s", answer["name"], answer["note"])
+    failed = [answer["error"] for answer in placement if answer["error"]]
+    if failed:
+        for worker in workers.values():
+            ray.kill(worker)
+        raise PipelineError(failed[0])
+    return workers, placement
+
+
+def scheduling_options(config: PipelineConfig, workers: int) -> dict:
+    batching = config.batching
+    in_flight = batching.max_in_flight or (batching.batches_per_worker + 1) * batching.max_batch * workers
+    return {"max_batch": batching.max_batch, "max_wait_ms": batching.max_wait_ms,
+            "max_in_flight": in_flight, "batches_per_worker": batching.batches_per_worker,
+            "live_queue": config.sources.live_queue}
+
+
+@contextmanager
+def stop_on_sigint(stop: threading.Event):
+    """First Ctrl-C sets `stop` (a clean finish); a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("stopping: finishing the frames in flight (Ctrl-C again to abandon them)")
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,79 @@
+"""The inference worker: a Ray actor that loads the model once and runs it on batches of frames.
+
+    worker = InferenceWorkerActor.options(num_gpus=1, num_cpus=1).remote(model_config, weights)
+    ray.get(worker.ready.remote())                  # where it runs: {"name", "device", "gpu_ids", ...}
+    out = ray.get(worker.infer.remote([ref, ...]))   # refs of RGB uint8 (H, W, 3) frames
+    out["frames"][i]["instances"]                   # [{class_id, label, score, box, mask}], frame i
+    out["timing_ms"]                                # {"fetch": ms, "inference": ms} for the batch
+
+Frames come in as object-store references and are read zero-copy on the worker's node; only
+small results go back: boxes, scores, classes and COCO RLE masks, never pixels.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from .device import configure_device, model_precision
+
+# model_factory(model_config, weights) -> an object with predict(frames, masks="rle") -> list of
+# Detections; the default is models.load_model. Benchmarks plug other models in here.
+ModelFactory = Callable[[Any, "str | None"], Any]
+
+
+class InferenceWorker:
+    """Holds one model on one device; see the module docstring. `InferenceWorkerActor` is the actor."""
+
+    def __init__(self, model_config: str, weights: str | None = None, cpus: float = 1.0,
+                 precision: str = "model", model_factory: ModelFactory | None = None):
+        self.device = configure_device(cpus)
+        self.name = ray.get_runtime_context().get_actor_name() or f"pid{os.getpid()}"
+        self.model = None
+        self.error = None
+        import models
+
+        try:
+            config = models.load_config(model_config)
+            config.precision = model_precision(precision, config.precision)
+            self.model = (model_factory or models.load_model)(config, weights)
+        except (models.ConfigError, models.WeightsError, OSError) as error:
+            # A user's mistake (a bad model config, weights for another architecture): reported
+            # by ready() in one line rather than as an actor crash Ray would restart in a loop.
+            self.error = str(error)
+
+    def ready(self) -> dict:
+        """Where this worker runs and whether its model loaded: {"name", "pid", "device",
+        "gpu_ids", "node_id", "threads", "note", "error"}; error is one line, or None."""
+        return {"name": self.name, "pid": os.getpid(), "device": self.device.kind,
+                "gpu_ids": self.device.gpu_ids, "node_id": self.device.node_id,
+                "threads": self.device.threads, "note": self.device.note, "error": self.error}
+
+    def infer(self, frame_refs: list) -> dict:
+        """Run the model on a batch. `frame_refs`: ObjectRefs of RGB uint8 (H, W, 3) frames.
+
+        Returns {"frames": [{"instances": [...]} per frame, in order], "timing_ms": {"fetch",
+        "inference"}, "worker": name}.
+        """
+        began = time.perf_counter()
+        frames = ray.get(frame_refs)
+        fetched = time.perf_counter()
+        detections = self.model.predict(frames, masks="rle")
+        done = time.perf_counter()
+        return {"frames": [{"instances": instances(d)} for d in detections],
+                "timing_ms": {"fetch": (fetched - began) * 1e3, "inference": (done - fetched) * 1e3},
+                "worker": self.name}
+
+
+def instances(detections) -> list[dict]:
+    """A frame's Detections as wire-protocol instances: class_id, label, score, box, mask (RLE)."""
+    return [{"class_id": int(class_id), "label": label, "score": float(score),
+             "box": [float(v) for v in box], "mask": rle}
+            for class_id, label, score, box, rle in zip(detections.class_ids, detections.labels,
+                                                        detections.scores, detections.boxes, detections.rles)]
+
+
+InferenceWorkerActor = ray.remote(InferenceWorker)
