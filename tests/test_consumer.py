@@ -10,7 +10,8 @@ import cv2
 import pytest
 
 from pipeline.consumer import Consumer, ConsumerError, EndOfStream
-from wire_helpers import HEIGHT, WIDTH, make_record, ray_session, start_publisher, stop_publisher, warm_up
+from wire_helpers import HEIGHT, WIDTH, make_record, start_publisher, stop_publisher, warm_up
+from wire_helpers import ray_session  # noqa: F401 (a fixture, used by name)
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -6,7 +6,8 @@ import pytest
 from pipeline import keys
 from pipeline.consumer import Consumer
 from pipeline.publisher import Publisher
-from wire_helpers import make_record, ray_session, start_publisher, stop_publisher, warm_up
+from wire_helpers import make_record, start_publisher, stop_publisher, warm_up
+from wire_helpers import ray_session  # noqa: F401 (a fixture, used by name)
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

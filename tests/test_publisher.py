@@ -4,8 +4,9 @@ import ray
 
 from pipeline.consumer import Consumer, EndOfStream, Frame
 from pipeline.publisher import Publisher, PublisherActor, PublisherError
-from wire_helpers import (HEIGHT, WIDTH, make_record, ray_session, rectangle_mask, start_publisher,
+from wire_helpers import (HEIGHT, WIDTH, make_record, rectangle_mask, start_publisher,
                           stop_publisher, warm_up)
+from wire_helpers import ray_session  # noqa: F401 (a fixture, used by name)
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -11,8 +11,9 @@ from pipeline.consumer import Consumer
 from pipeline.overlay import MASK_OPACITY, class_colour, draw_instances
 from pipeline.protocol import encode_header
 from pipeline.sinks import OverlayVideoSink
-from wire_helpers import (HEIGHT, WIDTH, encode_rle, make_record, ray_session, rectangle_mask,
-                          start_publisher, stop_publisher, warm_up)
+from wire_helpers import (HEIGHT, WIDTH, encode_rle, make_record, rectangle_mask, start_publisher,
+                          stop_publisher, warm_up)
+from wire_helpers import ray_session  # noqa: F401 (a fixture, used by name)
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
