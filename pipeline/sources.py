@@ -3,7 +3,9 @@
 Every source yields `Frame`s of RGB uint8 (H, W, 3) pixels with a presentation time `pts` in
 seconds on the source's own clock. Grayscale, 4-channel and 16-bit images are converted; any
 frame size is fine. A container's frame count is only a hint for progress bars: sources read
-until decoding stops.
+until decoding stops (a header may count frames that are not there: the pedestrian clip claims
+682 at 50 fps and holds 341 at 25, over the same 13.6 s). A file is judged truncated by time,
+when decoding stops well before the duration its header declares.
 
 A source that cannot be opened raises `SourceError` with one line naming the input.
 """
@@ -140,9 +142,12 @@ class CaptureSource(FrameSource):
         fps = self._capture.get(cv2.CAP_PROP_FPS)
         self._step = 1.0 / fps if 0 < fps < 1000 else 1.0 / 25
         self._last_pts: float | None = None
+        self._declared_s = None  # a file's duration by its header: frame count / frame rate
         if spec.kind == "file":
             count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
             self.total = count if count > 0 else None
+            if count > 0 and 0 < fps < 1000:
+                self._declared_s = count / fps
         self._first = self._decode()
         if self._first is None:
             self.close()
@@ -172,10 +177,16 @@ class CaptureSource(FrameSource):
         return Frame(to_rgb(image, self.spec.uri), pts)
 
     def read(self) -> Frame | None:
+        """The next frame; None at the end. A file whose decoding stops well before the duration
+        its header declares raises SourceError (truncated or damaged) after its last good frame."""
         if self._first is not None:
             frame, self._first = self._first, None
             return frame
-        return self._decode()
+        frame = self._decode()
+        if frame is None and self._declared_s is not None and self._last_pts + 2 * self._step < self._declared_s:
+            raise SourceError(f"{self.spec.uri}: decoding stopped at {self._last_pts:.2f} s of the "
+                              f"{self._declared_s:.2f} s its header declares (truncated or damaged file)")
+        return frame
 
     def close(self) -> None:
         self._capture.release()

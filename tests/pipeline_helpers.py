@@ -1,0 +1,83 @@
+"""Helpers for the pipeline core tests: shared clips, free ports, a real MJPEG-over-HTTP camera.
+
+Run as a script, this module is that camera: `python pipeline_helpers.py PORT FPS` serves an
+endless multipart JPEG stream on 127.0.0.1:PORT, as many IP cameras do.
+"""
+import socket
+import subprocess
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+PEDESTRIANS = DATA / "pedestrians_720p.avi"
+HIGHWAY = DATA / "highway_720p_38f.mp4"
+SERVER_START_LIMIT = 30.0  # seconds; a guard against a server that never listens, not a timing
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MjpegCamera:
+    """A real HTTP server process streaming MJPEG frames (160x120) at `fps`; stop() kills it."""
+
+    def __init__(self, port: int, fps: float = 25.0):
+        self.port, self.fps = port, fps
+        self.url = f"http://127.0.0.1:{port}/stream.mjpg"
+        self.process = None
+
+    def start(self) -> "MjpegCamera":
+        self.process = subprocess.Popen([sys.executable, __file__, str(self.port), str(self.fps)])
+        deadline = time.monotonic() + SERVER_START_LIMIT
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"MJPEG camera on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+class _MjpegHandler(BaseHTTPRequestHandler):
+    fps = 25.0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        index = 0
+        try:
+            while True:
+                image = np.full((120, 160, 3), index % 256, np.uint8)
+                cv2.putText(image, str(index), (10, 60), cv2.FONT_HERSHEY_SIMPLEX, 1, (0, 0, 255), 2)
+                jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
+                self.wfile.write(jpeg + b"\r\n")
+                index += 1
+                time.sleep(1.0 / self.fps)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+if __name__ == "__main__":
+    _MjpegHandler.fps = float(sys.argv[2])
+    ThreadingHTTPServer.allow_reuse_address = True
+    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), _MjpegHandler).serve_forever()

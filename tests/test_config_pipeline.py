@@ -1,0 +1,105 @@
+"""Pipeline configuration and the command line: defaults, layering, overrides, one-line errors."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models.config import ConfigError
+from pipeline.config import load_pipeline_config
+
+REPO = Path(__file__).resolve().parent.parent
+# run_pipeline.py is a script at the top of the repository, not part of an installed package.
+_spec = importlib.util.spec_from_file_location("run_pipeline", REPO / "run_pipeline.py")
+run_pipeline = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(run_pipeline)
+
+
+def test_embedded_default_runs_a_model_on_generated_scenes():
+    config = load_pipeline_config()
+    assert Path(config.model.config).is_file()
+    assert config.sources.uris == ["synthetic:"]
+    assert config.publish.endpoint == "tcp://127.0.0.1:5555"
+    assert config.sources.mode == "auto"
+
+
+def test_user_yaml_is_laid_over_the_default_with_paths_from_its_folder(tmp_path):
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "my.yaml").write_text(
+        "model: {weights: weights/w.npz}\n"
+        "sources: {uris: [clips, front=clip.avi, 'synthetic:seed=2', 'rtsp://cam/1']}\n"
+        "batching: {max_batch: 8}\n")
+    config = load_pipeline_config(tmp_path / "my.yaml")
+    assert config.model.weights == str(tmp_path / "weights/w.npz")
+    assert config.model.config == load_pipeline_config().model.config  # kept from the default
+    assert config.sources.uris == [str(tmp_path / "clips"), f"front={tmp_path / 'clip.avi'}",
+                                   "synthetic:seed=2", "rtsp://cam/1"]
+    assert (config.batching.max_batch, config.batching.max_wait_ms) == (8, 10.0)
+
+
+def test_set_overrides_are_read_as_yaml():
+    config = load_pipeline_config(None, ["batching.max_wait_ms=2.5", "output.dir=out", "output.overlay=true",
+                                         "sources.uris=[a.avi, b.avi]", "metrics_port=9100",
+                                         "publish.curve_keys=null"])
+    assert config.batching.max_wait_ms == 2.5
+    assert (config.output.dir, config.output.overlay) == ("out", True)
+    assert config.sources.uris == ["a.avi", "b.avi"]
+    assert config.metrics_port == 9100
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["batching.max_batch=0"], "config.batching.max_batch: must be >= 1"),
+    (["batching.max_batch=four"], "config.batching.max_batch: expected an integer, got 'four'"),
+    (["batching.max_bacth=4"], "config.batching.max_bacth: unknown key (known: batches_per_worker, max_batch,"),
+    (["sources.mode=fast"], "config.sources.mode: must be one of auto, offline, live"),
+    (["sources.uris=[]"], "config.sources.uris: needs at least one source"),
+    (["workers.device=tpu"], "config.workers.device: must be one of auto, gpu, cpu"),
+    (["output.overlay=true"], "config.output.overlay: needs output.dir"),
+    (["metrics_port=70000"], "config.metrics_port: must be a TCP port"),
+    (["sources.reconnect_max_s=0.1"], "config.sources: need 0 < reconnect_initial_s <= reconnect_max_s"),
+    (["batching=3"], "config.batching: expected a mapping, got int"),
+    (["max_batch"], "--set max_batch: expected key=value"),
+    (["verbose.level=1"], "--set verbose.level=1: verbose is not a section"),
+])
+def test_mistakes_are_one_line_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_pipeline_config(None, overrides)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_malformed_and_missing_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources:\n  uris: [a\n  mode: live\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line \d+\)"):
+        load_pipeline_config(bad)
+    with pytest.raises(ConfigError, match="nothere.yaml: no such config file"):
+        load_pipeline_config(tmp_path / "nothere.yaml")
+
+
+def test_command_line_flags_map_onto_the_config():
+    args = run_pipeline.parse_args([
+        "--source", "cam=0", "--source", "b c.avi", "--publish", "tcp://127.0.0.1:6000", "--mode", "live",
+        "--workers", "3", "--max-batch", "2", "--max-wait-ms", "5", "--out", "o", "--video",
+        "--curve-keys", "keys", "--metrics-port", "9200", "--ray-address", "auto", "--verbose",
+        "--set", "sources.max_frames=7"])
+    config = load_pipeline_config(None, run_pipeline.overrides(args))
+    assert config.sources.uris == ["cam=0", "b c.avi"]
+    assert (config.publish.endpoint, config.publish.curve_keys) == ("tcp://127.0.0.1:6000", "keys")
+    assert (config.sources.mode, config.sources.max_frames) == ("live", 7)
+    assert (config.workers.count, config.batching.max_batch, config.batching.max_wait_ms) == (3, 2, 5.0)
+    assert (config.output.dir, config.output.overlay) == ("o", True)
+    assert (config.metrics_port, config.ray_address, config.verbose) == (9200, "auto", True)
+
+
+def test_no_flags_means_the_embedded_default():
+    assert load_pipeline_config(None, run_pipeline.overrides(run_pipeline.parse_args([]))) == load_pipeline_config()
+
+
+def test_cli_reports_a_config_mistake_in_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batching: {max_batch: -1}\n")
+    done = subprocess.run([sys.executable, "run_pipeline.py", "--config", str(bad)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == "error: config.batching.max_batch: must be >= 1\n"

@@ -1,0 +1,129 @@
+"""Ingest actors: bounded read-ahead offline, newest-frame-wins live, reopening a lost camera."""
+import time
+
+import cv2
+import numpy as np
+import pytest
+import ray
+
+from pipeline.config import SourcesSection
+from pipeline.ingest import IngestActor
+from pipeline.sources import parse_source
+from pipeline_helpers import PEDESTRIANS, MjpegCamera, free_port
+
+pytestmark = pytest.mark.usefixtures("pipeline_ray")
+POLL_LIMIT = 600  # polls of 50 ms: a guard against a reader that never moves, not a timing
+
+
+def start(spec: str, live: bool, **options):
+    actor = IngestActor.remote(parse_source(spec), SourcesSection(**options), live)
+    answer = ray.get(actor.start.remote())
+    return actor, answer
+
+
+def poll(condition, what: str):
+    for _ in range(POLL_LIMIT):
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def take_all(actor, size: int = 4) -> list[dict]:
+    frames = []
+    while True:
+        answer = ray.get(actor.take.remote(size, 1.0))
+        frames += answer["frames"]
+        if answer["done"]:
+            assert answer["error"] is None
+            return frames
+
+
+def test_offline_reader_blocks_at_read_ahead_and_gives_every_frame(tmp_path):
+    for i in range(7):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((24, 32, 3), 10 * i, np.uint8))
+    actor, answer = start(str(tmp_path), live=False, read_ahead=3, folder_fps=5.0)
+    assert answer == {"stream": tmp_path.name, "total": 7, "error": None}
+    poll(lambda: ray.get(actor.counts.remote())["read"] == 3, "the reader fills its buffer")
+    first = ray.get(actor.take.remote(1, 1.0))["frames"]
+    poll(lambda: ray.get(actor.counts.remote())["read"] == 4, "the reader refills one frame")
+    assert ray.get(actor.counts.remote())["read"] == 4  # 3 waiting + 1 taken: it blocks again
+    frames = first + take_all(actor)
+    assert [f["frame_index"] for f in frames] == list(range(7))
+    assert [f["pts"] for f in frames] == [i / 5.0 for i in range(7)]
+    assert all(f["dropped_before"] == 0 and (f["width"], f["height"]) == (32, 24) for f in frames)
+    pixels = ray.get([f["ref"][0] for f in frames])
+    assert [int(p[0, 0, 0]) for p in pixels] == [10 * i for i in range(7)]
+    assert ray.get(actor.counts.remote()) == {"read": 7, "dropped": 0}
+    ray.kill(actor)
+
+
+def test_offline_max_frames_and_stamps_from_a_real_clip():
+    actor, answer = start(str(PEDESTRIANS), live=False, max_frames=5)
+    assert answer["total"] == 5
+    before = time.time()
+    frames = take_all(actor)
+    assert [f["frame_index"] for f in frames] == [0, 1, 2, 3, 4]
+    assert [round(f["pts"], 3) for f in frames] == [0.04, 0.08, 0.12, 0.16, 0.2]
+    assert all(f["stream"] == "pedestrians_720p" and f["captured_at"] <= time.time() for f in frames)
+    assert frames[-1]["captured_at"] >= before - 60
+    assert ray.get(frames[0]["ref"][0]).shape == (720, 1280, 3)
+    ray.kill(actor)
+
+
+def test_live_keeps_the_newest_frame_and_counts_the_dropped():
+    # Generated at 200 frames a second while the test takes one now and then: most are dropped.
+    actor, answer = start("synthetic:width=64,height=48,fps=200,frames=120", live=True, live_queue=1)
+    assert answer["total"] is None  # live streams have no progress total
+    frames = []
+    while True:
+        answer = ray.get(actor.take.remote(1, 1.0))
+        frames += answer["frames"]
+        if answer["done"]:
+            break
+        time.sleep(0.05)
+    counts = ray.get(actor.counts.remote())
+    indices = [f["frame_index"] for f in frames]
+    assert indices == sorted(set(indices))  # never an older frame after a newer one
+    assert indices[-1] == 119  # the newest frame is never the one dropped
+    assert counts["read"] == 120
+    assert sum(f["dropped_before"] for f in frames) == counts["dropped"] == 120 - len(frames) > 0
+    # dropped_before counts exactly the frames skipped since the previous frame taken
+    assert all(b["frame_index"] - a["frame_index"] - 1 == b["dropped_before"] for a, b in zip(frames, frames[1:]))
+    ray.kill(actor)
+
+
+def test_bad_source_is_reported_by_start():
+    actor, answer = start("/no/such/clip.mp4", live=False)
+    assert answer == {"stream": "clip", "total": None, "error": "/no/such/clip.mp4: no such file"}
+    ray.kill(actor)
+
+
+def test_live_network_camera_is_reopened_after_its_server_restarts():
+    camera = MjpegCamera(free_port(), fps=25).start()
+    actor, answer = start(f"door={camera.url}", live=True, reconnect_initial_s=0.2, reconnect_max_s=0.5,
+                          open_timeout_s=2.0)
+    assert answer["error"] is None
+    events = []
+
+    def take_frames():
+        answer = ray.get(actor.take.remote(1, 0.5))
+        events.extend(answer["events"])
+        assert not answer["done"]
+        return answer["frames"]
+
+    before = poll(take_frames, "frames from the camera")
+    camera.stop()
+    poll(lambda: take_frames() == [] and any("stream lost" in e for e in events), "the loss noticed")
+    restarted_at = time.time()
+    camera.start()
+    after = poll(take_frames, "frames after the restart")
+    assert after[0]["captured_at"] > restarted_at
+    assert after[0]["frame_index"] > before[-1]["frame_index"]
+    assert after[0]["stream"] == "door" and (after[0]["width"], after[0]["height"]) == (160, 120)
+    assert events[0] == f"door: stream lost, reopening {camera.url}"
+    assert events[-1] == "door: stream reopened"
+    assert ray.get(actor.stop.remote())["read"] > 0
+    camera.stop()
+    ray.kill(actor)

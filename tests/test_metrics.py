@@ -1,0 +1,56 @@
+"""Run statistics: counts, per-stage percentiles, the summary table, and Prometheus over HTTP."""
+import time
+import urllib.request
+
+import pytest
+
+from pipeline.metrics import RunStats
+from pipeline_helpers import free_port
+
+
+def record(stream: str, inference_ms: float) -> dict:
+    return {"stream": stream, "captured_at": time.time(),
+            "timing_ms": {"decode": 1.0, "queue": 2.0, "fetch": 0.5, "inference": inference_ms}}
+
+
+def test_counts_percentiles_and_prometheus_scrape():
+    port = free_port()
+    stats = RunStats({"cam1": None, "cam2": 10}, progress=False, metrics_port=port)
+    try:
+        for i in range(100):
+            stats.accepted("cam1", dropped_before=2 if i == 50 else 0)
+            stats.published(record("cam1", inference_ms=float(i + 1)))
+        stats.accepted("cam2", 0)
+        stats.published(record("cam2", inference_ms=1.0))
+        stats.refresh_quantiles()
+        latency = stats.latency_ms()
+        assert latency["inference"]["count"] == 101
+        assert latency["inference"]["p50"] == pytest.approx(50.0)
+        assert latency["decode"]["p99"] == 1.0
+        assert latency["result"]["count"] == 101
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        stats.close()
+    assert 'maskstream_frames_published_total{stream="cam1"} 100.0' in text
+    assert 'maskstream_frames_accepted_total{stream="cam2"} 1.0' in text
+    assert 'maskstream_frames_dropped_total{stream="cam1"} 2.0' in text
+    assert 'maskstream_stage_latency_seconds_count{stage="inference"} 101.0' in text
+    assert 'maskstream_stage_latency_ms{quantile="0.5",stage="inference"} 50.0' in text
+
+
+def test_summary_joins_ingest_publisher_and_errors():
+    stats = RunStats({"cam1": 3}, progress=False, metrics_port=None)
+    for _ in range(3):
+        stats.accepted("cam1", 0)
+        stats.published(record("cam1", 5.0))
+    stats.ended("cam1", 3)
+    publisher = {"streams": {"cam1": {"published": 3, "latency_ms": {"end_to_end": {"p50": 9.0, "p95": 9.5, "p99": 9.9}}}}}
+    summary = stats.summary({"cam1": {"read": 4, "dropped": 1}}, publisher, workers=[],
+                            errors={"bad": "bad.avi: no such file"})
+    stats.close()
+    row = summary.streams["cam1"]
+    assert (row.frames_in, row.published, row.dropped) == (4, 3, 1)
+    assert summary.published == 3 and summary.errors == ["bad.avi: no such file"]
+    table = summary.table()
+    assert "cam1" in table and "9/10/10" in table and "error: bad.avi: no such file" in table
+    assert [line.split()[0] for line in table.splitlines()[4:9]] == ["decode", "queue", "fetch", "inference", "result"]
