@@ -133,8 +133,8 @@ class MaskRCNN(tf.Module):
         frame_of_box = tf.repeat(tf.range(batch), num_proposals)
         pooled = pool(features, flat_boxes, frame_of_box, resized_hw, cfg.roi_align.box_output_size, cfg)
         class_logits, box_deltas = box_head(self.params, to_compute(pooled, cfg))
-        class_logits = tf.reshape(tf.cast(class_logits, tf.float32), [batch, num_proposals, -1])
-        box_deltas = tf.reshape(tf.cast(box_deltas, tf.float32), [batch, num_proposals, -1, 4])
+        class_logits = tf.reshape(tf.cast(class_logits, tf.float32), [batch, num_proposals, cfg.num_classes])
+        box_deltas = tf.reshape(tf.cast(box_deltas, tf.float32), [batch, num_proposals, cfg.num_classes, 4])
         boxes, scores, class_ids, valid = detect(class_logits, box_deltas, proposals, proposal_valid, resized_hw,
                                                  cfg.box_head, cfg.box_xform_clip)
         mask_probs = self._masks(features, boxes, class_ids, valid, resized_hw)

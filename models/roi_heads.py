@@ -9,6 +9,7 @@ import tensorflow as tf
 from . import box_coding
 from .config import BoxHeadConfig
 from .layers import Params, conv2d, conv_shapes, dense, dense_shapes
+from .nms import grouped_nms
 
 
 def box_head_shapes(channels: int, pool: int, fc_dim: int, num_classes: int) -> dict[str, tuple]:
@@ -56,13 +57,20 @@ def detect(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, proposal_
     keep = tf.logical_and(proposal_valid[:, :, None], box_coding.is_large_enough(boxes, cfg.min_size))
     keep = tf.logical_and(keep, scores > cfg.score_threshold)
     scores = tf.where(keep, scores, -1.0)
-    d = cfg.detections_per_image
-    nms = tf.image.combined_non_max_suppression(
-        boxes, scores, max_output_size_per_class=d, max_total_size=d, iou_threshold=cfg.nms_threshold,
-        score_threshold=-0.5, pad_per_class=False, clip_boxes=False)
-    valid = tf.range(d)[None, :] < nms.valid_detections[:, None]
-    class_ids = tf.cast(nms.nmsed_classes, tf.int32) + 1
-    return nms.nmsed_boxes, nms.nmsed_scores, class_ids, valid
+    # One NMS group per (frame, class): (B, P, K-1, ...) -> (B * (K-1), P, ...).
+    batch, num_proposals, num_fg = scores.shape
+    d = min(cfg.detections_per_image, num_proposals)
+    group_boxes = tf.reshape(tf.transpose(boxes, [0, 2, 1, 3]), [-1, num_proposals, 4])
+    group_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_proposals])
+    keep, kept = grouped_nms(group_boxes, group_scores, d, cfg.nms_threshold)
+    kept_scores = tf.where(kept, tf.gather(group_scores, keep, batch_dims=1), -1.0)
+    kept_boxes = tf.gather(group_boxes, keep, batch_dims=1)
+    # The best d of every class's survivors, per frame.
+    kept_scores = tf.reshape(kept_scores, [batch, num_fg * d])
+    kept_boxes = tf.reshape(kept_boxes, [batch, num_fg * d, 4])
+    top_scores, top = tf.math.top_k(kept_scores, k=d, sorted=True)
+    class_ids = top // d + 1
+    return tf.gather(kept_boxes, top, batch_dims=1), top_scores, class_ids, top_scores >= 0.0
 
 
 def mask_head(params: Params, pooled: tf.Tensor, class_ids: tf.Tensor, num_convs: int) -> tf.Tensor:

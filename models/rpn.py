@@ -12,6 +12,7 @@ import tensorflow as tf
 from . import box_coding
 from .config import RPNConfig
 from .layers import Params, conv2d, conv_shapes
+from .nms import grouped_nms
 
 
 def rpn_shapes(channels: int, num_anchors: int) -> dict[str, tuple]:
@@ -59,13 +60,9 @@ def select_proposals(logits: list[tf.Tensor], deltas: list[tf.Tensor], anchors: 
         scores = tf.sigmoid(top_logits)
         # Dropped boxes get a negative score, which the NMS below filters out.
         scores = tf.where(box_coding.is_large_enough(boxes, cfg.min_size), scores, -1.0)
-        nms = tf.image.combined_non_max_suppression(
-            boxes[:, :, None, :], scores[:, :, None], max_output_size_per_class=min(k, post_n),
-            max_total_size=min(k, post_n), iou_threshold=cfg.nms_threshold, score_threshold=-0.5,
-            pad_per_class=False, clip_boxes=False)
-        valid = tf.range(min(k, post_n))[None, :] < nms.valid_detections[:, None]
-        all_boxes.append(nms.nmsed_boxes)
-        all_scores.append(tf.where(valid, nms.nmsed_scores, -1.0))
+        keep, valid = grouped_nms(boxes, scores, min(k, post_n), cfg.nms_threshold)
+        all_boxes.append(tf.gather(boxes, keep, batch_dims=1))
+        all_scores.append(tf.where(valid, tf.gather(scores, keep, batch_dims=1), -1.0))
     boxes = tf.concat(all_boxes, axis=1)
     scores = tf.concat(all_scores, axis=1)
     n = min(post_n, int(boxes.shape[1]))
