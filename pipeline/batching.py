@@ -166,7 +166,7 @@ class Scheduler:
             ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=self._wait_timeout())
             for ref in ready:
                 self._handle(ref, self._pending.pop(ref))
-        ray.get(self._publishing)
+        self._wait_for_publisher(len(self._publishing))
 
     def _wait_timeout(self) -> float:
         """Wake for the batcher's deadline, and often enough to notice a stop request."""
@@ -293,10 +293,16 @@ class Scheduler:
             self._in_flight -= 1
             self.stats.published(record)
         if len(self._publishing) > PUBLISH_BACKLOG:
-            # Surfaces a publisher error, and keeps memory bounded if the publisher falls behind.
-            half = len(self._publishing) // 2
-            ray.get(self._publishing[:half])
-            del self._publishing[:half]
+            # Keeps memory bounded if the publisher falls behind.
+            self._wait_for_publisher(len(self._publishing) // 2)
+
+    def _wait_for_publisher(self, calls: int) -> None:
+        """Wait for the oldest `calls` publisher calls; a publisher error stops the run in one line."""
+        try:
+            ray.get(self._publishing[:calls])
+        except RayTaskError as error:
+            raise PipelineError(f"publisher: {error_line(error)}") from None
+        del self._publishing[:calls]
 
     def _end_finished_streams(self) -> None:
         for stream in self.streams.values():

@@ -5,7 +5,7 @@ by key, lists are replaced), then `--set section.key=value` overrides (the value
 `4`, `true`, `null`, `[a, b]`).
 Validation reuses the model's generic dataclass loader, so a mistake is one `ConfigError` line
 naming the key. Relative paths inside a YAML file are taken from that file's folder; paths given
-on the command line are taken from the current directory.
+on the command line are taken from the current directory; all are made absolute on load.
 """
 from __future__ import annotations
 
@@ -153,6 +153,8 @@ def load_pipeline_config(path: str | Path | None = None, overrides: list[str] = 
         merge(data, _read_layer(path))
     for override in overrides:
         set_dotted(data, override)
+    # Absolute paths: actors do not share the driver's current directory (nor, on other nodes, its disk).
+    resolve_paths(data, Path.cwd())
     config = from_dict(PipelineConfig, data, "config")
     config.validate("config")
     return config
@@ -161,7 +163,12 @@ def load_pipeline_config(path: str | Path | None = None, overrides: list[str] = 
 def _read_layer(path: str | Path) -> dict:
     """A YAML mapping whose relative file paths are made absolute from the file's folder."""
     data = read_yaml(path)
-    base = Path(path).resolve().parent
+    resolve_paths(data, Path(path).resolve().parent)
+    return data
+
+
+def resolve_paths(data: dict, base: Path) -> None:
+    """Make the relative file paths of a config mapping (PATH_KEYS and file sources) absolute from `base`."""
     for section, key in PATH_KEYS:
         node = data.get(section)
         if isinstance(node, dict) and isinstance(node.get(key), str) and not Path(node[key]).is_absolute():
@@ -169,7 +176,6 @@ def _read_layer(path: str | Path) -> dict:
     sources = data.get("sources")
     if isinstance(sources, dict) and isinstance(sources.get("uris"), list):
         sources["uris"] = [_resolve_source(spec, base) for spec in sources["uris"]]
-    return data
 
 
 def _resolve_source(spec: Any, base: Path) -> Any:

@@ -43,8 +43,9 @@ def test_set_overrides_are_read_as_yaml():
                                          "sources.uris=[a.avi, b.avi]", "metrics_port=9100",
                                          "publish.curve_keys=null"])
     assert config.batching.max_wait_ms == 2.5
-    assert (config.output.dir, config.output.overlay) == ("out", True)
-    assert config.sources.uris == ["a.avi", "b.avi"]
+    # paths from the command line are taken from the current directory, made absolute for the actors
+    assert (config.output.dir, config.output.overlay) == (str(Path.cwd() / "out"), True)
+    assert config.sources.uris == [str(Path.cwd() / "a.avi"), str(Path.cwd() / "b.avi")]
     assert config.metrics_port == 9100
 
 
@@ -84,11 +85,11 @@ def test_command_line_flags_map_onto_the_config():
         "--curve-keys", "keys", "--metrics-port", "9200", "--ray-address", "auto", "--verbose",
         "--set", "sources.max_frames=7"])
     config = load_pipeline_config(None, run_pipeline.overrides(args))
-    assert config.sources.uris == ["cam=0", "b c.avi"]
-    assert (config.publish.endpoint, config.publish.curve_keys) == ("tcp://127.0.0.1:6000", "keys")
+    assert config.sources.uris == ["cam=0", str(Path.cwd() / "b c.avi")]
+    assert (config.publish.endpoint, config.publish.curve_keys) == ("tcp://127.0.0.1:6000", str(Path.cwd() / "keys"))
     assert (config.sources.mode, config.sources.max_frames) == ("live", 7)
     assert (config.workers.count, config.batching.max_batch, config.batching.max_wait_ms) == (3, 2, 5.0)
-    assert (config.output.dir, config.output.overlay) == ("o", True)
+    assert (config.output.dir, config.output.overlay) == (str(Path.cwd() / "o"), True)
     assert (config.metrics_port, config.ray_address, config.verbose) == (9200, "auto", True)
 
 

@@ -1,0 +1,305 @@
+"""The whole pipeline, for real: Ray actors, the tiny model, ZeroMQ on 127.0.0.1, a real subscriber.
+
+Each run uses the tiny test model with seeded random weights (10 detections per frame) and
+trims its sources to a few frames.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+import ray
+from pycocotools.coco import COCO
+
+import models
+from pipeline.batching import PipelineError
+from pipeline.config import load_pipeline_config
+from pipeline.consumer import Consumer, EndOfStream
+from pipeline.runner import run
+from pipeline.sources import open_source, parse_source
+from pipeline_helpers import DATA, PEDESTRIANS, MjpegCamera, free_port
+from workers.inference import instances
+
+pytestmark = pytest.mark.usefixtures("pipeline_ray")
+REPO = Path(__file__).resolve().parent.parent
+TINY = str(REPO / "configs" / "test_tiny.yaml")
+RECEIVE_LIMIT_S = 180  # a consumer idle this long gives up: a guard against a hung run, not a timing
+
+
+def config_for(*overrides: str):
+    """A test config: the tiny model, CPU workers of one thread, a free port, no progress bars."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    return load_pipeline_config(None, [f"model.config={TINY}", "workers.cpus=1", "progress=false",
+                                       f"publish.endpoint={endpoint}", *overrides])
+
+
+class BackgroundRun:
+    """`run(config)` in a thread, so that the test can subscribe, watch and interfere meanwhile."""
+
+    def __init__(self, config):
+        self.config = config
+        self.stop = threading.Event()
+        self.summary = self.error = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.summary = run(self.config, stop=self.stop)
+        except Exception as error:  # re-raised in the test by result()
+            self.error = error
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop.set()
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.summary
+
+
+def receive(consumer) -> dict[str, list]:
+    """Every message until each stream the consumer names has sent EOS: {stream: [frames..., eos]}."""
+    by_stream = {}
+    for message in consumer.messages():
+        by_stream.setdefault(message.stream, []).append(message)
+    return by_stream
+
+
+def assert_complete_in_order(messages: list, frames: int):
+    """Seqs 0..frames-1 exactly once and in order, then EOS counting them."""
+    *published, eos = messages
+    assert eos == EndOfStream(published[0].stream, frames)
+    assert [m.seq for m in published] == list(range(frames))
+
+
+def image_folder(tmp_path: Path) -> Path:
+    """Four real highway stills and a grayscale one, named so that sort order matters.
+
+    All 1280x720: the overlay video of a stream keeps one frame size (odd sizes are covered by
+    the source and worker tests)."""
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    for i in (1, 2, 3, 4):
+        (folder / f"{i:02d}_highway.jpg").write_bytes((DATA / f"highway_{i}.jpg").read_bytes())
+    gray = cv2.cvtColor(cv2.imread(str(DATA / "highway_5.jpg")), cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(folder / "05_gray.png"), gray)
+    return folder
+
+
+def test_video_and_image_folder_two_workers_match_the_model_and_the_files(tmp_path):
+    folder = image_folder(tmp_path)
+    out = tmp_path / "out"
+    config = config_for(f"sources.uris=[{PEDESTRIANS}, {folder}]", "sources.max_frames=6", "workers.count=2",
+                        "batching.max_batch=3", f"output.dir={out}", "output.overlay=true")
+    with Consumer(config.publish.endpoint, streams=["pedestrians_720p", "stills"], timeout=RECEIVE_LIMIT_S) as consumer:
+        with BackgroundRun(config) as background:
+            received = receive(consumer)
+        summary = background.result()
+
+    assert_complete_in_order(received["pedestrians_720p"], 6)
+    assert_complete_in_order(received["stills"], 5)
+    assert summary.published == 11 and summary.errors == []
+    assert [w["device"] for w in summary.workers] == ["cpu", "cpu"]
+
+    # every frame's masks decode to its own size, and the results are the model's, frame by frame
+    model = models.load_model(TINY)
+    for stream, uri in (("pedestrians_720p", PEDESTRIANS), ("stills", folder)):
+        source = open_source(parse_source(str(uri)))
+        for message in received[stream][:-1]:
+            frame = source.read()
+            assert (message.height, message.width) == frame.rgb.shape[:2]
+            assert message.masks.shape == (10, message.height, message.width)
+            assert list(message.header["instances"]) == instances(model.predict([frame.rgb], masks="rle")[0])
+        source.close()
+
+    # the files hold exactly what was published
+    for stream in ("pedestrians_720p", "stills"):
+        lines = (out / f"{stream}.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in lines] == [m.header for m in received[stream][:-1]]
+        coco = COCO(str(out / f"{stream}.coco_images.json"))
+        results = coco.loadRes(str(out / f"{stream}.coco_results.json"))
+        assert len(results.anns) == 10 * len(lines)
+        overlay = cv2.VideoCapture(str(out / f"{stream}.overlay.mp4"))
+        assert int(overlay.get(cv2.CAP_PROP_FRAME_COUNT)) == len(lines)
+
+
+def named_worker(index: int) -> str:
+    """The name of the running pipeline's inference worker `index`."""
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith("maskstream-") and a["name"].endswith(f"-worker-{index}")]
+    assert len(names) == 1, names
+    return names[0]
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["killed-for-good", "killed-and-restarted"])
+def test_worker_killed_mid_run_still_publishes_every_frame_once_in_order(restart):
+    config = config_for("sources.uris=['synthetic:seed=1,width=320,height=240,frames=40']", "workers.count=2",
+                        "batching.max_batch=2")
+    with Consumer(config.publish.endpoint, streams=["synthetic"], timeout=RECEIVE_LIMIT_S) as consumer:
+        with BackgroundRun(config) as background:
+            first = consumer.receive(timeout=RECEIVE_LIMIT_S)
+            ray.kill(ray.get_actor(named_worker(0), namespace=ray.get_runtime_context().namespace),
+                     no_restart=not restart)
+            rest = receive(consumer)["synthetic"]
+        summary = background.result()
+    assert_complete_in_order([first, *rest], 40)
+    assert summary.published == 40 and summary.streams["synthetic"].frames_in == 40
+
+
+def test_live_source_faster_than_inference_drops_oldest_and_counts_them():
+    # 100 generated frames a second, paced like a camera, into one worker taking one frame at a time
+    config = config_for("sources.uris=['synthetic:seed=2,width=320,height=240,fps=100,frames=80']",
+                        "sources.mode=live", "workers.count=1", "batching.max_batch=1")
+    with Consumer(config.publish.endpoint, streams=["synthetic"], timeout=RECEIVE_LIMIT_S) as consumer:
+        with BackgroundRun(config) as background:
+            messages = receive(consumer)["synthetic"]
+        summary = background.result()
+    *frames, eos = messages
+    assert_complete_in_order(messages, len(frames))
+    indices = [f.frame_index for f in frames]
+    assert all(b > a for a, b in zip(indices, indices[1:]))  # never an older frame after a newer one
+    row = summary.streams["synthetic"]
+    assert row.frames_in == 80 and row.published == len(frames) < 80
+    assert sum(f.dropped_before for f in frames) == row.dropped == 80 - len(frames)
+    assert all(b.frame_index - a.frame_index - 1 == b.dropped_before for a, b in zip(frames, frames[1:]))
+    assert eos.frames == len(frames)
+
+
+def test_network_camera_read_live_and_resumed_after_its_server_restarts():
+    camera = MjpegCamera(free_port(), fps=10).start()
+    config = config_for(f"sources.uris=['door={camera.url}']", "workers.count=1", "batching.max_batch=1",
+                        "sources.reconnect_initial_s=0.2", "sources.reconnect_max_s=0.5", "sources.open_timeout_s=2")
+    try:
+        with Consumer(config.publish.endpoint, streams=["door"], timeout=RECEIVE_LIMIT_S) as consumer:
+            with BackgroundRun(config) as background:
+                before = [consumer.receive(timeout=RECEIVE_LIMIT_S) for _ in range(3)]
+                camera.stop()
+                restarted_at = time.time()
+                camera.start()
+                after = consumer.receive(timeout=RECEIVE_LIMIT_S)
+                while after.captured_at < restarted_at:
+                    after = consumer.receive(timeout=RECEIVE_LIMIT_S)
+                background.stop.set()
+                rest = receive(consumer)["door"]
+            summary = background.result()
+    finally:
+        camera.stop()
+    frames = before + [after] + rest[:-1]
+    assert rest[-1] == EndOfStream("door", frames[-1].seq + 1)
+    assert [f.seq for f in frames] == sorted(set(f.seq for f in frames))
+    assert after.frame_index > before[-1].frame_index and (after.width, after.height) == (160, 120)
+    assert summary.streams["door"].published == rest[-1].frames
+
+
+def test_bad_inputs_are_reported_and_the_good_stream_finishes(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.avi").write_text("not a video")
+    unreachable = f"http://127.0.0.1:{free_port()}/cam.mjpg"
+    config = config_for(f"sources.uris=[{PEDESTRIANS}, {tmp_path / 'missing.mp4'}, {tmp_path / 'notes.avi'}, "
+                        f"{tmp_path / 'empty'}, '{unreachable}']",
+                        "sources.mode=offline", "sources.max_frames=3", "sources.open_timeout_s=2")
+    with Consumer(config.publish.endpoint, streams=["pedestrians_720p"], timeout=RECEIVE_LIMIT_S) as consumer:
+        with BackgroundRun(config) as background:
+            messages = receive(consumer)["pedestrians_720p"]
+        summary = background.result()
+    assert_complete_in_order(messages, 3)
+    assert summary.errors == [f"{tmp_path / 'missing.mp4'}: no such file",
+                              f"{tmp_path / 'notes.avi'}: cannot open (not a video, or damaged)",
+                              f"{tmp_path / 'empty'}: no images in this folder (.bmp, .jpeg, .jpg, .pgm, "
+                              ".png, .pnm, .ppm, .tif, .tiff, .webp)",
+                              f"{unreachable}: cannot open (unreachable, or not a video stream)"]
+
+
+def test_nothing_to_run_is_one_error():
+    with pytest.raises(PipelineError, match=r"^/no/clip.avi: no such file$"):
+        run(config_for("sources.uris=[/no/clip.avi]"))
+    with pytest.raises(PipelineError, match=r"^/no/weights.npz: no such weights file$"):
+        run(config_for("model.weights=/no/weights.npz"))
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "run_pipeline.py", "--ray-address", ray.get_runtime_context().gcs_address,
+            "--set", f"model.config={TINY}", "--set", "workers.cpus=1", *args]
+
+
+def test_cli_runs_a_clip_to_files_quietly(tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    done = subprocess.run(cli("--source", f"ped={PEDESTRIANS}", "--set", "sources.max_frames=3", "--publish", endpoint,
+                              "--out", str(tmp_path), "--max-batch", "2"),
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert len((tmp_path / "ped.jsonl").read_text().splitlines()) == 3
+    lines = done.stderr.splitlines()
+    assert lines[0].split() == ["stream", "in", "published", "dropped", "fps", "end-to-end", "ms", "p50/p95/p99"]
+    assert lines[1].split()[:4] == ["ped", "3", "3", "0"]
+    assert len(lines) == 9 and done.stdout == ""  # the summary and nothing else: no Ray or TensorFlow chatter
+
+
+def test_cli_missing_input_is_one_line():
+    done = subprocess.run(cli("--source", "/no/such/clip.avi"), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert (done.returncode, done.stderr, done.stdout) == (2, "error: /no/such/clip.avi: no such file\n", "")
+
+
+def test_ctrl_c_finishes_the_frames_in_flight_and_sends_eos():
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with Consumer(endpoint, streams=["synthetic"], timeout=RECEIVE_LIMIT_S) as consumer:
+        process = subprocess.Popen(cli("--source", "synthetic:width=160,height=120,frames=100000", "--publish", endpoint),
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = consumer.receive(timeout=RECEIVE_LIMIT_S)
+        process.send_signal(signal.SIGINT)
+        rest = receive(consumer)["synthetic"]
+        stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    assert_complete_in_order([first, *rest], rest[-1].frames)
+    assert stderr.startswith("stopping: finishing the frames in flight")
+    summary_row = next(line.split() for line in stderr.splitlines() if line.startswith("synthetic"))
+    assert int(summary_row[2]) == rest[-1].frames  # published, as the summary says
+
+
+MULTI_NODE = textwrap.dedent("""
+    import json, sys
+    import ray
+    from ray.cluster_utils import Cluster
+    from pipeline.config import load_pipeline_config
+    from pipeline.runner import run
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    gpu_node = cluster.add_node(num_cpus=2, num_gpus=2)
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+    summary = run(load_pipeline_config(None, sys.argv[1:]))
+    head = ray.get_runtime_context().get_node_id()
+    print(json.dumps({"head": head, "gpu_node": gpu_node.node_id, "workers": summary.workers,
+                      "published": summary.published}))
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+def test_multi_node_workers_go_one_per_gpu_on_the_gpu_node():
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    done = subprocess.run([sys.executable, "-c", MULTI_NODE, f"model.config={TINY}", "workers.cpus=1",
+                           "sources.uris=['synthetic:width=160,height=120,frames=6']", f"publish.endpoint={endpoint}",
+                           "progress=false"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["published"] == 6
+    assert len(report["workers"]) == 2  # workers.count 0: one per GPU of the cluster
+    assert {w["node_id"] for w in report["workers"]} == {report["gpu_node"]} != {report["head"]}
+    assert sorted(w["gpu_ids"] for w in report["workers"]) == [["0"], ["1"]]
+    # the node declares GPUs this machine does not have: the workers say so and run on the CPU
+    assert all(w["device"] == "cpu" and "TensorFlow finds no GPU" in w["note"] for w in report["workers"])
