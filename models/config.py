@@ -140,6 +140,32 @@ class MaskHeadConfig:
 
 
 @dataclass
+class TrainConfig:
+    """How `python -m models.train` trains this model (ignored at inference)."""
+    steps: int = 1000
+    batch_size: int = 2
+    optimizer: str = "adamw"     # adamw or sgd (with momentum)
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    clip_norm: float = 10.0      # global gradient norm clip (0: off)
+    scale_jitter: list[float] = field(default_factory=lambda: [0.8, 1.2])  # of min_size, per image
+    flip: bool = True
+    max_instances: int = 64      # ground truth per image (the largest kept)
+    checkpoint_every: int = 200
+    seed: int = 0
+
+    def validate(self, path: str) -> None:
+        _require(self.steps > 0 and self.batch_size > 0, path, "steps and batch_size must be positive")
+        _require(self.optimizer in ("adamw", "sgd"), path + ".optimizer", "must be adamw or sgd")
+        _require(self.learning_rate > 0, path + ".learning_rate", "must be positive")
+        _require(len(self.scale_jitter) == 2 and 0 < self.scale_jitter[0] <= self.scale_jitter[1],
+                 path + ".scale_jitter", "needs [low, high] with 0 < low <= high")
+        _require(self.max_instances > 0, path + ".max_instances", "must be positive")
+
+
+@dataclass
 class ModelConfig:
     name: str = "maskrcnn"
     class_names: list[str] = field(default_factory=lambda: ["__background__", "object"])  # index = class id
@@ -153,6 +179,7 @@ class ModelConfig:
     roi_align: RoIAlignConfig = field(default_factory=RoIAlignConfig)
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     @property
     def num_classes(self) -> int:
