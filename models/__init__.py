@@ -21,7 +21,7 @@ import os
 # TensorFlow's C++ start-up and graph-cost chatter is noise for users; real errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from .config import ConfigError  # noqa: E402, ModelConfig, load_config
+from .config import ConfigError, ModelConfig, load_config  # noqa: E402
 from .mask_rcnn import Detections, MaskRCNN, load_model  # noqa: E402
 from .weights import WeightsError, load_weights, save_weights  # noqa: E402
 
