@@ -53,17 +53,25 @@ class Ingest:
         self._dropped = 0              # dropped in all
         self._dropped_pending = 0      # dropped since the last frame taken
         self._source: FrameSource | None = None
+        self._first: Frame | None = None
         self._thread = threading.Thread(target=self._read_loop, name=f"ingest-{spec.stream_id}", daemon=True)
 
     def start(self) -> dict:
-        """Open the source and start reading. Returns {"stream", "total", "error"}: error is a
-        one-line problem naming the input (the stream does not run then), else None."""
+        """Open the source, read its first frame and start reading. Returns {"stream", "total",
+        "size": [height, width] of the first frame, "error"}: error is a one-line problem naming
+        the input (the stream does not run then), else None."""
         try:
             self._source = self._open()
+            self._first = self._source.read()
+            if self._first is None:
+                raise SourceError(f"{self.spec.uri}: no frames")
         except SourceError as error:
-            return {"stream": self.spec.stream_id, "total": None, "error": str(error)}
+            if self._source is not None:
+                self._source.close()
+            return {"stream": self.spec.stream_id, "total": None, "size": None, "error": str(error)}
+        size = list(self._first.rgb.shape[:2])
         self._thread.start()
-        return {"stream": self.spec.stream_id, "total": self._expected_total(), "error": None}
+        return {"stream": self.spec.stream_id, "total": self._expected_total(), "size": size, "error": None}
 
     def _open(self) -> FrameSource:
         return open_source(self.spec, self.options.folder_fps, self.options.open_timeout_s)
@@ -132,7 +140,10 @@ class Ingest:
         limit = self.options.max_frames
         while not self._stopped and not (limit and self._read >= limit):
             began = time.perf_counter()
-            frame = self._source.read()
+            if self._first is not None:  # read by start()
+                frame, self._first = self._first, None
+            else:
+                frame = self._source.read()
             decode_ms = (time.perf_counter() - began) * 1e3
             if frame is None:
                 if not (self.live and self.spec.live) or not self._reopen():

@@ -48,13 +48,16 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
     started_ray = connect_ray(config)
     actors = []
     try:
+        count, use_gpus = plan_workers(config)
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         publisher = start_publisher(config, class_names, here)
         actors.append(publisher)
         try:
-            ingests, totals, errors = start_ingests(specs, config, live, here)
+            ingests, opened, errors = start_ingests(specs, config, live, here)
             actors += ingests.values()
-            workers, placement = start_workers(config, model_factory)
+            workers, placement = start_workers(config, count, use_gpus, model_factory)
+            warm_up(workers, opened, config.batching.max_batch, live)
+            totals = {sid: answer["total"] for sid, answer in opened.items()}
             actors += workers.values()
             stats = RunStats(totals, progress=config.progress and not live, metrics_port=config.metrics_port)
             try:
@@ -129,7 +132,7 @@ def start_publisher(config: PipelineConfig, class_names: list[str], placement) -
 
 
 def start_ingests(specs: list[SourceSpec], config: PipelineConfig, live: bool, placement):
-    """An ingest actor per stream, opened. Returns ({stream: actor}, {stream: expected frames},
+    """An ingest actor per stream, opened. Returns ({stream: actor}, {stream: its start() answer},
     {stream: error}) for the streams that opened and those that did not."""
     actors = {spec.stream_id: IngestActor.options(scheduling_strategy=placement).remote(spec, config.sources, live)
               for spec in specs}
@@ -143,16 +146,28 @@ def start_ingests(specs: list[SourceSpec], config: PipelineConfig, live: bool, p
         raise PipelineError(f"none of the {len(errors)} sources could be opened: " + "; ".join(errors.values()))
     for error in errors.values():
         log.error("%s", error)
-    return actors, {sid: opened[sid]["total"] for sid in actors}, errors
+    return actors, {sid: opened[sid] for sid in actors}, errors
 
 
-def start_workers(config: PipelineConfig, model_factory: ModelFactory | None):
-    """The inference workers, ready. Returns ({name: actor}, [their ready() answers])."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+def plan_workers(config: PipelineConfig) -> tuple[int, bool]:
+    """How many inference workers, and whether on GPUs; PipelineError if the cluster cannot hold them."""
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), resources.get("CPU", 0)
     use_gpus = {"auto": gpus > 0, "gpu": True, "cpu": False}[config.workers.device]
     if use_gpus and gpus == 0:
         raise PipelineError("workers.device is gpu, but the Ray cluster has no GPU")
     count = config.workers.count or (gpus if use_gpus else 1)
+    # Actors that cannot be placed would wait forever: say so instead.
+    if use_gpus and count > gpus:
+        raise PipelineError(f"{count} GPU workers need {count} GPUs; the Ray cluster has {gpus}")
+    if count * config.workers.cpus > cpus:
+        raise PipelineError(f"{count} workers of {config.workers.cpus:g} CPU need {count * config.workers.cpus:g} "
+                            f"CPUs; the Ray cluster has {cpus:g} (lower --workers or workers.cpus)")
+    return count, use_gpus
+
+
+def start_workers(config: PipelineConfig, count: int, use_gpus: bool, model_factory: ModelFactory | None):
+    """The inference workers, ready. Returns ({name: actor}, [their ready() answers])."""
     run_id = uuid.uuid4().hex[:8]
     workers = {}
     for i in range(count):
@@ -172,6 +187,14 @@ def start_workers(config: PipelineConfig, model_factory: ModelFactory | None):
             ray.kill(worker)
         raise PipelineError(failed[0])
     return workers, placement
+
+
+def warm_up(workers: dict, opened: dict, max_batch: int, live: bool) -> None:
+    """Compile every worker's model for the streams' first frame sizes, at the batch sizes the
+    scheduler will mostly send: full batches offline, one frame per live stream at a time."""
+    sizes = sorted({tuple(answer["size"]) for answer in opened.values()})
+    batches = sorted({1, min(max_batch, len(opened)) if live else max_batch})
+    ray.get([worker.warm_up.remote(sizes, batches) for worker in workers.values()])
 
 
 def scheduling_options(config: PipelineConfig, workers: int) -> dict:

@@ -1,6 +1,13 @@
 """Shared fixtures. Keep each block small and say whose tests it serves."""
+import sys
+from pathlib import Path
+
 import pytest
 import ray
+
+# Helper modules beside the tests (pipeline_helpers, wire_helpers) import by their plain names,
+# whether or not tests/ is a package.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 # -- pipeline core tests (ingest, workers, end to end) ---------------------------------------

@@ -44,7 +44,7 @@ def test_offline_reader_blocks_at_read_ahead_and_gives_every_frame(tmp_path):
     for i in range(7):
         cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((24, 32, 3), 10 * i, np.uint8))
     actor, answer = start(str(tmp_path), live=False, read_ahead=3, folder_fps=5.0)
-    assert answer == {"stream": tmp_path.name, "total": 7, "error": None}
+    assert answer == {"stream": tmp_path.name, "total": 7, "size": [24, 32], "error": None}
     poll(lambda: ray.get(actor.counts.remote())["read"] == 3, "the reader fills its buffer")
     first = ray.get(actor.take.remote(1, 1.0))["frames"]
     poll(lambda: ray.get(actor.counts.remote())["read"] == 4, "the reader refills one frame")
@@ -96,7 +96,7 @@ def test_live_keeps_the_newest_frame_and_counts_the_dropped():
 
 def test_bad_source_is_reported_by_start():
     actor, answer = start("/no/such/clip.mp4", live=False)
-    assert answer == {"stream": "clip", "total": None, "error": "/no/such/clip.mp4: no such file"}
+    assert answer == {"stream": "clip", "total": None, "size": None, "error": "/no/such/clip.mp4: no such file"}
     ray.kill(actor)
 
 

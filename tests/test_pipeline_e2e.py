@@ -228,6 +228,8 @@ def test_nothing_to_run_is_one_error():
         run(config_for("sources.uris=[/no/clip.avi]"))
     with pytest.raises(PipelineError, match=r"^/no/weights.npz: no such weights file$"):
         run(config_for("model.weights=/no/weights.npz"))
+    with pytest.raises(PipelineError, match=r"^9 workers of 1 CPU need 9 CPUs; the Ray cluster has 4 "):
+        run(config_for("workers.count=9"))
 
 
 def cli(*args: str) -> list[str]:

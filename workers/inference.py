@@ -2,6 +2,7 @@
 
     worker = InferenceWorkerActor.options(num_gpus=1, num_cpus=1).remote(model_config, weights)
     ray.get(worker.ready.remote())                  # where it runs: {"name", "device", "gpu_ids", ...}
+    ray.get(worker.warm_up.remote([(720, 1280)], [1, 4]))  # compile for these frame and batch sizes
     out = ray.get(worker.infer.remote([ref, ...]))   # refs of RGB uint8 (H, W, 3) frames
     out["frames"][i]["instances"]                   # [{class_id, label, score, box, mask}], frame i
     out["timing_ms"]                                # {"fetch": ms, "inference": ms} for the batch
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import ray
 
 from .device import configure_device, model_precision
@@ -51,6 +53,13 @@ class InferenceWorker:
         return {"name": self.name, "pid": os.getpid(), "device": self.device.kind,
                 "gpu_ids": self.device.gpu_ids, "node_id": self.device.node_id,
                 "threads": self.device.threads, "note": self.device.note, "error": self.error}
+
+    def warm_up(self, frame_sizes: list[tuple[int, int]], batch_sizes: list[int]) -> None:
+        """Run the model once per frame size (height, width) and batch size on black frames, so
+        that graph tracing and compilation happen before the first real frames wait for them."""
+        for height, width in frame_sizes:
+            for batch in batch_sizes:
+                self.model.predict(np.zeros((batch, height, width, 3), np.uint8), masks="rle")
 
     def infer(self, frame_refs: list) -> dict:
         """Run the model on a batch. `frame_refs`: ObjectRefs of RGB uint8 (H, W, 3) frames.

@@ -1,0 +1,169 @@
+"""Pipeline speed: the model alone against the whole pipeline, the orchestration ceiling, live latency.
+
+    python bench/pipeline.py [--frames N] [--model configs/test_tiny.yaml] [--weights W] [--max-batch B]
+
+All on ../shared/data/pedestrians_720p.avi (1280x720), in one run, so the rows compare:
+
+1. `model`: the model alone in this process on N decoded frames, in batches of max_batch, with as
+   many TensorFlow threads as the worker gets; `pipeline`: the same frames through the whole
+   pipeline (ingest actor, object store, scheduler, one worker with the same model and threads,
+   publisher, a real ZeroMQ subscriber). Throughput over the second half of the frames on both
+   sides, so that graph compilation is left out of both; `ratio` = pipeline / model (target >= 0.9).
+2. `ceiling`: every frame of the clip through the pipeline with a null model that finds nothing
+   (it lives here only): frames/s from decode to the subscriber (target >= 200). Decoding alone
+   is measured beside it.
+3. `live`: the clip at its own 25 frames/s in live mode with the model: latency per stage
+   p50/p99 (see pipeline/metrics.py for the stages; end_to_end is capture to publish).
+
+The publisher's encode+send time per frame for 20 and 100 instances is bench/publisher.py's.
+Prints a table and writes bench/results/pipeline.json. Times vary with the machine's load.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import ray  # noqa: E402
+
+import models  # noqa: E402
+from pipeline.config import load_pipeline_config  # noqa: E402
+from pipeline.consumer import Consumer  # noqa: E402
+from pipeline.runner import run  # noqa: E402
+from pipeline.sources import open_source, parse_source  # noqa: E402
+
+CLIP = REPO.parent / "shared" / "data" / "pedestrians_720p.avi"
+RESULTS = REPO / "bench" / "results" / "pipeline.json"
+PORT = 5581
+
+
+class NullModel:
+    """Finds nothing, instantly: what is left is the pipeline's own cost."""
+
+    def predict(self, frames, masks="rle"):
+        return [models.Detections(boxes=np.zeros((0, 4), np.float32), scores=np.zeros(0, np.float32),
+                                  class_ids=np.zeros(0, np.int32), labels=[], rles=[]) for _ in frames]
+
+
+def null_model(config, weights):
+    return NullModel()
+
+
+def decode(frames: int | None) -> tuple[list[np.ndarray], float]:
+    """The clip's first `frames` frames (all if None) as RGB, and the decode rate in frames/s."""
+    source = open_source(parse_source(str(CLIP)))
+    began = time.perf_counter()
+    decoded = []
+    while (frames is None or len(decoded) < frames) and (frame := source.read()) is not None:
+        decoded.append(frame.rgb)
+    rate = len(decoded) / (time.perf_counter() - began)
+    source.close()
+    return decoded, rate
+
+
+def second_half_rate(times: list[float]) -> float:
+    """Frames/s over the second half of a list of completion times (one per frame)."""
+    half = len(times) // 2
+    return (len(times) - 1 - half) / (times[-1] - times[half])
+
+
+def model_alone(frames: list[np.ndarray], model_path: str, weights: str | None, max_batch: int, threads: int) -> float:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    model = models.load_model(model_path, weights)
+    done = []
+    for start in range(0, len(frames), max_batch):
+        batch = frames[start:start + max_batch]
+        model.predict(batch, masks="rle")
+        done += [time.perf_counter()] * len(batch)
+    return second_half_rate(done)
+
+
+def through_pipeline(overrides: list[str], frames: int, model_factory=None) -> tuple[float, object]:
+    """Runs the pipeline; returns (second-half frames/s at a real subscriber, the run summary)."""
+    endpoint = f"tcp://127.0.0.1:{PORT}"
+    config = load_pipeline_config(None, [f"publish.endpoint={endpoint}", "progress=false", *overrides])
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(summary=run(config, model_factory)))
+    arrivals = []
+    with Consumer(endpoint, timeout=600) as consumer:
+        thread.start()
+        for message in consumer.messages():
+            if hasattr(message, "seq"):
+                arrivals.append(time.perf_counter())
+    thread.join()
+    assert len(arrivals) == frames, f"received {len(arrivals)} of {frames} frames"
+    return second_half_rate(arrivals), outcome["summary"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=64, help="frames for the model comparison")
+    parser.add_argument("--live-frames", type=int, default=100, help="frames for the live latency run")
+    parser.add_argument("--model", default=load_pipeline_config().model.config, help="model YAML")
+    parser.add_argument("--weights", default=load_pipeline_config().model.weights)
+    parser.add_argument("--max-batch", type=int, default=4)
+    args = parser.parse_args()
+    cores = os.cpu_count()
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
+    model_overrides = [f"model.config={args.model}", f"model.weights={json.dumps(args.weights)}",
+                       "workers.count=1", f"workers.cpus={cores}", f"batching.max_batch={args.max_batch}"]
+
+    frames, _ = decode(args.frames)
+    model_fps = model_alone(frames, args.model, args.weights, args.max_batch, cores)
+    pipeline_fps, _ = through_pipeline(
+        [f"sources.uris=[{CLIP}]", f"sources.max_frames={len(frames)}", *model_overrides], len(frames))
+
+    _, decode_fps = decode(None)
+    all_frames = 341
+    ceiling_fps, _ = through_pipeline([f"sources.uris=[{CLIP}]", "workers.count=1", "workers.cpus=1",
+                                       "batching.max_batch=8"], all_frames, model_factory=null_model)
+
+    live_frames = min(args.live_frames, all_frames)
+    live = live_run(model_overrides, live_frames)
+    ray.shutdown()
+
+    stream = next(iter(live.streams.values()))
+    latency = dict(live.latency_ms, end_to_end={"count": stream.published, **stream.end_to_end_ms})
+    report = {
+        "machine": {"cores": cores, "platform": platform.platform()},
+        "model": args.model, "weights": args.weights, "max_batch": args.max_batch, "frames": len(frames),
+        "model_fps": model_fps, "pipeline_fps": pipeline_fps, "ratio": pipeline_fps / model_fps,
+        "decode_fps": decode_fps, "ceiling_fps": ceiling_fps, "ceiling_frames": all_frames,
+        "live": {"frames_in": stream.frames_in, "published": stream.published, "dropped": stream.dropped,
+                 "latency_ms": latency},
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'model alone':<34} {model_fps:8.1f} frames/s   ({len(frames)} frames, batches of {args.max_batch})")
+    print(f"{'pipeline, same model':<34} {pipeline_fps:8.1f} frames/s   ratio {pipeline_fps / model_fps:.2f} (target >= 0.9)")
+    print(f"{'decode alone':<34} {decode_fps:8.1f} frames/s")
+    print(f"{'pipeline, null model (ceiling)':<34} {ceiling_fps:8.1f} frames/s   (target >= 200)")
+    print(f"live at 25 frames/s: {stream.published} published, {stream.dropped} dropped of {stream.frames_in}")
+    print(f"{'stage':<14} {'p50 ms':>9} {'p99 ms':>9}")
+    for stage, p in latency.items():
+        print(f"{stage:<14} {p['p50']:>9.1f} {p['p99']:>9.1f}")
+    print(f"wrote {RESULTS.relative_to(REPO)}")
+
+
+def live_run(model_overrides: list[str], frames: int):
+    """The clip at its own frame rate in live mode; returns the run summary."""
+    config = load_pipeline_config(None, [f"publish.endpoint=tcp://127.0.0.1:{PORT}", "progress=false",
+                                         f"sources.uris=[{CLIP}]", f"sources.max_frames={frames}",
+                                         "sources.mode=live", *model_overrides])
+    return run(config)
+
+
+if __name__ == "__main__":
+    main()
