@@ -56,10 +56,10 @@ class Ingest:
         self._first: Frame | None = None
         self._thread = threading.Thread(target=self._read_loop, name=f"ingest-{spec.stream_id}", daemon=True)
 
-    def start(self) -> dict:
-        """Open the source, read its first frame and start reading. Returns {"stream", "total",
-        "size": [height, width] of the first frame, "error"}: error is a one-line problem naming
-        the input (the stream does not run then), else None."""
+    def open(self) -> dict:
+        """Open the source and read its first frame. Returns {"stream", "total", "size": [height,
+        width] of the first frame, "error"}: error is a one-line problem naming the input (the
+        stream does not run then), else None."""
         try:
             self._source = self._open()
             self._first = self._source.read()
@@ -69,9 +69,13 @@ class Ingest:
             if self._source is not None:
                 self._source.close()
             return {"stream": self.spec.stream_id, "total": None, "size": None, "error": str(error)}
-        size = list(self._first.rgb.shape[:2])
+        return {"stream": self.spec.stream_id, "total": self._expected_total(),
+                "size": list(self._first.rgb.shape[:2]), "error": None}
+
+    def start(self) -> None:
+        """Start reading (after open() succeeded), once the rest of the pipeline is ready: a live
+        stream read any earlier would only be dropped."""
         self._thread.start()
-        return {"stream": self.spec.stream_id, "total": self._expected_total(), "size": size, "error": None}
 
     def _open(self) -> FrameSource:
         return open_source(self.spec, self.options.folder_fps, self.options.open_timeout_s)
@@ -140,7 +144,7 @@ class Ingest:
         limit = self.options.max_frames
         while not self._stopped and not (limit and self._read >= limit):
             began = time.perf_counter()
-            if self._first is not None:  # read by start()
+            if self._first is not None:  # read by open()
                 frame, self._first = self._first, None
             else:
                 frame = self._source.read()

@@ -57,6 +57,7 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
             actors += ingests.values()
             workers, placement = start_workers(config, count, use_gpus, model_factory)
             warm_up(workers, opened, config.batching.max_batch, live)
+            ray.get([ingest.start.remote() for ingest in ingests.values()])
             totals = {sid: answer["total"] for sid, answer in opened.items()}
             actors += workers.values()
             stats = RunStats(totals, progress=config.progress and not live, metrics_port=config.metrics_port)
@@ -132,11 +133,11 @@ def start_publisher(config: PipelineConfig, class_names: list[str], placement) -
 
 
 def start_ingests(specs: list[SourceSpec], config: PipelineConfig, live: bool, placement):
-    """An ingest actor per stream, opened. Returns ({stream: actor}, {stream: its start() answer},
+    """An ingest actor per stream, opened. Returns ({stream: actor}, {stream: its open() answer},
     {stream: error}) for the streams that opened and those that did not."""
     actors = {spec.stream_id: IngestActor.options(scheduling_strategy=placement).remote(spec, config.sources, live)
               for spec in specs}
-    opened = dict(zip(actors, ray.get([actor.start.remote() for actor in actors.values()])))
+    opened = dict(zip(actors, ray.get([actor.open.remote() for actor in actors.values()])))
     errors = {sid: answer["error"] for sid, answer in opened.items() if answer["error"]}
     for sid in errors:
         ray.kill(actors.pop(sid))

@@ -16,8 +16,11 @@ POLL_LIMIT = 600  # polls of 50 ms: a guard against a reader that never moves, n
 
 
 def start(spec: str, live: bool, **options):
+    """An ingest actor, opened and (if that worked) reading; its open() answer."""
     actor = IngestActor.remote(parse_source(spec), SourcesSection(**options), live)
-    answer = ray.get(actor.start.remote())
+    answer = ray.get(actor.open.remote())
+    if answer["error"] is None:
+        ray.get(actor.start.remote())
     return actor, answer
 
 
@@ -94,7 +97,7 @@ def test_live_keeps_the_newest_frame_and_counts_the_dropped():
     ray.kill(actor)
 
 
-def test_bad_source_is_reported_by_start():
+def test_bad_source_is_reported_by_open():
     actor, answer = start("/no/such/clip.mp4", live=False)
     assert answer == {"stream": "clip", "total": None, "size": None, "error": "/no/such/clip.mp4: no such file"}
     ray.kill(actor)

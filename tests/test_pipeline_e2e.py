@@ -146,7 +146,7 @@ def named_worker(index: int) -> str:
 
 @pytest.mark.parametrize("restart", [False, True], ids=["killed-for-good", "killed-and-restarted"])
 def test_worker_killed_mid_run_still_publishes_every_frame_once_in_order(restart):
-    config = config_for("sources.uris=['synthetic:seed=1,width=320,height=240,frames=40']", "workers.count=2",
+    config = config_for("sources.uris=['synthetic:seed=1,width=320,height=240,frames=24']", "workers.count=2",
                         "batching.max_batch=2")
     with Consumer(config.publish.endpoint, streams=["synthetic"], timeout=RECEIVE_LIMIT_S) as consumer:
         with BackgroundRun(config) as background:
@@ -155,8 +155,8 @@ def test_worker_killed_mid_run_still_publishes_every_frame_once_in_order(restart
                      no_restart=not restart)
             rest = receive(consumer)["synthetic"]
         summary = background.result()
-    assert_complete_in_order([first, *rest], 40)
-    assert summary.published == 40 and summary.streams["synthetic"].frames_in == 40
+    assert_complete_in_order([first, *rest], 24)
+    assert summary.published == 24 and summary.streams["synthetic"].frames_in == 24
 
 
 def test_live_source_faster_than_inference_drops_oldest_and_counts_them():
