@@ -20,7 +20,7 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from models.config import load_config
+from models.config import ModelConfig, load_config
 from workers.inference import InferenceWorkerActor, ModelFactory
 
 from .batching import PipelineError, Scheduler, error_line
@@ -43,24 +43,27 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
     """
     specs = parse_sources(config.sources.uris)
     live = resolve_live(config.sources.mode, specs)
-    class_names = check_model_inputs(config)
+    model_config = check_model_inputs(config)
     stop = stop or threading.Event()
     started_ray = connect_ray(config)
     actors = []
     try:
         count, use_gpus = plan_workers(config)
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        publisher = start_publisher(config, class_names, here)
+        publisher = start_publisher(config, list(model_config.class_names), here)
         actors.append(publisher)
         try:
             ingests, opened, errors = start_ingests(specs, config, live, here)
             actors += ingests.values()
-            workers, placement = start_workers(config, count, use_gpus, model_factory)
+            workers, placement = start_workers(config, model_config, count, use_gpus, model_factory)
             warm_up(workers, opened, config.batching.max_batch, live)
             ray.get([ingest.start.remote() for ingest in ingests.values()])
             totals = {sid: answer["total"] for sid, answer in opened.items()}
             actors += workers.values()
-            stats = RunStats(totals, progress=config.progress and not live, metrics_port=config.metrics_port)
+            try:
+                stats = RunStats(totals, progress=config.progress and not live, metrics_port=config.metrics_port)
+            except OSError as error:
+                raise PipelineError(f"metrics port {config.metrics_port}: {error.strerror}") from None
             try:
                 scheduler = Scheduler(ingests, workers, publisher, live=live, overlay=config.output.overlay,
                                       stats=stats, **scheduling_options(config, len(workers)))
@@ -110,13 +113,13 @@ def connect_ray(config: PipelineConfig) -> bool:
     return True
 
 
-def check_model_inputs(config: PipelineConfig) -> list[str]:
-    """The model's class names; ConfigError or PipelineError (one line) for a bad model config or
-    a missing weights file, before any actor starts."""
+def check_model_inputs(config: PipelineConfig) -> ModelConfig:
+    """The model's validated config; ConfigError or PipelineError (one line) for a bad model
+    config or a missing weights file, before any actor starts."""
     weights = config.model.weights
     if weights is not None and not Path(weights).is_file():
         raise PipelineError(f"{weights}: no such weights file")
-    return list(load_config(config.model.config).class_names)
+    return load_config(config.model.config)
 
 
 def start_publisher(config: PipelineConfig, class_names: list[str], placement) -> object:
@@ -167,8 +170,11 @@ def plan_workers(config: PipelineConfig) -> tuple[int, bool]:
     return count, use_gpus
 
 
-def start_workers(config: PipelineConfig, count: int, use_gpus: bool, model_factory: ModelFactory | None):
-    """The inference workers, ready. Returns ({name: actor}, [their ready() answers])."""
+def start_workers(config: PipelineConfig, model_config: ModelConfig, count: int, use_gpus: bool,
+                  model_factory: ModelFactory | None):
+    """The inference workers, ready. Returns ({name: actor}, [their ready() answers]).
+
+    They get the model config itself, read here, so that nodes need no copy of its file."""
     run_id = uuid.uuid4().hex[:8]
     workers = {}
     for i in range(count):
@@ -176,7 +182,7 @@ def start_workers(config: PipelineConfig, count: int, use_gpus: bool, model_fact
         workers[name] = InferenceWorkerActor.options(
             name=name, num_gpus=1 if use_gpus else 0, num_cpus=config.workers.cpus,
             max_restarts=config.workers.max_restarts, max_task_retries=config.workers.max_task_retries,
-        ).remote(config.model.config, config.model.weights, config.workers.cpus,
+        ).remote(model_config, config.model.weights, config.workers.cpus,
                  config.workers.precision, model_factory)
     placement = ray.get([w.ready.remote() for w in workers.values()])
     for answer in placement:

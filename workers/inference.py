@@ -28,9 +28,14 @@ ModelFactory = Callable[[Any, "str | None"], Any]
 
 
 class InferenceWorker:
-    """Holds one model on one device; see the module docstring. `InferenceWorkerActor` is the actor."""
+    """Holds one model on one device; see the module docstring. `InferenceWorkerActor` is the actor.
 
-    def __init__(self, model_config: str, weights: str | None = None, cpus: float = 1.0,
+    `model_config`: a models.ModelConfig or the path of its YAML; `weights`: a weights file or
+    None (seeded random weights); `cpus`: the CPU share Ray reserved; `precision`: "model",
+    "float32" or "bfloat16"; `model_factory`: see ModelFactory.
+    """
+
+    def __init__(self, model_config, weights: str | None = None, cpus: float = 1.0,
                  precision: str = "model", model_factory: ModelFactory | None = None):
         self.device = configure_device(cpus)
         self.name = ray.get_runtime_context().get_actor_name() or f"pid{os.getpid()}"
