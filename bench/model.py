@@ -1,0 +1,164 @@
+"""Model speed: the TensorFlow Mask R-CNN beside torchvision's, same weights, same frames.
+
+    python bench/model.py [--frames 8] [--batch-sizes 1 2 4] [--skip-torchvision]
+
+Configurations (100 detections kept where the model allows: score threshold 0):
+  r50_fpn_800   configs/coco_r50_fpn.yaml with the parity reference's weights (tests/data/tv_reference_r50.npz),
+                1280x720 stills of ../shared/data, short side 800; torchvision runs the same (bench/torchvision_speed.py,
+                in its own process: torchvision and tensorflow cannot share one);
+  r18_fpn_512   the light comparison: ResNet-18 FPN at a short side of 512 (weights of tv_reference_r18_320.npz);
+  default       the embedded default model (configs/default_model.yaml + .npz) on 640x360 generated street
+                scenes, at its own input size (short side 320), its own score threshold.
+Per configuration and batch size: one untimed warm-up call, then timed calls; the median seconds per frame
+(wall and this process's CPU time), frames per second, the FLOPs per frame (bench/flops.py, analytic) and the
+fraction of this machine's float32 floor (395 GFLOP/s on 2 cores, DESIGN.md) that the run reaches.
+Prints a table and writes bench/results/model.json; the README quotes it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.chdir(ROOT)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from flops import count_flops  # noqa: E402
+
+FLOOR_GFLOPS = 395.0
+STILLS = [ROOT.parent / "shared" / "data" / f"highway_{i}.jpg" for i in range(1, 7)]
+
+
+def reference_model(reference: str, min_size: int):
+    import models
+    from models.convert import convert_state_dict
+    from models.mask_rcnn import MaskRCNN
+    from tests.torchvision_weights import reference_state_dict
+
+    ref = np.load(ROOT / "tests" / "data" / reference)
+    config = models.load_config("configs/coco_r50_fpn.yaml")
+    config.backbone.depth = int(ref["depth"])
+    config.input.min_size = min_size
+    config.box_head.score_threshold = 0.0
+    config.box_head.detections_per_image = 100
+    return MaskRCNN(config, convert_state_dict(reference_state_dict(ROOT / "tests" / "data" / reference), config))
+
+
+def default_model():
+    import models
+    return models.load_model("configs/default_model.yaml", weights="configs/default_model.npz")
+
+
+def stills() -> list[np.ndarray]:
+    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in STILLS]
+
+
+def scenes(count: int) -> list[np.ndarray]:
+    from models.scenes import StreetScene
+    scene = StreetScene(seed=4242, width=640, height=360)
+    return [scene.frame(t)[0] for t in range(count)]
+
+
+def time_model(model, frames: list[np.ndarray], batch: int, total_frames: int) -> dict:
+    calls = max(1, total_frames // batch)
+    batches = [[frames[(i * batch + j) % len(frames)] for j in range(batch)] for i in range(calls)]
+    model.predict(batches[0], masks="rle")
+    wall, cpu, detections = [], [], []
+    for frames_in_call in batches:
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = model.predict(frames_in_call, masks="rle")
+        wall.append((time.perf_counter() - w0) / batch)
+        cpu.append((time.process_time() - c0) / batch)
+        detections.extend(len(d) for d in out)
+    s = statistics.median(wall)
+    return {"seconds_per_frame": s, "cpu_seconds_per_frame": statistics.median(cpu), "fps": 1.0 / s,
+            "detections_per_frame": statistics.mean(detections), "calls": calls}
+
+
+def torchvision_results(args) -> dict:
+    out = ROOT / "bench" / "results" / "torchvision_speed.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "torchvision_speed.py"), "--json", str(out), "--frames",
+           str(args.frames), "--batch-sizes", *map(str, args.batch_sizes)]
+    subprocess.run(cmd, check=True, cwd=ROOT / "bench")
+    return json.loads(out.read_text())
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=8, help="frames timed per configuration and batch size")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--skip-torchvision", action="store_true", help="reuse bench/results/torchvision_speed.json")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "model.json")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+
+    load_before = os.getloadavg()[0]
+    results = {}
+    runs = [("r50_fpn_800", lambda: reference_model("tv_reference_r50.npz", 800), stills(), "configs/coco_r50_fpn.yaml", 800, 100),
+            ("r18_fpn_512", lambda: reference_model("tv_reference_r18_320.npz", 512), stills(), None, 512, 100)]
+    if (ROOT / "configs" / "default_model.npz").is_file():
+        runs.append(("default", default_model, scenes(24), "configs/default_model.yaml", None, None))
+    for name, build, frames, flops_config, min_size, dets in runs:
+        model = build()
+        flops = flops_for(model.config, frames[0], dets)
+        results[name] = {"flops_per_frame": flops, "frame": list(frames[0].shape[:2]), "batches": {}}
+        for batch in args.batch_sizes:
+            r = time_model(model, frames, batch, args.frames)
+            r["floor_fraction"] = flops / r["seconds_per_frame"] / (FLOOR_GFLOPS * 1e9)
+            results[name]["batches"][str(batch)] = r
+            print(f"{name:12s} batch {batch}: {r['seconds_per_frame']:.3f} s/frame  {r['fps']:.2f} fps  "
+                  f"{r['floor_fraction'] * 100:.0f}% of the FLOP floor", flush=True)
+    torchvision = (json.loads((ROOT / "bench" / "results" / "torchvision_speed.json").read_text())
+                   if args.skip_torchvision else torchvision_results(args))
+    report = {"tensorflow": results, "torchvision": torchvision, "load_average_before": load_before,
+              "load_average_after": os.getloadavg()[0], "floor_gflops": FLOOR_GFLOPS}
+    print_table(report)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+
+
+def flops_for(config, frame: np.ndarray, detections: int | None) -> float:
+    """Analytic FLOPs of one frame through `config` (bench/flops.py reads the YAML; write a temporary one)."""
+    import tempfile
+    import yaml
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(config.to_dict(), f)
+    try:
+        det = detections if detections is not None else config.box_head.detections_per_image
+        return float(count_flops(f.name, frame.shape[1], frame.shape[0], det)["total"])
+    finally:
+        os.unlink(f.name)
+
+
+def tv_fps(torchvision: dict, name: str, batch: str):
+    try:
+        return torchvision["configs"][name]["batch_sizes"][batch]["frames_per_second"]
+    except (KeyError, TypeError):
+        return None
+
+
+def print_table(report: dict) -> None:
+    print(f"\n{'config':12s} {'batch':>5s} {'TF fps':>8s} {'torchvision fps':>16s} {'ratio':>6s} {'GFLOP/frame':>12s} {'floor %':>8s}")
+    for name, r in report["tensorflow"].items():
+        for batch, b in r["batches"].items():
+            tv = tv_fps(report["torchvision"], name, batch)
+            ratio = f"{b['fps'] / tv:.2f}" if tv else "-"
+            print(f"{name:12s} {batch:>5s} {b['fps']:8.2f} {tv if tv else '-':>16} {ratio:>6s} "
+                  f"{r['flops_per_frame'] / 1e9:12.1f} {b['floor_fraction'] * 100:8.0f}")
+
+
+if __name__ == "__main__":
+    main()
