@@ -133,3 +133,19 @@ def test_converter_names_the_first_missing_or_misshaped_key():
     with pytest.raises(ConversionError, match=r"conv1.weight has shape \(64, 3, 7, 7\), the configuration needs \(16, 3, 7, 7\)"):
         convert_state_dict(state, config, "sd.pth")
     assert len(param_shapes(config)) > 50
+
+
+def test_bfloat16_precision_finds_the_same_top_detections():
+    frame = still(2, 320, 180)
+    config = models.load_config(TINY)
+    full = models.load_model(config, seed=3).predict([frame])[0]
+    config.precision = "bfloat16"
+    half = models.load_model(config, seed=3).predict([frame])[0]
+    assert abs(full.scores[0] - half.scores[0]) < 0.02
+    for box, cls in zip(full.boxes[:3], full.class_ids[:3]):
+        same_class = half.boxes[half.class_ids == cls]
+        x1 = np.maximum(box[0], same_class[:, 0]); y1 = np.maximum(box[1], same_class[:, 1])
+        x2 = np.minimum(box[2], same_class[:, 2]); y2 = np.minimum(box[3], same_class[:, 3])
+        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+        union = (box[2] - box[0]) * (box[3] - box[1]) + (same_class[:, 2] - same_class[:, 0]) * (same_class[:, 3] - same_class[:, 1]) - inter
+        assert (inter / union).max() > 0.9
