@@ -141,7 +141,7 @@ def main() -> None:
     latency = dict(live.latency_ms, end_to_end={"count": stream.published, **stream.end_to_end_ms})
     report = {
         "machine": {"cores": cores, "platform": platform.platform(), "load_average": os.getloadavg()},
-        "model": args.model, "weights": args.weights, "max_batch": args.max_batch, "frames": len(frames),
+        "model": os.path.relpath(args.model, REPO), "weights": args.weights, "max_batch": args.max_batch, "frames": len(frames),
         "model_fps": {"before": model_before, "after": model_after}, "pipeline_fps": pipeline_fps,
         "ratio": pipeline_fps / model_fps,
         "decode_fps": decode_fps, "ceiling_fps": ceiling_fps, "ceiling_frames": all_frames,

@@ -160,9 +160,10 @@ class Scheduler:
             if all(s.ended for s in self.streams.values()):
                 break
             if not self._pending:
-                if self.batcher:
-                    continue
-                raise PipelineError("scheduler stalled: frames accepted but nothing in flight")
+                if not self.batcher:
+                    raise PipelineError("scheduler stalled: streams open but no frame or call in flight")
+                time.sleep(self._wait_timeout())  # a partial batch waits out max_wait_ms
+                continue
             ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=self._wait_timeout())
             for ref in ready:
                 self._handle(ref, self._pending.pop(ref))
@@ -190,7 +191,8 @@ class Scheduler:
             if not stream.reading or any(p.stream is stream for p in self._pending.values()):
                 continue
             if self.live:
-                wanted = self.take_size if self._free_worker_slots() > 0 and len(self.batcher) < self.batcher.max_batch else 0
+                room = self._free_worker_slots() > 0 and len(self.batcher) < self.batcher.max_batch
+                wanted = self.take_size if room else 0
             else:
                 wanted = min(self.take_size, self.max_in_flight - self._in_flight - requested)
             if wanted > 0:
