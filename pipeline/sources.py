@@ -110,7 +110,7 @@ def to_rgb(image: np.ndarray, source: str) -> np.ndarray:
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     if image.shape[2] == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: the decoder's array is ours
     raise SourceError(f"{source}: unsupported image with {image.shape[2]} channels")
 
 
