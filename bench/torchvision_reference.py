@@ -14,10 +14,15 @@ condition the random weights so that their outputs are not degenerate:
   1. every FrozenBatchNorm2d gets the per-channel mean and variance of its own input on the test
      images, in forward order (one pass with forward pre-hooks: each layer sees inputs already
      normalised by the layers before it), so activations neither vanish nor explode;
-  2. the class logits are spread: `roi_heads.box_predictor.cls_score.weight` is multiplied by the
-     smallest factor of a geometric grid for which every image yields >= 50 detections over the
-     score threshold, all with distinct scores (random weights otherwise give ~1/91 for every class).
-Then run torchvision at the requested sizes on the images and store, per image, its detections.
+  2. the RPN's two 1x1 predictors are scaled (weight and bias) so that over the test images the
+     objectness logits have std 0.5 and the box deltas std 0.25: unscaled, the unnormalised FPN
+     features give logits of +-50, whose sigmoids tie at exactly 1.0 in float32 (the proposals'
+     order would then be arbitrary), and deltas of +-80 that throw most proposals off the image;
+  3. the class logits are spread: `roi_heads.box_predictor.cls_score.weight` is multiplied by the
+     smallest factor of a geometric grid (1, sqrt 2, 2, ...) for which every image yields >= 50
+     detections over the score threshold, all with distinct scores (1 when already so).
+Then run torchvision at the requested sizes on all the images in one batched call and store, per
+image, its detections.
 
 The .npz holds: seed, depth, num_classes, min_size, max_size, score_thresh, detections_per_img,
 image_names; `override/<state-dict key>` for every value conditioning changed (so `make_state_dict(seed)`
@@ -99,22 +104,14 @@ def condition_batch_norms(model: MaskRCNN, frames: list[torch.Tensor]) -> None:
 @torch.no_grad()
 def scale_rpn_predictors(model: MaskRCNN, frames: list[torch.Tensor]) -> dict[str, float]:
     """Scale the RPN head's 1x1 predictors so their outputs have the stds of RPN_OUTPUT_STDS."""
-    outputs = {name: [] for name in RPN_OUTPUT_STDS}
-    head = model.rpn.head
-    hooks = [getattr(head, name).register_forward_hook(lambda module, inputs, output, kept=kept: kept.append(output))
-             for name, kept in outputs.items()]
-    try:
-        batch, _ = model.transform(frames)
-        head(list(model.backbone(batch.tensors).values()))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    batch, _ = model.transform(frames)
+    objectness, deltas = model.rpn.head(list(model.backbone(batch.tensors).values()))
     scales = {}
-    for name, target in RPN_OUTPUT_STDS.items():
-        measured = torch.cat([level.flatten() for level in outputs[name]]).std().item()
-        scales[name] = target / measured
-        getattr(head, name).weight.mul_(scales[name])
-        getattr(head, name).bias.mul_(scales[name])
+    for name, outputs in (("cls_logits", objectness), ("bbox_pred", deltas)):
+        layer = getattr(model.rpn.head, name)
+        scales[name] = RPN_OUTPUT_STDS[name] / torch.cat([level.flatten() for level in outputs]).std().item()
+        layer.weight.mul_(scales[name])
+        layer.bias.mul_(scales[name])
     return scales
 
 

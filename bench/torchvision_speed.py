@@ -11,16 +11,21 @@ Configurations (torchvision semantics, 100 detections kept: score threshold 0, d
   r18_fpn_512   the light comparison: ResNet-18 FPN at a short side of 512, weights of
                 tests/data/tv_reference_r18_320.npz.
 Each batch size b runs one warm-up call (not timed), then max(1, frames // b) timed calls of b frames
-(a list of frames per call, the stills ../shared/data/highway_*.jpg in turn); the medians are reported.
+(a list of frames per call, the stills ../shared/data/highway_*.jpg in turn); the medians are reported,
+as wall seconds and as this process's CPU seconds (all threads), which shared, loaded machines distort
+less; the 1-minute load average before and after is recorded too.
 Per-stage times come from forward hooks on torchvision's modules: preprocess (transform), backbone
-(body), fpn, rpn, box_head (roi_heads without the mask modules: RoIAlign, FCs, per-class NMS), mask_head
-(mask RoIAlign, convs, predictor) and paste (the rest: transform.postprocess, mask pasting).
+(body), fpn, rpn (head and proposal selection), roi_align (box and mask MultiScaleRoIAlign), box_head
+(fc6, fc7, predictor), mask_head (convs, predictor), detect (the rest of roi_heads: box decoding and the
+per-class NMS over 1000 RoIs x 90 classes, which dominates at score threshold 0) and paste (the rest of
+the call: transform.postprocess, box rescaling and mask pasting).
 Writes bench/results/torchvision_speed.json (seconds per frame, frames per second, stages).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -41,7 +46,9 @@ STAGE_MODULES = {
     "fpn": ["backbone.fpn"],
     "rpn": ["rpn"],
     "roi_heads": ["roi_heads"],
-    "mask_head": ["roi_heads.mask_roi_pool", "roi_heads.mask_head", "roi_heads.mask_predictor"],
+    "roi_align": ["roi_heads.box_roi_pool", "roi_heads.mask_roi_pool"],
+    "box_head": ["roi_heads.box_head", "roi_heads.box_predictor"],
+    "mask_head": ["roi_heads.mask_head", "roi_heads.mask_predictor"],
 }
 
 
@@ -69,10 +76,10 @@ class StageTimer:
         return hook
 
     def stages(self, total: float) -> dict[str, float]:
-        """This call's seconds per stage; the box head and paste are what the hooked modules leave over."""
+        """This call's seconds per stage; detect and paste are what the hooked modules leave over."""
         s = dict(self.seconds)
         roi_heads = s.pop("roi_heads")
-        s["box_head"] = roi_heads - s["mask_head"]
+        s["detect"] = roi_heads - s["roi_align"] - s["box_head"] - s["mask_head"]
         s["paste"] = total - s["preprocess"] - s["backbone"] - s["fpn"] - s["rpn"] - roi_heads
         self.seconds = {}
         return s
@@ -99,12 +106,13 @@ def time_batch_size(model: torch.nn.Module, frames: list[torch.Tensor], batch: i
 
     model(batch_of(0))                                    # warm-up, not timed
     timer = StageTimer(model)
-    totals, stages, detections = [], [], []
+    totals, cpu_totals, stages, detections = [], [], [], []
     try:
         for call in range(1, calls + 1):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             outputs = model(batch_of(call))
             totals.append(time.perf_counter() - start)
+            cpu_totals.append(time.process_time() - cpu_start)
             stages.append(timer.stages(totals[-1]))
             detections.extend(len(out["scores"]) for out in outputs)
     finally:
@@ -115,18 +123,24 @@ def time_batch_size(model: torch.nn.Module, frames: list[torch.Tensor], batch: i
         "call_seconds": [round(t, 4) for t in totals],
         "seconds_per_frame": round(seconds_per_frame, 4),
         "frames_per_second": round(1.0 / seconds_per_frame, 4),
+        "cpu_seconds_per_frame": round(statistics.median(cpu_totals) / batch, 4),
         "stage_seconds_per_frame": {k: round(statistics.median(s[k] for s in stages) / batch, 4) for k in stages[0]},
         "min_detections_per_frame": min(detections),
     }
 
 
-def print_table(results: dict) -> None:
-    stages = ["preprocess", "backbone", "fpn", "rpn", "box_head", "mask_head", "paste"]
-    print(f"{'config':<12} {'batch':>5} {'s/frame':>8} {'fps':>6} " + " ".join(f"{s:>10}" for s in stages))
-    for name, config in results.items():
-        for batch, r in config["batch_sizes"].items():
-            print(f"{name:<12} {batch:>5} {r['seconds_per_frame']:>8.3f} {r['frames_per_second']:>6.3f} "
-                  + " ".join(f"{r['stage_seconds_per_frame'][s]:>10.3f}" for s in stages))
+STAGES = ["preprocess", "backbone", "fpn", "rpn", "roi_align", "box_head", "detect", "mask_head", "paste"]
+
+
+def print_header() -> None:
+    print(f"{'config':<12} {'batch':>5} {'s/frame':>8} {'cpu s/fr':>8} {'fps':>6} "
+          + " ".join(f"{s:>9}" for s in STAGES), flush=True)
+
+
+def print_row(name: str, batch: int, r: dict) -> None:
+    print(f"{name:<12} {batch:>5} {r['seconds_per_frame']:>8.3f} {r['cpu_seconds_per_frame']:>8.3f} "
+          f"{r['frames_per_second']:>6.3f} " + " ".join(f"{r['stage_seconds_per_frame'][s]:>9.3f}" for s in STAGES),
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,15 +156,20 @@ def main(argv: list[str] | None = None) -> None:
     paths = sorted(DATA.glob("highway_*.jpg"))
     frames = read_frames(paths)
     results = {}
+    load_before = os.getloadavg()[0]
+    print_header()
     for name in args.configs:
         model = make_model(name)
-        results[name] = {**CONFIGS[name], "batch_sizes": {
-            str(b): time_batch_size(model, frames, b, max(1, args.frames // b)) for b in args.batch_sizes}}
-        print_table({name: results[name]})
+        results[name] = {**CONFIGS[name], "batch_sizes": {}}
+        for batch in args.batch_sizes:
+            timing = time_batch_size(model, frames, batch, max(1, args.frames // batch))
+            results[name]["batch_sizes"][str(batch)] = timing
+            print_row(name, batch, timing)
     report = {
         "benchmark": "torchvision Mask R-CNN, 100 detections per frame (score threshold 0)",
         "torch": torch.__version__, "torchvision": torchvision.__version__, "threads": args.threads,
-        "machine": platform.machine(), "frames": [p.name for p in paths],
+        "machine": platform.machine(), "load_average_1min": [load_before, os.getloadavg()[0]],
+        "frames": [p.name for p in paths],
         "frame_width_height": [frames[0].shape[2], frames[0].shape[1]], "configs": results,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
