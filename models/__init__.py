@@ -16,14 +16,22 @@ graph call; a batch of different sizes returns exactly what separate calls would
 
 This package never imports Ray or ZeroMQ.
 """
+import importlib
 import os
 
-# TensorFlow's C++ start-up and graph-cost chatter is noise for users; real errors still show.
+# TensorFlow's C++ graph-cost chatter is noise for users; real errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from .config import ConfigError, ModelConfig, load_config  # noqa: E402
-from .mask_rcnn import Detections, MaskRCNN, load_model  # noqa: E402
-from .weights import WeightsError, load_weights, save_weights  # noqa: E402
+# Attributes load on first use, so `models.config` (pure Python) does not pull in TensorFlow.
+_EXPORTS = {
+    "ConfigError": "config", "ModelConfig": "config", "load_config": "config",
+    "Detections": "mask_rcnn", "MaskRCNN": "mask_rcnn", "load_model": "mask_rcnn",
+    "WeightsError": "weights", "load_weights": "weights", "save_weights": "weights",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["ConfigError", "Detections", "MaskRCNN", "ModelConfig", "WeightsError", "load_config",
-           "load_model", "load_weights", "save_weights"]
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

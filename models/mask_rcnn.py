@@ -104,7 +104,7 @@ class MaskRCNN(tf.Module):
         self.config = config
         self.params = {name: tf.Variable(value, trainable=trainable, name=name.replace("/", "."))
                        for name, value in sorted(params.items())}
-        self._infer = tf.function(self._infer_graph)
+        self._graphs: dict[tuple[int, int], tf.types.experimental.PolymorphicFunction] = {}
 
     @property
     def class_names(self) -> list[str]:
@@ -112,6 +112,13 @@ class MaskRCNN(tf.Module):
 
     def save(self, path: str | Path) -> Path:
         return save_weights(path, {n: v.numpy() for n, v in self.params.items()}, architecture_record(self.config))
+
+    def graph_for(self, height: int, width: int):
+        """The compiled inference graph for frames of one size, any batch size (traced once)."""
+        if (height, width) not in self._graphs:
+            spec = tf.TensorSpec([None, height, width, 3], tf.uint8)
+            self._graphs[(height, width)] = tf.function(self._infer_graph, input_signature=[spec])
+        return self._graphs[(height, width)]
 
     def _infer_graph(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """uint8 (B, H, W, 3), one size -> detections in resized pixels (see module docstring)."""
@@ -128,7 +135,7 @@ class MaskRCNN(tf.Module):
         proposals, _, proposal_valid = select_proposals(logits, deltas, anchors, resized_hw, cfg.rpn,
                                                         cfg.box_xform_clip)
         features = [tf.cast(f, tf.float32) for f in features[:4]]
-        batch, num_proposals = proposals.shape[0], proposals.shape[1]
+        batch, num_proposals = tf.shape(proposals)[0], proposals.shape[1]
         flat_boxes = tf.reshape(proposals, [-1, 4])
         frame_of_box = tf.repeat(tf.range(batch), num_proposals)
         pooled = pool(features, flat_boxes, frame_of_box, resized_hw, cfg.roi_align.box_output_size, cfg)
@@ -143,7 +150,7 @@ class MaskRCNN(tf.Module):
     def _masks(self, features, boxes, class_ids, valid, resized_hw) -> tf.Tensor:
         """Mask probabilities (B, D, M, M) for the valid detections (zeros elsewhere)."""
         cfg = self.config
-        batch, d = boxes.shape[0], boxes.shape[1]
+        batch, d = tf.shape(boxes)[0], boxes.shape[1]
         where = tf.where(valid)                               # (R, 2): frame, slot
         roi_boxes = tf.gather_nd(boxes, where)
         roi_classes = tf.gather_nd(class_ids, where)
@@ -169,7 +176,7 @@ class MaskRCNN(tf.Module):
         results: list[Detections | None] = [None] * len(frames)
         for (height, width), indices in by_size.items():
             batch = np.stack([frames[i] for i in indices])
-            raw = {k: v.numpy() for k, v in self._infer(tf.constant(batch)).items()}
+            raw = {k: v.numpy() for k, v in self.graph_for(height, width)(tf.constant(batch)).items()}
             resized_hw = preprocess.resized_size(height, width, self.config.input.min_size,
                                                  self.config.input.max_size)
             for j, i in enumerate(indices):

@@ -58,7 +58,7 @@ def detect(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, proposal_
     keep = tf.logical_and(keep, scores > cfg.score_threshold)
     scores = tf.where(keep, scores, -1.0)
     # One NMS group per (frame, class): (B, P, K-1, ...) -> (B * (K-1), P, ...).
-    batch, num_proposals, num_fg = scores.shape
+    num_proposals, num_fg = scores.shape[1], scores.shape[2]
     d = min(cfg.detections_per_image, num_proposals)
     group_boxes = tf.reshape(tf.transpose(boxes, [0, 2, 1, 3]), [-1, num_proposals, 4])
     group_scores = tf.reshape(tf.transpose(scores, [0, 2, 1]), [-1, num_proposals])
@@ -66,8 +66,8 @@ def detect(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, proposal_
     kept_scores = tf.where(kept, tf.gather(group_scores, keep, batch_dims=1), -1.0)
     kept_boxes = tf.gather(group_boxes, keep, batch_dims=1)
     # The best d of every class's survivors, per frame.
-    kept_scores = tf.reshape(kept_scores, [batch, num_fg * d])
-    kept_boxes = tf.reshape(kept_boxes, [batch, num_fg * d, 4])
+    kept_scores = tf.reshape(kept_scores, [-1, num_fg * d])
+    kept_boxes = tf.reshape(kept_boxes, [-1, num_fg * d, 4])
     top_scores, top = tf.math.top_k(kept_scores, k=d, sorted=True)
     class_ids = top // d + 1
     return tf.gather(kept_boxes, top, batch_dims=1), top_scores, class_ids, top_scores >= 0.0

@@ -43,13 +43,15 @@ def test_a_batch_of_different_sizes_equals_separate_calls(model):
         assert agree > 0.999
 
 
-def test_same_size_batch_is_one_graph_reused_across_calls(model):
-    frames = np.stack([still(1, 256, 144), still(2, 256, 144)])
-    model.predict(frames, masks="none")
-    traces = model._infer.experimental_get_tracing_count()
-    out = model.predict(frames[::-1].copy(), masks="none")
-    assert model._infer.experimental_get_tracing_count() == traces
-    assert len(out) == 2 and all(len(d) == 10 for d in out)
+def test_one_graph_per_frame_size_reused_for_every_batch_size(model):
+    frames = np.stack([still(1, 256, 144), still(2, 256, 144), still(3, 256, 144)])
+    model.predict(frames[:1], masks="none")
+    graph = model.graph_for(144, 256)
+    assert graph.experimental_get_tracing_count() == 1
+    out = model.predict(frames, masks="none")
+    model.predict(frames[1:], masks="none")
+    assert graph.experimental_get_tracing_count() == 1
+    assert len(out) == 3 and all(len(d) == 10 for d in out)
 
 
 def test_rle_equals_pasted_masks(model):
