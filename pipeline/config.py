@@ -31,9 +31,12 @@ PRECISIONS = ("model", "float32", "bfloat16")
 class ModelSection:
     config: str | None = None          # model YAML (see models/config.py)
     weights: str | None = None         # weights file; none: seeded random weights
+    score_threshold: float | None = None  # publish instances scoring above this; none: the model's own
 
     def validate(self, path: str) -> None:
         _require(self.config is not None, path + ".config", "needs the model's YAML file")
+        _require(self.score_threshold is None or 0 <= self.score_threshold < 1, path + ".score_threshold",
+                 "must be in [0, 1)")
 
 
 @dataclass

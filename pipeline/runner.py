@@ -119,7 +119,10 @@ def check_model_inputs(config: PipelineConfig) -> ModelConfig:
     weights = config.model.weights
     if weights is not None and not Path(weights).is_file():
         raise PipelineError(f"{weights}: no such weights file")
-    return load_config(config.model.config)
+    model_config = load_config(config.model.config)
+    if config.model.score_threshold is not None:
+        model_config.box_head.score_threshold = config.model.score_threshold
+    return model_config
 
 
 def start_publisher(config: PipelineConfig, class_names: list[str], placement) -> object:

@@ -104,3 +104,12 @@ def test_cli_reports_a_config_mistake_in_one_line_without_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr == "error: config.batching.max_batch: must be >= 1\n"
+
+
+def test_score_threshold_overrides_the_models_own():
+    from pipeline.runner import check_model_inputs
+    config = load_pipeline_config(None, ["model.config=configs/test_tiny.yaml", "model.weights=null",
+                                         "model.score_threshold=0.6"])
+    assert check_model_inputs(config).box_head.score_threshold == 0.6
+    with pytest.raises(ConfigError, match="score_threshold: must be in"):
+        load_pipeline_config(None, ["model.score_threshold=1.5"])
