@@ -30,7 +30,7 @@ def save_weights(path: str | Path, params: dict, meta: dict | None = None) -> Pa
     record = {"format": FORMAT, **(meta or {})}
     arrays[META_KEY] = np.frombuffer(json.dumps(record).encode(), dtype=np.uint8)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
     return path
 
