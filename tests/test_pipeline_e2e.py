@@ -36,7 +36,8 @@ RECEIVE_LIMIT_S = 180  # a consumer idle this long gives up: a guard against a h
 def config_for(*overrides: str):
     """A test config: the tiny model, CPU workers of one thread, a free port, no progress bars."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    return load_pipeline_config(None, [f"model.config={TINY}", "workers.cpus=1", "progress=false",
+    return load_pipeline_config(None, [f"model.config={TINY}", "model.weights=null", "model.score_threshold=null",
+                                       "workers.cpus=1", "progress=false",
                                        f"publish.endpoint={endpoint}", *overrides])
 
 
@@ -234,7 +235,8 @@ def test_nothing_to_run_is_one_error():
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "run_pipeline.py", "--ray-address", ray.get_runtime_context().gcs_address,
-            "--set", f"model.config={TINY}", "--set", "workers.cpus=1", *args]
+            "--set", f"model.config={TINY}", "--set", "model.weights=null", "--set", "model.score_threshold=null",
+            "--set", "workers.cpus=1", *args]
 
 
 def test_cli_runs_a_clip_to_files_quietly(tmp_path):
@@ -292,7 +294,8 @@ MULTI_NODE = textwrap.dedent("""
 
 def test_multi_node_workers_go_one_per_gpu_on_the_gpu_node():
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    done = subprocess.run([sys.executable, "-c", MULTI_NODE, f"model.config={TINY}", "workers.cpus=1",
+    done = subprocess.run([sys.executable, "-c", MULTI_NODE, f"model.config={TINY}", "model.weights=null",
+                           "model.score_threshold=null", "workers.cpus=1",
                            "sources.uris=['synthetic:width=160,height=120,frames=6']", f"publish.endpoint={endpoint}",
                            "progress=false"],
                           cwd=REPO, capture_output=True, text=True, timeout=600,
