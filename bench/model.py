@@ -39,7 +39,7 @@ FLOOR_GFLOPS = 395.0
 STILLS = [ROOT.parent / "shared" / "data" / f"highway_{i}.jpg" for i in range(1, 7)]
 
 
-def reference_model(reference: str, min_size: int):
+def reference_model(reference: str, min_size: int, precision: str = "float32"):
     import models
     from models.convert import convert_state_dict
     from models.mask_rcnn import MaskRCNN
@@ -51,6 +51,7 @@ def reference_model(reference: str, min_size: int):
     config.input.min_size = min_size
     config.box_head.score_threshold = 0.0
     config.box_head.detections_per_image = 100
+    config.precision = precision
     return MaskRCNN(config, convert_state_dict(reference_state_dict(ROOT / "tests" / "data" / reference), config))
 
 
@@ -99,6 +100,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--skip-torchvision", action="store_true", help="reuse bench/results/torchvision_speed.json")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "model.json")
+    parser.add_argument("--bf16", action="store_true", help="also run r50_fpn_800 with precision: bfloat16")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -107,11 +109,14 @@ def main(argv=None) -> None:
 
     load_before = os.getloadavg()[0]
     results = {}
-    runs = [("r50_fpn_800", lambda: reference_model("tv_reference_r50.npz", 800), stills(), "configs/coco_r50_fpn.yaml", 800, 100),
-            ("r18_fpn_512", lambda: reference_model("tv_reference_r18_320.npz", 512), stills(), None, 512, 100)]
+    runs = [("r50_fpn_800", lambda: reference_model("tv_reference_r50.npz", 800), stills(), 100),
+            ("r18_fpn_512", lambda: reference_model("tv_reference_r18_320.npz", 512), stills(), 100)]
+    if args.bf16:
+        runs.append(("r50_fpn_800_bf16", lambda: reference_model("tv_reference_r50.npz", 800, "bfloat16"), stills(),
+                     100))
     if (ROOT / "configs" / "default_model.npz").is_file():
-        runs.append(("default", default_model, scenes(24), "configs/default_model.yaml", None, None))
-    for name, build, frames, flops_config, min_size, dets in runs:
+        runs.append(("default", default_model, scenes(24), None))
+    for name, build, frames, dets in runs:
         model = build()
         flops = flops_for(model.config, frames[0], dets)
         results[name] = {"flops_per_frame": flops, "frame": list(frames[0].shape[:2]), "batches": {}}
@@ -154,7 +159,7 @@ def print_table(report: dict) -> None:
     print(f"\n{'config':12s} {'batch':>5s} {'TF fps':>8s} {'torchvision fps':>16s} {'ratio':>6s} {'GFLOP/frame':>12s} {'floor %':>8s}")
     for name, r in report["tensorflow"].items():
         for batch, b in r["batches"].items():
-            tv = tv_fps(report["torchvision"], name, batch)
+            tv = tv_fps(report["torchvision"], name.removesuffix("_bf16"), batch)
             ratio = f"{b['fps'] / tv:.2f}" if tv else "-"
             print(f"{name:12s} {batch:>5s} {b['fps']:8.2f} {tv if tv else '-':>16} {ratio:>6s} "
                   f"{r['flops_per_frame'] / 1e9:12.1f} {b['floor_fraction'] * 100:8.0f}")
