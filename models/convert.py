@@ -23,7 +23,7 @@ import numpy as np
 
 from .backbone import BLOCKS, residual_blocks, is_bottleneck
 from .config import ConfigError, ModelConfig, load_config
-from .weights import WeightsError, check_params
+from .weights import WeightsError, check_params, save_weights
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "coco_r50_fpn.yaml"
 
@@ -198,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
             n = state[key].shape[0]
             config.class_names = list(config.class_names[:n]) + [f"class_{i}" for i in range(len(config.class_names), n)]
         params = convert_state_dict(state, config, str(args.src))
-        from .weights import save_weights
         path = save_weights(args.dst, params, architecture_record(config))
     except (ConversionError, ConfigError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)

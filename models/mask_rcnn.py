@@ -21,7 +21,7 @@ from .backbone import backbone_shapes, last_conv_of_blocks, resnet, stage_channe
 from .config import ModelConfig, load_config
 from .fpn import fpn, fpn_shapes
 from .layers import init_params
-from .roi_align import multilevel_roi_align
+from .roi_align import multilevel_roi_align, pad_edges
 from .roi_heads import box_head, box_head_shapes, detect, mask_head, mask_head_shapes
 from .rpn import rpn_head, rpn_shapes, select_proposals
 from .weights import WeightsError, load_weights, save_weights
@@ -88,11 +88,16 @@ def feature_anchors(features: list[tf.Tensor], padded_hw: tuple[int, int], confi
                                       config.anchors.sizes, config.anchors.aspect_ratios)
 
 
-def pool(features: list[tf.Tensor], boxes: tf.Tensor, box_indices: tf.Tensor, resized_hw: tuple[int, int],
+def pooling_features(features: list[tf.Tensor]) -> list[tf.Tensor]:
+    """P2..P5 (the RPN-only P6 is not pooled) in float32, edge-padded once for every RoIAlign of the call."""
+    return pad_edges([tf.cast(f, tf.float32) for f in features[:4]])
+
+
+def pool(padded: list[tf.Tensor], boxes: tf.Tensor, box_indices: tf.Tensor, resized_hw: tuple[int, int],
          output_size: int, config: ModelConfig) -> tf.Tensor:
-    """Batched multi-level RoIAlign over P2..P5 (the RPN-only P6 is not pooled)."""
+    """Batched multi-level RoIAlign over `pooling_features(...)`."""
     ra = config.roi_align
-    return multilevel_roi_align(features[:4], boxes, box_indices, resized_hw, output_size, ra.sampling_ratio,
+    return multilevel_roi_align(padded, boxes, box_indices, resized_hw, output_size, ra.sampling_ratio,
                                 ra.aligned, ra.canonical_scale, ra.canonical_level, ra.level_eps)
 
 
@@ -134,7 +139,7 @@ class MaskRCNN(tf.Module):
         anchors = feature_anchors(features, padded_hw, cfg)
         proposals, _, proposal_valid = select_proposals(logits, deltas, anchors, resized_hw, cfg.rpn,
                                                         cfg.box_xform_clip)
-        features = [tf.cast(f, tf.float32) for f in features[:4]]
+        features = pooling_features(features)
         batch, num_proposals = tf.shape(proposals)[0], proposals.shape[1]
         flat_boxes = tf.reshape(proposals, [-1, 4])
         frame_of_box = tf.repeat(tf.range(batch), num_proposals)

@@ -26,7 +26,8 @@ import yaml
 from . import box_coding, losses, preprocess
 from .config import ConfigError, ModelConfig, load_config
 from .data import CocoDataset, DataError, roi_mask_targets
-from .mask_rcnn import MaskRCNN, architecture_record, feature_anchors, initial_params, pool, pyramid
+from .mask_rcnn import (MaskRCNN, architecture_record, feature_anchors, initial_params, pool, pooling_features,
+                         pyramid)
 from .roi_heads import box_head, mask_head
 from .rpn import rpn_head, select_proposals
 from .targets import IGNORED, batched_iou, match, sample
@@ -146,9 +147,9 @@ def training_losses(params, config: ModelConfig, images, gt_boxes, gt_classes, g
     flat_gt_boxes = tf.reshape(gt_boxes, [-1, 4])
     roi_class = tf.where(roi_pos, tf.gather(tf.reshape(gt_classes, [-1]), gt_flat), 0)
 
-    features = [tf.cast(f, tf.float32) for f in features[:4]]
+    features = pooling_features(features)
     pooled = pool(features, rois, frame, canvas, cfg.roi_align.box_output_size, cfg)
-    class_logits, box_deltas = box_head(params, tf.cast(pooled, features[0].dtype))
+    class_logits, box_deltas = box_head(params, pooled)
     class_logits = tf.cast(class_logits, tf.float32)
     box_deltas = tf.reshape(tf.cast(box_deltas, tf.float32), [-1, cfg.num_classes, 4])
     roi_targets = box_coding.encode(tf.gather(flat_gt_boxes, gt_flat), rois, cfg.box_head.box_weights)

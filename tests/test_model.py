@@ -144,6 +144,7 @@ def test_bfloat16_precision_finds_the_same_top_detections():
     config.precision = "bfloat16"
     half = models.load_model(config, seed=3).predict([frame])[0]
     assert abs(full.scores[0] - half.scores[0]) < 0.02
+    assert not np.array_equal(full.scores, half.scores)   # bfloat16 really computed (not ignored)
     for box, cls in zip(full.boxes[:3], full.class_ids[:3]):
         same_class = half.boxes[half.class_ids == cls]
         x1 = np.maximum(box[0], same_class[:, 0]); y1 = np.maximum(box[1], same_class[:, 1])

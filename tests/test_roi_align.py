@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.roi_align import assign_levels, crop_level, multilevel_roi_align
+from models.roi_align import assign_levels, crop_level, multilevel_roi_align, pad_edges
 
 
 def bilinear(feature, y, x):
@@ -70,7 +70,8 @@ def test_single_level_matches_reference_including_borders_and_tiny_boxes(aligned
          [60, 40, 70, 50]],                   # entirely outside
     ]).astype(np.float32)
     indices = rng.integers(0, 2, len(boxes)).astype(np.int32)
-    got = crop_level(tf.constant(features), tf.constant(boxes), tf.constant(indices), scale, 7, 2, aligned).numpy()
+    (padded,) = pad_edges([tf.constant(features)])
+    got = crop_level(padded, tf.constant(boxes), tf.constant(indices), scale, 7, 2, aligned).numpy()
     for i, (box, b) in enumerate(zip(boxes, indices)):
         want = reference_roi_align(features[b].astype(np.float64), box, scale, 7, 2, aligned)
         np.testing.assert_allclose(got[i], want, atol=2e-5, err_msg=f"box {i} {box}")
@@ -89,7 +90,7 @@ def test_multilevel_pools_each_roi_on_its_level_for_every_frame_at_once():
     features = [rng.standard_normal((3, 64 // s, 96 // s, 4)).astype(np.float32) for s in (4, 8, 16, 32)]
     boxes = np.concatenate([random_boxes(rng, 30, 96, 64), [[0, 0, 96, 64], [5, 5, 6, 6]]]).astype(np.float32)
     indices = rng.integers(0, 3, len(boxes)).astype(np.int32)
-    got = multilevel_roi_align([tf.constant(f) for f in features], tf.constant(boxes), tf.constant(indices),
+    got = multilevel_roi_align(pad_edges([tf.constant(f) for f in features]), tf.constant(boxes), tf.constant(indices),
                                image_hw, 7, 2, False, 16.0, 4).numpy()
     levels = assign_levels(tf.constant(boxes), 16.0, 4, 2, 5).numpy()   # a small canonical size: all levels used
     assert set(levels.tolist()) == {2, 3, 4, 5}
