@@ -133,10 +133,12 @@ class MaskHeadConfig:
     conv_dims: list[int] = field(default_factory=lambda: [256, 256, 256, 256])
     threshold: float = 0.5       # mask probability at which a pixel belongs to the instance
     paste_padding: int = 1       # torchvision pastes a 1-pixel zero-padded mask
+    paste: str = "torchvision"   # "torchvision" (bit parity) or "exact" (sub-pixel, see models/postprocess.py)
 
     def validate(self, path: str) -> None:
         _require(len(self.conv_dims) >= 1, path + ".conv_dims", "needs at least one conv")
         _require(0 < self.threshold < 1, path + ".threshold", "must be in (0, 1)")
+        _require(self.paste in ("torchvision", "exact"), path + ".paste", "must be torchvision or exact")
 
 
 @dataclass

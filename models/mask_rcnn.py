@@ -197,9 +197,9 @@ class MaskRCNN(tf.Module):
         det = Detections(boxes=boxes, scores=raw["scores"][j][keep].astype(np.float32), class_ids=class_ids,
                          labels=[self.config.class_names[c] for c in class_ids], mask_probs=probs)
         if masks == "full":
-            det.masks = postprocess.paste_masks(probs, boxes, frame_hw, mh.paste_padding, mh.threshold)
+            det.masks = postprocess.paste_masks(probs, boxes, frame_hw, mh.paste_padding, mh.threshold, mh.paste)
         elif masks == "rle":
-            det.rles = postprocess.masks_to_rles(probs, boxes, frame_hw, mh.paste_padding, mh.threshold)
+            det.rles = postprocess.masks_to_rles(probs, boxes, frame_hw, mh.paste_padding, mh.threshold, mh.paste)
         return det
 
 

@@ -1,5 +1,14 @@
-"""Postprocessing back to each frame's own pixels: box rescaling, mask pasting (torchvision's
-`paste_masks_in_image`, thresholded), and COCO RLE straight from the pasted box region.
+"""Postprocessing back to each frame's own pixels: box rescaling, mask pasting, and COCO RLE
+straight from the pasted box region.
+
+Two ways to paste an (M, M) mask into its box (`mask_head.paste`):
+- "torchvision": torchvision's `paste_masks_in_image` (the mask zero-padded by one cell, its box
+  grown to match and truncated to whole pixels, resized over the box inclusive of x2, y2). Bit
+  for bit what torchvision gives, but the truncation moves a mask by up to a pixel, which costs
+  small and thin instances most of their IoU.
+- "exact": every frame pixel inside the box samples the mask bilinearly at its own centre, with
+  the box's float coordinates (cell j of the mask covers [x1 + j w / M, x1 + (j + 1) w / M), as
+  the training targets are made; outside the mask counts as 0). detectron2 pastes this way.
 
 Everything here is numpy/OpenCV on small per-detection arrays; a full-frame mask is only made
 when the caller asks for one.
@@ -19,13 +28,16 @@ def rescale_boxes(boxes: np.ndarray, resized_hw: tuple[int, int], original_hw: t
 
 
 def paste_region(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int], padding: int,
-                 threshold: float) -> tuple[np.ndarray, int, int]:
+                 threshold: float, mode: str = "torchvision") -> tuple[np.ndarray, int, int]:
     """One mask (M, M) of probabilities and its box (4,) in frame pixels -> the pasted binary
     region (h, w) bool and its top-left corner (y0, x0) inside the frame.
 
-    The mask is zero-padded by `padding`, its box grown to match, truncated to integers,
-    resized bilinearly to the box (inclusive of x2, y2) and cropped to the frame.
+    mode "torchvision": the mask is zero-padded by `padding`, its box grown to match, truncated
+    to integers, resized bilinearly to the box (inclusive of x2, y2) and cropped to the frame.
+    mode "exact": see `paste_region_exact` (`padding` is not used).
     """
+    if mode == "exact":
+        return paste_region_exact(mask, box, image_hw, threshold)
     m = mask.shape[-1]
     scale = np.float32((m + 2 * padding) / m)
     padded = np.pad(mask.astype(np.float32), padding)
@@ -47,12 +59,35 @@ def paste_region(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int], p
     return region, y0, x0
 
 
+def paste_region_exact(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int],
+                       threshold: float) -> tuple[np.ndarray, int, int]:
+    """One mask (M, M) of probabilities and its box (4,) x1 y1 x2 y2 in frame pixels -> the
+    binary region (h, w) bool over the frame pixels the box touches, and its corner (y0, x0).
+
+    Pixel (r, c) samples the mask bilinearly at u = (c + 0.5 - x1) / (x2 - x1) * M - 0.5 (and v
+    likewise for rows); samples beyond the mask's outer cell centres blend towards 0.
+    """
+    m = mask.shape[-1]
+    height, width = image_hw
+    x1, y1, x2, y2 = (float(v) for v in box)
+    x0, xe = max(int(np.floor(x1)), 0), min(int(np.ceil(x2)), width)
+    y0, ye = max(int(np.floor(y1)), 0), min(int(np.ceil(y2)), height)
+    if xe <= x0 or ye <= y0:
+        return np.zeros((0, 0), bool), 0, 0
+    u = ((np.arange(x0, xe) + 0.5 - x1) / max(x2 - x1, 1e-6) * m - 0.5).astype(np.float32)
+    v = ((np.arange(y0, ye) + 0.5 - y1) / max(y2 - y1, 1e-6) * m - 0.5).astype(np.float32)
+    map_u, map_v = np.meshgrid(u, v)
+    sampled = cv2.remap(mask.astype(np.float32), map_u, map_v, cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    return sampled > threshold, y0, x0
+
+
 def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int], padding: int = 1,
-                threshold: float = 0.5) -> np.ndarray:
+                threshold: float = 0.5, mode: str = "torchvision") -> np.ndarray:
     """masks (N, M, M), boxes (N, 4) in frame pixels -> (N, H, W) bool."""
     out = np.zeros((len(masks), image_hw[0], image_hw[1]), bool)
     for i, (mask, box) in enumerate(zip(masks, boxes)):
-        region, y0, x0 = paste_region(mask, box, image_hw, padding, threshold)
+        region, y0, x0 = paste_region(mask, box, image_hw, padding, threshold, mode)
         out[i, y0:y0 + region.shape[0], x0:x0 + region.shape[1]] = region
     return out
 
@@ -81,10 +116,10 @@ def region_to_rle(region: np.ndarray, y0: int, x0: int, image_hw: tuple[int, int
 
 
 def masks_to_rles(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int], padding: int = 1,
-                  threshold: float = 0.5) -> list[dict]:
+                  threshold: float = 0.5, mode: str = "torchvision") -> list[dict]:
     """masks (N, M, M), boxes (N, 4) in frame pixels -> N COCO compressed RLE dicts."""
     rles = []
     for mask, box in zip(masks, boxes):
-        region, y0, x0 = paste_region(mask, box, image_hw, padding, threshold)
+        region, y0, x0 = paste_region(mask, box, image_hw, padding, threshold, mode)
         rles.append(region_to_rle(region, y0, x0, image_hw))
     return rles

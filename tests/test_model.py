@@ -152,3 +152,50 @@ def test_bfloat16_precision_finds_the_same_top_detections():
         inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
         union = (box[2] - box[0]) * (box[3] - box[1]) + (same_class[:, 2] - same_class[:, 0]) * (same_class[:, 3] - same_class[:, 1]) - inter
         assert (inter / union).max() > 0.9
+
+
+def cell_centre_samples(mask: np.ndarray, box, size: int) -> np.ndarray:
+    """A full-frame mask (H, W) sampled bilinearly at the centres of size x size cells over box."""
+    x1, y1, x2, y2 = box
+    u = x1 + (np.arange(size) + 0.5) * (x2 - x1) / size - 0.5
+    v = y1 + (np.arange(size) + 0.5) * (y2 - y1) / size - 0.5
+    map_u, map_v = np.meshgrid(u.astype(np.float32), v.astype(np.float32))
+    return cv2.remap(mask.astype(np.float32), map_u, map_v, cv2.INTER_LINEAR)
+
+
+def test_exact_paste_fills_a_whole_box_and_follows_sub_pixel_boxes():
+    ones = np.ones((28, 28), np.float32)
+    full = postprocess.paste_masks(ones[None], np.array([[10, 20, 30, 40]], np.float32), (50, 60), mode="exact")[0]
+    want = np.zeros((50, 60), bool)
+    want[20:40, 10:30] = True
+    np.testing.assert_array_equal(full, want)
+    left_half = np.zeros((28, 28), np.float32)
+    left_half[:, :14] = 1
+    for x1 in (10.0, 10.4, 10.6, 11.0):     # the mask's edge moves with the box's fractional position
+        pasted = postprocess.paste_masks(left_half[None], np.array([[x1, 0, x1 + 20, 28]], np.float32), (28, 60),
+                                         mode="exact")[0]
+        columns = np.flatnonzero(pasted[10])
+        assert columns[0] == int(np.floor(x1 + 0.5)) and columns[-1] == int(np.ceil(x1 + 10 - 0.5)) - 1, x1
+    clipped = postprocess.paste_masks(ones[None], np.array([[-5.5, -3, 8, 9]], np.float32), (6, 6), mode="exact")[0]
+    assert clipped.all()
+
+
+def test_exact_paste_gives_small_instances_back_where_torchvision_paste_moves_them():
+    """Small dashes and boxes, sampled at 28 x 28 cell centres (as the training targets are) and
+    pasted back: the exact paste returns the instance pixel for pixel; torchvision's paste, with
+    its box truncated to whole pixels and grown by the padding, keeps about half of it."""
+    for h, w, y, x in [(8, 3, 17, 11), (6, 2, 10, 10), (10, 4, 5, 7), (5, 5, 20, 20)]:
+        truth = np.zeros((40, 40), bool)
+        truth[y:y + h, x:x + w] = True
+        box = np.array([x, y, x + w, y + h], np.float32)
+        target = cell_centre_samples(truth, box, 28)
+        exact = postprocess.paste_masks(target[None], box[None], truth.shape, mode="exact")[0]
+        np.testing.assert_array_equal(exact, truth)
+        moved = postprocess.paste_masks(target[None], box[None], truth.shape, mode="torchvision")[0]
+        assert (moved & truth).sum() / (moved | truth).sum() < 0.7
+
+
+def test_paste_mode_is_validated():
+    from models.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="mask_head.paste"):
+        load_config({"mask_head": {"paste": "nearest"}})
