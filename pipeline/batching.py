@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 TAKE_TIMEOUT_S = 0.5       # an ingest's take() waits at most this for a frame
 MAX_ATTEMPTS = 3           # a frame whose batch killed this many workers stops the run
-PUBLISH_BACKLOG = 256      # publish calls in flight before the scheduler waits for the publisher
+PUBLISH_BACKLOG = 64       # publish calls (one per batch) in flight before waiting for the publisher
 
 
 class PipelineError(RuntimeError):
@@ -139,6 +139,8 @@ class Scheduler:
         self.max_in_flight = max_in_flight
         self.worker_capacity = 1 if live else batches_per_worker
         self.take_size = live_queue if live else max_batch
+        # Offline, a take() waits up to max_wait_ms for a whole batch, as the batcher would.
+        self.take_fill_s = 0.0 if live else max_wait_ms / 1e3
         self.overlay = overlay
         self.stats = stats
         self._pending: dict[object, _Pending] = {}
@@ -196,7 +198,7 @@ class Scheduler:
             else:
                 wanted = min(self.take_size, self.max_in_flight - self._in_flight - requested)
             if wanted > 0:
-                ref = stream.ingest.take.remote(wanted, TAKE_TIMEOUT_S)
+                ref = stream.ingest.take.remote(wanted, TAKE_TIMEOUT_S, self.take_fill_s)
                 self._pending[ref] = _Pending("take", stream=stream, requested=wanted)
                 requested += wanted
 
@@ -282,6 +284,7 @@ class Scheduler:
     # -- results out ------------------------------------------------------------------------
 
     def _publish(self, batch: list[Accepted], result: dict) -> None:
+        records = []
         for item, frame in zip(batch, result["frames"]):
             record = dict(item.record)
             record["timing_ms"] = {"decode": item.decode_ms, "queue": record.pop("queue_ms"),
@@ -289,11 +292,12 @@ class Scheduler:
             record["instances"] = frame["instances"]
             if self.overlay:
                 record["frame_ref"] = [item.frame_ref]
-            self._publishing.append(self.publisher.publish.remote(record))
+            records.append(record)
             stream = self.streams[record["stream"]]
             stream.published += 1
             self._in_flight -= 1
             self.stats.published(record)
+        self._publishing.append(self.publisher.publish_many.remote(records))  # one call per batch
         if len(self._publishing) > PUBLISH_BACKLOG:
             # Keeps memory bounded if the publisher falls behind.
             self._wait_for_publisher(len(self._publishing) // 2)

@@ -1,7 +1,8 @@
 """Ingest: one Ray actor per stream reads its source and hands frames out through the object store.
 
-A reader thread decodes frames into a small buffer; the scheduler takes them with `take()`, which
-puts each frame's pixels into the object store once and returns only references and stamps.
+A reader thread decodes each frame, puts its pixels into the object store at once (and hands
+the decoded array back to the source to decode the next frame into), and keeps the reference in
+a small buffer; the scheduler takes them with `take()`, which returns only references and stamps.
 
 - offline: the buffer holds at most `read_ahead` frames and the reader blocks when it is full, so
   memory stays bounded however slow inference is;
@@ -28,10 +29,13 @@ from .sources import Frame, FrameSource, SourceError, SourceSpec, open_source
 
 @dataclass
 class _Decoded:
-    frame: Frame
+    ref: ray.ObjectRef  # the frame's RGB uint8 (H, W, 3) pixels in the object store
+    height: int
+    width: int
+    pts: float
     frame_index: int
     captured_at: float  # Unix seconds when the frame was read
-    decode_ms: float
+    decode_ms: float    # decoding, conversion to RGB and the put into the object store
 
 
 class Ingest:
@@ -86,8 +90,10 @@ class Ingest:
             total = min(total, self.options.max_frames) if total else self.options.max_frames
         return None if self.live else total
 
-    def take(self, max_frames: int, timeout_s: float) -> dict:
-        """Up to `max_frames` waiting frames, waiting at most `timeout_s` for the first.
+    def take(self, max_frames: int, timeout_s: float, fill_s: float = 0.0) -> dict:
+        """Up to `max_frames` waiting frames, waiting at most `timeout_s` for the first and then
+        at most `fill_s` more for the rest (offline, so that one call carries a whole batch
+        instead of the single frame the reader has just finished).
 
         Returns {"frames": [{stream, frame_index, pts, captured_at, width, height, dropped_before,
         decode_ms, ref: [ObjectRef of RGB uint8 (H, W, 3)]}], "done": no frame will follow,
@@ -95,6 +101,9 @@ class Ingest:
         """
         with self._cond:
             self._cond.wait_for(lambda: self._buffer or self._finished or self._stopped, timeout_s)
+            if self._buffer and fill_s > 0:
+                enough = min(max_frames, self._capacity)
+                self._cond.wait_for(lambda: len(self._buffer) >= enough or self._finished or self._stopped, fill_s)
             taken = [self._buffer.popleft() for _ in range(min(max_frames, len(self._buffer)))]
             dropped_before, self._dropped_pending = self._dropped_pending, 0
             done = (self._finished or self._stopped) and not self._buffer
@@ -107,11 +116,10 @@ class Ingest:
         return {"frames": frames, "done": done, "error": self._error if done else None, "events": events}
 
     def _describe(self, decoded: _Decoded, dropped_before: int) -> dict:
-        rgb = decoded.frame.rgb
         return {"stream": self.spec.stream_id, "frame_index": decoded.frame_index,
-                "pts": decoded.frame.pts, "captured_at": decoded.captured_at,
-                "width": rgb.shape[1], "height": rgb.shape[0], "dropped_before": dropped_before,
-                "decode_ms": decoded.decode_ms, "ref": [ray.put(rgb)]}
+                "pts": decoded.pts, "captured_at": decoded.captured_at,
+                "width": decoded.width, "height": decoded.height, "dropped_before": dropped_before,
+                "decode_ms": decoded.decode_ms, "ref": [decoded.ref]}
 
     def stop(self) -> dict:
         """Stop reading (frames already waiting can still be taken); returns `counts()`."""
@@ -148,16 +156,19 @@ class Ingest:
                 frame, self._first = self._first, None
             else:
                 frame = self._source.read()
-            decode_ms = (time.perf_counter() - began) * 1e3
             if frame is None:
                 if not (self.live and self.spec.live) or not self._reopen():
                     return
                 continue
+            height, width = frame.rgb.shape[:2]
+            ref = ray.put(frame.rgb)
+            self._source.recycle(frame)
+            decode_ms = (time.perf_counter() - began) * 1e3
             if self._paced:
                 if start is None:
                     first_pts, start = frame.pts, time.monotonic()
                 time.sleep(max(0.0, start + frame.pts - first_pts - time.monotonic()))
-            self._offer(_Decoded(frame, self._read, time.time(), decode_ms))
+            self._offer(_Decoded(ref, height, width, frame.pts, self._read, time.time(), decode_ms))
 
     def _offer(self, decoded: _Decoded) -> None:
         """Put a frame in the buffer: offline waits for room, live drops the oldest waiting."""

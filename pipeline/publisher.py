@@ -5,6 +5,7 @@ Interface with the pipeline core::
     publisher = PublisherActor.options(...).remote(PublisherConfig(...))  # or a dict of its fields
     endpoint = ray.get(publisher.ready.remote())  # the bound endpoint; bind and key errors show here
     publisher.publish.remote(record)              # any order; sent in seq order per stream
+    publisher.publish_many.remote([record, ...])  # the same for a batch's records, in one call
     publisher.end_stream.remote(stream_id, frames)
     ray.get(publisher.stats.remote())             # during the run
     ray.get(publisher.close.remote())             # at the end or on Ctrl-C; returns the final stats
@@ -179,6 +180,11 @@ class Publisher:
                                  f"({stream.frames} frames)")
         stream.waiting[seq] = (record, arrived)
         self._send_in_order(stream)
+
+    def publish_many(self, records: list[dict]) -> None:
+        """``publish`` for each record in turn: one actor call for a whole batch's frames."""
+        for record in records:
+            self.publish(record)
 
     def end_stream(self, stream_id: str, frames: int) -> None:
         """Sends EOS for ``stream_id`` once its seqs 0..frames-1 are out, then closes its files."""

@@ -115,11 +115,19 @@ def to_rgb(image: np.ndarray, source: str) -> np.ndarray:
 
 
 class FrameSource:
-    """Base of the sources: `read()` gives the next Frame, or None at the end."""
+    """Base of the sources: `read()` gives the next Frame, or None at the end.
+
+    `recycle(frame)` hands a frame's array back once its pixels have been copied elsewhere (the
+    ingest puts them in the object store): a later `read()` may decode into it, which spares
+    allocating (and page-faulting) a fresh frame each time. Sources that cannot reuse ignore it.
+    """
     total: int | None = None  # frames expected, when known; a hint only
 
     def read(self) -> Frame | None:
         raise NotImplementedError
+
+    def recycle(self, frame: Frame) -> None:
+        """Offer `frame.rgb` for reuse; the caller must not touch it afterwards."""
 
     def close(self) -> None:
         """Release the device, file or connection."""
@@ -142,6 +150,7 @@ class CaptureSource(FrameSource):
         fps = self._capture.get(cv2.CAP_PROP_FPS)
         self._step = 1.0 / fps if 0 < fps < 1000 else 1.0 / 25
         self._last_pts: float | None = None
+        self._spare: np.ndarray | None = None  # a recycled frame array to decode into
         self._declared_s = None  # a file's duration by its header: frame count / frame rate
         if spec.kind == "file":
             count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -166,8 +175,12 @@ class CaptureSource(FrameSource):
                    "network": "unreachable, or not a video stream"}
         return f"{self.spec.uri}: {what} ({reasons[self.spec.kind]})"
 
+    def recycle(self, frame: Frame) -> None:
+        self._spare = frame.rgb
+
     def _decode(self) -> Frame | None:
-        ok, image = self._capture.read()
+        spare, self._spare = self._spare, None
+        ok, image = self._capture.read(spare) if spare is not None else self._capture.read()
         if not ok or image is None:
             return None
         pts = self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0

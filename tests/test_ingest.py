@@ -75,6 +75,33 @@ def test_offline_max_frames_and_stamps_from_a_real_clip():
     ray.kill(actor)
 
 
+def test_frames_are_the_decoded_pixels_although_the_reader_reuses_its_buffer():
+    """The reader decodes each frame into the array of the one before (once that is in the
+    object store): every frame taken is still exactly what OpenCV decodes, in RGB."""
+    actor, _ = start(str(PEDESTRIANS), live=False, max_frames=12, read_ahead=2)
+    taken = ray.get([f["ref"][0] for f in take_all(actor, size=3)])
+    capture = cv2.VideoCapture(str(PEDESTRIANS))
+    for index, pixels in enumerate(taken):
+        ok, bgr = capture.read()
+        assert ok
+        np.testing.assert_array_equal(pixels, bgr[:, :, ::-1], err_msg=f"frame {index}")
+    capture.release()
+    assert len(taken) == 12
+    ray.kill(actor)
+
+
+def test_offline_take_gathers_a_whole_batch_within_fill_time():
+    actor, _ = start(str(PEDESTRIANS), live=False, max_frames=16, read_ahead=8)
+    sizes = []
+    while True:
+        answer = ray.get(actor.take.remote(4, 5.0, 5.0))
+        sizes.append(len(answer["frames"]))
+        if answer["done"]:
+            break
+    assert sum(sizes) == 16 and all(size == 4 for size in sizes[:4]), sizes
+    ray.kill(actor)
+
+
 def test_live_keeps_the_newest_frame_and_counts_the_dropped():
     # Generated at 200 frames a second while the test takes one now and then: most are dropped.
     actor, answer = start("synthetic:width=64,height=48,fps=200,frames=120", live=True, live_queue=1)

@@ -20,8 +20,11 @@ def test_out_of_order_records_go_out_in_seq_order_once_then_eos():
     publisher, endpoint = start_publisher()
     with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
         warm_frames = warm_up(publisher, [consumer])
-        for seq in [3, 0, 2, 2, 1, 0, 5, 4, 3]:
-            publisher.publish.remote(make_record("cam1", seq))
+        for batch in [[3, 0, 2], [2, 1, 0], [5], [4, 3]]:   # a batch's records come in one call
+            if len(batch) == 1:
+                publisher.publish.remote(make_record("cam1", batch[0]))
+            else:
+                publisher.publish_many.remote([make_record("cam1", seq) for seq in batch])
         publisher.end_stream.remote("cam1", 6)
         publisher.end_stream.remote("warmup", warm_frames)
         received = messages_of(consumer, "cam1")
