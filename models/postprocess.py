@@ -82,6 +82,18 @@ def paste_region_exact(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, i
     return sampled > threshold, y0, x0
 
 
+def sample_in_box(mask: np.ndarray, box, size: int) -> np.ndarray:
+    """The inverse of the exact paste: a frame mask (H, W) sampled bilinearly at the centres of
+    size x size cells over box (4,) x1 y1 x2 y2 -> (size, size) float32, as the training targets
+    sample their ground truth. Pasting it back "exact" returns the mask up to what size x size
+    cells can hold (bench/mask_ceiling.py measures that on a data set)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    u = (x1 + (np.arange(size) + 0.5) * (x2 - x1) / size - 0.5).astype(np.float32)
+    v = (y1 + (np.arange(size) + 0.5) * (y2 - y1) / size - 0.5).astype(np.float32)
+    map_u, map_v = np.meshgrid(u, v)
+    return cv2.remap(mask.astype(np.float32), map_u, map_v, cv2.INTER_LINEAR)
+
+
 def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int], padding: int = 1,
                 threshold: float = 0.5, mode: str = "torchvision") -> np.ndarray:
     """masks (N, M, M), boxes (N, 4) in frame pixels -> (N, H, W) bool."""

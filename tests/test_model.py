@@ -154,15 +154,6 @@ def test_bfloat16_precision_finds_the_same_top_detections():
         assert (inter / union).max() > 0.9
 
 
-def cell_centre_samples(mask: np.ndarray, box, size: int) -> np.ndarray:
-    """A full-frame mask (H, W) sampled bilinearly at the centres of size x size cells over box."""
-    x1, y1, x2, y2 = box
-    u = x1 + (np.arange(size) + 0.5) * (x2 - x1) / size - 0.5
-    v = y1 + (np.arange(size) + 0.5) * (y2 - y1) / size - 0.5
-    map_u, map_v = np.meshgrid(u.astype(np.float32), v.astype(np.float32))
-    return cv2.remap(mask.astype(np.float32), map_u, map_v, cv2.INTER_LINEAR)
-
-
 def test_exact_paste_fills_a_whole_box_and_follows_sub_pixel_boxes():
     ones = np.ones((28, 28), np.float32)
     full = postprocess.paste_masks(ones[None], np.array([[10, 20, 30, 40]], np.float32), (50, 60), mode="exact")[0]
@@ -188,7 +179,7 @@ def test_exact_paste_gives_small_instances_back_where_torchvision_paste_moves_th
         truth = np.zeros((40, 40), bool)
         truth[y:y + h, x:x + w] = True
         box = np.array([x, y, x + w, y + h], np.float32)
-        target = cell_centre_samples(truth, box, 28)
+        target = postprocess.sample_in_box(truth, box, 28)
         exact = postprocess.paste_masks(target[None], box[None], truth.shape, mode="exact")[0]
         np.testing.assert_array_equal(exact, truth)
         moved = postprocess.paste_masks(target[None], box[None], truth.shape, mode="torchvision")[0]
