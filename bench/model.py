@@ -1,6 +1,6 @@
 """Model speed: the TensorFlow Mask R-CNN beside torchvision's, same weights, same frames.
 
-    python bench/model.py [--frames 8] [--batch-sizes 1 2 4] [--skip-torchvision]
+    python bench/model.py [--frames 8] [--batch-sizes 1 2 4] [--skip-torchvision] [--only NAME ...]
 
 Configurations (100 detections kept where the model allows: score threshold 0):
   r50_fpn_800   configs/coco_r50_fpn.yaml with the parity reference's weights (tests/data/tv_reference_r50.npz),
@@ -8,7 +8,8 @@ Configurations (100 detections kept where the model allows: score threshold 0):
                 in its own process: torchvision and tensorflow cannot share one);
   r18_fpn_512   the light comparison: ResNet-18 FPN at a short side of 512 (weights of tv_reference_r18_320.npz);
   default       the embedded default model (configs/default_model.yaml + .npz) on 640x360 generated street
-                scenes, at its own input size (short side 320), its own score threshold.
+                scenes, at its own input size (short side 360), its own score threshold.
+`--only NAME ...` runs those configurations and replaces just their rows in the JSON written before.
 Per configuration and batch size: one untimed warm-up call, then timed calls; the median seconds per frame
 (wall and this process's CPU time), frames per second, the FLOPs per frame (bench/flops.py, analytic) and the
 fraction of this machine's float32 floor (395 GFLOP/s on 2 cores, DESIGN.md) that the run reaches.
@@ -101,7 +102,11 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-torchvision", action="store_true", help="reuse bench/results/torchvision_speed.json")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "model.json")
     parser.add_argument("--bf16", action="store_true", help="also run r50_fpn_800 with precision: bfloat16")
+    parser.add_argument("--only", nargs="+", help="run only these configurations (implies --skip-torchvision) and "
+                        "keep the other rows of --json")
     args = parser.parse_args(argv)
+    if args.only:
+        args.skip_torchvision = True
 
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(2)
@@ -116,6 +121,12 @@ def main(argv=None) -> None:
                      100))
     if (ROOT / "configs" / "default_model.npz").is_file():
         runs.append(("default", default_model, scenes(24), None))
+    if args.only:
+        unknown = sorted(set(args.only) - {name for name, *_ in runs})
+        if unknown:
+            parser.error(f"--only: no configuration {', '.join(unknown)}")
+        runs = [run for run in runs if run[0] in args.only]
+        results = json.loads(args.json.read_text())["tensorflow"] if args.json.is_file() else {}
     for name, build, frames, dets in runs:
         model = build()
         flops = flops_for(model.config, frames[0], dets)

@@ -64,7 +64,7 @@ def detections_to_coco(detections, image_ids: list[int], category_of_class: dict
 
 def coco_evaluate(gt: COCO, results: list[dict], image_ids: list[int] | None = None) -> dict[str, dict[str, float]]:
     """COCO results scored against ground truth `gt` on `image_ids` (default: all its images)
-    -> {"bbox": {"AP": .., "AP50": .., ...}, "segm": {...}}."""
+    -> {"bbox": {"AP": .., "AP50": .., ..., "per_class": {category name: AP}}, "segm": {...}}."""
     metrics = {}
     for iou_type in IOU_TYPES:
         # loadRes would replace a segmentation by the box's rectangle when both are present
@@ -79,7 +79,20 @@ def coco_evaluate(gt: COCO, results: list[dict], image_ids: list[int] | None = N
             evaluation.accumulate()
             evaluation.summarize()
         metrics[iou_type] = {name: float(value) for name, value in zip(METRICS, evaluation.stats)}
+        metrics[iou_type]["per_class"] = per_class_ap(gt, evaluation)
     return metrics
+
+
+def per_class_ap(gt: COCO, evaluation: COCOeval) -> dict[str, float]:
+    """AP (IoU 0.50:0.95, all areas, the most detections) of each category with ground truth,
+    by name, from an accumulated COCOeval; -1 where a category has no ground truth."""
+    precision = evaluation.eval["precision"][:, :, :, 0, -1]    # (IoU thresholds, recall points, categories)
+    out = {}
+    for k, category in enumerate(evaluation.params.catIds):
+        values = precision[:, :, k]
+        values = values[values > -1]
+        out[gt.cats[category]["name"]] = float(values.mean()) if values.size else -1.0
+    return out
 
 
 def empty_like(gt: COCO) -> COCO:
@@ -101,9 +114,11 @@ def run_model(model, data: CocoDataset, image_ids: list[int], batch: int, progre
     return detections
 
 
-def format_metrics(metrics: dict[str, dict[str, float]]) -> str:
+def format_metrics(metrics: dict[str, dict]) -> str:
     lines = ["      " + "".join(f"{name:>8}" for name in METRICS)]
     lines += [f"{iou_type:<6}" + "".join(f"{metrics[iou_type][name]:8.3f}" for name in METRICS) for iou_type in IOU_TYPES]
+    lines += [f"{iou_type} AP per class: " + ", ".join(f"{name} {ap:.3f}" for name, ap in metrics[iou_type]["per_class"].items())
+              for iou_type in IOU_TYPES]
     return "\n".join(lines)
 
 

@@ -45,10 +45,19 @@ def test_ground_truth_as_predictions_scores_one(data):
     assert {r["category_id"] for r in results} == {1, 2, 3}
     metrics = coco_evaluate(data.coco, results)
     for iou_type in ("bbox", "segm"):
-        assert set(metrics[iou_type]) == set(METRICS)
+        assert set(metrics[iou_type]) == set(METRICS) | {"per_class"}
         for name in ("AP", "AP50", "AP75", "APs", "APm"):
             assert metrics[iou_type][name] == pytest.approx(1.0), (iou_type, name)
         assert metrics[iou_type]["APl"] in (pytest.approx(1.0), -1.0)   # -1: no large instance in the set
+        assert metrics[iou_type]["per_class"] == {"car": pytest.approx(1.0), "person": pytest.approx(1.0),
+                                                  "lane": pytest.approx(1.0)}
+
+
+def test_per_class_ap_drops_only_for_the_class_that_is_missed(data):
+    results = [r for r in detections_to_coco(truth_as_detections(data), data.image_ids, identity_mapping(data))
+               if r["category_id"] != 2]                              # every person missed
+    per_class = coco_evaluate(data.coco, results)["segm"]["per_class"]
+    assert per_class == {"car": pytest.approx(1.0), "person": 0.0, "lane": pytest.approx(1.0)}
 
 
 def test_shifted_boxes_lower_box_ap_but_not_mask_ap(data):
@@ -92,8 +101,10 @@ def test_cli_runs_the_model_end_to_end_and_writes_every_metric(tmp_path, capsys)
     report = json.loads(out.read_text())
     assert report["images"] == 2 and report["detections"] > 0 and report["weights"] is None
     for iou_type in ("bbox", "segm"):
-        assert set(report[iou_type]) == set(METRICS)
-        assert all(-1.0 <= v <= 1.0 for v in report[iou_type].values())
+        assert set(report[iou_type]) == set(METRICS) | {"per_class"}
+        assert all(-1.0 <= report[iou_type][name] <= 1.0 for name in METRICS)
+        assert set(report[iou_type]["per_class"]) == {"car", "person", "lane"}
+        assert all(-1.0 <= v <= 1.0 for v in report[iou_type]["per_class"].values())
         assert any(line.startswith(iou_type) and len(line.split()) == 7 for line in printed.splitlines())
     assert "random weights" in printed
 
