@@ -1,9 +1,8 @@
 """Ingest: one Ray actor per stream reads its source and hands frames out through the object store.
 
-Two threads per stream, so that decoding one frame overlaps putting the one before into the
-object store: the reader decodes; the putter puts the pixels into the object store, hands the
-array back to the source to decode a later frame into, and keeps the reference in a small
-buffer. The scheduler takes them with `take()`, which returns only references and stamps.
+A reader thread decodes each frame, puts its pixels into the object store at once (and hands
+the decoded array back to the source to decode the next frame into), and keeps the reference in
+a small buffer; the scheduler takes them with `take()`, which returns only references and stamps.
 
 - offline: the buffer holds at most `read_ahead` frames and the reader blocks when it is full, so
   memory stays bounded however slow inference is;
@@ -17,7 +16,6 @@ one-line `events`, so the driver reports them without Ray's log forwarding.
 """
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
@@ -37,11 +35,7 @@ class _Decoded:
     pts: float
     frame_index: int
     captured_at: float  # Unix seconds when the frame was read
-    decode_ms: float    # decoding and conversion to RGB
-
-
-HANDOVER = 2            # decoded frames waiting for the putter
-_END = None             # the reader's last item for the putter
+    decode_ms: float    # decoding, conversion to RGB and the put into the object store
 
 
 class Ingest:
@@ -64,9 +58,7 @@ class Ingest:
         self._dropped_pending = 0      # dropped since the last frame taken
         self._source: FrameSource | None = None
         self._first: Frame | None = None
-        self._decoded: queue.Queue = queue.Queue(HANDOVER)   # (Frame, captured_at, decode_ms) or _END
-        self._threads = [threading.Thread(target=self._read_loop, name=f"read-{spec.stream_id}", daemon=True),
-                         threading.Thread(target=self._put_loop, name=f"put-{spec.stream_id}", daemon=True)]
+        self._thread = threading.Thread(target=self._read_loop, name=f"ingest-{spec.stream_id}", daemon=True)
 
     def open(self) -> dict:
         """Open the source and read its first frame. Returns {"stream", "total", "size": [height,
@@ -87,8 +79,7 @@ class Ingest:
     def start(self) -> None:
         """Start reading (after open() succeeded), once the rest of the pipeline is ready: a live
         stream read any earlier would only be dropped."""
-        for thread in self._threads:
-            thread.start()
+        self._thread.start()
 
     def _open(self) -> FrameSource:
         return open_source(self.spec, self.options.folder_fps, self.options.open_timeout_s)
@@ -152,23 +143,6 @@ class Ingest:
         finally:
             if self._source is not None:
                 self._source.close()
-            self._decoded.put(_END)
-
-    def _put_loop(self) -> None:
-        """Frames from the reader into the object store and the buffer, in order, until its end."""
-        try:
-            while (item := self._decoded.get()) is not _END:
-                frame, captured_at, decode_ms = item
-                height, width = frame.rgb.shape[:2]
-                ref = ray.put(frame.rgb)
-                source = self._source        # None while a lost stream is being reopened
-                if source is not None:
-                    source.recycle(frame)
-                self._offer(_Decoded(ref, height, width, frame.pts, self._read, captured_at, decode_ms))
-        except Exception as error:  # the object store refused a frame: the stream ends, saying why
-            self._stopped = True
-            self._error = f"{self.spec.uri}: handing frames over failed: {type(error).__name__}: {error}"
-        finally:
             with self._cond:
                 self._finished = True
                 self._cond.notify_all()
@@ -176,8 +150,7 @@ class Ingest:
     def _read_frames(self) -> None:
         first_pts = start = None
         limit = self.options.max_frames
-        count = 0                      # frames handed to the putter
-        while not self._stopped and not (limit and count >= limit):
+        while not self._stopped and not (limit and self._read >= limit):
             began = time.perf_counter()
             if self._first is not None:  # read by open()
                 frame, self._first = self._first, None
@@ -187,22 +160,15 @@ class Ingest:
                 if not (self.live and self.spec.live) or not self._reopen():
                     return
                 continue
+            height, width = frame.rgb.shape[:2]
+            ref = ray.put(frame.rgb)
+            self._source.recycle(frame)
             decode_ms = (time.perf_counter() - began) * 1e3
             if self._paced:
                 if start is None:
                     first_pts, start = frame.pts, time.monotonic()
                 time.sleep(max(0.0, start + frame.pts - first_pts - time.monotonic()))
-            self._hand_over((frame, time.time(), decode_ms))
-            count += 1
-
-    def _hand_over(self, item) -> None:
-        """Give a decoded frame to the putter, waiting while it is busy (unless stopped)."""
-        while not self._stopped:
-            try:
-                self._decoded.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+            self._offer(_Decoded(ref, height, width, frame.pts, self._read, time.time(), decode_ms))
 
     def _offer(self, decoded: _Decoded) -> None:
         """Put a frame in the buffer: offline waits for room, live drops the oldest waiting."""
