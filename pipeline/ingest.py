@@ -1,8 +1,9 @@
 """Ingest: one Ray actor per stream reads its source and hands frames out through the object store.
 
-A reader thread decodes each frame, puts its pixels into the object store at once (and hands
-the decoded array back to the source to decode the next frame into), and keeps the reference in
-a small buffer; the scheduler takes them with `take()`, which returns only references and stamps.
+A reader thread decodes frames into a small buffer; the scheduler takes them with `take()`, which
+returns only references and stamps. Offline, the reader puts each frame's pixels into the object
+store as soon as it is decoded and hands the array back to the source to decode the next frame
+into; live, where most frames are dropped as stale, only the frames taken are put, by `take()`.
 
 - offline: the buffer holds at most `read_ahead` frames and the reader blocks when it is full, so
   memory stays bounded however slow inference is;
@@ -29,13 +30,13 @@ from .sources import Frame, FrameSource, SourceError, SourceSpec, open_source
 
 @dataclass
 class _Decoded:
-    ref: ray.ObjectRef  # the frame's RGB uint8 (H, W, 3) pixels in the object store
+    pixels: object      # the frame's RGB uint8 (H, W, 3): its ObjectRef offline, the array live
     height: int
     width: int
     pts: float
     frame_index: int
     captured_at: float  # Unix seconds when the frame was read
-    decode_ms: float    # decoding, conversion to RGB and the put into the object store
+    decode_ms: float    # decoding, conversion to RGB and (offline) the put into the object store
 
 
 class Ingest:
@@ -119,7 +120,11 @@ class Ingest:
         return {"stream": self.spec.stream_id, "frame_index": decoded.frame_index,
                 "pts": decoded.pts, "captured_at": decoded.captured_at,
                 "width": decoded.width, "height": decoded.height, "dropped_before": dropped_before,
-                "decode_ms": decoded.decode_ms, "ref": [decoded.ref]}
+                "decode_ms": decoded.decode_ms, "ref": [self._in_store(decoded.pixels)]}
+
+    @staticmethod
+    def _in_store(pixels) -> ray.ObjectRef:
+        return pixels if isinstance(pixels, ray.ObjectRef) else ray.put(pixels)
 
     def stop(self) -> dict:
         """Stop reading (frames already waiting can still be taken); returns `counts()`."""
@@ -161,14 +166,16 @@ class Ingest:
                     return
                 continue
             height, width = frame.rgb.shape[:2]
-            ref = ray.put(frame.rgb)
-            self._source.recycle(frame)
+            pixels = frame.rgb
+            if not self.live:
+                pixels = ray.put(frame.rgb)
+                self._source.recycle(frame)
             decode_ms = (time.perf_counter() - began) * 1e3
             if self._paced:
                 if start is None:
                     first_pts, start = frame.pts, time.monotonic()
                 time.sleep(max(0.0, start + frame.pts - first_pts - time.monotonic()))
-            self._offer(_Decoded(ref, height, width, frame.pts, self._read, time.time(), decode_ms))
+            self._offer(_Decoded(pixels, height, width, frame.pts, self._read, time.time(), decode_ms))
 
     def _offer(self, decoded: _Decoded) -> None:
         """Put a frame in the buffer: offline waits for room, live drops the oldest waiting."""
