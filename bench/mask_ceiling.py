@@ -22,7 +22,7 @@ from pycocotools.coco import COCO
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from models.evaluate import coco_evaluate  # noqa: E402
+from models.evaluate import METRICS, coco_evaluate  # noqa: E402
 from models.postprocess import masks_to_rles, sample_in_box  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "mask_ceiling.json"
@@ -60,10 +60,10 @@ def main() -> None:
               "ceilings": rows}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'mask':>5} {'paste':<12}" + "".join(f"{k:>7}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
+    print(f"{'mask':>5} {'paste':<12}" + "".join(f"{k:>7}" for k in METRICS))
     for row in rows:
         print(f"{row['mask_size']:>5} {row['paste']:<12}"
-              + "".join(f"{row[k]:>7.3f}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
+              + "".join(f"{row[k]:>7.3f}" for k in METRICS))
     print(f"{report['instances']} instances in {report['images']} images; wrote {RESULTS.relative_to(REPO)}")
 
 
