@@ -142,15 +142,17 @@ def box_head_macs(rois: int, channels: int, pool: int, fc_dim: int, num_classes:
     return rois * per_roi
 
 
-def mask_head_macs(detections: int, channels: int, pool: int, conv_dims: list[int], num_classes: int) -> int:
+def mask_head_macs(detections: int, channels: int, pool: int, conv_dims: list[int], num_classes: int,
+                   deconvs: int = 1) -> int:
     x, macs = Feature(pool, pool, channels), 0
     for dim in conv_dims:
         x, conv_macs = conv(x, dim, 3)
         macs += conv_macs
-    # 2x2 stride-2 transposed conv: every input pixel feeds a 2x2 block of outputs.
-    macs += x.height * x.width * x.channels * x.channels * 4
-    upsampled = Feature(2 * x.height, 2 * x.width, x.channels)
-    macs += conv(upsampled, num_classes, 1)[1]
+    for _ in range(deconvs):
+        # 2x2 stride-2 transposed conv: every input pixel feeds a 2x2 block of outputs.
+        macs += x.height * x.width * x.channels * x.channels * 4
+        x = Feature(2 * x.height, 2 * x.width, x.channels)
+    macs += conv(x, num_classes, 1)[1]
     return detections * macs
 
 
@@ -175,7 +177,7 @@ def count_flops(config_yaml_path: str | Path, width: int, height: int, detection
         "box_head": box_head_macs(proposals, channels, cfg.roi_align.box_output_size, cfg.box_head.fc_dim,
                                   cfg.num_classes),
         "mask_head": mask_head_macs(detections, channels, cfg.roi_align.mask_output_size, cfg.mask_head.conv_dims,
-                                    cfg.num_classes),
+                                    cfg.num_classes, cfg.mask_head.deconvs),
     }
     flops = {stage: 2 * value for stage, value in macs.items()}
     return {"resized": resized, "padded": padded, "proposals": proposals, "detections": detections,

@@ -134,11 +134,13 @@ class MaskHeadConfig:
     threshold: float = 0.5       # mask probability at which a pixel belongs to the instance
     paste_padding: int = 1       # torchvision pastes a 1-pixel zero-padded mask
     paste: str = "torchvision"   # "torchvision" (bit parity) or "exact" (sub-pixel, see models/postprocess.py)
+    deconvs: int = 1             # 2x transposed convs: masks are mask_output_size * 2**deconvs square
 
     def validate(self, path: str) -> None:
         _require(len(self.conv_dims) >= 1, path + ".conv_dims", "needs at least one conv")
         _require(0 < self.threshold < 1, path + ".threshold", "must be in (0, 1)")
         _require(self.paste in ("torchvision", "exact"), path + ".paste", "must be torchvision or exact")
+        _require(1 <= self.deconvs <= 3, path + ".deconvs", "must be 1, 2 or 3")
 
 
 @dataclass
@@ -187,6 +189,11 @@ class ModelConfig:
     def num_classes(self) -> int:
         """Number of classes including the background (class id 0)."""
         return len(self.class_names)
+
+    @property
+    def mask_size(self) -> int:
+        """Side of the predicted masks (28 for the paper's 14x14 RoIAlign and one 2x deconv)."""
+        return self.roi_align.mask_output_size * 2 ** self.mask_head.deconvs
 
     def validate(self, path: str = "model") -> None:
         _require(len(self.class_names) >= 2, path + ".class_names", "needs the background and at least one class")

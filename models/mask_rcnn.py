@@ -3,7 +3,8 @@
 Data flow of one graph call (B frames of one size):
   uint8 (B, H, W, 3) -> normalise, resize, pad -> ResNet C2..C5 -> FPN P2..P6 -> RPN proposals
   (B, P, 4) -> batched RoIAlign 7x7 on P2..P5 -> box head -> per-class NMS -> detections (B, D)
-  -> batched RoIAlign 14x14 of the valid detections -> mask head -> (B, D, 28, 28) probabilities.
+  -> batched RoIAlign 14x14 of the valid detections -> mask head -> (B, D, M, M) probabilities
+  (M = 28, or 56 with mask_head.deconvs 2).
 Then, outside the graph, boxes are scaled to each frame's pixels and masks pasted (or RLE-encoded).
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ from .config import ModelConfig, load_config
 from .fpn import fpn, fpn_shapes
 from .layers import init_params
 from .roi_align import multilevel_roi_align, pad_edges
-from .roi_heads import box_head, box_head_shapes, detect, mask_head, mask_head_shapes
+from .roi_heads import (box_head, box_head_shapes, deconv_name, detect, mask_head, mask_head_shapes,
+                        nearest_upsampling_kernel)
 from .rpn import rpn_head, rpn_shapes, select_proposals
 from .weights import WeightsError, load_weights, save_weights
 
@@ -37,18 +39,24 @@ def param_shapes(config: ModelConfig) -> dict[str, tuple]:
     shapes.update(rpn_shapes(channels, len(config.anchors.aspect_ratios)))
     shapes.update(box_head_shapes(channels, config.roi_align.box_output_size, config.box_head.fc_dim,
                                   config.num_classes))
-    shapes.update(mask_head_shapes(channels, config.mask_head.conv_dims, config.num_classes))
+    shapes.update(mask_head_shapes(channels, config.mask_head.conv_dims, config.num_classes,
+                                   config.mask_head.deconvs))
     return shapes
 
 
 def initial_params(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random parameters: He-normal convs, N(0, 0.01) prediction layers, and the last conv of
     every residual branch zeroed so that each block starts as an identity (trains from scratch
-    without batch statistics)."""
+    without batch statistics). Mask-head deconvs after the first start as nearest-neighbour
+    upsampling."""
     special = {name: 0.0 for name in last_conv_of_blocks(config.backbone)}
     special.update({"rpn/objectness": 0.01, "rpn/deltas": 0.01, "box_head/cls_score": 0.01,
                     "box_head/bbox_pred": 0.001})
-    return init_params(param_shapes(config), seed, special)
+    params = init_params(param_shapes(config), seed, special)
+    for k in range(1, config.mask_head.deconvs):
+        kernel = deconv_name(k) + "/kernel"
+        params[kernel] = nearest_upsampling_kernel(params[kernel].shape[-1])
+    return params
 
 
 def architecture_record(config: ModelConfig) -> dict:
@@ -66,7 +74,7 @@ class Detections:
     labels: list[str]                      # N class names
     masks: np.ndarray | None = None        # (N, H, W) bool with masks="full"
     rles: list[dict] | None = None         # N COCO compressed RLE dicts with masks="rle"
-    mask_probs: np.ndarray | None = field(default=None, repr=False)  # (N, 28, 28) before pasting
+    mask_probs: np.ndarray | None = field(default=None, repr=False)  # (N, M, M) before pasting (M = 28 usually)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -161,9 +169,10 @@ class MaskRCNN(tf.Module):
         roi_classes = tf.gather_nd(class_ids, where)
         pooled = pool(features, roi_boxes, tf.cast(where[:, 0], tf.int32), resized_hw,
                       cfg.roi_align.mask_output_size, cfg)
-        logits = mask_head(self.params, to_compute(pooled, cfg), roi_classes, len(cfg.mask_head.conv_dims))
+        logits = mask_head(self.params, to_compute(pooled, cfg), roi_classes, len(cfg.mask_head.conv_dims),
+                           cfg.mask_head.deconvs)
         probs = tf.sigmoid(tf.cast(logits, tf.float32))
-        m = 2 * cfg.roi_align.mask_output_size
+        m = cfg.mask_size
         return tf.scatter_nd(where, probs, [batch, d, m, m])
 
     def predict(self, frames, masks: str = "full") -> list[Detections]:

@@ -1,9 +1,10 @@
 """RoI heads: the box head (two FC layers, class scores and per-class box refinements), the
 per-class NMS that turns them into detections, and the mask head (3x3 convs, a 2x transposed
-conv, and a per-class 1x1 conv whose channel of the detected class is the mask).
+conv (or several, for larger masks), and a per-class 1x1 conv whose channel of the detected class is the mask).
 """
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from . import box_coding
@@ -20,17 +21,29 @@ def box_head_shapes(channels: int, pool: int, fc_dim: int, num_classes: int) -> 
     return shapes
 
 
-def mask_head_shapes(channels: int, conv_dims: list[int], num_classes: int) -> dict[str, tuple]:
+def deconv_name(k: int) -> str:
+    """The k-th (0-based) 2x transposed conv of the mask head: "mask_head/deconv", then deconv2, ..."""
+    return "mask_head/deconv" if k == 0 else f"mask_head/deconv{k + 1}"
+
+
+def mask_head_shapes(channels: int, conv_dims: list[int], num_classes: int, deconvs: int = 1) -> dict[str, tuple]:
     shapes = {}
     cin = channels
     for i, dim in enumerate(conv_dims):
         shapes.update(conv_shapes(f"mask_head/fcn{i + 1}", 3, cin, dim))
         cin = dim
-    # Transposed conv kernel in TensorFlow's layout (kh, kw, out, in).
-    shapes["mask_head/deconv/kernel"] = (2, 2, cin, cin)
-    shapes["mask_head/deconv/bias"] = (cin,)
+    for k in range(deconvs):
+        # Transposed conv kernel in TensorFlow's layout (kh, kw, out, in).
+        shapes[deconv_name(k) + "/kernel"] = (2, 2, cin, cin)
+        shapes[deconv_name(k) + "/bias"] = (cin,)
     shapes.update(conv_shapes("mask_head/logits", 1, cin, num_classes))
     return shapes
+
+
+def nearest_upsampling_kernel(channels: int) -> np.ndarray:
+    """A 2x2 stride-2 transposed-conv kernel (2, 2, C, C) that copies every input pixel to its 2x2
+    block: the starting point of extra deconvs, so a head trained with fewer starts where it was."""
+    return np.broadcast_to(np.eye(channels, dtype=np.float32), (2, 2, channels, channels)).copy()
 
 
 def box_head(params: Params, pooled: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -73,8 +86,9 @@ def detect(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, proposal_
     return tf.gather(kept_boxes, top, batch_dims=1), top_scores, class_ids, top_scores >= 0.0
 
 
-def mask_head(params: Params, pooled: tf.Tensor, class_ids: tf.Tensor, num_convs: int) -> tf.Tensor:
-    """pooled (R, S, S, C), class_ids (R,) -> mask logits (R, 2S, 2S) of each RoI's own class.
+def mask_head(params: Params, pooled: tf.Tensor, class_ids: tf.Tensor, num_convs: int, num_deconvs: int = 1) -> tf.Tensor:
+    """pooled (R, S, S, C), class_ids (R,) -> mask logits (R, M, M) of each RoI's own class,
+    M = S * 2**num_deconvs.
 
     Only the channel of the RoI's class is computed: the 1x1 conv's kernel column of that class
     is gathered per RoI (the same values as computing all classes and selecting one).
@@ -82,10 +96,11 @@ def mask_head(params: Params, pooled: tf.Tensor, class_ids: tf.Tensor, num_convs
     x = pooled
     for i in range(num_convs):
         x = conv2d(x, params, f"mask_head/fcn{i + 1}", relu=True)
-    kernel = tf.cast(params["mask_head/deconv/kernel"], x.dtype)
-    r, s = tf.shape(x)[0], tf.shape(x)[1]
-    x = tf.nn.conv2d_transpose(x, kernel, [r, 2 * s, 2 * s, kernel.shape[2]], strides=2, padding="VALID")
-    x = tf.nn.relu(tf.nn.bias_add(x, tf.cast(params["mask_head/deconv/bias"], x.dtype)))
+    for k in range(num_deconvs):
+        kernel = tf.cast(params[deconv_name(k) + "/kernel"], x.dtype)
+        r, s = tf.shape(x)[0], tf.shape(x)[1]
+        x = tf.nn.conv2d_transpose(x, kernel, [r, 2 * s, 2 * s, kernel.shape[2]], strides=2, padding="VALID")
+        x = tf.nn.relu(tf.nn.bias_add(x, tf.cast(params[deconv_name(k) + "/bias"], x.dtype)))
     w = tf.cast(params["mask_head/logits/kernel"], x.dtype)[0, 0]          # (C, K)
     w_roi = tf.transpose(tf.gather(w, class_ids, axis=1))                # (R, C)
     b_roi = tf.gather(tf.cast(params["mask_head/logits/bias"], x.dtype), class_ids)

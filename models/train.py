@@ -25,7 +25,7 @@ import yaml
 
 from . import box_coding, losses, preprocess
 from .config import ConfigError, ModelConfig, load_config
-from .data import CocoDataset, DataError, roi_mask_targets
+from .data import MASK_SIZE, CocoDataset, DataError, roi_mask_targets
 from .mask_rcnn import (MaskRCNN, architecture_record, feature_anchors, initial_params, pool, pooling_features,
                          pyramid)
 from .roi_heads import box_head, mask_head
@@ -161,10 +161,10 @@ def training_losses(params, config: ModelConfig, images, gt_boxes, gt_classes, g
     positive = tf.where(roi_pos)[:, 0]
     pos_rois = tf.gather(rois, positive)
     pooled = pool(features, pos_rois, tf.gather(frame, positive), canvas, cfg.roi_align.mask_output_size, cfg)
-    mask_logits = mask_head(params, pooled, tf.gather(roi_class, positive), len(cfg.mask_head.conv_dims))
-    m = 2 * cfg.roi_align.mask_output_size
+    mask_logits = mask_head(params, pooled, tf.gather(roi_class, positive), len(cfg.mask_head.conv_dims),
+                            cfg.mask_head.deconvs)
     targets = roi_mask_targets(tf.reshape(gt_masks, [-1] + gt_masks.shape[2:].as_list()), flat_gt_boxes, pos_rois,
-                               tf.gather(gt_flat, positive), size=m)
+                               tf.gather(gt_flat, positive), size=cfg.mask_size)
     result["mask"] = losses.mask_loss(tf.cast(mask_logits, tf.float32), targets)
     return result
 
@@ -281,7 +281,8 @@ def train(config: ModelConfig, data_spec: str, out_dir: Path, resume: bool = Fal
     """Train and write out_dir/model.npz (and checkpoints, config.yaml). Returns the weights path."""
     from tqdm import tqdm
 
-    data = CocoDataset(data_spec)
+    # Mini masks at twice the predicted mask's resolution (at least 56), so targets stay sharp.
+    data = CocoDataset(data_spec, mask_size=max(MASK_SIZE, 2 * config.mask_size))
     if list(data.class_names) != list(config.class_names):
         log.info("classes from the data set: %s", ", ".join(data.class_names[1:]))
         config.class_names = list(data.class_names)

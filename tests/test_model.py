@@ -190,3 +190,27 @@ def test_paste_mode_is_validated():
     from models.config import ConfigError, load_config
     with pytest.raises(ConfigError, match="mask_head.paste"):
         load_config({"mask_head": {"paste": "nearest"}})
+
+
+def test_a_second_deconv_starts_as_nearest_upsampling_of_the_28x28_masks(model):
+    """mask_head.deconvs 2 gives 56x56 masks; its new layer starts as a copy of each cell into a 2x2
+    block, so weights trained with one deconv keep their masks (each cell repeated) when loaded."""
+    config = models.load_config(TINY)
+    config.mask_head.deconvs = 2
+    assert config.mask_size == 56
+    from models.mask_rcnn import initial_params
+    params = initial_params(config, seed=0)
+    trained = {name: value.numpy() for name, value in model.params.items()}
+    fresh = sorted(set(params) - set(trained))
+    assert fresh == ["mask_head/deconv2/bias", "mask_head/deconv2/kernel"]
+    params.update(trained)
+    larger = models.MaskRCNN(config, params)
+    frame = still(2, 320, 180)
+    base, big = model.predict([frame], masks="none")[0], larger.predict([frame], masks="none")[0]
+    assert len(big) == len(base) > 0 and big.mask_probs.shape == (len(base), 56, 56)
+    np.testing.assert_allclose(big.mask_probs, base.mask_probs.repeat(2, axis=1).repeat(2, axis=2), atol=1e-5)
+
+
+def test_deconvs_is_validated():
+    with pytest.raises(models.ConfigError, match=r"mask_head.deconvs: must be 1, 2 or 3"):
+        models.load_config({"mask_head": {"deconvs": 0}})
