@@ -51,9 +51,9 @@ def error_line(error: Exception) -> str:
 
 @dataclass
 class Accepted:
-    """A frame accepted for inference: its stamps (`record`), its pixels' ref, and its history."""
+    """A frame accepted for inference: its stamps (`record`), where its pixels are, its history."""
     record: dict        # stream, seq, frame_index, pts, captured_at, width, height, dropped_before
-    frame_ref: object   # ObjectRef of RGB uint8 (H, W, 3)
+    pixels: tuple       # (ObjectRef of RGB uint8 (n, H, W, 3), index): see pipeline/ingest.py
     decode_ms: float
     ready_at: float     # monotonic seconds when it entered the batcher
     attempts: int = 0
@@ -215,7 +215,7 @@ class Scheduler:
             stream.next_seq += 1
             self._in_flight += 1
             self.stats.accepted(stream.stream_id, frame["dropped_before"])
-            self.batcher.add(Accepted(record, frame["ref"][0], frame["decode_ms"], now))
+            self.batcher.add(Accepted(record, frame["pixels"], frame["decode_ms"], now))
         if taken["done"]:
             stream.reading = False
             stream.error = taken["error"]
@@ -236,7 +236,7 @@ class Scheduler:
             dispatched_at = time.time()
             for item in batch:
                 item.record["queue_ms"] = (dispatched_at - item.record["captured_at"]) * 1e3
-            ref = worker.handle.infer.remote([item.frame_ref for item in batch])
+            ref = worker.handle.infer.remote([item.pixels for item in batch])
             self._pending[ref] = _Pending("batch", worker=worker, frames=batch)
 
     def _handle(self, ref, pending: _Pending) -> None:
@@ -291,7 +291,7 @@ class Scheduler:
                                    **result["timing_ms"]}
             record["instances"] = frame["instances"]
             if self.overlay:
-                record["frame_ref"] = [item.frame_ref]
+                record["frame_ref"] = item.pixels
             records.append(record)
             stream = self.streams[record["stream"]]
             stream.published += 1

@@ -1,9 +1,11 @@
 """Ingest: one Ray actor per stream reads its source and hands frames out through the object store.
 
 A reader thread decodes frames into a small buffer; the scheduler takes them with `take()`, which
-returns only references and stamps. Offline, the reader puts each frame's pixels into the object
-store as soon as it is decoded and hands the array back to the source to decode the next frame
-into; live, where most frames are dropped as stale, only the frames taken are put, by `take()`.
+returns only references and stamps. A frame's pixels are `(ref, index)`: frame `index` of the
+object-store array `ref` (n, H, W, 3). Offline, the reader decodes `block` consecutive frames
+(of one size) straight into one array and puts it into the object store with one put (a put has
+a fixed cost besides the copy: one per batch instead of one per frame); live, where most frames
+are dropped as stale, only the frames taken are put, each alone, by `take()`.
 
 - offline: the buffer holds at most `read_ahead` frames and the reader blocks when it is full, so
   memory stays bounded however slow inference is;
@@ -22,6 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
 import ray
 
 from .config import SourcesSection
@@ -30,22 +33,33 @@ from .sources import Frame, FrameSource, SourceError, SourceSpec, open_source
 
 @dataclass
 class _Decoded:
-    pixels: object      # the frame's RGB uint8 (H, W, 3): its ObjectRef offline, the array live
+    pixels: object      # offline (ObjectRef of a block (n, H, W, 3), index); live the RGB (H, W, 3) array
     height: int
     width: int
     pts: float
     frame_index: int
     captured_at: float  # Unix seconds when the frame was read
-    decode_ms: float    # decoding, conversion to RGB and (offline) the put into the object store
+    decode_ms: float    # decoding, conversion to RGB and (offline) its share of the block's put
+
+
+def fetch_frames(pixels: list) -> list[np.ndarray]:
+    """The RGB (H, W, 3) arrays of frames given as `(ref, index)` pairs: each block is fetched
+    once, zero-copy on its node (read-only views into the object store)."""
+    refs = list(dict.fromkeys(ref for ref, _ in pixels))
+    blocks = dict(zip(refs, ray.get(refs)))
+    return [blocks[ref][index] for ref, index in pixels]
 
 
 class Ingest:
     """Reads one stream; see the module docstring. `IngestActor` runs it as a Ray actor."""
 
-    def __init__(self, spec: SourceSpec, options: SourcesSection, live: bool):
+    def __init__(self, spec: SourceSpec, options: SourcesSection, live: bool, block: int = 1):
         self.spec = spec
         self.options = options
         self.live = live
+        self.block = block             # offline: frames per object-store object
+        self._block: np.ndarray | None = None   # (block, H, W, 3) the reader decodes into
+        self._gathered: list[_Decoded] = []     # frames in _block, not yet put
         self._paced = live and not spec.live
         self._capacity = options.live_queue if live else options.read_ahead
         self._buffer: deque[_Decoded] = deque()
@@ -97,7 +111,7 @@ class Ingest:
         instead of the single frame the reader has just finished).
 
         Returns {"frames": [{stream, frame_index, pts, captured_at, width, height, dropped_before,
-        decode_ms, ref: [ObjectRef of RGB uint8 (H, W, 3)]}], "done": no frame will follow,
+        decode_ms, pixels: (ObjectRef of RGB uint8 (n, H, W, 3), index)}], "done": no frame will follow,
         "error": why the stream ended early or None, "events": one-line notices since last time}.
         """
         with self._cond:
@@ -120,11 +134,11 @@ class Ingest:
         return {"stream": self.spec.stream_id, "frame_index": decoded.frame_index,
                 "pts": decoded.pts, "captured_at": decoded.captured_at,
                 "width": decoded.width, "height": decoded.height, "dropped_before": dropped_before,
-                "decode_ms": decoded.decode_ms, "ref": [self._in_store(decoded.pixels)]}
+                "decode_ms": decoded.decode_ms, "pixels": self._in_store(decoded.pixels)}
 
     @staticmethod
-    def _in_store(pixels) -> ray.ObjectRef:
-        return pixels if isinstance(pixels, ray.ObjectRef) else ray.put(pixels)
+    def _in_store(pixels) -> tuple:
+        return pixels if isinstance(pixels, tuple) else (ray.put(pixels[None]), 0)
 
     def stop(self) -> dict:
         """Stop reading (frames already waiting can still be taken); returns `counts()`."""
@@ -146,6 +160,7 @@ class Ingest:
         except Exception as error:  # an unexpected decoder failure still ends the stream cleanly
             self._error = f"{self.spec.uri}: reading failed: {type(error).__name__}: {error}"
         finally:
+            self._put_block()  # the frames decoded before the end (or the failure) still go out
             if self._source is not None:
                 self._source.close()
             with self._cond:
@@ -155,7 +170,8 @@ class Ingest:
     def _read_frames(self) -> None:
         first_pts = start = None
         limit = self.options.max_frames
-        while not self._stopped and not (limit and self._read >= limit):
+        decoded = 0
+        while not self._stopped and not (limit and decoded >= limit):
             began = time.perf_counter()
             if self._first is not None:  # read by open()
                 frame, self._first = self._first, None
@@ -166,16 +182,46 @@ class Ingest:
                     return
                 continue
             height, width = frame.rgb.shape[:2]
-            pixels = frame.rgb
-            if not self.live:
-                pixels = ray.put(frame.rgb)
-                self._source.recycle(frame)
-            decode_ms = (time.perf_counter() - began) * 1e3
             if self._paced:
                 if start is None:
                     first_pts, start = frame.pts, time.monotonic()
                 time.sleep(max(0.0, start + frame.pts - first_pts - time.monotonic()))
-            self._offer(_Decoded(pixels, height, width, frame.pts, self._read, time.time(), decode_ms))
+            item = _Decoded(frame.rgb, height, width, frame.pts, decoded, time.time(),
+                            (time.perf_counter() - began) * 1e3)
+            decoded += 1
+            if self.live:
+                self._offer(item)
+            else:
+                self._gather(item)
+
+    def _gather(self, item: _Decoded) -> None:
+        """Offline: add a decoded frame to the block, put the block when it is full (or before a
+        frame of another size), and offer the source the next slot to decode into."""
+        shape = item.pixels.shape
+        if self._block is None or self._block.shape[1:] != shape:
+            self._put_block()
+            self._block = np.empty((self.block,) + shape, np.uint8)
+        slot = self._block[len(self._gathered)]
+        if slot.ctypes.data != item.pixels.ctypes.data:  # not decoded in place (the first frame, a
+            slot[...] = item.pixels                      # folder of images, generated scenes)
+        self._gathered.append(item)
+        if len(self._gathered) == self.block:
+            self._put_block()
+        self._source.decode_into(self._block[len(self._gathered)])
+
+    def _put_block(self) -> None:
+        """Put the gathered frames into the object store as one (n, H, W, 3) array and offer them."""
+        if not self._gathered:
+            return
+        began = time.perf_counter()
+        count = len(self._gathered)
+        ref = ray.put(self._block[:count])
+        share_ms = (time.perf_counter() - began) * 1e3 / count
+        gathered, self._gathered = self._gathered, []
+        for index, item in enumerate(gathered):
+            item.pixels = (ref, index)
+            item.decode_ms += share_ms
+            self._offer(item)
 
     def _offer(self, decoded: _Decoded) -> None:
         """Put a frame in the buffer: offline waits for room, live drops the oldest waiting."""

@@ -12,9 +12,9 @@ Interface with the pipeline core::
 
 ``record`` is a dict: ``stream, seq, frame_index, pts, captured_at, width, height,
 dropped_before, timing_ms`` ({stage: ms}) and ``instances`` (``[{class_id, label, score, box:
-[x1, y1, x2, y2], mask: {size: [h, w], counts: str}}]``), plus ``frame_ref``: ``[ObjectRef]`` of
-the frame's RGB uint8 (H, W, 3) pixels when the overlay video is on (a one-element list, so Ray
-passes the reference instead of resolving it).
+[x1, y1, x2, y2], mask: {size: [h, w], counts: str}}]``), plus ``frame_ref``: ``(ObjectRef, index)``,
+frame ``index`` of an object-store array of RGB uint8 (n, H, W, 3) pixels, when the overlay video
+is on (inside a record Ray passes the reference on instead of resolving it).
 
 - ``seq`` must run 0, 1, 2, ... per stream: a missing seq holds back later frames until it
   arrives (or until ``close``, which sends what is waiting). A seq seen before (a batch retried
@@ -43,6 +43,7 @@ import ray
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from .ingest import fetch_frames
 from .keys import load_server_keys
 from .protocol import check_record, check_stream_id, encode_message, eos_header, frame_header
 from .sinks import StreamSinks
@@ -270,7 +271,7 @@ def _make_out_dir(out_dir: str) -> None:
 def _pixels(record: dict) -> np.ndarray | None:
     """The frame's pixels from the object store, if the record refers to them."""
     frame_ref = record.get("frame_ref")
-    return ray.get(frame_ref[0]) if frame_ref else None
+    return fetch_frames([frame_ref])[0] if frame_ref else None
 
 
 PublisherActor = ray.remote(num_cpus=0)(Publisher)

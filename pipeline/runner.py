@@ -141,8 +141,9 @@ def start_publisher(config: PipelineConfig, class_names: list[str], placement) -
 def start_ingests(specs: list[SourceSpec], config: PipelineConfig, live: bool, placement):
     """An ingest actor per stream, opened. Returns ({stream: actor}, {stream: its open() answer},
     {stream: error}) for the streams that opened and those that did not."""
-    actors = {spec.stream_id: IngestActor.options(scheduling_strategy=placement).remote(spec, config.sources, live)
-              for spec in specs}
+    block = config.batching.max_batch  # offline: one object-store put per batch of frames
+    actors = {spec.stream_id: IngestActor.options(scheduling_strategy=placement).remote(
+        spec, config.sources, live, block) for spec in specs}
     opened = dict(zip(actors, ray.get([actor.open.remote() for actor in actors.values()])))
     errors = {sid: answer["error"] for sid, answer in opened.items() if answer["error"]}
     for sid in errors:

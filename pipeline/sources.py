@@ -117,17 +117,18 @@ def to_rgb(image: np.ndarray, source: str) -> np.ndarray:
 class FrameSource:
     """Base of the sources: `read()` gives the next Frame, or None at the end.
 
-    `recycle(frame)` hands a frame's array back once its pixels have been copied elsewhere (the
-    ingest puts them in the object store): a later `read()` may decode into it, which spares
-    allocating (and page-faulting) a fresh frame each time. Sources that cannot reuse ignore it.
+    `decode_into(array)` offers an RGB uint8 (H, W, 3) array for the next `read()` to decode
+    into (the ingest offers the next slot of the block it puts into the object store), which
+    spares allocating (and page-faulting) a fresh frame and copying it. Sources that cannot
+    decode in place ignore it, and a frame of another size is decoded into a new array.
     """
     total: int | None = None  # frames expected, when known; a hint only
 
     def read(self) -> Frame | None:
         raise NotImplementedError
 
-    def recycle(self, frame: Frame) -> None:
-        """Offer `frame.rgb` for reuse; the caller must not touch it afterwards."""
+    def decode_into(self, array: np.ndarray | None) -> None:
+        """Offer `array` (contiguous RGB uint8) for the next frame; it may be left untouched."""
 
     def close(self) -> None:
         """Release the device, file or connection."""
@@ -150,7 +151,7 @@ class CaptureSource(FrameSource):
         fps = self._capture.get(cv2.CAP_PROP_FPS)
         self._step = 1.0 / fps if 0 < fps < 1000 else 1.0 / 25
         self._last_pts: float | None = None
-        self._spare: np.ndarray | None = None  # a recycled frame array to decode into
+        self._spare: np.ndarray | None = None  # the array offered for the next frame
         self._declared_s = None  # a file's duration by its header: frame count / frame rate
         if spec.kind == "file":
             count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -175,8 +176,8 @@ class CaptureSource(FrameSource):
                    "network": "unreachable, or not a video stream"}
         return f"{self.spec.uri}: {what} ({reasons[self.spec.kind]})"
 
-    def recycle(self, frame: Frame) -> None:
-        self._spare = frame.rgb
+    def decode_into(self, array: np.ndarray | None) -> None:
+        self._spare = array
 
     def _decode(self) -> Frame | None:
         spare, self._spare = self._spare, None

@@ -5,7 +5,7 @@ from pipeline.batching import Accepted, DynamicBatcher, error_line
 
 
 def frames(stream: str, seqs, ready_at: float) -> list[Accepted]:
-    return [Accepted({"stream": stream, "seq": seq}, frame_ref=None, decode_ms=0.0, ready_at=ready_at)
+    return [Accepted({"stream": stream, "seq": seq}, pixels=None, decode_ms=0.0, ready_at=ready_at)
             for seq in seqs]
 
 

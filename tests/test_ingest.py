@@ -7,7 +7,7 @@ import pytest
 import ray
 
 from pipeline.config import SourcesSection
-from pipeline.ingest import IngestActor
+from pipeline.ingest import IngestActor, fetch_frames
 from pipeline.sources import parse_source
 from pipeline_helpers import PEDESTRIANS, MjpegCamera, free_port
 
@@ -15,9 +15,9 @@ pytestmark = pytest.mark.usefixtures("pipeline_ray")
 POLL_LIMIT = 600  # polls of 50 ms: a guard against a reader that never moves, not a timing
 
 
-def start(spec: str, live: bool, **options):
+def start(spec: str, live: bool, block: int = 1, **options):
     """An ingest actor, opened and (if that worked) reading; its open() answer."""
-    actor = IngestActor.remote(parse_source(spec), SourcesSection(**options), live)
+    actor = IngestActor.remote(parse_source(spec), SourcesSection(**options), live, block)
     answer = ray.get(actor.open.remote())
     if answer["error"] is None:
         ray.get(actor.start.remote())
@@ -56,7 +56,7 @@ def test_offline_reader_blocks_at_read_ahead_and_gives_every_frame(tmp_path):
     assert [f["frame_index"] for f in frames] == list(range(7))
     assert [f["pts"] for f in frames] == [i / 5.0 for i in range(7)]
     assert all(f["dropped_before"] == 0 and (f["width"], f["height"]) == (32, 24) for f in frames)
-    pixels = ray.get([f["ref"][0] for f in frames])
+    pixels = fetch_frames([f["pixels"] for f in frames])
     assert [int(p[0, 0, 0]) for p in pixels] == [10 * i for i in range(7)]
     assert ray.get(actor.counts.remote()) == {"read": 7, "dropped": 0}
     ray.kill(actor)
@@ -71,22 +71,41 @@ def test_offline_max_frames_and_stamps_from_a_real_clip():
     assert [round(f["pts"], 3) for f in frames] == [0.04, 0.08, 0.12, 0.16, 0.2]
     assert all(f["stream"] == "pedestrians_720p" and f["captured_at"] <= time.time() for f in frames)
     assert frames[-1]["captured_at"] >= before - 60
-    assert ray.get(frames[0]["ref"][0]).shape == (720, 1280, 3)
+    assert fetch_frames([frames[0]["pixels"]])[0].shape == (720, 1280, 3)
     ray.kill(actor)
 
 
-def test_frames_are_the_decoded_pixels_although_the_reader_reuses_its_buffer():
-    """The reader decodes each frame into the array of the one before (once that is in the
-    object store): every frame taken is still exactly what OpenCV decodes, in RGB."""
-    actor, _ = start(str(PEDESTRIANS), live=False, max_frames=12, read_ahead=2)
-    taken = ray.get([f["ref"][0] for f in take_all(actor, size=3)])
+def test_frames_in_blocks_are_the_decoded_pixels_although_the_reader_reuses_its_block():
+    """Offline, the reader decodes 4 frames straight into one array, puts it into the object
+    store as one object and decodes the next 4 into the same array: every frame taken is still
+    exactly what OpenCV decodes, in RGB, and the last, partial block is not lost."""
+    actor, _ = start(str(PEDESTRIANS), live=False, block=4, max_frames=10, read_ahead=2)
+    frames = take_all(actor, size=3)
+    refs = [f["pixels"][0] for f in frames]
+    assert [f["pixels"][1] for f in frames] == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+    assert len(set(refs)) == 3 and refs[0] == refs[3] != refs[4] == refs[7] != refs[8] == refs[9]
+    assert [ray.get(ref).shape[0] for ref in dict.fromkeys(refs)] == [4, 4, 2]
+    taken = fetch_frames([f["pixels"] for f in frames])
     capture = cv2.VideoCapture(str(PEDESTRIANS))
     for index, pixels in enumerate(taken):
         ok, bgr = capture.read()
         assert ok
         np.testing.assert_array_equal(pixels, bgr[:, :, ::-1], err_msg=f"frame {index}")
     capture.release()
-    assert len(taken) == 12
+    assert len(taken) == 10 and [f["frame_index"] for f in frames] == list(range(10))
+    ray.kill(actor)
+
+
+def test_a_block_ends_where_the_frame_size_changes(tmp_path):
+    sizes = [(24, 32), (24, 32), (40, 30), (40, 30), (40, 30), (40, 30), (24, 32)]
+    for i, (height, width) in enumerate(sizes):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((height, width, 3), 10 * i, np.uint8))
+    actor, _ = start(str(tmp_path), live=False, block=3, read_ahead=8)
+    frames = take_all(actor)
+    pixels = fetch_frames([f["pixels"] for f in frames])
+    assert [p.shape[:2] for p in pixels] == sizes
+    assert [int(p[0, 0, 0]) for p in pixels] == [10 * i for i in range(7)]
+    assert [f["pixels"][1] for f in frames] == [0, 1, 0, 1, 2, 0, 0]
     ray.kill(actor)
 
 

@@ -28,11 +28,11 @@ def published(ray_session, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("out")
     publisher, endpoint = start_publisher(out_dir=str(out_dir), overlay_video=True, overlay_fps=10.0,
                                           class_names=CLASS_NAMES)
-    pixels = ray.put(np.full((HEIGHT, WIDTH, 3), GRAY, np.uint8))
+    pixels = (ray.put(np.full((1, HEIGHT, WIDTH, 3), GRAY, np.uint8)), 0)
     with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
         publisher.end_stream.remote("warmup", warm_up(publisher, [consumer]))
         for seq in [1, 0, 3, 2, 4]:
-            publisher.publish.remote(make_record("cam1", seq, instances=seq % 3, frame_ref=[pixels]))
+            publisher.publish.remote(make_record("cam1", seq, instances=seq % 3, frame_ref=pixels))
         publisher.end_stream.remote("cam1", FRAMES)
         headers = [frame.header for frame in consumer if frame.stream == "cam1"]
         # EOS has arrived: the stream's files are complete before the publisher closes.

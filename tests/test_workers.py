@@ -34,7 +34,7 @@ def test_worker_gives_the_models_own_results_as_small_plain_values(frames):
     worker = InferenceWorkerActor.options(num_cpus=1).remote(TINY, None, 1.0)
     where = ray.get(worker.ready.remote())
     assert (where["device"], where["gpu_ids"], where["error"], where["threads"]) == ("cpu", [], None, 1)
-    out = ray.get(worker.infer.remote([ray.put(f) for f in frames]))
+    out = ray.get(worker.infer.remote([(ray.put(f[None]), 0) for f in frames]))
     ray.kill(worker)
     direct = models.load_model(TINY).predict(frames, masks="rle")
     assert len(out["frames"]) == 3 and set(out["timing_ms"]) == {"fetch", "inference"}

@@ -3,7 +3,7 @@
     worker = InferenceWorkerActor.options(num_gpus=1, num_cpus=1).remote(model_config, weights)
     ray.get(worker.ready.remote())                  # where it runs: {"name", "device", "gpu_ids", ...}
     ray.get(worker.warm_up.remote([(720, 1280)], [1, 4]))  # compile for these frame and batch sizes
-    out = ray.get(worker.infer.remote([ref, ...]))   # refs of RGB uint8 (H, W, 3) frames
+    out = ray.get(worker.infer.remote([(ref, i), ...]))  # frame i of object-store arrays (n, H, W, 3)
     out["frames"][i]["instances"]                   # [{class_id, label, score, box, mask}], frame i
     out["timing_ms"]                                # {"fetch": ms, "inference": ms} for the batch
 
@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import ray
+
+from pipeline.ingest import fetch_frames
 
 from .device import configure_device, model_precision
 
@@ -66,14 +68,15 @@ class InferenceWorker:
             for batch in batch_sizes:
                 self.model.predict(np.zeros((batch, height, width, 3), np.uint8), masks="rle")
 
-    def infer(self, frame_refs: list) -> dict:
-        """Run the model on a batch. `frame_refs`: ObjectRefs of RGB uint8 (H, W, 3) frames.
+    def infer(self, frames: list) -> dict:
+        """Run the model on a batch. `frames`: (ObjectRef of RGB uint8 (n, H, W, 3), index) pairs,
+        as the ingest hands them out (pipeline/ingest.py).
 
         Returns {"frames": [{"instances": [...]} per frame, in order], "timing_ms": {"fetch",
         "inference"}, "worker": name}.
         """
         began = time.perf_counter()
-        frames = ray.get(frame_refs)
+        frames = fetch_frames(frames)
         fetched = time.perf_counter()
         detections = self.model.predict(frames, masks="rle")
         done = time.perf_counter()
