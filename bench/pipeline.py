@@ -1,6 +1,7 @@
 """Pipeline speed: the model alone against the whole pipeline, the orchestration ceiling, live latency.
 
     python bench/pipeline.py [--frames N] [--model configs/test_tiny.yaml] [--weights W] [--max-batch B]
+                             [--only model|ceiling|live ...]
 
 All on ../shared/data/pedestrians_720p.avi (1280x720), in one run, so the rows compare:
 
@@ -16,7 +17,8 @@ All on ../shared/data/pedestrians_720p.avi (1280x720), in one run, so the rows c
    p50/p99 (see pipeline/metrics.py for the stages; end_to_end is capture to publish).
 
 The publisher's encode+send time per frame for 20 and 100 instances is bench/publisher.py's.
-Prints a table and writes bench/results/pipeline.json. Times vary with the machine's load.
+Prints a table and writes bench/results/pipeline.json (`--only` runs some parts and updates
+theirs in the file). Times vary with the machine's load.
 """
 import argparse
 import json
@@ -58,7 +60,7 @@ def null_model(config, weights):
 
 
 def decode(frames: int | None) -> tuple[list[np.ndarray], float]:
-    """The clip's first `frames` frames (all if None) as RGB, and the decode rate in frames/s."""
+    """The clip's first `frames` frames (all if None) as RGB, and the rate in frames/s."""
     source = open_source(parse_source(str(CLIP)))
     began = time.perf_counter()
     decoded = []
@@ -67,6 +69,19 @@ def decode(frames: int | None) -> tuple[list[np.ndarray], float]:
     rate = len(decoded) / (time.perf_counter() - began)
     source.close()
     return decoded, rate
+
+
+def decode_rate() -> float:
+    """Frames/s decoding the whole clip to RGB into one reused array, as the ingest decodes."""
+    source = open_source(parse_source(str(CLIP)))
+    began = time.perf_counter()
+    count = 0
+    while (frame := source.read()) is not None:
+        count += 1
+        source.decode_into(frame.rgb)
+    rate = count / (time.perf_counter() - began)
+    source.close()
+    return rate
 
 
 def second_half_rate(times: list[float]) -> float:
@@ -106,6 +121,9 @@ def through_pipeline(overrides: list[str], frames: int, model_factory=None) -> t
     return second_half_rate(arrivals), outcome["summary"]
 
 
+PARTS = ("model", "ceiling", "live")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=64, help="frames for the model comparison")
@@ -113,53 +131,59 @@ def main() -> None:
     parser.add_argument("--model", default=load_pipeline_config().model.config, help="model YAML")
     parser.add_argument("--weights", default=load_pipeline_config().model.weights)
     parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="run only these parts")
     args = parser.parse_args()
     cores = os.cpu_count()
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
     model_overrides = [f"model.config={args.model}", f"model.weights={json.dumps(args.weights)}",
                        "workers.count=1", f"workers.cpus={cores}", f"batching.max_batch={args.max_batch}"]
-
-    frames, _ = decode(args.frames)
-    # The model alone before and after the pipeline: the machine's load drifts (it is shared).
-    model_before = model_alone(frames, args.model, args.weights, args.max_batch, cores)
-    pipeline_fps, _ = through_pipeline(
-        [f"sources.uris=[{CLIP}]", f"sources.max_frames={len(frames)}", *model_overrides], len(frames))
-    model_after = model_alone(frames, args.model, args.weights, args.max_batch, cores)
-    model_fps = (model_before + model_after) / 2
-
-    _, decode_fps = decode(None)
-    all_frames = 341
-    ceiling_fps, _ = through_pipeline([f"sources.uris=[{CLIP}]", "workers.count=1", "workers.cpus=1",
-                                       "batching.max_batch=8"], all_frames, model_factory=null_model)
-
-    live_frames = min(args.live_frames, all_frames)
-    live = live_run(model_overrides, live_frames)
+    report = json.loads(RESULTS.read_text()) if RESULTS.is_file() and set(args.only) != set(PARTS) else {}
+    report["machine"] = {"cores": cores, "platform": platform.platform(), "load_average": os.getloadavg()}
+    report.update({"model": os.path.relpath(args.model, REPO), "weights": args.weights, "max_batch": args.max_batch})
+    if "model" in args.only:
+        report.update(compare_with_model(args, model_overrides))
+        print(f"{'model alone':<34} {report['model_fps']['mean']:8.1f} frames/s   ({report['frames']} frames, "
+              f"batches of {args.max_batch}; {report['model_fps']['before']:.1f} before, "
+              f"{report['model_fps']['after']:.1f} after the pipeline)")
+        print(f"{'pipeline, same model':<34} {report['pipeline_fps']:8.1f} frames/s   ratio {report['ratio']:.2f} "
+              f"(target >= 0.9)")
+    if "ceiling" in args.only:
+        decode_fps = decode_rate()
+        all_frames = 341
+        ceiling_fps, _ = through_pipeline([f"sources.uris=[{CLIP}]", "workers.count=1", "workers.cpus=1",
+                                           "batching.max_batch=8"], all_frames, model_factory=null_model)
+        report.update({"decode_fps": decode_fps, "ceiling_fps": ceiling_fps, "ceiling_frames": all_frames})
+        print(f"{'decode alone':<34} {decode_fps:8.1f} frames/s")
+        print(f"{'pipeline, null model (ceiling)':<34} {ceiling_fps:8.1f} frames/s   ratio to decode "
+              f"{ceiling_fps / decode_fps:.2f} (target >= 200 frames/s)")
+    if "live" in args.only:
+        live = live_run(model_overrides, min(args.live_frames, 341))
+        stream = next(iter(live.streams.values()))
+        latency = dict(live.latency_ms, end_to_end={"count": stream.published, **stream.end_to_end_ms})
+        report["live"] = {"frames_in": stream.frames_in, "published": stream.published, "dropped": stream.dropped,
+                          "latency_ms": latency}
+        print(f"live at 25 frames/s: {stream.published} published, {stream.dropped} dropped of {stream.frames_in}")
+        print(f"{'stage':<14} {'p50 ms':>9} {'p99 ms':>9}")
+        for stage, p in latency.items():
+            print(f"{stage:<14} {p['p50']:>9.1f} {p['p99']:>9.1f}")
     ray.shutdown()
-
-    stream = next(iter(live.streams.values()))
-    latency = dict(live.latency_ms, end_to_end={"count": stream.published, **stream.end_to_end_ms})
-    report = {
-        "machine": {"cores": cores, "platform": platform.platform(), "load_average": os.getloadavg()},
-        "model": os.path.relpath(args.model, REPO), "weights": args.weights, "max_batch": args.max_batch, "frames": len(frames),
-        "model_fps": {"before": model_before, "after": model_after}, "pipeline_fps": pipeline_fps,
-        "ratio": pipeline_fps / model_fps,
-        "decode_fps": decode_fps, "ceiling_fps": ceiling_fps, "ceiling_frames": all_frames,
-        "live": {"frames_in": stream.frames_in, "published": stream.published, "dropped": stream.dropped,
-                 "latency_ms": latency},
-    }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'model alone':<34} {model_fps:8.1f} frames/s   ({len(frames)} frames, batches of {args.max_batch}; "
-          f"{model_before:.1f} before, {model_after:.1f} after the pipeline)")
-    print(f"{'pipeline, same model':<34} {pipeline_fps:8.1f} frames/s   ratio {pipeline_fps / model_fps:.2f} (target >= 0.9)")
-    print(f"{'decode alone':<34} {decode_fps:8.1f} frames/s")
-    print(f"{'pipeline, null model (ceiling)':<34} {ceiling_fps:8.1f} frames/s   (target >= 200)")
-    print(f"live at 25 frames/s: {stream.published} published, {stream.dropped} dropped of {stream.frames_in}")
-    print(f"{'stage':<14} {'p50 ms':>9} {'p99 ms':>9}")
-    for stage, p in latency.items():
-        print(f"{stage:<14} {p['p50']:>9.1f} {p['p99']:>9.1f}")
     print(f"load average {os.getloadavg()[0]:.1f} on {cores} cores; wrote {RESULTS.relative_to(REPO)}")
+
+
+def compare_with_model(args, model_overrides: list[str]) -> dict:
+    """The model alone (before and after) against the whole pipeline on the same frames."""
+    frames, _ = decode(args.frames)
+    # The model alone before and after the pipeline: the machine's load drifts (it is shared).
+    model_before = model_alone(frames, args.model, args.weights, args.max_batch, os.cpu_count())
+    pipeline_fps, _ = through_pipeline(
+        [f"sources.uris=[{CLIP}]", f"sources.max_frames={len(frames)}", *model_overrides], len(frames))
+    model_after = model_alone(frames, args.model, args.weights, args.max_batch, os.cpu_count())
+    model_fps = (model_before + model_after) / 2
+    return {"frames": len(frames), "model_fps": {"before": model_before, "after": model_after, "mean": model_fps},
+            "pipeline_fps": pipeline_fps, "ratio": pipeline_fps / model_fps}
 
 
 def live_run(model_overrides: list[str], frames: int):
