@@ -182,12 +182,12 @@ class Ingest:
                     return
                 continue
             height, width = frame.rgb.shape[:2]
+            decode_ms = (time.perf_counter() - began) * 1e3
             if self._paced:
                 if start is None:
                     first_pts, start = frame.pts, time.monotonic()
                 time.sleep(max(0.0, start + frame.pts - first_pts - time.monotonic()))
-            item = _Decoded(frame.rgb, height, width, frame.pts, decoded, time.time(),
-                            (time.perf_counter() - began) * 1e3)
+            item = _Decoded(frame.rgb, height, width, frame.pts, decoded, time.time(), decode_ms)
             decoded += 1
             if self.live:
                 self._offer(item)
