@@ -113,3 +113,22 @@ def test_train_cli_reports_a_missing_data_set_in_one_line(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0]
+
+
+def test_a_model_with_56x56_masks_trains_and_predicts_56x56_masks(tiny_set, tmp_path):
+    import cv2
+    import yaml
+    config = yaml.safe_load(open("configs/test_tiny.yaml"))
+    config["mask_head"]["deconvs"] = 2
+    config_path = tmp_path / "tiny56.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    assert train_main(["--config", str(config_path), "--data", str(tiny_set), "--out", str(out),
+                       "--no-progress", "--steps", "2"]) == 0
+    weights, _ = read_weights(out / "model.npz")
+    assert weights["mask_head/deconv2/kernel"].shape == (2, 2, 32, 32)
+    model = models.load_model(str(config_path), str(out / "model.npz"))
+    image = cv2.cvtColor(cv2.imread(str(next((tiny_set / "images").iterdir()))), cv2.COLOR_BGR2RGB)
+    detections = model.predict([image], masks="full")[0]
+    assert len(detections) > 0 and detections.mask_probs.shape[1:] == (56, 56)
+    assert detections.masks.shape[1:] == image.shape[:2]
