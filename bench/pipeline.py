@@ -6,7 +6,7 @@
 All on ../shared/data/pedestrians_720p.avi (1280x720), in one run, so the rows compare:
 
 1. `model`: the model alone in this process on N decoded frames, in batches of max_batch, with as
-   many TensorFlow threads as the worker gets, before and after the pipeline run; `pipeline`: the same frames through the whole
+   many TensorFlow threads as the worker gets and the pipeline's score threshold, before and after the pipeline run; `pipeline`: the same frames through the whole
    pipeline (ingest actor, object store, scheduler, one worker with the same model and threads,
    publisher, a real ZeroMQ subscriber). Throughput over the second half of the frames on both
    sides, so that graph compilation is left out of both; `ratio` = pipeline / model (target >= 0.9).
@@ -95,7 +95,12 @@ def model_alone(frames: list[np.ndarray], model_path: str, weights: str | None, 
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    model = models.load_model(model_path, weights)
+    config = models.load_config(model_path)
+    # The score threshold the pipeline applies (configs/default.yaml): the same work on both sides.
+    threshold = load_pipeline_config().model.score_threshold
+    if threshold is not None:
+        config.box_head.score_threshold = threshold
+    model = models.load_model(config, weights)
     done = []
     for start in range(0, len(frames), max_batch):
         batch = frames[start:start + max_batch]

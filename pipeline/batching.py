@@ -172,8 +172,10 @@ class Scheduler:
         self._wait_for_publisher(len(self._publishing))
 
     def _wait_timeout(self) -> float:
-        """Wake for the batcher's deadline, and often enough to notice a stop request."""
-        due = self.batcher.seconds_until_due(time.monotonic())
+        """Wake for the batcher's deadline if a worker could take the batch (else only a result
+        can change anything: waking at an overdue deadline would spin and take a core from
+        the workers), and often enough to notice a stop request."""
+        due = self.batcher.seconds_until_due(time.monotonic()) if self._free_worker_slots() > 0 else None
         return 0.1 if due is None else min(due, 0.1)
 
     def _stop_reading(self) -> None:

@@ -50,3 +50,16 @@ def test_error_line_strips_ray_traceback():
             "    raise ValueError('bad')\nValueError: frame 3 has 2 channels\n")
     assert error_line(RuntimeError(text)) == "frame 3 has 2 channels"
     assert error_line(RuntimeError("plain message")) == "plain message"
+
+
+def test_the_scheduler_sleeps_past_an_overdue_batch_while_every_worker_is_busy():
+    """An overdue partial batch wakes the loop only when a worker could take it; with every
+    worker busy the loop waits for a result (a timeout of 0 here would spin at 100% CPU)."""
+    from pipeline.batching import Scheduler
+    scheduler = Scheduler({}, {"w0": object()}, publisher=None, live=False, max_batch=4, max_wait_ms=10.0,
+                          max_in_flight=12, batches_per_worker=2, live_queue=1, overlay=False, stats=None)
+    for item in frames("a", [0, 1], ready_at=0.0):  # long overdue
+        scheduler.batcher.add(item)
+    assert scheduler._wait_timeout() == 0.0          # a worker slot is free: dispatch now
+    scheduler.workers[0].batches = 2                  # both slots of the only worker taken
+    assert scheduler._wait_timeout() == 0.1
