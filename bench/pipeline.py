@@ -39,10 +39,11 @@ import ray  # noqa: E402
 import models  # noqa: E402
 from pipeline.config import load_pipeline_config  # noqa: E402
 from pipeline.consumer import Consumer  # noqa: E402
-from pipeline.runner import run  # noqa: E402
+from pipeline.runner import check_model_inputs, run  # noqa: E402
 from pipeline.sources import open_source, parse_source  # noqa: E402
 
 CLIP = REPO.parent / "shared" / "data" / "pedestrians_720p.avi"
+CLIP_FRAMES = 341
 RESULTS = REPO / "bench" / "results" / "pipeline.json"
 PORT = 5581
 
@@ -59,16 +60,14 @@ def null_model(config, weights):
     return NullModel()
 
 
-def decode(frames: int | None) -> tuple[list[np.ndarray], float]:
-    """The clip's first `frames` frames (all if None) as RGB, and the rate in frames/s."""
+def decode(frames: int) -> list[np.ndarray]:
+    """The clip's first `frames` frames as RGB arrays."""
     source = open_source(parse_source(str(CLIP)))
-    began = time.perf_counter()
     decoded = []
-    while (frames is None or len(decoded) < frames) and (frame := source.read()) is not None:
+    while len(decoded) < frames and (frame := source.read()) is not None:
         decoded.append(frame.rgb)
-    rate = len(decoded) / (time.perf_counter() - began)
     source.close()
-    return decoded, rate
+    return decoded
 
 
 def decode_rate() -> float:
@@ -90,17 +89,15 @@ def second_half_rate(times: list[float]) -> float:
     return (len(times) - 1 - half) / (times[-1] - times[half])
 
 
-def model_alone(frames: list[np.ndarray], model_path: str, weights: str | None, max_batch: int, threads: int) -> float:
+def model_alone(frames: list[np.ndarray], model_overrides: list[str], weights: str | None, max_batch: int,
+                threads: int) -> float:
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    config = models.load_config(model_path)
-    # The score threshold the pipeline applies (configs/default.yaml): the same work on both sides.
-    threshold = load_pipeline_config().model.score_threshold
-    if threshold is not None:
-        config.box_head.score_threshold = threshold
-    model = models.load_model(config, weights)
+    # The model config exactly as the pipeline's workers get it (its score threshold applied):
+    # the same work on both sides.
+    model = models.load_model(check_model_inputs(load_pipeline_config(None, model_overrides)), weights)
     done = []
     for start in range(0, len(frames), max_batch):
         batch = frames[start:start + max_batch]
@@ -155,15 +152,14 @@ def main() -> None:
               f"(target >= 0.9)")
     if "ceiling" in args.only:
         decode_fps = decode_rate()
-        all_frames = 341
         ceiling_fps, _ = through_pipeline([f"sources.uris=[{CLIP}]", "workers.count=1", "workers.cpus=1",
-                                           "batching.max_batch=8"], all_frames, model_factory=null_model)
-        report.update({"decode_fps": decode_fps, "ceiling_fps": ceiling_fps, "ceiling_frames": all_frames})
+                                           "batching.max_batch=8"], CLIP_FRAMES, model_factory=null_model)
+        report.update({"decode_fps": decode_fps, "ceiling_fps": ceiling_fps, "ceiling_frames": CLIP_FRAMES})
         print(f"{'decode alone':<34} {decode_fps:8.1f} frames/s")
         print(f"{'pipeline, null model (ceiling)':<34} {ceiling_fps:8.1f} frames/s   ratio to decode "
               f"{ceiling_fps / decode_fps:.2f} (target >= 200 frames/s)")
     if "live" in args.only:
-        live = live_run(model_overrides, min(args.live_frames, 341))
+        live = live_run(model_overrides, min(args.live_frames, CLIP_FRAMES))
         stream = next(iter(live.streams.values()))
         latency = dict(live.latency_ms, end_to_end={"count": stream.published, **stream.end_to_end_ms})
         report["live"] = {"frames_in": stream.frames_in, "published": stream.published, "dropped": stream.dropped,
@@ -180,12 +176,12 @@ def main() -> None:
 
 def compare_with_model(args, model_overrides: list[str]) -> dict:
     """The model alone (before and after) against the whole pipeline on the same frames."""
-    frames, _ = decode(args.frames)
+    frames = decode(args.frames)
     # The model alone before and after the pipeline: the machine's load drifts (it is shared).
-    model_before = model_alone(frames, args.model, args.weights, args.max_batch, os.cpu_count())
+    model_before = model_alone(frames, model_overrides, args.weights, args.max_batch, os.cpu_count())
     pipeline_fps, _ = through_pipeline(
         [f"sources.uris=[{CLIP}]", f"sources.max_frames={len(frames)}", *model_overrides], len(frames))
-    model_after = model_alone(frames, args.model, args.weights, args.max_batch, os.cpu_count())
+    model_after = model_alone(frames, model_overrides, args.weights, args.max_batch, os.cpu_count())
     model_fps = (model_before + model_after) / 2
     return {"frames": len(frames), "model_fps": {"before": model_before, "after": model_after, "mean": model_fps},
             "pipeline_fps": pipeline_fps, "ratio": pipeline_fps / model_fps}
