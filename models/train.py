@@ -325,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output directory: model.npz, checkpoint.npz")
     parser.add_argument("--steps", type=int, help="override train.steps")
     parser.add_argument("--batch-size", type=int, help="override train.batch_size")
+    parser.add_argument("--learning-rate", type=float, help="override train.learning_rate (the peak, after warm-up)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     parser.add_argument("--init", help="start from these weights (non-fitting layers start afresh)")
     parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/tensorboard")
@@ -338,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             config.train.steps = args.steps
         if args.batch_size:
             config.train.batch_size = args.batch_size
+        if args.learning_rate is not None:
+            config.train.learning_rate = args.learning_rate
         config.validate(args.config)
         path = train(config, args.data, args.out, args.resume, args.init, args.tensorboard, not args.no_progress)
     except (ConfigError, DataError, WeightsError) as e:

@@ -115,6 +115,23 @@ def test_train_cli_reports_a_missing_data_set_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and "nope" in err[0]
 
 
+def test_train_cli_overrides_the_learning_rate_and_rejects_a_bad_one(tiny_set, tmp_path, capsys):
+    args = ["--config", "configs/test_tiny.yaml", "--data", str(tiny_set), "--no-progress", "--steps", "1"]
+    assert train_main(args + ["--out", str(tmp_path / "zero-lr"), "--learning-rate", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "learning_rate" in err[0], err
+    # The override reaches the optimiser: a tiny rate moves the weights far less than the YAML's.
+    moved = {}
+    for rate in ("1e-8", "1e-2"):
+        out = tmp_path / rate
+        assert train_main(args + ["--out", str(out), "--learning-rate", rate]) == 0
+        config = models.load_config("configs/test_tiny.yaml")
+        before = initial_training_params(config, None, config.train.seed)
+        after, _ = read_weights(out / "model.npz")
+        moved[rate] = max(float(np.abs(after[k] - before[k]).max()) for k in before if k in after)
+    assert moved["1e-8"] < 1e-5 < moved["1e-2"], moved
+
+
 def test_a_model_with_56x56_masks_trains_and_predicts_56x56_masks(tiny_set, tmp_path):
     import cv2
     import yaml
