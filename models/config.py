@@ -9,8 +9,10 @@ keys, wrong types and impossible values raise `ConfigError` with one line naming
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -207,6 +209,9 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")
+
+
 def _require(ok: bool, path: str, problem: str) -> None:
     if not ok:
         raise ConfigError(f"{path}: {problem}")
@@ -264,6 +269,8 @@ def _coerce(hint, value, path: str):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 (PyYAML) reads `1e-4` as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -292,18 +299,47 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(source: str | Path | dict | ModelConfig) -> ModelConfig:
-    """A validated ModelConfig from a YAML path, a mapping, or a ModelConfig."""
+def set_dotted(data: dict, assignment: str) -> None:
+    """Apply one `a.b.c=value` override to a nested mapping; the value is parsed as YAML."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment}: expected key=value, for example train.steps=100")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment}: {'.'.join(parts[:i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(source: str | Path | dict | ModelConfig, overrides: list[str] = ()) -> ModelConfig:
+    """A validated ModelConfig from a YAML path, a mapping, or a ModelConfig.
+
+    `overrides` are `section.key=value` assignments (see set_dotted) laid over a YAML or a mapping.
+    """
     if isinstance(source, ModelConfig):
+        if overrides:
+            raise ConfigError("model: overrides apply to a YAML file or a mapping, not a built config")
         config = source
         where = "model"
     elif isinstance(source, dict):
-        config = from_dict(ModelConfig, source, "model")
+        data = copy.deepcopy(source)
+        for override in overrides:
+            set_dotted(data, override)
+        config = from_dict(ModelConfig, data, "model")
         where = "model"
     else:
         where = str(source)
         data = read_yaml(source)
         data = data.get("model", data) if isinstance(data.get("model"), dict) else data
+        for override in overrides:
+            set_dotted(data, override)
         config = from_dict(ModelConfig, data, where)
     config.validate(where)
     return config

@@ -318,6 +318,13 @@ def train(config: ModelConfig, data_spec: str, out_dir: Path, resume: bool = Fal
     return path
 
 
+def overrides(args: argparse.Namespace) -> list[str]:
+    """--steps, --batch-size and --learning-rate as config overrides, then every --set in order."""
+    named = [("train.steps", args.steps), ("train.batch_size", args.batch_size),
+             ("train.learning_rate", args.learning_rate)]
+    return [f"{key}={value}" for key, value in named if value is not None] + args.set
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="model YAML (with a train: section)")
@@ -326,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="override train.steps")
     parser.add_argument("--batch-size", type=int, help="override train.batch_size")
     parser.add_argument("--learning-rate", type=float, help="override train.learning_rate (the peak, after warm-up)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any model config value, e.g. --set input.min_size=320; repeatable")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     parser.add_argument("--init", help="start from these weights (non-fitting layers start afresh)")
     parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUT/tensorboard")
@@ -334,14 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        config = load_config(args.config)
-        if args.steps:
-            config.train.steps = args.steps
-        if args.batch_size:
-            config.train.batch_size = args.batch_size
-        if args.learning_rate is not None:
-            config.train.learning_rate = args.learning_rate
-        config.validate(args.config)
+        config = load_config(args.config, overrides(args))
         path = train(config, args.data, args.out, args.resume, args.init, args.tensorboard, not args.no_progress)
     except (ConfigError, DataError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)

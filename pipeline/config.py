@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from models.config import ConfigError, from_dict, read_yaml
+from models.config import ConfigError, from_dict, read_yaml, set_dotted
 
 from .sources import source_kind, split_spec
 
@@ -199,21 +198,3 @@ def merge(base: dict, layer: dict) -> None:
         else:
             base[key] = value
 
-
-def set_dotted(data: dict, assignment: str) -> None:
-    """Apply one `a.b.c=value` override to a nested mapping; the value is parsed as YAML."""
-    key, sep, text = assignment.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {assignment}: expected key=value, for example batching.max_batch=8")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = text
-    parts = key.strip().split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {assignment}: {'.'.join(parts[:i + 1])} is not a section")
-        node = child
-    node[parts[-1]] = value

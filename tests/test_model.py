@@ -1,5 +1,7 @@
 """The model API: batching is exact, graphs are reused, bad frames are refused, RLE equals the
 pasted masks, and weight files that do not fit fail in one line."""
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -214,3 +216,18 @@ def test_a_second_deconv_starts_as_nearest_upsampling_of_the_28x28_masks(model):
 def test_deconvs_is_validated():
     with pytest.raises(models.ConfigError, match=r"mask_head.deconvs: must be 1, 2 or 3"):
         models.load_config({"mask_head": {"deconvs": 0}})
+
+
+def test_model_config_overrides_and_exponent_numbers(tmp_path):
+    """`--set`-style overrides lay over a YAML; `1e-4` (a string to PyYAML) is read as a number."""
+    config = models.load_config(TINY, ["input.min_size=96", "train.learning_rate=1e-4", "mask_head.deconvs=2"])
+    assert (config.input.min_size, config.train.learning_rate, config.mask_size) == (96, 1e-4, 56)
+    assert models.load_config(TINY).input.min_size != 96  # the file itself is untouched
+    path = tmp_path / "exp.yaml"
+    path.write_text(open(TINY).read() + "\ntrain:\n  weight_decay: 5e-5\n")
+    assert models.load_config(str(path)).train.weight_decay == 5e-5
+    for override, message in [("train.learning_rate=fast", "train.learning_rate: expected a number, got 'fast'"),
+                              ("input.min_size", "--set input.min_size: expected key=value"),
+                              ("input.min_size.x=1", "input.min_size is not a section")]:
+        with pytest.raises(models.ConfigError, match=re.escape(message)):
+            models.load_config(TINY, [override])
