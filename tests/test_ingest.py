@@ -143,6 +143,31 @@ def test_live_keeps_the_newest_frame_and_counts_the_dropped():
     ray.kill(actor)
 
 
+def test_live_puts_only_the_frames_it_hands_out(monkeypatch):
+    """A live frame enters the object store when it is taken, not when it is read: the frames
+    dropped never cost a put. (The reader runs in this process so its puts can be counted.)"""
+    import pipeline.ingest as ingest
+    put = ray.put
+    shapes = []
+    monkeypatch.setattr(ingest.ray, "put", lambda value, **kw: shapes.append(value.shape) or put(value, **kw))
+    reader = ingest.Ingest(parse_source("synthetic:width=64,height=48,fps=200,frames=120"),
+                           SourcesSection(live_queue=1), live=True)
+    assert reader.open()["error"] is None
+    reader.start()
+    frames = []
+    while True:
+        answer = reader.take(1, 1.0)
+        frames += answer["frames"]
+        if answer["done"]:
+            break
+        time.sleep(0.05)
+    counts = reader.counts()
+    assert counts["read"] == 120 and counts["dropped"] > 0
+    assert len(shapes) == len(frames) == 120 - counts["dropped"]
+    assert shapes == [(1, 48, 64, 3)] * len(frames)
+    assert [image.shape for image in fetch_frames([f["pixels"] for f in frames])] == [(48, 64, 3)] * len(frames)
+
+
 def test_bad_source_is_reported_by_open():
     actor, answer = start("/no/such/clip.mp4", live=False)
     assert answer == {"stream": "clip", "total": None, "size": None, "error": "/no/such/clip.mp4: no such file"}
