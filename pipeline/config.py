@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from models.config import ConfigError, from_dict, read_yaml, set_dotted
 
 from .sources import source_kind, split_spec
@@ -197,4 +196,3 @@ def merge(base: dict, layer: dict) -> None:
             merge(base[key], value)
         else:
             base[key] = value
-
