@@ -1,0 +1,131 @@
+"""Training speed: the default model's training step in float32 and in bfloat16, side by side.
+
+    python bench/train_step.py [--steps 12] [--config configs/default_model.yaml]
+
+Both trainers are built from the same seeded weights and take the same prepared batches (generated
+street scenes, seed 4242, prepared before timing: the data input is timed on its own), interleaved
+step by step so that the machine's drift falls on both alike. Per precision: the median seconds per
+step, images per second, and the step's FLOPs estimated as 3x the forward pass (the backward pass
+costs about twice the forward) from bench/flops.py's analytic count at the training canvas, the box
+head over the sampled RoIs and the mask head over the positive ones; "floor" is the fraction of this
+machine's 395 GFLOP/s float32 floor (DESIGN.md). Last, what the default model's recipe
+(scripts/train_default_model.sh) costs at the float32 step time.
+Prints a table and writes bench/results/train_step.json; the README quotes it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.chdir(ROOT)
+
+from flops import count_flops  # noqa: E402
+
+FLOOR_GFLOPS = 395.0
+PRECISIONS = ("float32", "bfloat16")
+RECIPE_STEPS = 3300 + 3000 + 3000 + 3000 + 2000 + 2000   # scripts/train_default_model.sh, stages 1-8
+
+
+def step_flops(config, canvas: tuple[int, int], positives: float) -> float:
+    """Estimated FLOPs of one training step: 3 x the forward pass of every image of the batch."""
+    import yaml
+    spec = config.to_dict()
+    spec["rpn"]["post_nms_top_n_test"] = config.box_head.batch_size_per_image   # the box head's sampled RoIs
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(spec, f)
+    try:
+        forward = count_flops(f.name, canvas[1], canvas[0], max(1, round(positives)))["total"]
+    finally:
+        os.unlink(f.name)
+    return 3.0 * forward * config.train.batch_size
+
+
+def prepared_batches(config, data_dir: Path, count: int) -> tuple[list[dict], float]:
+    """`count` training batches from the real input pipeline, and its median seconds per batch."""
+    from models.data import MASK_SIZE, CocoDataset
+    from models.train import training_batches
+    data = CocoDataset(data_dir, mask_size=max(MASK_SIZE, 2 * config.mask_size))
+    config.class_names = list(data.class_names)
+    batches, times = [], []
+    iterator = iter(training_batches(data, config, seed=0))
+    for _ in range(count):
+        t = time.perf_counter()
+        batches.append(next(iterator))
+        times.append(time.perf_counter() - t)
+    return batches, statistics.median(times[2:])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/default_model.yaml")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per precision (after 2 untimed)")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "train_step.json")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import tensorflow as tf
+    from models.config import load_config
+    from models.mask_rcnn import MaskRCNN, initial_params
+    from models.scenes import write_dataset
+    from models.train import Trainer, canvas_size
+
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        write_dataset(Path(tmp) / "scenes", images=2 * (args.steps + 2), seed=4242, progress=False)
+        base = load_config(args.config)
+        batches, data_seconds = prepared_batches(base, Path(tmp) / "scenes", args.steps + 2)
+
+    trainers = {}
+    for precision in PRECISIONS:
+        config = load_config(args.config, [f"precision={precision}"])
+        config.class_names = base.class_names
+        trainers[precision] = Trainer(MaskRCNN(config, initial_params(config, seed=0), trainable=True))
+    times = {p: [] for p in PRECISIONS}
+    positives = []
+    for i, batch in enumerate(batches):
+        for precision, trainer in trainers.items():
+            t = time.perf_counter()
+            parts = trainer.train_step(batch["image"], batch["boxes"], batch["class_ids"], batch["masks"])
+            float(parts["total"])
+            if i >= 2:
+                times[precision].append(time.perf_counter() - t)
+        positives.append(float(np.mean(np.sum(batch["class_ids"].numpy() > 0, axis=1))))
+
+    canvas = canvas_size(base)
+    # Positive RoIs per image: at most the sampler's quota, at most the instances (each matches itself).
+    quota = base.box_head.batch_size_per_image * base.box_head.positive_fraction
+    flops = step_flops(base, canvas, min(quota, statistics.mean(positives)))
+    results = {}
+    for precision in PRECISIONS:
+        s = statistics.median(times[precision])
+        results[precision] = {"seconds_per_step": s, "images_per_second": base.train.batch_size / s,
+                              "floor_fraction": flops / s / (FLOOR_GFLOPS * 1e9), "steps_timed": len(times[precision])}
+    report = {"config": args.config, "canvas": list(canvas), "batch_size": base.train.batch_size,
+              "estimated_flops_per_step": flops, "data_seconds_per_batch": data_seconds, "precisions": results,
+              "bf16_speedup": results["float32"]["seconds_per_step"] / results["bfloat16"]["seconds_per_step"],
+              "recipe_steps": RECIPE_STEPS,
+              "recipe_hours_at_float32_step": RECIPE_STEPS * results["float32"]["seconds_per_step"] / 3600,
+              "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
+              "tensorflow": tf.__version__}
+    print(f"\ncanvas {canvas[0]}x{canvas[1]}, batch {base.train.batch_size}, ~{flops / 1e9:.0f} GFLOP/step (3x forward), "
+          f"data input {data_seconds:.3f} s/batch")
+    print(f"{'precision':10s} {'s/step':>8s} {'images/s':>9s} {'floor %':>8s}")
+    for precision, r in results.items():
+        print(f"{precision:10s} {r['seconds_per_step']:8.3f} {r['images_per_second']:9.2f} {r['floor_fraction'] * 100:8.0f}")
+    print(f"bfloat16 / float32 speed: {report['bf16_speedup']:.2f}x; the recipe's {RECIPE_STEPS} steps at the float32 "
+          f"step: {report['recipe_hours_at_float32_step']:.1f} h")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
