@@ -2,13 +2,17 @@
 
     python bench/train_step.py [--steps 12] [--config configs/default_model.yaml]
 
-Both trainers are built from the same seeded weights and take the same prepared batches (generated
-street scenes, seed 4242, prepared before timing: the data input is timed on its own), interleaved
-step by step so that the machine's drift falls on both alike. Per precision: the median seconds per
-step, images per second, and the step's FLOPs estimated as 3x the forward pass (the backward pass
-costs about twice the forward) from bench/flops.py's analytic count at the training canvas, the box
-head over the sampled RoIs and the mask head over the positive ones; "floor" is the fraction of this
-machine's 395 GFLOP/s float32 floor (DESIGN.md). Last, what the default model's recipe
+Both trainers start from the same weights, the committed default model's (what every stage after
+the first trains; `--random` starts from seeded random weights instead), and take the same prepared
+batches (generated street scenes, seed 4242, prepared before timing: the data input is timed on its
+own), interleaved step by step so that the machine's drift falls on both alike. Per precision: the
+median seconds per step, images per second, and the step's FLOPs estimated as 3x the forward pass
+(the backward pass costs about twice the forward) from bench/flops.py's analytic count at the
+training canvas, the box head over the sampled RoIs and the mask head over the positive ones: the
+sampler's whole positive quota from trained weights (their proposals fill it: 64 of 64 in every
+batch of two checked by hand), about one per ground-truth instance from random ones (the ground
+truth is added to the proposals); "floor" is the fraction of this machine's 395 GFLOP/s float32
+floor (DESIGN.md). Last, what the default model's recipe
 (scripts/train_default_model.sh) costs at the float32 step time.
 Prints a table and writes bench/results/train_step.json; the README quotes it.
 """
@@ -69,12 +73,14 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default="configs/default_model.yaml")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per precision (after 2 untimed)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "train_step.json")
+    parser.add_argument("--random", action="store_true", help="start from random weights, not the default model's")
     args = parser.parse_args(argv)
 
     import numpy as np
     import tensorflow as tf
     from models.config import load_config
     from models.mask_rcnn import MaskRCNN, initial_params
+    from models.weights import read_weights
     from models.scenes import write_dataset
     from models.train import Trainer, canvas_size
 
@@ -84,13 +90,15 @@ def main(argv=None) -> None:
         base = load_config(args.config)
         batches, data_seconds = prepared_batches(base, Path(tmp) / "scenes", args.steps + 2)
 
+    weights = None if args.random else ROOT / "configs" / "default_model.npz"
     trainers = {}
     for precision in PRECISIONS:
         config = load_config(args.config, [f"precision={precision}"])
         config.class_names = base.class_names
-        trainers[precision] = Trainer(MaskRCNN(config, initial_params(config, seed=0), trainable=True))
+        params = read_weights(weights)[0] if weights else initial_params(config, seed=0)
+        trainers[precision] = Trainer(MaskRCNN(config, params, trainable=True))
     times = {p: [] for p in PRECISIONS}
-    positives = []
+    instances = []
     for i, batch in enumerate(batches):
         for precision, trainer in trainers.items():
             t = time.perf_counter()
@@ -98,25 +106,27 @@ def main(argv=None) -> None:
             float(parts["total"])
             if i >= 2:
                 times[precision].append(time.perf_counter() - t)
-        positives.append(float(np.mean(np.sum(batch["class_ids"].numpy() > 0, axis=1))))
+        instances.append(float(np.mean(np.sum(batch["class_ids"].numpy() > 0, axis=1))))
 
     canvas = canvas_size(base)
-    # Positive RoIs per image: at most the sampler's quota, at most the instances (each matches itself).
     quota = base.box_head.batch_size_per_image * base.box_head.positive_fraction
-    flops = step_flops(base, canvas, min(quota, statistics.mean(positives)))
+    positive_rois = min(quota, statistics.mean(instances)) if weights is None else quota
+    flops = step_flops(base, canvas, positive_rois)
     results = {}
     for precision in PRECISIONS:
         s = statistics.median(times[precision])
         results[precision] = {"seconds_per_step": s, "images_per_second": base.train.batch_size / s,
                               "floor_fraction": flops / s / (FLOOR_GFLOPS * 1e9), "steps_timed": len(times[precision])}
-    report = {"config": args.config, "canvas": list(canvas), "batch_size": base.train.batch_size,
+    report = {"config": args.config, "weights": str(weights.relative_to(ROOT)) if weights else "random",
+              "canvas": list(canvas), "batch_size": base.train.batch_size, "positive_rois_per_image": positive_rois,
               "estimated_flops_per_step": flops, "data_seconds_per_batch": data_seconds, "precisions": results,
               "bf16_speedup": results["float32"]["seconds_per_step"] / results["bfloat16"]["seconds_per_step"],
               "recipe_steps": RECIPE_STEPS,
               "recipe_hours_at_float32_step": RECIPE_STEPS * results["float32"]["seconds_per_step"] / 3600,
               "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
               "tensorflow": tf.__version__}
-    print(f"\ncanvas {canvas[0]}x{canvas[1]}, batch {base.train.batch_size}, ~{flops / 1e9:.0f} GFLOP/step (3x forward), "
+    print(f"\nfrom {report['weights']}: canvas {canvas[0]}x{canvas[1]}, batch {base.train.batch_size}, "
+          f"{positive_rois:.0f} positive RoIs per image, ~{flops / 1e9:.0f} GFLOP/step (3x forward), "
           f"data input {data_seconds:.3f} s/batch")
     print(f"{'precision':10s} {'s/step':>8s} {'images/s':>9s} {'floor %':>8s}")
     for precision, r in results.items():
