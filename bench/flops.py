@@ -51,9 +51,9 @@ def _model_config_module():
     return sys.modules[name]
 
 
-def load_model_config(path: str | Path):
-    """The validated ModelConfig of a config YAML."""
-    return _model_config_module().load_config(path)
+def load_model_config(source: str | Path | dict):
+    """The validated ModelConfig of a config YAML, or of a mapping (`ModelConfig.to_dict()`)."""
+    return _model_config_module().load_config(source)
 
 
 class Feature(NamedTuple):
@@ -156,13 +156,14 @@ def mask_head_macs(detections: int, channels: int, pool: int, conv_dims: list[in
     return detections * macs
 
 
-def count_flops(config_yaml_path: str | Path, width: int, height: int, detections: int = 100) -> dict:
-    """FLOPs (2 x multiply-adds) per stage for one width x height frame through the config's model.
+def count_flops(config: str | Path | dict, width: int, height: int, detections: int = 100) -> dict:
+    """FLOPs (2 x multiply-adds) per stage for one width x height frame through the config's model
+    (a config YAML path, or a mapping such as a loaded model's `config.to_dict()`).
 
     Returns {"resized": (h, w), "padded": (H, W), "proposals": R, "detections": D,
              "stages": {stage: FLOPs for each of STAGES}, "total": FLOPs}.
     """
-    cfg = load_model_config(config_yaml_path)
+    cfg = load_model_config(config)
     resized = resized_size(height, width, cfg.input.min_size, cfg.input.max_size)
     padded = padded_size(*resized, cfg.input.size_divisible)
     image = Feature(padded[0], padded[1], 3)

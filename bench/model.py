@@ -11,8 +11,8 @@ Configurations (100 detections kept where the model allows: score threshold 0):
                 scenes, at its own input size (short side 360), its own score threshold.
 `--only NAME ...` runs those configurations and replaces just their rows in the JSON written before.
 Per configuration and batch size: one untimed warm-up call, then timed calls; the median seconds per frame
-(wall and this process's CPU time), frames per second, the FLOPs per frame (bench/flops.py, analytic) and the
-fraction of this machine's float32 floor (395 GFLOP/s on 2 cores, DESIGN.md) that the run reaches.
+(wall and this process's CPU time), frames per second, the FLOPs per frame (bench/flops.py, analytic; the mask head over the
+detections the run kept where the configuration does not keep 100) and the fraction of this machine's float32 floor (395 GFLOP/s on 2 cores, DESIGN.md) that the run reaches.
 Prints a table and writes bench/results/model.json; the README quotes it.
 """
 from __future__ import annotations
@@ -129,10 +129,12 @@ def main(argv=None) -> None:
         results = json.loads(args.json.read_text())["tensorflow"] if args.json.is_file() else {}
     for name, build, frames, dets in runs:
         model = build()
-        flops = flops_for(model.config, frames[0], dets)
-        results[name] = {"flops_per_frame": flops, "frame": list(frames[0].shape[:2]), "batches": {}}
+        results[name] = {"frame": list(frames[0].shape[:2]), "batches": {}}
         for batch in args.batch_sizes:
             r = time_model(model, frames, batch, args.frames)
+            # The mask head's work is per detection: count the detections this run kept, where not fixed.
+            kept = dets if dets is not None else round(r["detections_per_frame"])
+            flops = results[name]["flops_per_frame"] = flops_for(model.config, frames[0], kept)
             r["floor_fraction"] = flops / r["seconds_per_frame"] / (FLOOR_GFLOPS * 1e9)
             results[name]["batches"][str(batch)] = r
             print(f"{name:12s} batch {batch}: {r['seconds_per_frame']:.3f} s/frame  {r['fps']:.2f} fps  "
@@ -146,17 +148,9 @@ def main(argv=None) -> None:
     args.json.write_text(json.dumps(report, indent=2))
 
 
-def flops_for(config, frame: np.ndarray, detections: int | None) -> float:
-    """Analytic FLOPs of one frame through `config` (bench/flops.py reads the YAML; write a temporary one)."""
-    import tempfile
-    import yaml
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(config.to_dict(), f)
-    try:
-        det = detections if detections is not None else config.box_head.detections_per_image
-        return float(count_flops(f.name, frame.shape[1], frame.shape[0], det)["total"])
-    finally:
-        os.unlink(f.name)
+def flops_for(config, frame: np.ndarray, detections: int) -> float:
+    """Analytic FLOPs of one frame through `config` with `detections` masks (bench/flops.py)."""
+    return float(count_flops(config.to_dict(), frame.shape[1], frame.shape[0], detections)["total"])
 
 
 def tv_fps(torchvision: dict, name: str, batch: str):

@@ -41,15 +41,9 @@ RECIPE_STEPS = 3300 + 3000 + 3000 + 3000 + 2000 + 2000   # scripts/train_default
 
 def step_flops(config, canvas: tuple[int, int], positives: float) -> float:
     """Estimated FLOPs of one training step: 3 x the forward pass of every image of the batch."""
-    import yaml
     spec = config.to_dict()
     spec["rpn"]["post_nms_top_n_test"] = config.box_head.batch_size_per_image   # the box head's sampled RoIs
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(spec, f)
-    try:
-        forward = count_flops(f.name, canvas[1], canvas[0], max(1, round(positives)))["total"]
-    finally:
-        os.unlink(f.name)
+    forward = count_flops(spec, canvas[1], canvas[0], max(1, round(positives)))["total"]
     return 3.0 * forward * config.train.batch_size
 
 
@@ -91,11 +85,11 @@ def main(argv=None) -> None:
         batches, data_seconds = prepared_batches(base, Path(tmp) / "scenes", args.steps + 2)
 
     weights = None if args.random else ROOT / "configs" / "default_model.npz"
+    params = read_weights(weights)[0] if weights else initial_params(base, seed=0)
     trainers = {}
     for precision in PRECISIONS:
         config = load_config(args.config, [f"precision={precision}"])
         config.class_names = base.class_names
-        params = read_weights(weights)[0] if weights else initial_params(config, seed=0)
         trainers[precision] = Trainer(MaskRCNN(config, params, trainable=True))
     times = {p: [] for p in PRECISIONS}
     instances = []
