@@ -24,9 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Attributes load on first use, so `models.config` (pure Python) does not pull in TensorFlow.
 _EXPORTS = {
-    "ConfigError": "config", "ModelConfig": "config", "load_config": "config",
+    "ConfigError": "errors", "MaskstreamError": "errors", "WeightsError": "errors",
+    "ModelConfig": "config", "load_config": "config",
     "Detections": "mask_rcnn", "MaskRCNN": "mask_rcnn", "load_model": "mask_rcnn",
-    "WeightsError": "weights", "load_weights": "weights", "save_weights": "weights",
+    "load_weights": "weights", "save_weights": "weights",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration mistake, described in one line that names the key."""
+CONFIG_VERSION = 1
 
 
 @dataclass
@@ -35,10 +35,10 @@ class InputConfig:
     size_divisible: int = 32     # padded size is a multiple of this
 
     def validate(self, path: str) -> None:
-        _require(len(self.mean) == 3 and len(self.std) == 3, path, "mean and std need 3 values")
-        _require(all(s > 0 for s in self.std), path + ".std", "must be positive")
-        _require(0 < self.min_size <= self.max_size, path, "need 0 < min_size <= max_size")
-        _require(self.size_divisible in (32, 64, 128), path + ".size_divisible",
+        require(len(self.mean) == 3 and len(self.std) == 3, path, "mean and std need 3 values")
+        require(all(s > 0 for s in self.std), path + ".std", "must be positive")
+        require(0 < self.min_size <= self.max_size, path, "need 0 < min_size <= max_size")
+        require(self.size_divisible in (32, 64, 128), path + ".size_divisible",
                  "must be 32, 64 or 128 (the coarsest feature stride)")
 
 
@@ -50,9 +50,9 @@ class BackboneConfig:
     trainable_stages: int = 3    # training only: how many of the last stages (of 5: stem, res2..res5) train
 
     def validate(self, path: str) -> None:
-        _require(self.depth in (18, 34, 50, 101), path + ".depth", "must be 18, 34, 50 or 101")
-        _require(self.width >= 8 and self.width % 8 == 0, path + ".width", "must be a multiple of 8")
-        _require(0 <= self.trainable_stages <= 5, path + ".trainable_stages", "must be in 0..5")
+        require(self.depth in (18, 34, 50, 101), path + ".depth", "must be 18, 34, 50 or 101")
+        require(self.width >= 8 and self.width % 8 == 0, path + ".width", "must be a multiple of 8")
+        require(0 <= self.trainable_stages <= 5, path + ".trainable_stages", "must be in 0..5")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class FPNConfig:
     channels: int = 256
 
     def validate(self, path: str) -> None:
-        _require(self.channels > 0, path + ".channels", "must be positive")
+        require(self.channels > 0, path + ".channels", "must be positive")
 
 
 @dataclass
@@ -69,8 +69,8 @@ class AnchorConfig:
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # height / width
 
     def validate(self, path: str) -> None:
-        _require(len(self.sizes) == 5, path + ".sizes", "needs one size per level P2..P6 (5 values)")
-        _require(all(r > 0 for r in self.aspect_ratios), path + ".aspect_ratios", "must be positive")
+        require(len(self.sizes) == 5, path + ".sizes", "needs one size per level P2..P6 (5 values)")
+        require(all(r > 0 for r in self.aspect_ratios), path + ".aspect_ratios", "must be positive")
 
 
 @dataclass
@@ -89,10 +89,10 @@ class RPNConfig:
     positive_fraction: float = 0.5
 
     def validate(self, path: str) -> None:
-        _require(len(self.box_weights) == 4, path + ".box_weights", "needs 4 values")
-        _require(0 < self.nms_threshold <= 1, path + ".nms_threshold", "must be in (0, 1]")
-        _require(self.pre_nms_top_n_test > 0 and self.post_nms_top_n_test > 0, path, "top_n must be positive")
-        _require(self.bg_iou_threshold <= self.fg_iou_threshold, path, "bg_iou_threshold > fg_iou_threshold")
+        require(len(self.box_weights) == 4, path + ".box_weights", "needs 4 values")
+        require(0 < self.nms_threshold <= 1, path + ".nms_threshold", "must be in (0, 1]")
+        require(self.pre_nms_top_n_test > 0 and self.post_nms_top_n_test > 0, path, "top_n must be positive")
+        require(self.bg_iou_threshold <= self.fg_iou_threshold, path, "bg_iou_threshold > fg_iou_threshold")
 
 
 @dataclass
@@ -106,8 +106,8 @@ class RoIAlignConfig:
     level_eps: float = 1e-6
 
     def validate(self, path: str) -> None:
-        _require(self.sampling_ratio > 0, path + ".sampling_ratio", "must be positive (adaptive is not supported)")
-        _require(self.box_output_size > 0 and self.mask_output_size > 0, path, "output sizes must be positive")
+        require(self.sampling_ratio > 0, path + ".sampling_ratio", "must be positive (adaptive is not supported)")
+        require(self.box_output_size > 0 and self.mask_output_size > 0, path, "output sizes must be positive")
 
 
 @dataclass
@@ -125,9 +125,9 @@ class BoxHeadConfig:
     positive_fraction: float = 0.25
 
     def validate(self, path: str) -> None:
-        _require(len(self.box_weights) == 4, path + ".box_weights", "needs 4 values")
-        _require(0 <= self.score_threshold < 1, path + ".score_threshold", "must be in [0, 1)")
-        _require(self.detections_per_image > 0, path + ".detections_per_image", "must be positive")
+        require(len(self.box_weights) == 4, path + ".box_weights", "needs 4 values")
+        require(0 <= self.score_threshold < 1, path + ".score_threshold", "must be in [0, 1)")
+        require(self.detections_per_image > 0, path + ".detections_per_image", "must be positive")
 
 
 @dataclass
@@ -139,10 +139,10 @@ class MaskHeadConfig:
     deconvs: int = 1             # 2x transposed convs: masks are mask_output_size * 2**deconvs square
 
     def validate(self, path: str) -> None:
-        _require(len(self.conv_dims) >= 1, path + ".conv_dims", "needs at least one conv")
-        _require(0 < self.threshold < 1, path + ".threshold", "must be in (0, 1)")
-        _require(self.paste in ("torchvision", "exact"), path + ".paste", "must be torchvision or exact")
-        _require(1 <= self.deconvs <= 3, path + ".deconvs", "must be 1, 2 or 3")
+        require(len(self.conv_dims) >= 1, path + ".conv_dims", "needs at least one conv")
+        require(0 < self.threshold < 1, path + ".threshold", "must be in (0, 1)")
+        require(self.paste in ("torchvision", "exact"), path + ".paste", "must be torchvision or exact")
+        require(1 <= self.deconvs <= 3, path + ".deconvs", "must be 1, 2 or 3")
 
 
 @dataclass
@@ -163,16 +163,17 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self, path: str) -> None:
-        _require(self.steps > 0 and self.batch_size > 0, path, "steps and batch_size must be positive")
-        _require(self.optimizer in ("adamw", "sgd"), path + ".optimizer", "must be adamw or sgd")
-        _require(self.learning_rate > 0, path + ".learning_rate", "must be positive")
-        _require(len(self.scale_jitter) == 2 and 0 < self.scale_jitter[0] <= self.scale_jitter[1],
+        require(self.steps > 0 and self.batch_size > 0, path, "steps and batch_size must be positive")
+        require(self.optimizer in ("adamw", "sgd"), path + ".optimizer", "must be adamw or sgd")
+        require(self.learning_rate > 0, path + ".learning_rate", "must be positive")
+        require(len(self.scale_jitter) == 2 and 0 < self.scale_jitter[0] <= self.scale_jitter[1],
                  path + ".scale_jitter", "needs [low, high] with 0 < low <= high")
-        _require(self.max_instances > 0, path + ".max_instances", "must be positive")
+        require(self.max_instances > 0, path + ".max_instances", "must be positive")
 
 
 @dataclass
 class ModelConfig:
+    version: int = CONFIG_VERSION  # of this file's format; a file of another version is refused
     name: str = "maskrcnn"
     class_names: list[str] = field(default_factory=lambda: ["__background__", "object"])  # index = class id
     box_xform_clip: float = math.log(1000.0 / 16)
@@ -198,12 +199,10 @@ class ModelConfig:
         return self.roi_align.mask_output_size * 2 ** self.mask_head.deconvs
 
     def validate(self, path: str = "model") -> None:
-        _require(len(self.class_names) >= 2, path + ".class_names", "needs the background and at least one class")
-        _require(self.precision in ("float32", "bfloat16"), path + ".precision", "must be float32 or bfloat16")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                value.validate(f"{path}.{f.name}")
+        check_version(self.version, path)
+        require(len(self.class_names) >= 2, path + ".class_names", "needs the background and at least one class")
+        require(self.precision in ("float32", "bfloat16"), path + ".precision", "must be float32 or bfloat16")
+        validate_sections(self, path)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -212,9 +211,24 @@ class ModelConfig:
 _EXPONENT_FLOAT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")
 
 
-def _require(ok: bool, path: str, problem: str) -> None:
+def require(ok: bool, path: str, problem: str) -> None:
+    """ConfigError("path: problem") unless `ok`: how every section's validate() states a rule."""
     if not ok:
         raise ConfigError(f"{path}: {problem}")
+
+
+def validate_sections(config, path: str) -> None:
+    """Call validate(f"{path}.{name}") on every field of dataclass `config` that is itself a section."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value.validate(f"{path}.{f.name}")
+
+
+def check_version(version: int, path: str) -> None:
+    """The `version` key of a configuration file: only this code's CONFIG_VERSION is understood."""
+    require(version == CONFIG_VERSION, path + ".version",
+            f"is {version}; this maskstream reads version {CONFIG_VERSION} configurations")
 
 
 def from_dict(cls, data: Any, path: str):

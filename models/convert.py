@@ -21,15 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbone import BLOCKS, residual_blocks, is_bottleneck
+from .backbone import BLOCKS, is_bottleneck, residual_blocks
 from .config import ConfigError, ModelConfig, load_config
+from .errors import ConversionError
 from .weights import WeightsError, check_params, save_weights
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "coco_r50_fpn.yaml"
-
-
-class ConversionError(ValueError):
-    """A state dict that does not fit the configured architecture, in one line."""
 
 
 class _Reader:

@@ -57,15 +57,13 @@ import tensorflow as tf
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from .errors import DataError
+
 log = logging.getLogger(__name__)
 
 MASK_SIZE = 56
 SUPERSAMPLE = 4          # bilinear samples per cell side when measuring mini-mask coverage
 BOX_TOLERANCE = 1.0      # pixels a box may stick out of its image before it counts as outside
-
-
-class DataError(ValueError):
-    """A data set that cannot be read, described in one line that names the input."""
 
 
 def parse_spec(spec: str | Path) -> tuple[Path, Path]:

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import WeightsError
+
 FORMAT = "maskstream.weights/1"
 META_KEY = "__meta__"
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be used, described in one line."""
 
 
 def save_weights(path: str | Path, params: dict, meta: dict | None = None) -> Path:

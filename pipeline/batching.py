@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from models.errors import PipelineError
+
 from .metrics import RunStats
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,6 @@ log = logging.getLogger(__name__)
 TAKE_TIMEOUT_S = 0.5       # an ingest's take() waits at most this for a frame
 MAX_ATTEMPTS = 3           # a frame whose batch killed this many workers stops the run
 PUBLISH_BACKLOG = 64       # publish calls (one per batch) in flight before waiting for the publisher
-
-
-class PipelineError(RuntimeError):
-    """The run cannot go on; one line for the operator."""
 
 
 def error_line(error: Exception) -> str:

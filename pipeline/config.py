@@ -9,12 +9,11 @@ on the command line are taken from the current directory; all are made absolute 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.config import ConfigError, from_dict, read_yaml, set_dotted
+from models.config import CONFIG_VERSION, check_version, from_dict, read_yaml, require, set_dotted, validate_sections
 
 from .sources import source_kind, split_spec
 
@@ -32,8 +31,8 @@ class ModelSection:
     score_threshold: float | None = None  # publish instances scoring above this; none: the model's own
 
     def validate(self, path: str) -> None:
-        _require(self.config is not None, path + ".config", "needs the model's YAML file")
-        _require(self.score_threshold is None or 0 <= self.score_threshold < 1, path + ".score_threshold",
+        require(self.config is not None, path + ".config", "needs the model's YAML file")
+        require(self.score_threshold is None or 0 <= self.score_threshold < 1, path + ".score_threshold",
                  "must be in [0, 1)")
 
 
@@ -50,15 +49,15 @@ class SourcesSection:
     live_queue: int = 1                # live: newest frames kept per stream while inference is busy
 
     def validate(self, path: str) -> None:
-        _require(len(self.uris) > 0, path + ".uris", "needs at least one source")
-        _require(self.mode in MODES, path + ".mode", f"must be one of {', '.join(MODES)}")
-        _require(self.max_frames >= 0, path + ".max_frames", "must be >= 0 (0 reads to the end)")
-        _require(self.folder_fps > 0, path + ".folder_fps", "must be positive")
-        _require(self.open_timeout_s > 0, path + ".open_timeout_s", "must be positive")
-        _require(0 < self.reconnect_initial_s <= self.reconnect_max_s, path,
+        require(len(self.uris) > 0, path + ".uris", "needs at least one source")
+        require(self.mode in MODES, path + ".mode", f"must be one of {', '.join(MODES)}")
+        require(self.max_frames >= 0, path + ".max_frames", "must be >= 0 (0 reads to the end)")
+        require(self.folder_fps > 0, path + ".folder_fps", "must be positive")
+        require(self.open_timeout_s > 0, path + ".open_timeout_s", "must be positive")
+        require(0 < self.reconnect_initial_s <= self.reconnect_max_s, path,
                  "need 0 < reconnect_initial_s <= reconnect_max_s")
-        _require(self.read_ahead >= 1, path + ".read_ahead", "must be >= 1")
-        _require(self.live_queue >= 1, path + ".live_queue", "must be >= 1")
+        require(self.read_ahead >= 1, path + ".read_ahead", "must be >= 1")
+        require(self.live_queue >= 1, path + ".live_queue", "must be >= 1")
 
 
 @dataclass
@@ -71,11 +70,11 @@ class WorkersSection:
     max_task_retries: int = 1          # and re-runs its unfinished batch this often
 
     def validate(self, path: str) -> None:
-        _require(self.count >= 0, path + ".count", "must be >= 0 (0 picks one per GPU, else 1)")
-        _require(self.device in DEVICES, path + ".device", f"must be one of {', '.join(DEVICES)}")
-        _require(self.cpus > 0, path + ".cpus", "must be positive")
-        _require(self.precision in PRECISIONS, path + ".precision", f"must be one of {', '.join(PRECISIONS)}")
-        _require(self.max_restarts >= 0 and self.max_task_retries >= 0, path, "restarts and retries must be >= 0")
+        require(self.count >= 0, path + ".count", "must be >= 0 (0 picks one per GPU, else 1)")
+        require(self.device in DEVICES, path + ".device", f"must be one of {', '.join(DEVICES)}")
+        require(self.cpus > 0, path + ".cpus", "must be positive")
+        require(self.precision in PRECISIONS, path + ".precision", f"must be one of {', '.join(PRECISIONS)}")
+        require(self.max_restarts >= 0 and self.max_task_retries >= 0, path, "restarts and retries must be >= 0")
 
 
 @dataclass
@@ -86,10 +85,10 @@ class BatchingSection:
     batches_per_worker: int = 2        # offline: batches queued on a worker so it never idles
 
     def validate(self, path: str) -> None:
-        _require(self.max_batch >= 1, path + ".max_batch", "must be >= 1")
-        _require(self.max_wait_ms >= 0, path + ".max_wait_ms", "must be >= 0")
-        _require(self.max_in_flight >= 0, path + ".max_in_flight", "must be >= 0")
-        _require(self.batches_per_worker >= 1, path + ".batches_per_worker", "must be >= 1")
+        require(self.max_batch >= 1, path + ".max_batch", "must be >= 1")
+        require(self.max_wait_ms >= 0, path + ".max_wait_ms", "must be >= 0")
+        require(self.max_in_flight >= 0, path + ".max_in_flight", "must be >= 0")
+        require(self.batches_per_worker >= 1, path + ".batches_per_worker", "must be >= 1")
 
 
 @dataclass
@@ -99,8 +98,8 @@ class PublishSection:
     curve_keys: str | None = None      # key directory (python -m pipeline.keys); none: plain TCP
 
     def validate(self, path: str) -> None:
-        _require("://" in self.endpoint, path + ".endpoint", "must look like tcp://HOST:PORT")
-        _require(self.hwm >= 0, path + ".hwm", "must be >= 0")
+        require("://" in self.endpoint, path + ".endpoint", "must look like tcp://HOST:PORT")
+        require(self.hwm >= 0, path + ".hwm", "must be >= 0")
 
 
 @dataclass
@@ -109,11 +108,12 @@ class OutputSection:
     overlay: bool = False              # also an overlay video per stream (needs dir)
 
     def validate(self, path: str) -> None:
-        _require(not self.overlay or self.dir is not None, path + ".overlay", "needs output.dir")
+        require(not self.overlay or self.dir is not None, path + ".overlay", "needs output.dir")
 
 
 @dataclass
 class PipelineConfig:
+    version: int = CONFIG_VERSION      # of this file's format; a file of another version is refused
     model: ModelSection = field(default_factory=ModelSection)
     sources: SourcesSection = field(default_factory=SourcesSection)
     workers: WorkersSection = field(default_factory=WorkersSection)
@@ -126,17 +126,10 @@ class PipelineConfig:
     progress: bool = True              # progress bars for offline streams (on a terminal)
 
     def validate(self, path: str = "config") -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                value.validate(f"{path}.{f.name}")
-        _require(self.metrics_port is None or 0 < self.metrics_port < 65536, path + ".metrics_port",
+        check_version(self.version, path)
+        validate_sections(self, path)
+        require(self.metrics_port is None or 0 < self.metrics_port < 65536, path + ".metrics_port",
                  "must be a TCP port (1-65535)")
-
-
-def _require(ok: bool, path: str, problem: str) -> None:
-    if not ok:
-        raise ConfigError(f"{path}: {problem}")
 
 
 # Keys holding file paths: a relative path in a YAML file means "next to that file".

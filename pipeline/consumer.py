@@ -19,12 +19,10 @@ import numpy as np
 import zmq
 from pycocotools import mask as mask_utils
 
+from models.errors import ConsumerError
+
 from .keys import load_client_keys
 from .protocol import TOPIC_ROOT, decode_message, is_eos, topic
-
-
-class ConsumerError(ValueError):
-    """An endpoint or key directory the consumer cannot use."""
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import zmq.auth
 
+from models.errors import CurveKeyError
+
 SERVER_NAME = "server"
 CLIENTS_DIR = "clients"
-
-
-class CurveKeyError(ValueError):
-    """A key directory that lacks what its role needs."""
 
 
 def load_server_keys(key_dir: str | Path) -> tuple[bytes, bytes, Path]:

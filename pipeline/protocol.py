@@ -13,6 +13,8 @@ Instances carry ``class_id``, ``label``, ``score``, ``box`` ([x1, y1, x2, y2] in
 """
 import json
 
+from models.errors import ProtocolError
+
 FRAME_SCHEMA = "maskstream.frame/1"
 EOS_SCHEMA = "maskstream.eos/1"
 TOPIC_ROOT = "maskstream/"
@@ -20,10 +22,6 @@ TOPIC_ROOT = "maskstream/"
 FRAME_FIELDS = ("stream", "seq", "frame_index", "pts", "captured_at", "published_at", "width",
                 "height", "dropped_before", "timing_ms", "instances")
 INSTANCE_FIELDS = ("class_id", "label", "score", "box", "mask")
-
-
-class ProtocolError(ValueError):
-    """A record or message that does not follow wire protocol v1."""
 
 
 def check_stream_id(stream_id: str) -> None:

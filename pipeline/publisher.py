@@ -43,16 +43,14 @@ import ray
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from models.errors import PublisherError
+
 from .ingest import fetch_frames
 from .keys import load_server_keys
 from .protocol import check_record, check_stream_id, encode_message, eos_header, frame_header
 from .sinks import StreamSinks
 
 LATENCY_SAMPLES = 10_000  # per stage and stream: recent enough, bounded memory
-
-
-class PublisherError(ValueError):
-    """A publisher configuration, endpoint or call that cannot work."""
 
 
 @dataclass

@@ -24,6 +24,8 @@ import numpy as np
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import cv2  # noqa: E402
 
+from models.errors import SourceError
+
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 log = logging.getLogger(__name__)
@@ -32,10 +34,6 @@ NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp
 SYNTHETIC_PREFIX = "synthetic:"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm"}
 LIVE_KINDS = ("camera", "network")
-
-
-class SourceError(RuntimeError):
-    """A source that cannot be opened or read, described in one line naming it."""
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ def test_set_overrides_are_read_as_yaml():
     (["batching=3"], "config.batching: expected a mapping, got int"),
     (["max_batch"], "--set max_batch: expected key=value"),
     (["verbose.level=1"], "--set verbose.level=1: verbose is not a section"),
+    (["version=2"], "config.version: is 2; this maskstream reads version 1 configurations"),
 ])
 def test_mistakes_are_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:

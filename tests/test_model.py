@@ -228,6 +228,7 @@ def test_model_config_overrides_and_exponent_numbers(tmp_path):
     assert models.load_config(str(path)).train.weight_decay == 5e-5
     for override, message in [("train.learning_rate=fast", "train.learning_rate: expected a number, got 'fast'"),
                               ("input.min_size", "--set input.min_size: expected key=value"),
-                              ("input.min_size.x=1", "input.min_size is not a section")]:
+                              ("input.min_size.x=1", "input.min_size is not a section"),
+                              ("version=0", "version: is 0; this maskstream reads version 1 configurations")]:
         with pytest.raises(models.ConfigError, match=re.escape(message)):
             models.load_config(TINY, [override])

@@ -1,0 +1,54 @@
+"""Every error a user can cause, in one place: each is one line that names the input and says
+what is wrong, and every entry point (`maskstream ...`, `run_pipeline.py`, `python -m ...`)
+prints it as such, without a traceback.
+
+It sits at the bottom of the import graph (it imports nothing), so the model, the workers, the
+pipeline and the command lines all raise and catch the same classes. `MaskstreamError` is their
+common base: catching it catches every user mistake and nothing else.
+"""
+
+
+class MaskstreamError(Exception):
+    """A problem a user can fix, described in one line naming the input."""
+
+
+# -- the model and its tooling ------------------------------------------------------------------
+class ConfigError(MaskstreamError, ValueError):
+    """A configuration mistake, described in one line that names the key."""
+
+
+class WeightsError(MaskstreamError, ValueError):
+    """A weights file that cannot be read or does not fit the configuration."""
+
+
+class DataError(MaskstreamError, ValueError):
+    """A training or evaluation data set that cannot be used."""
+
+
+class ConversionError(MaskstreamError, ValueError):
+    """A foreign weights file (torchvision, Keras) that does not convert."""
+
+
+# -- the pipeline --------------------------------------------------------------------------------
+class SourceError(MaskstreamError, RuntimeError):
+    """A source that cannot be opened or read, described in one line naming it."""
+
+
+class PipelineError(MaskstreamError, RuntimeError):
+    """The run cannot go on; one line for the operator."""
+
+
+class ProtocolError(MaskstreamError, ValueError):
+    """A record or message that does not follow the wire protocol."""
+
+
+class PublisherError(MaskstreamError, ValueError):
+    """A publisher configuration, endpoint or call that cannot work."""
+
+
+class ConsumerError(MaskstreamError, ValueError):
+    """An endpoint or key directory the consumer cannot use."""
+
+
+class CurveKeyError(MaskstreamError, ValueError):
+    """A CURVE key directory that is missing, incomplete or would be overwritten."""
