@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     with native_stderr_silenced(not args.verbose):
-        from models.config import ConfigError
-        from pipeline.batching import PipelineError
+        from models.errors import ConfigError, PipelineError
         from pipeline.config import load_pipeline_config
         from pipeline.runner import run
 

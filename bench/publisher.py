@@ -4,7 +4,7 @@
 
 Three measurements per instance count, on 1280x720 frames with elliptical masks encoded as COCO
 RLE, and a real subscriber on 127.0.0.1 receiving every message:
-- ``encode``: ``frame_header`` + ``encode_message``, per frame;
+- ``encode``: ``encode_message`` of a frame record (its header to JSON, and the topic), per frame;
 - ``publish``: ``Publisher.publish`` in this process (reorder bookkeeping, encode, ZeroMQ send);
 - ``actor``: frames/s through ``PublisherActor.publish.remote`` (adds Ray's call and the record's
   serialisation), from the first call to the subscriber's last message.
@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+import dataclasses
+
 import cv2
 import numpy as np
 import ray
@@ -27,7 +29,8 @@ import zmq
 from pycocotools import mask as mask_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.protocol import encode_message, frame_header, topic  # noqa: E402
+from pipeline.config import PublishSection  # noqa: E402
+from pipeline.protocol import FrameRecord, InstanceRecord, encode_message, topic  # noqa: E402
 from pipeline.publisher import Publisher, PublisherActor  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "publisher.json"
@@ -35,8 +38,8 @@ INSTANCE_COUNTS = (20, 100)
 LABELS = ("person", "car", "bicycle", "dog")
 
 
-def make_instances(count: int, width: int, height: int, rng: np.random.Generator) -> list[dict]:
-    """``count`` wire-format instances with filled-ellipse masks of varied sizes."""
+def make_instances(count: int, width: int, height: int, rng: np.random.Generator) -> tuple[InstanceRecord, ...]:
+    """``count`` instances with filled-ellipse masks of varied sizes."""
     instances = []
     for index in range(count):
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
@@ -45,26 +48,26 @@ def make_instances(count: int, width: int, height: int, rng: np.random.Generator
         cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, cv2.FILLED)
         rle = mask_utils.encode(np.asfortranarray(mask))
         x, y, w, h = mask_utils.toBbox(rle)
-        instances.append({"class_id": index % len(LABELS), "label": LABELS[index % len(LABELS)],
-                          "score": float(rng.uniform(0.05, 1.0)), "box": [x, y, x + w, y + h],
-                          "mask": {"size": [height, width], "counts": rle["counts"].decode("ascii")}})
-    return instances
+        instances.append(InstanceRecord(index % len(LABELS), LABELS[index % len(LABELS)],
+                                         float(rng.uniform(0.05, 1.0)), (x, y, x + w, y + h),
+                                         {"size": [height, width], "counts": rle["counts"].decode("ascii")}))
+    return tuple(instances)
 
 
-def make_records(stream: str, frames: int, instances: list[dict], width: int, height: int) -> list[dict]:
+def make_records(stream: str, frames: int, instances: tuple[InstanceRecord, ...], width: int,
+                 height: int) -> list[FrameRecord]:
     """In-order records of one stream sharing the same instances."""
-    return [{"stream": stream, "seq": seq, "frame_index": seq, "pts": seq / 25.0,
-             "captured_at": time.time(), "width": width, "height": height, "dropped_before": 0,
-             "timing_ms": {"decode": 1.0, "infer": 500.0}, "instances": instances}
+    return [FrameRecord(stream, seq, seq, seq / 25.0, time.time(), None, width, height, 0,
+                        {"decode": 1.0, "infer": 500.0}, instances)
             for seq in range(frames)]
 
 
 def warm_up_records(width: int, height: int):
     """Endless in-order records of the ``warmup`` stream, for the subscriber's slow join."""
-    template = make_records("warmup", 1, [], width, height)[0]
+    template = make_records("warmup", 1, (), width, height)[0]
     seq = 0
     while True:
-        yield {**template, "seq": seq, "frame_index": seq}
+        yield dataclasses.replace(template, seq=seq, frame_index=seq)
         seq += 1
 
 
@@ -116,15 +119,15 @@ def time_encode(records: list[dict]) -> dict:
     samples = []
     for record in records:
         start = time.perf_counter()
-        encode_message(frame_header(record, time.time()))
+        encode_message(dataclasses.replace(record, published_at=time.time()))
         samples.append(time.perf_counter() - start)
     return percentiles(samples)
 
 
 def time_publish_in_process(records: list[dict], width: int, height: int) -> tuple[dict, int]:
     """Per-frame ``Publisher.publish`` times with a live subscriber; the message size in bytes."""
-    publisher = Publisher({"endpoint": "tcp://127.0.0.1:*", "hwm": 0})
-    subscriber = Subscriber(publisher.ready(), records[0]["stream"])
+    publisher = Publisher(PublishSection(endpoint="tcp://127.0.0.1:*", hwm=0))
+    subscriber = Subscriber(publisher.ready(), records[0].stream)
     warm_up = warm_up_records(width, height)
     subscriber.wait_connected(lambda: publisher.publish(next(warm_up)))
     samples = []
@@ -132,7 +135,7 @@ def time_publish_in_process(records: list[dict], width: int, height: int) -> tup
         start = time.perf_counter()
         publisher.publish(record)
         samples.append(time.perf_counter() - start)
-    publisher.end_stream(records[0]["stream"], len(records))
+    publisher.end_stream(records[0].stream, len(records))
     subscriber.join()
     publisher.close()
     assert subscriber.received == len(records), "the subscriber missed frames"
@@ -141,14 +144,14 @@ def time_publish_in_process(records: list[dict], width: int, height: int) -> tup
 
 def time_actor(records: list[dict], width: int, height: int) -> float:
     """Frames/s through the Ray actor, first call to the subscriber's EOS."""
-    publisher = PublisherActor.remote({"endpoint": "tcp://127.0.0.1:*", "hwm": 0})
-    subscriber = Subscriber(ray.get(publisher.ready.remote()), records[0]["stream"])
+    publisher = PublisherActor.remote(PublishSection(endpoint="tcp://127.0.0.1:*", hwm=0))
+    subscriber = Subscriber(ray.get(publisher.ready.remote()), records[0].stream)
     warm_up = warm_up_records(width, height)
     subscriber.wait_connected(lambda: ray.get(publisher.publish.remote(next(warm_up))))
     start = time.perf_counter()
     for record in records:
         publisher.publish.remote(record)
-    publisher.end_stream.remote(records[0]["stream"], len(records))
+    publisher.end_stream.remote(records[0].stream, len(records))
     subscriber.join()
     ray.get(publisher.close.remote())
     ray.kill(publisher)

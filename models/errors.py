@@ -52,3 +52,7 @@ class ConsumerError(MaskstreamError, ValueError):
 
 class CurveKeyError(MaskstreamError, ValueError):
     """A CURVE key directory that is missing, incomplete or would be overwritten."""
+
+
+class SinkError(MaskstreamError, ValueError):
+    """An output file (JSON lines, COCO results, overlay video) that cannot be written."""

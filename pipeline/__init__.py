@@ -5,6 +5,7 @@
     summary = run(load_pipeline_config("my.yaml", ["sources.max_frames=100"]))
     print(summary.table())
 
-Modules, in the order frames flow: config, sources, ingest, batching (scheduler), publisher
-(protocol, sinks, overlay, keys), consumer; metrics and runner around them.
+Modules, in the order frames flow: config, sources, ingest, batching (the rule) and scheduler
+(the loop onto the workers), publisher (protocol: the frame record and the wire messages; sinks,
+overlay, keys), consumer; metrics and runner around them.
 """

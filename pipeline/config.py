@@ -94,21 +94,26 @@ class BatchingSection:
 @dataclass
 class PublishSection:
     endpoint: str = "tcp://127.0.0.1:5555"
-    hwm: int = 1000                    # messages queued per subscriber before ZeroMQ drops
+    hwm: int = 1000                    # messages queued per subscriber before ZeroMQ drops (0: no limit)
     curve_keys: str | None = None      # key directory (python -m pipeline.keys); none: plain TCP
+    linger_ms: int = 1000              # at the end, how long unsent messages may still go out (-1: until sent)
 
     def validate(self, path: str) -> None:
         require("://" in self.endpoint, path + ".endpoint", "must look like tcp://HOST:PORT")
         require(self.hwm >= 0, path + ".hwm", "must be >= 0")
+        require(self.linger_ms >= -1, path + ".linger_ms", "must be >= 0, or -1 to wait until sent")
 
 
 @dataclass
 class OutputSection:
     dir: str | None = None             # file sinks (JSON lines, COCO results); none: no files
     overlay: bool = False              # also an overlay video per stream (needs dir)
+    overlay_fps: float | None = None   # the overlay video's frame rate; none: the source's own
 
     def validate(self, path: str) -> None:
         require(not self.overlay or self.dir is not None, path + ".overlay", "needs output.dir")
+        require(self.overlay_fps is None or self.overlay_fps > 0, path + ".overlay_fps",
+                "must be positive (or null: the source's own frame rate)")
 
 
 @dataclass
@@ -121,6 +126,7 @@ class PipelineConfig:
     publish: PublishSection = field(default_factory=PublishSection)
     output: OutputSection = field(default_factory=OutputSection)
     metrics_port: int | None = None    # serve Prometheus metrics on this port
+    metrics_host: str = "0.0.0.0"      # the address the metrics are served on (127.0.0.1: this machine only)
     ray_address: str | None = None     # join this Ray cluster; none: start a local one
     verbose: bool = False
     progress: bool = True              # progress bars for offline streams (on a terminal)

@@ -7,13 +7,14 @@ import contextlib
 import sys
 import time
 
-from .consumer import Consumer, EndOfStream, Frame
+from .consumer import Consumer
+from .protocol import EndOfStream, FrameRecord
 from .sinks import JsonlSink, OverlayVideoSink
 
-MAX_LABELS_SHOWN = 5
+MAX_LABELS_SHOWN = 5  # per line; the rest is counted
 
 
-def describe(frame: Frame) -> str:
+def describe(frame: FrameRecord) -> str:
     """One line per frame: ids, timing and the best few instances."""
     age_ms = (time.time() - frame.captured_at) * 1e3
     labels = ", ".join(f"{inst.label} {inst.score:.2f}" for inst in frame.instances[:MAX_LABELS_SHOWN])
@@ -82,9 +83,10 @@ def consume(consumer: Consumer, jsonl: JsonlSink | None, video: OverlayVideoSink
             continue
         print(describe(message), flush=True)
         if jsonl:
-            jsonl.write(message.header)
+            jsonl.write(message)
         if video:
-            video.write(message.header)
+            video.write(message)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,11 +1,11 @@
 """Ingest: one Ray actor per stream reads its source and hands frames out through the object store.
 
 A reader thread decodes frames into a small buffer; the scheduler takes them with `take()`, which
-returns only references and stamps. A frame's pixels are `(ref, index)`: frame `index` of the
-object-store array `ref` (n, H, W, 3). Offline, the reader decodes `block` consecutive frames
-(of one size) straight into one array and puts it into the object store with one put (a put has
-a fixed cost besides the copy: one per batch instead of one per frame); live, where most frames
-are dropped as stale, only the frames taken are put, each alone, by `take()`.
+returns frame records (pipeline.protocol.FrameRecord) whose pixels are a handle into the object
+store (workers.frames.FrameRef). Offline, the reader decodes `block` consecutive frames (of one
+size) straight into one array and puts it into the object store with one put (a put has a fixed
+cost besides the copy: one per batch instead of one per frame); live, where most frames are
+dropped as stale, only the frames taken are put, each alone, by `take()`.
 
 - offline: the buffer holds at most `read_ahead` frames and the reader blocks when it is full, so
   memory stays bounded however slow inference is;
@@ -27,13 +27,17 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
+from workers.frames import FrameRef, put_frames
+
 from .config import SourcesSection
-from .sources import Frame, FrameSource, SourceError, SourceSpec, open_source
+from .protocol import FrameRecord
+from .sources import DecodedFrame, FrameSource, SourceError, SourceSpec, open_source
 
 
 @dataclass
 class _Decoded:
-    pixels: object      # offline (ObjectRef of a block (n, H, W, 3), index); live the RGB (H, W, 3) array
+    """A frame in the reader's buffer; `take()` makes it a FrameRecord."""
+    pixels: FrameRef | np.ndarray  # offline its place in a block already put; live the RGB (H, W, 3) array
     height: int
     width: int
     pts: float
@@ -42,12 +46,23 @@ class _Decoded:
     decode_ms: float    # decoding, conversion to RGB and (offline) its share of the block's put
 
 
-def fetch_frames(pixels: list) -> list[np.ndarray]:
-    """The RGB (H, W, 3) arrays of frames given as `(ref, index)` pairs: each block is fetched
-    once, zero-copy on its node (read-only views into the object store)."""
-    refs = list(dict.fromkeys(ref for ref, _ in pixels))
-    blocks = dict(zip(refs, ray.get(refs)))
-    return [blocks[ref][index] for ref, index in pixels]
+@dataclass
+class Opened:
+    """The answer of `open()`: the stream, what it holds, or why it does not run."""
+    stream: str
+    total: int | None                 # frames expected (offline, when known): for progress bars
+    size: tuple[int, int] | None      # (height, width) of the first frame
+    fps: float | None                 # the source's frame rate
+    error: str | None = None          # one line naming the input; the stream does not run then
+
+
+@dataclass
+class Taken:
+    """The answer of `take()`."""
+    frames: list[FrameRecord]         # seq not yet assigned; pixels: FrameRef
+    done: bool                        # no frame will follow
+    error: str | None                 # why the stream ended early, or None
+    events: list[str]                 # one-line notices since the last take()
 
 
 class Ingest:
@@ -72,13 +87,11 @@ class Ingest:
         self._dropped = 0              # dropped in all
         self._dropped_pending = 0      # dropped since the last frame taken
         self._source: FrameSource | None = None
-        self._first: Frame | None = None
+        self._first: DecodedFrame | None = None
         self._thread = threading.Thread(target=self._read_loop, name=f"ingest-{spec.stream_id}", daemon=True)
 
-    def open(self) -> dict:
-        """Open the source and read its first frame. Returns {"stream", "total", "size": [height,
-        width] of the first frame, "error"}: error is a one-line problem naming the input (the
-        stream does not run then), else None."""
+    def open(self) -> Opened:
+        """Open the source and read its first frame."""
         try:
             self._source = self._open()
             self._first = self._source.read()
@@ -87,9 +100,8 @@ class Ingest:
         except SourceError as error:
             if self._source is not None:
                 self._source.close()
-            return {"stream": self.spec.stream_id, "total": None, "size": None, "error": str(error)}
-        return {"stream": self.spec.stream_id, "total": self._expected_total(),
-                "size": list(self._first.rgb.shape[:2]), "error": None}
+            return Opened(self.spec.stream_id, None, None, None, str(error))
+        return Opened(self.spec.stream_id, self._expected_total(), self._first.rgb.shape[:2], self._source.fps)
 
     def start(self) -> None:
         """Start reading (after open() succeeded), once the rest of the pipeline is ready: a live
@@ -105,15 +117,10 @@ class Ingest:
             total = min(total, self.options.max_frames) if total else self.options.max_frames
         return None if self.live else total
 
-    def take(self, max_frames: int, timeout_s: float, fill_s: float = 0.0) -> dict:
+    def take(self, max_frames: int, timeout_s: float, fill_s: float = 0.0) -> Taken:
         """Up to `max_frames` waiting frames, waiting at most `timeout_s` for the first and then
         at most `fill_s` more for the rest (offline, so that one call carries a whole batch
-        instead of the single frame the reader has just finished).
-
-        Returns {"frames": [{stream, frame_index, pts, captured_at, width, height, dropped_before,
-        decode_ms, pixels: (ObjectRef of RGB uint8 (n, H, W, 3), index)}], "done": no frame will follow,
-        "error": why the stream ended early or None, "events": one-line notices since last time}.
-        """
+        instead of the single frame the reader has just finished)."""
         with self._cond:
             self._cond.wait_for(lambda: self._buffer or self._finished or self._stopped, timeout_s)
             if self._buffer and fill_s > 0:
@@ -126,19 +133,17 @@ class Ingest:
             self._cond.notify_all()
         frames = []
         for decoded in taken:
-            frames.append(self._describe(decoded, dropped_before))
+            frames.append(self._record(decoded, dropped_before))
             dropped_before = 0  # the drops happened before the first frame taken
-        return {"frames": frames, "done": done, "error": self._error if done else None, "events": events}
+        return Taken(frames, done, self._error if done else None, events)
 
-    def _describe(self, decoded: _Decoded, dropped_before: int) -> dict:
-        return {"stream": self.spec.stream_id, "frame_index": decoded.frame_index,
-                "pts": decoded.pts, "captured_at": decoded.captured_at,
-                "width": decoded.width, "height": decoded.height, "dropped_before": dropped_before,
-                "decode_ms": decoded.decode_ms, "pixels": self._in_store(decoded.pixels)}
-
-    @staticmethod
-    def _in_store(pixels) -> tuple:
-        return pixels if isinstance(pixels, tuple) else (ray.put(pixels[None]), 0)
+    def _record(self, decoded: _Decoded, dropped_before: int) -> FrameRecord:
+        pixels = decoded.pixels
+        if not isinstance(pixels, FrameRef):  # live: put now that it is taken
+            pixels, = put_frames(pixels[None])
+        return FrameRecord(self.spec.stream_id, None, decoded.frame_index, decoded.pts, decoded.captured_at,
+                           None, decoded.width, decoded.height, dropped_before,
+                           {"decode": decoded.decode_ms}, pixels=pixels)
 
     def stop(self) -> dict:
         """Stop reading (frames already waiting can still be taken); returns `counts()`."""
@@ -215,11 +220,11 @@ class Ingest:
             return
         began = time.perf_counter()
         count = len(self._gathered)
-        ref = ray.put(self._block[:count])
+        refs = put_frames(self._block[:count])
         share_ms = (time.perf_counter() - began) * 1e3 / count
         gathered, self._gathered = self._gathered, []
-        for index, item in enumerate(gathered):
-            item.pixels = (ref, index)
+        for item, ref in zip(gathered, refs):
+            item.pixels = ref
             item.decode_ms += share_ms
             self._offer(item)
 

@@ -5,6 +5,7 @@ gives the end-of-run `RunSummary`. With a metrics port it serves, from its own r
 
 - `maskstream_frames_accepted_total{stream}`, `maskstream_frames_published_total{stream}`,
   `maskstream_frames_dropped_total{stream}` (live frames dropped before inference);
+- `maskstream_batches_rerun_total`: batches re-run because their worker died;
 - `maskstream_stage_latency_seconds{stage}`: a histogram per stage;
 - `maskstream_stage_latency_ms{stage, quantile}`: p50, p95 and p99 over recent frames, as in
   the summary (refreshed at most once a second).
@@ -18,10 +19,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from .protocol import FrameRecord
 
 STAGES = ("decode", "queue", "fetch", "inference", "result")
 QUANTILES = (50, 95, 99)
@@ -48,6 +53,7 @@ class RunSummary:
     latency_ms: dict[str, dict]    # stage -> {count, p50, p95, p99}
     workers: list[dict]            # each worker's ready() answer: name, device, gpu_ids, node_id
     errors: list[str]              # one line per input that failed
+    reruns: int = 0                # batches re-run because their worker died
 
     @property
     def published(self) -> int:
@@ -65,6 +71,8 @@ class RunSummary:
         lines.append(f"{'stage latency ms':<20} {'p50':>9} {'p95':>9} {'p99':>9} {'frames':>7}")
         for stage, p in self.latency_ms.items():
             lines.append(f"{stage:<20} {p['p50']:>9.1f} {p['p95']:>9.1f} {p['p99']:>9.1f} {p['count']:>7}")
+        if self.reruns:
+            lines.append(f"re-run after a worker died: {self.reruns} batch(es)")
         return "\n".join(lines + [f"error: {e}" for e in self.errors])
 
 
@@ -77,10 +85,13 @@ def percentiles(samples) -> dict:
 class RunStats:
     """Counts and latencies of a run, shown as progress bars and served to Prometheus."""
 
-    def __init__(self, totals: dict[str, int | None], progress: bool, metrics_port: int | None):
+    def __init__(self, totals: dict[str, int | None], progress: bool, metrics_port: int | None,
+                 metrics_host: str = "0.0.0.0"):
         """`totals`: expected frames per stream (None when unknown); progress bars are shown for
-        streams in `totals` when `progress` and stderr is a terminal."""
+        streams in `totals` when `progress` and stderr is a terminal; metrics are served on
+        `metrics_host`:`metrics_port` when a port is given."""
         self.started = time.monotonic()
+        self.reruns = 0
         self.accepted_frames = dict.fromkeys(totals, 0)
         self.published_frames = dict.fromkeys(totals, 0)
         self._latency = {stage: deque(maxlen=LATENCY_SAMPLES) for stage in STAGES}
@@ -94,13 +105,15 @@ class RunStats:
         self._m_published = Counter("maskstream_frames_published", "Frames published", ["stream"], **labels)
         self._m_dropped = Counter("maskstream_frames_dropped", "Live frames dropped before inference",
                                   ["stream"], **labels)
+        self._m_reruns = Counter("maskstream_batches_rerun", "Batches re-run because their worker died",
+                                 **labels)
         self._m_latency = Histogram("maskstream_stage_latency_seconds", "Latency per stage", ["stage"],
                                     buckets=LATENCY_BUCKETS_S, **labels)
         self._m_quantile = Gauge("maskstream_stage_latency_ms", "Latency percentiles per stage over recent frames",
                                  ["stage", "quantile"], **labels)
         self._quantiles_at = 0.0
         if metrics_port is not None:
-            self._server, _thread = start_http_server(metrics_port, addr="0.0.0.0", registry=self._registry)
+            self._server, _thread = start_http_server(metrics_port, addr=metrics_host, registry=self._registry)
 
     def accepted(self, stream: str, dropped_before: int) -> None:
         self.accepted_frames[stream] += 1
@@ -108,12 +121,12 @@ class RunStats:
         if dropped_before:
             self._m_dropped.labels(stream).inc(dropped_before)
 
-    def published(self, record: dict) -> None:
-        """A frame's result went to the publisher; `record["timing_ms"]` holds its stage times."""
-        stream = record["stream"]
+    def published(self, record: FrameRecord) -> None:
+        """A frame's result went to the publisher; `record.timing_ms` holds its stage times."""
+        stream = record.stream
         self.published_frames[stream] += 1
         self._m_published.labels(stream).inc()
-        stages = dict(record["timing_ms"], result=(time.time() - record["captured_at"]) * 1e3)
+        stages = dict(record.timing_ms, result=(time.time() - record.captured_at) * 1e3)
         for stage, ms in stages.items():
             if stage in self._latency:
                 self._latency[stage].append(ms)
@@ -121,6 +134,11 @@ class RunStats:
         self._bars[stream].update(1)
         if time.monotonic() - self._quantiles_at >= QUANTILE_REFRESH_S:
             self.refresh_quantiles()
+
+    def rerun(self) -> None:
+        """A batch is run again because its worker died."""
+        self.reruns += 1
+        self._m_reruns.inc()
 
     def refresh_quantiles(self) -> None:
         self._quantiles_at = time.monotonic()
@@ -152,7 +170,7 @@ class RunStats:
                 dropped=counts["dropped"], fps=sent.get("published", 0) / seconds if seconds > 0 else 0.0,
                 error=errors.get(sid), end_to_end_ms=sent.get("latency_ms", {}).get("end_to_end", {}))
         self.refresh_quantiles()
-        return RunSummary(seconds, streams, self.latency_ms(), workers, list(errors.values()))
+        return RunSummary(seconds, streams, self.latency_ms(), workers, list(errors.values()), self.reruns)
 
     def close(self) -> None:
         for bar in self._bars.values():

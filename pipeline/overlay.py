@@ -3,10 +3,13 @@
 Shared by the publisher's overlay-video sink and ``python -m pipeline.consume --video``.
 """
 import colorsys
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from workers.results import InstanceRecord
 
 MASK_OPACITY = 0.5
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895
@@ -19,22 +22,22 @@ def class_colour(class_id: int) -> tuple[int, int, int]:
     return int(blue * 255), int(green * 255), int(red * 255)
 
 
-def draw_instances(image: np.ndarray, instances: list[dict]) -> np.ndarray:
-    """Draws wire-format instances onto ``image`` (H, W, 3) uint8 BGR, in place, and returns it.
+def draw_instances(image: np.ndarray, instances: Sequence[InstanceRecord]) -> np.ndarray:
+    """Draws instances onto ``image`` (H, W, 3) uint8 BGR, in place, and returns it.
 
     Masks are COCO RLE of the image's size; boxes are [x1, y1, x2, y2] pixels.
     """
     if not instances:
         return image
-    masks = mask_utils.decode([inst["mask"] for inst in instances])  # (H, W, N) uint8
+    masks = mask_utils.decode([inst.rle for inst in instances])  # (H, W, N) uint8
     for index, inst in enumerate(instances):
-        colour = class_colour(inst["class_id"])
+        colour = class_colour(inst.class_id)
         inside = masks[:, :, index].astype(bool)
         image[inside] = (image[inside] * (1 - MASK_OPACITY)
                          + np.array(colour) * MASK_OPACITY).astype(np.uint8)
-        x1, y1, x2, y2 = (int(round(v)) for v in inst["box"])
+        x1, y1, x2, y2 = (int(round(v)) for v in inst.box)
         cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
-        _draw_caption(image, f"{inst['label']} {inst['score']:.2f}", (x1, y1), colour)
+        _draw_caption(image, f"{inst.label} {inst.score:.2f}", (x1, y1), colour)
     return image
 
 

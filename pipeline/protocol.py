@@ -1,6 +1,13 @@
-"""Wire protocol v1: the messages the publisher sends and consumers read.
+"""Wire protocol v1: the frame record every stage shares, and the messages consumers read.
 
-One ZeroMQ multipart message per frame on a PUB socket (see ../shared/DESIGN.md):
+A frame travels as one `FrameRecord`: the ingest makes it (stream, frame_index, pts, ...), the
+scheduler numbers it (`seq`) and fills in the `InstanceRecord`s a worker found in it (defined in
+workers.results, since workers make them and never import the pipeline), the publisher stamps
+`published_at` and sends it, the sinks write it, and the consumer SDK reads it back from the
+wire. `EndOfStream` ends a stream. `to_wire()` gives a record's JSON header, `from_wire()` reads
+one.
+
+One ZeroMQ multipart message per frame on a PUB socket:
 
 1. topic ``maskstream/<stream_id>/``: the trailing slash keeps a ``cam1`` subscription from
    matching ``cam10``, since ZeroMQ subscriptions are byte prefixes;
@@ -8,20 +15,116 @@ One ZeroMQ multipart message per frame on a PUB socket (see ../shared/DESIGN.md)
    ``FRAME_FIELDS``, in that order;
 3. at the end of a stream, instead of a frame: ``{"schema": "maskstream.eos/1", "stream", "frames"}``.
 
-Instances carry ``class_id``, ``label``, ``score``, ``box`` ([x1, y1, x2, y2] in pixels) and
-``mask`` ({"size": [height, width], "counts": COCO compressed RLE string}).
+The JSON Schemas of both headers ship with the package (``json_schema(FRAME_SCHEMA)``, files in
+pipeline/schema/). Fields may be added within version 1: consumers ignore what they do not know.
 """
+from __future__ import annotations
+
+import dataclasses
 import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pycocotools import mask as mask_utils
 
 from models.errors import ProtocolError
+from workers.results import InstanceRecord
+
+if TYPE_CHECKING:  # the consumer SDK reads records without Ray
+    from workers.frames import FrameRef
 
 FRAME_SCHEMA = "maskstream.frame/1"
 EOS_SCHEMA = "maskstream.eos/1"
 TOPIC_ROOT = "maskstream/"
 
-FRAME_FIELDS = ("stream", "seq", "frame_index", "pts", "captured_at", "published_at", "width",
-                "height", "dropped_before", "timing_ms", "instances")
-INSTANCE_FIELDS = ("class_id", "label", "score", "box", "mask")
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One frame of one stream, from the ingest to the consumer (see the module docstring).
+
+    The fields before ``pixels`` are the wire header's, in its order. Before the publisher,
+    ``seq`` is None until the scheduler accepts the frame and ``published_at`` is None.
+    """
+    stream: str
+    seq: int | None               # per stream from 0, gap-free over published frames
+    frame_index: int              # position in the source (live: frames dropped before are skipped)
+    pts: float                    # seconds, on the source's clock
+    captured_at: float            # Unix seconds when the frame was read
+    published_at: float | None    # Unix seconds when it was sent
+    width: int
+    height: int
+    dropped_before: int           # frames of this stream dropped since the last one published
+    timing_ms: dict[str, float]   # milliseconds per stage: decode, queue, fetch, inference, publish
+    instances: tuple[InstanceRecord, ...] = ()
+    pixels: FrameRef | None = field(default=None, compare=False, repr=False)  # never on the wire
+
+    @cached_property
+    def masks(self) -> np.ndarray:
+        """(N, height, width) bool masks of the instances, decoded once."""
+        if not self.instances:
+            return np.zeros((0, self.height, self.width), bool)
+        decoded = mask_utils.decode([inst.rle for inst in self.instances])  # (H, W, N)
+        return np.moveaxis(decoded, -1, 0).astype(bool)
+
+    def check(self) -> None:
+        """Raises a one-line ProtocolError if the record cannot be published: a bad stream id, no
+        seq, or a mask of another size than the frame."""
+        check_stream_id(self.stream)
+        if not isinstance(self.seq, (int, np.integer)) or self.seq < 0:
+            raise ProtocolError(f"record of stream {self.stream!r} frame {self.frame_index}: "
+                                f"seq {self.seq!r} is not a number from 0")
+        for inst in self.instances:
+            if list(inst.rle["size"]) != [self.height, self.width]:
+                raise ProtocolError(f"record of stream {self.stream!r} seq {self.seq}: a mask of size "
+                                    f"{list(inst.rle['size'])} in a {self.height}x{self.width} frame")
+
+    def to_wire(self) -> dict:
+        """The v1 header: plain JSON types (numpy scalars become numbers), fields in order."""
+        return {"schema": FRAME_SCHEMA, "stream": self.stream, "seq": int(self.seq),
+                "frame_index": int(self.frame_index), "pts": float(self.pts),
+                "captured_at": float(self.captured_at), "published_at": float(self.published_at),
+                "width": int(self.width), "height": int(self.height),
+                "dropped_before": int(self.dropped_before),
+                "timing_ms": {stage: float(ms) for stage, ms in self.timing_ms.items()},
+                "instances": [inst.to_wire() for inst in self.instances]}
+
+    @classmethod
+    def from_wire(cls, header: dict) -> FrameRecord:
+        """The record of a v1 header; a one-line ProtocolError naming what is missing or malformed."""
+        missing = [name for name in FRAME_FIELDS if name not in header]
+        where = f"frame header of stream {header.get('stream')!r} seq {header.get('seq')!r}"
+        if missing:
+            raise ProtocolError(f"{where}: missing {', '.join(missing)}")
+        try:
+            instances = tuple(InstanceRecord.from_wire(inst) for inst in header["instances"])
+        except (KeyError, TypeError) as error:
+            raise ProtocolError(f"{where}: malformed instance ({type(error).__name__}: {error})") from None
+        return cls(**{name: header[name] for name in FRAME_FIELDS if name != "instances"}, instances=instances)
+
+
+FRAME_FIELDS = tuple(f.name for f in dataclasses.fields(FrameRecord) if f.name != "pixels")
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """A stream's end: it published ``frames`` frames, seq 0..frames-1."""
+    stream: str
+    frames: int
+
+    def to_wire(self) -> dict:
+        return {"schema": EOS_SCHEMA, "stream": self.stream, "frames": int(self.frames)}
+
+    @classmethod
+    def from_wire(cls, header: dict) -> EndOfStream:
+        if "frames" not in header:
+            raise ProtocolError(f"end of stream {header.get('stream')!r}: missing frames")
+        return cls(header["stream"], header["frames"])
+
+
+MESSAGE_TYPES = {FRAME_SCHEMA: FrameRecord, EOS_SCHEMA: EndOfStream}
 
 
 def check_stream_id(stream_id: str) -> None:
@@ -36,74 +139,25 @@ def topic(stream_id: str) -> bytes:
     return f"{TOPIC_ROOT}{stream_id}/".encode()
 
 
-def check_record(record: dict) -> None:
-    """Raises a one-line ProtocolError if a pipeline record lacks a field the header needs."""
-    missing = [name for name in FRAME_FIELDS if name != "published_at" and name not in record]
-    if missing:
-        raise ProtocolError(f"record of stream {record.get('stream')!r} seq {record.get('seq')!r}: "
-                            f"missing {', '.join(missing)}")
+def encode_header(message: FrameRecord | EndOfStream) -> bytes:
+    """The header as compact UTF-8 JSON; also the line format of the JSON-lines sinks."""
+    return json.dumps(message.to_wire(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def frame_header(record: dict, published_at: float) -> dict:
-    """The v1 header of a pipeline record, stamped with ``published_at`` (Unix seconds).
-
-    Keeps exactly the protocol's fields (a record's extra keys, such as ``frame_ref``, stay out)
-    and turns numpy scalars into plain JSON numbers.
-    """
-    check_record(record)
-    return {
-        "schema": FRAME_SCHEMA,
-        "stream": record["stream"],
-        "seq": int(record["seq"]),
-        "frame_index": int(record["frame_index"]),
-        "pts": float(record["pts"]),
-        "captured_at": float(record["captured_at"]),
-        "published_at": float(published_at),
-        "width": int(record["width"]),
-        "height": int(record["height"]),
-        "dropped_before": int(record["dropped_before"]),
-        "timing_ms": {stage: float(ms) for stage, ms in record["timing_ms"].items()},
-        "instances": [_instance(inst) for inst in record["instances"]],
-    }
+def encode_message(message: FrameRecord | EndOfStream) -> list[bytes]:
+    """The multipart message [topic, header] of a frame or an end of stream."""
+    return [topic(message.stream), encode_header(message)]
 
 
-def _instance(inst: dict) -> dict:
-    """One instance with plain JSON types, in the protocol's field order."""
-    counts = inst["mask"]["counts"]
-    return {
-        "class_id": int(inst["class_id"]),
-        "label": str(inst["label"]),
-        "score": float(inst["score"]),
-        "box": [float(v) for v in inst["box"]],
-        "mask": {"size": [int(v) for v in inst["mask"]["size"]],
-                 "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts},
-    }
-
-
-def eos_header(stream_id: str, frames: int) -> dict:
-    """The end-of-stream message: ``stream_id`` published ``frames`` frames (seq 0..frames-1)."""
-    return {"schema": EOS_SCHEMA, "stream": stream_id, "frames": int(frames)}
-
-
-def encode_header(header: dict) -> bytes:
-    """Compact UTF-8 JSON; also the line format of the JSON-lines sinks."""
-    return json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def encode_message(header: dict) -> list[bytes]:
-    """The multipart message [topic, header] for a frame or EOS header."""
-    return [topic(header["stream"]), encode_header(header)]
-
-
-def decode_message(parts: list[bytes]) -> dict:
-    """The header of a received [topic, header] message, checked against its topic and schema."""
+def decode_header(parts: list[bytes]) -> dict:
+    """The JSON header of a received [topic, header] message, checked against its topic and schema."""
     if len(parts) != 2:
         raise ProtocolError(f"message of {len(parts)} parts: v1 messages have 2 (topic, header)")
     try:
         header = json.loads(parts[1])
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ProtocolError(f"message on {parts[0]!r}: header is not UTF-8 JSON ({error})") from None
-    if not isinstance(header, dict) or header.get("schema") not in (FRAME_SCHEMA, EOS_SCHEMA):
+    if not isinstance(header, dict) or header.get("schema") not in MESSAGE_TYPES:
         schema = header.get("schema") if isinstance(header, dict) else None
         raise ProtocolError(f"message on {parts[0]!r}: unknown schema {schema!r}")
     if topic(header.get("stream")) != parts[0]:
@@ -111,6 +165,14 @@ def decode_message(parts: list[bytes]) -> dict:
     return header
 
 
-def is_eos(header: dict) -> bool:
-    """Whether a decoded header ends its stream."""
-    return header["schema"] == EOS_SCHEMA
+def decode_message(parts: list[bytes]) -> FrameRecord | EndOfStream:
+    """The frame record or end of stream of a received [topic, header] message."""
+    header = decode_header(parts)
+    return MESSAGE_TYPES[header["schema"]].from_wire(header)
+
+
+def json_schema(schema: str) -> dict:
+    """The JSON Schema (draft 2020-12) of ``FRAME_SCHEMA`` or ``EOS_SCHEMA`` headers, as shipped
+    with the package (pipeline/schema/maskstream.frame-1.json, maskstream.eos-1.json)."""
+    name = schema.replace("/", "-") + ".json"
+    return json.loads(resources.files(__package__).joinpath("schema", name).read_text(encoding="utf-8"))

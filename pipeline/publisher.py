@@ -2,25 +2,27 @@
 
 Interface with the pipeline core::
 
-    publisher = PublisherActor.options(...).remote(PublisherConfig(...))  # or a dict of its fields
+    publisher = PublisherActor.options(...).remote(PublishSection(...), OutputSection(...), class_names)
     endpoint = ray.get(publisher.ready.remote())  # the bound endpoint; bind and key errors show here
-    publisher.publish.remote(record)              # any order; sent in seq order per stream
+    publisher.open_stream.remote(stream_id, fps)  # before its frames: the source's frame rate
+    publisher.publish.remote(record)              # a FrameRecord, any order; sent in seq order per stream
     publisher.publish_many.remote([record, ...])  # the same for a batch's records, in one call
     publisher.end_stream.remote(stream_id, frames)
     ray.get(publisher.stats.remote())             # during the run
     ray.get(publisher.close.remote())             # at the end or on Ctrl-C; returns the final stats
 
-``record`` is a dict: ``stream, seq, frame_index, pts, captured_at, width, height,
-dropped_before, timing_ms`` ({stage: ms}) and ``instances`` (``[{class_id, label, score, box:
-[x1, y1, x2, y2], mask: {size: [h, w], counts: str}}]``), plus ``frame_ref``: ``(ObjectRef, index)``,
-frame ``index`` of an object-store array of RGB uint8 (n, H, W, 3) pixels, when the overlay video
-is on (inside a record Ray passes the reference on instead of resolving it).
+``record`` is a ``pipeline.protocol.FrameRecord``; its ``pixels`` (a FrameRef into the object
+store) are read only when the overlay video is on (inside a record Ray passes the reference on
+instead of resolving it).
 
 - ``seq`` must run 0, 1, 2, ... per stream: a missing seq holds back later frames until it
   arrives (or until ``close``, which sends what is waiting). A seq seen before (a batch retried
   after a worker died) is dropped and counted.
 - Each sent header gets ``published_at`` and ``timing_ms["publish"]``: milliseconds from the
   record's arrival here to its sending, which includes waiting for earlier seqs.
+- ``open_stream(stream_id, fps)`` opens the stream's files; the overlay video runs at
+  ``output.overlay_fps`` if set, else at ``fps``, the source's own rate. A stream not opened
+  before its first frame opens then, as a source that does not say its rate (FALLBACK_FPS).
 - ``end_stream(stream_id, frames)``: once seqs 0..frames-1 are out, closes that stream's files
   and sends EOS. ``close()`` sends what is waiting, EOS for every stream not yet ended, closes
   the socket and files, and returns ``stats()``.
@@ -31,11 +33,9 @@ is on (inside a record Ray passes the reference on instead of resolving it).
 ``PublisherActor`` asks for no CPU (it is light and must not queue behind inference workers);
 place it on the node whose address the endpoint names.
 """
-import dataclasses
 import time
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,47 +44,15 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from models.errors import PublisherError
+from workers.frames import fetch_frames
 
-from .ingest import fetch_frames
+from .config import OutputSection, PublishSection
 from .keys import load_server_keys
-from .protocol import check_record, check_stream_id, encode_message, eos_header, frame_header
+from .protocol import EndOfStream, FrameRecord, check_stream_id, encode_message
 from .sinks import StreamSinks
+from .sources import FALLBACK_FPS
 
 LATENCY_SAMPLES = 10_000  # per stage and stream: recent enough, bounded memory
-
-
-@dataclass
-class PublisherConfig:
-    """Where and how to publish.
-
-    ``hwm``: ZeroMQ's send high-water mark, in messages per subscriber (0: no limit); a
-    subscriber that falls further behind loses messages, the file sinks do not.
-    ``curve_keys``: the publisher's key directory (see ``pipeline.keys``), None for plain TCP.
-    ``out_dir``: where the file sinks write (see ``pipeline.sinks``), None for none.
-    ``class_names[class_id]``: labels for the COCO categories, also those never detected.
-    """
-    endpoint: str = "tcp://127.0.0.1:5555"
-    hwm: int = 1000
-    curve_keys: str | None = None
-    out_dir: str | None = None
-    overlay_video: bool = False
-    overlay_fps: float = 25.0
-    class_names: list[str] | None = None
-    linger_ms: int = 1000
-
-    @classmethod
-    def from_value(cls, config: "PublisherConfig | Mapping") -> "PublisherConfig":
-        """A config from itself or a mapping of its fields, checked."""
-        if isinstance(config, Mapping):
-            unknown = sorted(set(config) - {f.name for f in dataclasses.fields(cls)})
-            if unknown:
-                raise PublisherError(f"publisher config: unknown key(s) {', '.join(unknown)}")
-            config = cls(**config)
-        if config.overlay_video and not config.out_dir:
-            raise PublisherError("publisher config: overlay_video needs out_dir")
-        if config.hwm < 0:
-            raise PublisherError(f"publisher config: hwm {config.hwm} must be >= 0")
-        return config
 
 
 @dataclass
@@ -93,7 +61,7 @@ class _Stream:
     stream_id: str
     sinks: StreamSinks | None
     next_seq: int = 0
-    waiting: dict = field(default_factory=dict)  # seq -> (record, arrival perf_counter)
+    waiting: dict = field(default_factory=dict)  # seq -> (FrameRecord, arrival perf_counter)
     frames: int | None = None  # known once end_stream is called
     ended: bool = False  # EOS sent
     duplicates: int = 0
@@ -101,9 +69,9 @@ class _Stream:
     dropped_before: int = 0
     latency_ms: dict = field(default_factory=dict)  # stage -> deque of samples
 
-    def add_latencies(self, header: dict) -> None:
-        samples = dict(header["timing_ms"])
-        samples["end_to_end"] = (header["published_at"] - header["captured_at"]) * 1e3
+    def add_latencies(self, record: FrameRecord) -> None:
+        samples = dict(record.timing_ms)
+        samples["end_to_end"] = (record.published_at - record.captured_at) * 1e3
         for stage, ms in samples.items():
             self.latency_ms.setdefault(stage, deque(maxlen=LATENCY_SAMPLES)).append(ms)
 
@@ -127,10 +95,15 @@ def _percentiles(samples: deque) -> dict:
 class Publisher:
     """The publisher's logic; ``PublisherActor`` runs it as a Ray actor (see the module docstring)."""
 
-    def __init__(self, config: "PublisherConfig | Mapping"):
-        self.config = PublisherConfig.from_value(config)
-        if self.config.out_dir:
-            _make_out_dir(self.config.out_dir)
+    def __init__(self, publish: PublishSection, output: OutputSection | None = None,
+                 class_names: list[str] | None = None):
+        """``class_names[class_id]``: labels for the COCO files' categories, also those never detected."""
+        output = output or OutputSection()
+        publish.validate("publish")
+        output.validate("output")
+        self.publish_section, self.output, self.class_names = publish, output, class_names
+        if output.dir:
+            _make_out_dir(output.dir)
         self._context = zmq.Context()
         self._authenticator = None
         self._socket = self._context.socket(zmq.PUB)
@@ -143,10 +116,11 @@ class Publisher:
         self._closed = False
 
     def _bind(self) -> None:
-        self._socket.sndhwm = self.config.hwm
-        self._socket.linger = self.config.linger_ms
-        if self.config.curve_keys:
-            public, secret, clients = load_server_keys(self.config.curve_keys)
+        config = self.publish_section
+        self._socket.sndhwm = config.hwm
+        self._socket.linger = config.linger_ms
+        if config.curve_keys:
+            public, secret, clients = load_server_keys(config.curve_keys)
             # The authenticator must run before the socket binds, or handshakes skip it.
             self._authenticator = ThreadAuthenticator(self._context)
             self._authenticator.start()
@@ -155,32 +129,37 @@ class Publisher:
             self._socket.curve_publickey = public
             self._socket.curve_secretkey = secret
         try:
-            self._socket.bind(self.config.endpoint)
+            self._socket.bind(config.endpoint)
         except zmq.ZMQError as error:
-            raise PublisherError(f"publish endpoint {self.config.endpoint}: {error.strerror}") from None
+            raise PublisherError(f"publish endpoint {config.endpoint}: {error.strerror}") from None
         self._endpoint = self._socket.last_endpoint.decode()
 
     def ready(self) -> str:
         """The endpoint actually bound (a ``*`` port resolved)."""
         return self._endpoint
 
-    def publish(self, record: dict) -> None:
+    def open_stream(self, stream_id: str, fps: float) -> None:
+        """Opens ``stream_id``'s files before its first frame; ``fps``: the source's frame rate."""
+        self._check_open()
+        self._stream(stream_id, fps)
+
+    def publish(self, record: FrameRecord) -> None:
         """Takes a record in any order; sends every record whose earlier seqs are all out."""
         arrived = time.perf_counter()
         self._check_open()
-        check_record(record)  # now, not when its turn comes: a bad record must not stall the stream
-        stream = self._stream(record["stream"])
-        seq = int(record["seq"])
+        record.check()  # now, not when its turn comes: a bad record must not stall the stream
+        stream = self._stream(record.stream)
+        seq = int(record.seq)
         if seq < stream.next_seq or seq in stream.waiting:
             stream.duplicates += 1
             return
         if stream.frames is not None and seq >= stream.frames:
-            raise PublisherError(f"stream {record['stream']}: seq {seq} is past its end "
+            raise PublisherError(f"stream {record.stream}: seq {seq} is past its end "
                                  f"({stream.frames} frames)")
         stream.waiting[seq] = (record, arrived)
         self._send_in_order(stream)
 
-    def publish_many(self, records: list[dict]) -> None:
+    def publish_many(self, records: list[FrameRecord]) -> None:
         """``publish`` for each record in turn: one actor call for a whole batch's frames."""
         for record in records:
             self.publish(record)
@@ -218,14 +197,14 @@ class Publisher:
         if self._closed:
             raise PublisherError(f"publisher on {self._endpoint}: already closed")
 
-    def _stream(self, stream_id: str) -> _Stream:
+    def _stream(self, stream_id: str, source_fps: float | None = None) -> _Stream:
         """The state of ``stream_id``, opening its file sinks on first sight."""
         if stream_id not in self._streams:
             check_stream_id(stream_id)
             sinks = None
-            if self.config.out_dir:
-                sinks = StreamSinks(self.config.out_dir, stream_id, self.config.class_names,
-                                    self.config.overlay_fps if self.config.overlay_video else None)
+            if self.output.dir:
+                overlay_fps = (self.output.overlay_fps or source_fps or FALLBACK_FPS) if self.output.overlay else None
+                sinks = StreamSinks(self.output.dir, stream_id, self.class_names, overlay_fps)
             self._streams[stream_id] = _Stream(stream_id, sinks)
         return self._streams[stream_id]
 
@@ -235,21 +214,21 @@ class Publisher:
         if stream.frames is not None and stream.next_seq >= stream.frames and not stream.ended:
             self._send_eos(stream)
 
-    def _send_frame(self, stream: _Stream, record: dict, arrived: float) -> None:
-        timing_ms = {**record["timing_ms"], "publish": (time.perf_counter() - arrived) * 1e3}
-        header = frame_header({**record, "timing_ms": timing_ms}, published_at=time.time())
-        self._socket.send_multipart(encode_message(header))
-        stream.next_seq = header["seq"] + 1
-        stream.dropped_before += header["dropped_before"]
-        stream.add_latencies(header)
+    def _send_frame(self, stream: _Stream, record: FrameRecord, arrived: float) -> None:
+        sent = replace(record, published_at=time.time(),
+                       timing_ms={**record.timing_ms, "publish": (time.perf_counter() - arrived) * 1e3})
+        self._socket.send_multipart(encode_message(sent))
+        stream.next_seq = int(sent.seq) + 1
+        stream.dropped_before += sent.dropped_before
+        stream.add_latencies(sent)
         if stream.sinks is not None:
-            stream.sinks.write(header, _pixels(record) if stream.sinks.wants_pixels else None)
+            stream.sinks.write(sent, _pixels(sent) if stream.sinks.wants_pixels else None)
 
     def _send_eos(self, stream: _Stream) -> None:
         # Files first: a consumer that sees EOS may read them at once.
         if stream.sinks is not None:
             stream.sinks.close()
-        self._socket.send_multipart(encode_message(eos_header(stream.stream_id, stream.next_seq)))
+        self._socket.send_multipart(encode_message(EndOfStream(stream.stream_id, stream.next_seq)))
         stream.ended = True
 
     def _close_zmq(self) -> None:
@@ -266,10 +245,9 @@ def _make_out_dir(out_dir: str) -> None:
         raise PublisherError(f"output directory {out_dir}: {error.strerror}") from None
 
 
-def _pixels(record: dict) -> np.ndarray | None:
+def _pixels(record: FrameRecord) -> np.ndarray | None:
     """The frame's pixels from the object store, if the record refers to them."""
-    frame_ref = record.get("frame_ref")
-    return fetch_frames([frame_ref])[0] if frame_ref else None
+    return fetch_frames([record.pixels])[0] if record.pixels is not None else None
 
 
 PublisherActor = ray.remote(num_cpus=0)(Publisher)

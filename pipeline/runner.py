@@ -21,14 +21,15 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from models.config import ModelConfig, load_config
+from models.errors import PipelineError, SourceError
 from workers.inference import InferenceWorkerActor, ModelFactory
 
-from .batching import PipelineError, Scheduler, error_line
 from .config import PipelineConfig
-from .ingest import IngestActor
+from .ingest import IngestActor, Opened
 from .metrics import RunStats, RunSummary
-from .publisher import PublisherActor, PublisherConfig
-from .sources import SourceError, SourceSpec, parse_source
+from .publisher import PublisherActor
+from .scheduler import Scheduler, error_line
+from .sources import SourceSpec, parse_source
 
 log = logging.getLogger("maskstream")
 
@@ -55,18 +56,22 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
         try:
             ingests, opened, errors = start_ingests(specs, config, live, here)
             actors += ingests.values()
+            ray.get([publisher.open_stream.remote(sid, answer.fps) for sid, answer in opened.items()])
             workers, placement = start_workers(config, model_config, count, use_gpus, model_factory)
             warm_up(workers, opened, config.batching.max_batch, live)
             ray.get([ingest.start.remote() for ingest in ingests.values()])
-            totals = {sid: answer["total"] for sid, answer in opened.items()}
+            totals = {sid: answer.total for sid, answer in opened.items()}
             actors += workers.values()
             try:
-                stats = RunStats(totals, progress=config.progress and not live, metrics_port=config.metrics_port)
+                stats = RunStats(totals, progress=config.progress and not live, metrics_port=config.metrics_port,
+                                 metrics_host=config.metrics_host)
             except OSError as error:
-                raise PipelineError(f"metrics port {config.metrics_port}: {error.strerror}") from None
+                raise PipelineError(f"metrics port {config.metrics_host}:{config.metrics_port}: "
+                                    f"{error.strerror}") from None
             try:
-                scheduler = Scheduler(ingests, workers, publisher, live=live, overlay=config.output.overlay,
-                                      stats=stats, **scheduling_options(config, len(workers)))
+                scheduler = Scheduler(ingests, workers, placement, publisher, config.batching, live=live,
+                                      live_queue=config.sources.live_queue, overlay=config.output.overlay,
+                                      stats=stats)
                 with stop_on_sigint(stop):
                     scheduler.run(stop)
                 errors.update({s.stream_id: s.error for s in scheduler.streams.values() if s.error})
@@ -127,9 +132,8 @@ def check_model_inputs(config: PipelineConfig) -> ModelConfig:
 
 def start_publisher(config: PipelineConfig, class_names: list[str], placement) -> object:
     """The publisher actor, bound to its endpoint; PipelineError if it cannot bind."""
-    publisher = PublisherActor.options(scheduling_strategy=placement).remote(PublisherConfig(
-        endpoint=config.publish.endpoint, hwm=config.publish.hwm, curve_keys=config.publish.curve_keys,
-        out_dir=config.output.dir, overlay_video=config.output.overlay, class_names=class_names))
+    publisher = PublisherActor.options(scheduling_strategy=placement).remote(
+        config.publish, config.output, class_names)
     try:
         ray.get(publisher.ready.remote())
     except ray.exceptions.RayError as error:
@@ -144,8 +148,8 @@ def start_ingests(specs: list[SourceSpec], config: PipelineConfig, live: bool, p
     block = config.batching.max_batch  # offline: one object-store put per batch of frames
     actors = {spec.stream_id: IngestActor.options(scheduling_strategy=placement).remote(
         spec, config.sources, live, block) for spec in specs}
-    opened = dict(zip(actors, ray.get([actor.open.remote() for actor in actors.values()])))
-    errors = {sid: answer["error"] for sid, answer in opened.items() if answer["error"]}
+    opened: dict[str, Opened] = dict(zip(actors, ray.get([actor.open.remote() for actor in actors.values()])))
+    errors = {sid: answer.error for sid, answer in opened.items() if answer.error}
     for sid in errors:
         ray.kill(actors.pop(sid))
     if not actors:
@@ -203,17 +207,9 @@ def start_workers(config: PipelineConfig, model_config: ModelConfig, count: int,
 def warm_up(workers: dict, opened: dict, max_batch: int, live: bool) -> None:
     """Compile every worker's model for the streams' first frame sizes, at the batch sizes the
     scheduler will mostly send: full batches offline, one frame per live stream at a time."""
-    sizes = sorted({tuple(answer["size"]) for answer in opened.values()})
+    sizes = sorted({tuple(answer.size) for answer in opened.values()})
     batches = sorted({1, min(max_batch, len(opened)) if live else max_batch})
     ray.get([worker.warm_up.remote(sizes, batches) for worker in workers.values()])
-
-
-def scheduling_options(config: PipelineConfig, workers: int) -> dict:
-    batching = config.batching
-    in_flight = batching.max_in_flight or (batching.batches_per_worker + 1) * batching.max_batch * workers
-    return {"max_batch": batching.max_batch, "max_wait_ms": batching.max_wait_ms,
-            "max_in_flight": in_flight, "batches_per_worker": batching.batches_per_worker,
-            "live_queue": config.sources.live_queue}
 
 
 @contextmanager

@@ -12,6 +12,9 @@ Per stream, under the output directory:
   also carries ``stream``, ``seq``, ``frame_index`` (position in the source) and ``pts``.
   Categories are ``{id: class_id, name: label}``;
 - ``<stream>.overlay.mp4`` (optional): the frames with coloured masks, boxes, labels and scores.
+
+Every sink takes ``pipeline.protocol.FrameRecord``s as published. A file that cannot be written
+is a one-line ``SinkError`` naming it.
 """
 import json
 from pathlib import Path
@@ -19,20 +22,29 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from models.errors import SinkError
+
 from .overlay import draw_instances
-from .protocol import encode_header
+from .protocol import FrameRecord, encode_header
 
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG"}
+
+
+def _open(path: Path, mode: str):
+    try:
+        return open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    except OSError as error:
+        raise SinkError(f"output file {path}: {error.strerror}") from None
 
 
 class JsonlSink:
     """Writes one header per line, exactly as encoded on the wire, flushed per frame."""
 
     def __init__(self, path: str | Path):
-        self._file = open(path, "wb")
+        self._file = _open(Path(path), "wb")
 
-    def write(self, header: dict) -> None:
-        self._file.write(encode_header(header) + b"\n")
+    def write(self, record: FrameRecord) -> None:
+        self._file.write(encode_header(record) + b"\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -49,25 +61,26 @@ class CocoResultsSink:
 
     def __init__(self, results_path: str | Path, images_path: str | Path,
                  class_names: list[str] | None = None):
-        self._results = open(results_path, "w", encoding="utf-8")
+        self._results = _open(Path(results_path), "w")
         self._results.write("[")
         self._wrote_result = False
         self._images_path = Path(images_path)
         self._images = []
         self._categories = dict(enumerate(class_names or []))
 
-    def write(self, header: dict) -> None:
-        image_id = header["seq"]
+    def write(self, record: FrameRecord) -> None:
+        image_id = record.seq
         self._images.append({
-            "id": image_id, "file_name": f"{header['stream']}/{header['frame_index']:06d}",
-            "width": header["width"], "height": header["height"], "stream": header["stream"],
-            "seq": header["seq"], "frame_index": header["frame_index"], "pts": header["pts"]})
-        for inst in header["instances"]:
-            self._categories[inst["class_id"]] = inst["label"]
-            x1, y1, x2, y2 = inst["box"]
-            result = {"image_id": image_id, "category_id": inst["class_id"],
-                      "segmentation": inst["mask"], "bbox": [x1, y1, x2 - x1, y2 - y1],
-                      "score": inst["score"]}
+            "id": image_id, "file_name": f"{record.stream}/{record.frame_index:06d}",
+            "width": record.width, "height": record.height, "stream": record.stream,
+            "seq": record.seq, "frame_index": record.frame_index, "pts": record.pts})
+        for inst in record.instances:
+            wire = inst.to_wire()
+            self._categories[wire["class_id"]] = wire["label"]
+            x1, y1, x2, y2 = wire["box"]
+            result = {"image_id": image_id, "category_id": wire["class_id"],
+                      "segmentation": wire["mask"], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                      "score": wire["score"]}
             self._results.write(("," if self._wrote_result else "") + "\n" + json.dumps(result))
             self._wrote_result = True
 
@@ -76,7 +89,7 @@ class CocoResultsSink:
         self._results.close()
         categories = [{"id": class_id, "name": name}
                       for class_id, name in sorted(self._categories.items())]
-        with open(self._images_path, "w", encoding="utf-8") as file:
+        with _open(self._images_path, "w") as file:
             json.dump({"images": self._images, "categories": categories, "annotations": []}, file)
 
 
@@ -90,32 +103,32 @@ class OverlayVideoSink:
     def __init__(self, path: str | Path, fps: float):
         self._path = Path(path)
         if self._path.suffix.lower() not in FOURCC_BY_SUFFIX:
-            raise ValueError(f"overlay video {self._path}: use a .mp4 or .avi file name")
+            raise SinkError(f"overlay video {self._path}: use a .mp4 or .avi file name")
         self._fps = fps
         self._writer = None
         self._size = None
 
-    def write(self, header: dict, image_rgb: np.ndarray | None = None) -> None:
-        size = (header["width"], header["height"])
+    def write(self, record: FrameRecord, image_rgb: np.ndarray | None = None) -> None:
+        size = (record.width, record.height)
         if self._writer is None:
             self._open(size)
         if size != self._size:
-            raise ValueError(f"overlay video {self._path}: frame seq {header['seq']} is "
-                             f"{size[0]}x{size[1]}, the video is {self._size[0]}x{self._size[1]}")
+            raise SinkError(f"overlay video {self._path}: frame seq {record.seq} is "
+                            f"{size[0]}x{size[1]}, the video is {self._size[0]}x{self._size[1]}")
         if image_rgb is None:
             canvas = np.zeros((size[1], size[0], 3), np.uint8)
         elif image_rgb.shape != (size[1], size[0], 3):
-            raise ValueError(f"overlay video {self._path}: frame seq {header['seq']} pixels are "
-                             f"{image_rgb.shape}, its header says {size[0]}x{size[1]} RGB")
+            raise SinkError(f"overlay video {self._path}: frame seq {record.seq} pixels are "
+                            f"{image_rgb.shape}, its record says {size[0]}x{size[1]} RGB")
         else:
             canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-        self._writer.write(draw_instances(canvas, header["instances"]))
+        self._writer.write(draw_instances(canvas, record.instances))
 
     def _open(self, size: tuple[int, int]) -> None:
         fourcc = cv2.VideoWriter_fourcc(*FOURCC_BY_SUFFIX[self._path.suffix.lower()])
         self._writer = cv2.VideoWriter(str(self._path), fourcc, self._fps, size)
         if not self._writer.isOpened():
-            raise OSError(f"overlay video {self._path}: OpenCV cannot open it for writing")
+            raise SinkError(f"overlay video {self._path}: OpenCV cannot open it for writing")
         self._size = size
 
     def close(self) -> None:
@@ -141,11 +154,11 @@ class StreamSinks:
         """Whether ``write`` should be given the frame's pixels (the overlay video is on)."""
         return self._video is not None
 
-    def write(self, header: dict, image_rgb: np.ndarray | None = None) -> None:
-        self._jsonl.write(header)
-        self._coco.write(header)
+    def write(self, record: FrameRecord, image_rgb: np.ndarray | None = None) -> None:
+        self._jsonl.write(record)
+        self._coco.write(record)
         if self._video is not None:
-            self._video.write(header, image_rgb)
+            self._video.write(record, image_rgb)
 
     def close(self) -> None:
         self._jsonl.close()

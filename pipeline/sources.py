@@ -1,11 +1,11 @@
 """Frame sources: video files, image folders, cameras, network streams and generated scenes.
 
-Every source yields `Frame`s of RGB uint8 (H, W, 3) pixels with a presentation time `pts` in
-seconds on the source's own clock. Grayscale, 4-channel and 16-bit images are converted; any
-frame size is fine. A container's frame count is only a hint for progress bars: sources read
-until decoding stops (a header may count frames that are not there: the pedestrian clip claims
-682 at 50 fps and holds 341 at 25, over the same 13.6 s). A file is judged truncated by time,
-when decoding stops well before the duration its header declares.
+Every source yields `DecodedFrame`s of RGB uint8 (H, W, 3) pixels with a presentation time `pts`
+in seconds on the source's own clock, and says its frame rate (`fps`). Grayscale, 4-channel and
+16-bit images are converted; any frame size is fine. A container's frame count is only a hint for
+progress bars: sources read until decoding stops (a header may count frames that are not there:
+the pedestrian clip claims 682 at 50 fps and holds 341 at 25, over the same 13.6 s). A file is
+judged truncated by time, when decoding stops well before the duration its header declares.
 
 A source that cannot be opened raises `SourceError` with one line naming the input.
 """
@@ -34,6 +34,8 @@ NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp
 SYNTHETIC_PREFIX = "synthetic:"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm"}
 LIVE_KINDS = ("camera", "network")
+# The frame rate of a camera or video that does not say its own (pts then steps by 1/FALLBACK_FPS).
+FALLBACK_FPS = 25.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ class SourceSpec:
 
 
 @dataclass
-class Frame:
+class DecodedFrame:
+    """A frame as a source gives it, before the pipeline describes it (pipeline.protocol.FrameRecord)."""
     rgb: np.ndarray  # (H, W, 3) uint8
     pts: float       # seconds, source clock
 
@@ -113,7 +116,8 @@ def to_rgb(image: np.ndarray, source: str) -> np.ndarray:
 
 
 class FrameSource:
-    """Base of the sources: `read()` gives the next Frame, or None at the end.
+    """Base of the sources: `read()` gives the next DecodedFrame, or None at the end; `fps` is
+    the source's frame rate (its own, or FALLBACK_FPS when it does not say).
 
     `decode_into(array)` offers an RGB uint8 (H, W, 3) array for the next `read()` to decode
     into (the ingest offers the next slot of the block it puts into the object store), which
@@ -121,8 +125,9 @@ class FrameSource:
     decode in place ignore it, and a frame of another size is decoded into a new array.
     """
     total: int | None = None  # frames expected, when known; a hint only
+    fps: float = FALLBACK_FPS
 
-    def read(self) -> Frame | None:
+    def read(self) -> DecodedFrame | None:
         raise NotImplementedError
 
     def decode_into(self, array: np.ndarray | None) -> None:
@@ -136,7 +141,9 @@ class CaptureSource(FrameSource):
     """A video file, a camera or a network stream, decoded by OpenCV (FFmpeg for files and URLs).
 
     pts comes from the stream's timestamps; where those do not advance (some cameras, the
-    last frame of some containers) it steps by 1/fps from the previous frame.
+    last frame of some containers) it steps by 1/fps from the previous frame. `fps` is the rate of
+    the first two timestamps, which can differ from the header's (the pedestrian clip's header
+    says 50, its frames come at 25); the header's rate where they do not advance.
     """
 
     def __init__(self, spec: SourceSpec, open_timeout_s: float = 10.0):
@@ -147,7 +154,7 @@ class CaptureSource(FrameSource):
         if not self._capture.isOpened():
             raise SourceError(self._failure("cannot open"))
         fps = self._capture.get(cv2.CAP_PROP_FPS)
-        self._step = 1.0 / fps if 0 < fps < 1000 else 1.0 / 25
+        self._step = 1.0 / (fps if 0 < fps < 1000 else FALLBACK_FPS)
         self._last_pts: float | None = None
         self._spare: np.ndarray | None = None  # the array offered for the next frame
         self._declared_s = None  # a file's duration by its header: frame count / frame rate
@@ -156,10 +163,13 @@ class CaptureSource(FrameSource):
             self.total = count if count > 0 else None
             if count > 0 and 0 < fps < 1000:
                 self._declared_s = count / fps
-        self._first = self._decode()
-        if self._first is None:
+        first = self._decode()
+        if first is None:
             self.close()
             raise SourceError(self._failure("no decodable frame"))
+        second = self._decode()
+        self._ahead = [first] if second is None else [first, second]  # read() gives them first
+        self.fps = round(1.0 / (self._step if second is None else second.pts - first.pts), 3)
 
     @staticmethod
     def _open(spec: SourceSpec, timeout_s: float) -> cv2.VideoCapture:
@@ -177,7 +187,7 @@ class CaptureSource(FrameSource):
     def decode_into(self, array: np.ndarray | None) -> None:
         self._spare = array
 
-    def _decode(self) -> Frame | None:
+    def _decode(self) -> DecodedFrame | None:
         spare, self._spare = self._spare, None
         ok, image = self._capture.read(spare) if spare is not None else self._capture.read()
         if not ok or image is None:
@@ -186,14 +196,13 @@ class CaptureSource(FrameSource):
         if self._last_pts is not None and not pts > self._last_pts:
             pts = self._last_pts + self._step
         self._last_pts = pts
-        return Frame(to_rgb(image, self.spec.uri), pts)
+        return DecodedFrame(to_rgb(image, self.spec.uri), pts)
 
-    def read(self) -> Frame | None:
+    def read(self) -> DecodedFrame | None:
         """The next frame; None at the end. A file whose decoding stops well before the duration
         its header declares raises SourceError (truncated or damaged) after its last good frame."""
-        if self._first is not None:
-            frame, self._first = self._first, None
-            return frame
+        if self._ahead:  # read at opening
+            return self._ahead.pop(0)
         frame = self._decode()
         if frame is None and self._declared_s is not None and self._last_pts + 2 * self._step < self._declared_s:
             raise SourceError(f"{self.spec.uri}: decoding stopped at {self._last_pts:.2f} s of the "
@@ -216,10 +225,10 @@ class ImageFolderSource(FrameSource):
         if not self._paths:
             raise SourceError(f"{spec.uri}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
         self.total = len(self._paths)
-        self._fps = fps
+        self.fps = fps
         self._next = 0
 
-    def read(self) -> Frame | None:
+    def read(self) -> DecodedFrame | None:
         while self._next < len(self._paths):
             index, path = self._next, self._paths[self._next]
             self._next += 1
@@ -227,7 +236,7 @@ class ImageFolderSource(FrameSource):
             if image is None:
                 log.warning("%s: not a readable image, skipped", path)
                 continue
-            return Frame(to_rgb(image, str(path)), index / self._fps)
+            return DecodedFrame(to_rgb(image, str(path)), index / self.fps)
         return None
 
 
@@ -259,16 +268,16 @@ class SyntheticSource(FrameSource):
 
         params = parse_synthetic(spec.uri)
         self._scene = StreetScene(seed=params["seed"], width=params["width"], height=params["height"])
-        self._fps = params["fps"]
+        self.fps = params["fps"]
         self.total = params["frames"]
         self._next = 0
 
-    def read(self) -> Frame | None:
+    def read(self) -> DecodedFrame | None:
         if self._next >= self.total:
             return None
         rgb, _instances = self._scene.frame(self._next)
         self._next += 1
-        return Frame(rgb, (self._next - 1) / self._fps)
+        return DecodedFrame(rgb, (self._next - 1) / self.fps)
 
 
 def open_source(spec: SourceSpec, folder_fps: float = 25.0, open_timeout_s: float = 10.0) -> FrameSource:

@@ -1,4 +1,5 @@
-"""Helpers for the pipeline core tests: shared clips, free ports, a real MJPEG-over-HTTP camera.
+"""Helpers for the pipeline core tests: shared clips, free ports, a real MJPEG-over-HTTP camera,
+the model run directly as a worker would run it.
 
 Run as a script, this module is that camera: `python pipeline_helpers.py PORT FPS` serves an
 endless multipart JPEG stream on 127.0.0.1:PORT, as many IP cameras do.
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import ray
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 PEDESTRIANS = DATA / "pedestrians_720p.avi"
@@ -24,6 +26,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class OneThreadModel:
+    """`models.load_model(config).predict(frames, masks="rle")` called directly, in a process of
+    its own with one TensorFlow thread, as a pipeline worker with `workers.cpus: 1` runs the model.
+
+    The reference the workers' results are compared with: oneDNN's sums differ in the last bit
+    with the thread count, so only like compared with like is exact (the test process has two).
+    """
+
+    def __init__(self, config, weights: str | None = None):
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        import models
+
+        self.model = models.load_model(config, weights)
+
+    def predict(self, frames: list[np.ndarray]) -> list:
+        return self.model.predict(frames, masks="rle")
+
+
+OneThreadModelActor = ray.remote(num_cpus=1)(OneThreadModel)
 
 
 class MjpegCamera:

@@ -12,8 +12,8 @@ from pipeline.config import load_pipeline_config
 REPO = Path(__file__).resolve().parent.parent
 # run_pipeline.py is a script at the top of the repository, not part of an installed package.
 _spec = importlib.util.spec_from_file_location("run_pipeline", REPO / "run_pipeline.py")
-run_pipeline = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(run_pipeline)
+run_command = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(run_command)
 
 
 def test_embedded_default_runs_a_model_on_generated_scenes():
@@ -22,6 +22,31 @@ def test_embedded_default_runs_a_model_on_generated_scenes():
     assert config.sources.uris == ["synthetic:"]
     assert config.publish.endpoint == "tcp://127.0.0.1:5555"
     assert config.sources.mode == "auto"
+    # the overlay video takes each source's own frame rate unless output.overlay_fps says otherwise
+    assert (config.output.overlay_fps, config.publish.linger_ms, config.metrics_host) == (None, 1000, "0.0.0.0")
+
+
+def test_the_default_yaml_names_every_key_the_config_has():
+    """configs/default.yaml is where a user reads the tunables: it lists every one."""
+    import dataclasses
+    import yaml
+    from pipeline.config import DEFAULT_CONFIG, PipelineConfig
+
+    def keys(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+                yield from keys(f.default_factory, prefix + f.name + ".")
+            else:
+                yield prefix + f.name
+
+    def yaml_keys(data, prefix=""):
+        for key, value in data.items():
+            if isinstance(value, dict):
+                yield from yaml_keys(value, prefix + key + ".")
+            else:
+                yield prefix + key
+
+    assert sorted(yaml_keys(yaml.safe_load(DEFAULT_CONFIG.read_text()))) == sorted(keys(PipelineConfig))
 
 
 def test_user_yaml_is_laid_over_the_default_with_paths_from_its_folder(tmp_path):
@@ -63,6 +88,8 @@ def test_set_overrides_are_read_as_yaml():
     (["max_batch"], "--set max_batch: expected key=value"),
     (["verbose.level=1"], "--set verbose.level=1: verbose is not a section"),
     (["version=2"], "config.version: is 2; this maskstream reads version 1 configurations"),
+    (["output.overlay_fps=0"], "config.output.overlay_fps: must be positive"),
+    (["publish.linger_ms=-5"], "config.publish.linger_ms: must be >= 0, or -1"),
 ])
 def test_mistakes_are_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:
@@ -80,12 +107,12 @@ def test_malformed_and_missing_yaml(tmp_path):
 
 
 def test_command_line_flags_map_onto_the_config():
-    args = run_pipeline.parse_args([
+    args = run_command.parse_args([
         "--source", "cam=0", "--source", "b c.avi", "--publish", "tcp://127.0.0.1:6000", "--mode", "live",
         "--workers", "3", "--max-batch", "2", "--max-wait-ms", "5", "--out", "o", "--video",
         "--curve-keys", "keys", "--metrics-port", "9200", "--ray-address", "auto", "--verbose",
         "--set", "sources.max_frames=7"])
-    config = load_pipeline_config(None, run_pipeline.overrides(args))
+    config = load_pipeline_config(None, run_command.overrides(args))
     assert config.sources.uris == ["cam=0", str(Path.cwd() / "b c.avi")]
     assert (config.publish.endpoint, config.publish.curve_keys) == ("tcp://127.0.0.1:6000", str(Path.cwd() / "keys"))
     assert (config.sources.mode, config.sources.max_frames) == ("live", 7)
@@ -95,16 +122,17 @@ def test_command_line_flags_map_onto_the_config():
 
 
 def test_no_flags_means_the_embedded_default():
-    assert load_pipeline_config(None, run_pipeline.overrides(run_pipeline.parse_args([]))) == load_pipeline_config()
+    assert load_pipeline_config(None, run_command.overrides(run_command.parse_args([]))) == load_pipeline_config()
 
 
 def test_cli_reports_a_config_mistake_in_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("batching: {max_batch: -1}\n")
-    done = subprocess.run([sys.executable, "run_pipeline.py", "--config", str(bad)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr == "error: config.batching.max_batch: must be >= 1\n"
+    for command in (["run_pipeline.py"],):
+        done = subprocess.run([sys.executable, *command, "--config", str(bad)], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2
+        assert done.stderr == "error: config.batching.max_batch: must be >= 1\n"
 
 
 def test_score_threshold_overrides_the_models_own():

@@ -9,11 +9,11 @@ from pathlib import Path
 import cv2
 import pytest
 
-from pipeline.consumer import Consumer, ConsumerError, EndOfStream
-from wire_helpers import HEIGHT, WIDTH, make_record, start_publisher, stop_publisher, warm_up
-from wire_helpers import ray_session  # noqa: F401 (a fixture, used by name)
+from pipeline.consumer import ConsumerError
+from pipeline.protocol import EndOfStream
+from tests.wire_helpers import HEIGHT, WIDTH, Consumer, make_record, start_publisher, stop_publisher, warm_up
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 REPO = Path(__file__).resolve().parent.parent
 CLI_START_LIMIT = 60.0  # seconds; a guard against a CLI that never prints, not a timing
@@ -60,6 +60,28 @@ def wait_for_line(process: subprocess.Popen) -> str | None:
     return process.stdout.readline() if ready else None
 
 
+def rest_of_output(process: subprocess.Popen) -> tuple[str, str]:
+    """(stdout, stderr) to the process's end. Not communicate(): it reads the pipe itself and
+    would miss lines that readline() has already buffered."""
+    output, errors = process.stdout.read(), process.stderr.read()
+    process.wait(timeout=60)
+    return output, errors
+
+
+def publish_until_it_prints(publisher, process: subprocess.Popen, then: int) -> tuple[str, int]:
+    """Publishes cam1 frames until the subscribing ``process`` prints (its slow join), then
+    ``then`` more and cam1's end; returns (its first line, the frames published in all)."""
+    seq, started = 0, time.monotonic()
+    while (first_line := wait_for_line(process)) is None:
+        assert time.monotonic() - started < CLI_START_LIMIT, process.stderr.read()
+        publisher.publish.remote(make_record("cam1", seq))
+        seq += 1
+    for more in range(seq, seq + then):
+        publisher.publish.remote(make_record("cam1", more))
+    publisher.end_stream.remote("cam1", seq + then)
+    return first_line, seq + then
+
+
 def test_consume_cli_records_and_renders_what_was_sent(tmp_path):
     publisher, endpoint = start_publisher()
     jsonl, video = tmp_path / "cam1.jsonl", tmp_path / "cam1.avi"
@@ -69,24 +91,18 @@ def test_consume_cli_records_and_renders_what_was_sent(tmp_path):
         publisher.end_stream.remote("warmup", warm_up(publisher, [reference]))
         cli = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-        seq, started = 0, time.monotonic()
-        while (first_line := wait_for_line(cli)) is None:  # the CLI's slow join
-            assert time.monotonic() - started < CLI_START_LIMIT, cli.stderr.read()
-            publisher.publish.remote(make_record("cam1", seq))
-            seq += 1
-        for more in range(seq, seq + 4):
-            publisher.publish.remote(make_record("cam1", more))
-        publisher.end_stream.remote("cam1", seq + 4)
-        sent = [frame.header for frame in reference if frame.stream == "cam1"]
-        output, errors = cli.communicate(timeout=60)
+        first_line, frames = publish_until_it_prints(publisher, cli, then=4)
+        seqs = [frame.seq for frame in reference if frame.stream == "cam1"]
+        sent = dict(zip(seqs, reference.frame_bytes("cam1")))
+        output, errors = rest_of_output(cli)
     stop_publisher(publisher)
 
     assert cli.returncode == 0, errors
-    recorded = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    first_seq = recorded[0]["seq"]
-    assert recorded == sent[first_seq:]  # from the frame it joined at to the end, as sent
+    recorded = jsonl.read_bytes().splitlines()
+    first_seq = json.loads(recorded[0])["seq"]
+    assert recorded == [sent[seq] for seq in range(first_seq, frames)]  # from where it joined, byte for byte
     assert first_line.startswith(f"cam1 seq={first_seq} frame={first_seq} ")
-    assert output.splitlines()[-1] == f"cam1 ended after {seq + 4} frames"
+    assert output.splitlines()[-1] == f"cam1 ended after {frames} frames"
     capture = cv2.VideoCapture(str(video))
     frames = 0
     while capture.read()[0]:

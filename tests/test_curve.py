@@ -4,12 +4,11 @@ import shutil
 import pytest
 
 from pipeline import keys
-from pipeline.consumer import Consumer
+from pipeline.config import PublishSection
 from pipeline.publisher import Publisher
-from wire_helpers import make_record, start_publisher, stop_publisher, warm_up
-from wire_helpers import ray_session  # noqa: F401 (a fixture, used by name)
+from tests.wire_helpers import Consumer, make_record, start_publisher, stop_publisher, warm_up
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 SILENCE_S = 1.5  # how long the refused consumers are watched while frames go out
 
@@ -49,10 +48,10 @@ def test_only_listed_consumers_receive(tmp_path, capsys):
 def test_missing_key_directory_and_empty_client_list_are_one_line(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(keys.CurveKeyError, match=rf"^curve keys {missing}: no such directory"):
-        Publisher({"endpoint": "tcp://127.0.0.1:*", "curve_keys": str(missing)})
+        Publisher(PublishSection(endpoint="tcp://127.0.0.1:*", curve_keys=str(missing)))
     keys.main([str(tmp_path / "server")])
     with pytest.raises(keys.CurveKeyError, match="no consumer public keys in .*clients/"):
-        Publisher({"endpoint": "tcp://127.0.0.1:*", "curve_keys": str(tmp_path / "server")})
+        Publisher(PublishSection(endpoint="tcp://127.0.0.1:*", curve_keys=str(tmp_path / "server")))
 
 
 def test_consumer_directory_needs_the_servers_key_and_one_pair(tmp_path):

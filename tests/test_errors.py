@@ -12,9 +12,9 @@ def test_every_error_class_is_a_maskstream_error_and_nothing_else_is_defined_twi
 
 def test_modules_raise_the_classes_of_models_errors():
     from models import config, weights
-    from pipeline import batching, consumer, keys, protocol, publisher, sources
+    from pipeline import consumer, keys, protocol, publisher, scheduler, sinks, sources
     assert config.ConfigError is errors.ConfigError and weights.WeightsError is errors.WeightsError
-    assert (batching.PipelineError, consumer.ConsumerError, keys.CurveKeyError, protocol.ProtocolError,
-            publisher.PublisherError, sources.SourceError) == (
+    assert (scheduler.PipelineError, consumer.ConsumerError, keys.CurveKeyError, protocol.ProtocolError,
+            publisher.PublisherError, sources.SourceError, sinks.SinkError) == (
         errors.PipelineError, errors.ConsumerError, errors.CurveKeyError, errors.ProtocolError,
-        errors.PublisherError, errors.SourceError)
+        errors.PublisherError, errors.SourceError, errors.SinkError)

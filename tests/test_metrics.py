@@ -5,21 +5,23 @@ import urllib.request
 import pytest
 
 from pipeline.metrics import RunStats
-from pipeline_helpers import free_port
+from tests.pipeline_helpers import free_port
+from tests.wire_helpers import make_record
 
 
-def record(stream: str, inference_ms: float) -> dict:
-    return {"stream": stream, "captured_at": time.time(),
-            "timing_ms": {"decode": 1.0, "queue": 2.0, "fetch": 0.5, "inference": inference_ms}}
+def record(stream: str, inference_ms: float):
+    return make_record(stream, 0, instances=0, captured_at=time.time(),
+                       timing_ms={"decode": 1.0, "queue": 2.0, "fetch": 0.5, "inference": inference_ms})
 
 
 def test_counts_percentiles_and_prometheus_scrape():
     port = free_port()
-    stats = RunStats({"cam1": None, "cam2": 10}, progress=False, metrics_port=port)
+    stats = RunStats({"cam1": None, "cam2": 10}, progress=False, metrics_port=port, metrics_host="127.0.0.1")
     try:
         for i in range(100):
             stats.accepted("cam1", dropped_before=2 if i == 50 else 0)
             stats.published(record("cam1", inference_ms=float(i + 1)))
+        stats.rerun()
         stats.accepted("cam2", 0)
         stats.published(record("cam2", inference_ms=1.0))
         stats.refresh_quantiles()
@@ -36,6 +38,7 @@ def test_counts_percentiles_and_prometheus_scrape():
     assert 'maskstream_frames_dropped_total{stream="cam1"} 2.0' in text
     assert 'maskstream_stage_latency_seconds_count{stage="inference"} 101.0' in text
     assert 'maskstream_stage_latency_ms{quantile="0.5",stage="inference"} 50.0' in text
+    assert "maskstream_batches_rerun_total 1.0" in text
 
 
 def test_summary_joins_ingest_publisher_and_errors():
@@ -44,6 +47,7 @@ def test_summary_joins_ingest_publisher_and_errors():
         stats.accepted("cam1", 0)
         stats.published(record("cam1", 5.0))
     stats.ended("cam1", 3)
+    stats.rerun()
     publisher = {"streams": {"cam1": {"published": 3, "latency_ms": {"end_to_end": {"p50": 9.0, "p95": 9.5, "p99": 9.9}}}}}
     summary = stats.summary({"cam1": {"read": 4, "dropped": 1}}, publisher, workers=[],
                             errors={"bad": "bad.avi: no such file"})
@@ -53,4 +57,5 @@ def test_summary_joins_ingest_publisher_and_errors():
     assert summary.published == 3 and summary.errors == ["bad.avi: no such file"]
     table = summary.table()
     assert "cam1" in table and "9/10/10" in table and "error: bad.avi: no such file" in table
+    assert summary.reruns == 1 and "re-run after a worker died: 1 batch(es)" in table
     assert [line.split()[0] for line in table.splitlines()[4:9]] == ["decode", "queue", "fetch", "inference", "result"]

@@ -1,4 +1,5 @@
-"""The whole pipeline, for real: Ray actors, the tiny model, ZeroMQ on 127.0.0.1, a real subscriber.
+"""The whole pipeline, for real: Ray actors, the tiny model, ZeroMQ on 127.0.0.1, a real subscriber
+(which checks every message against the protocol's JSON Schema).
 
 Each run uses the tiny test model with seeded random weights (10 detections per frame) and
 trims its sources to a few frames.
@@ -18,16 +19,17 @@ import pytest
 import ray
 from pycocotools.coco import COCO
 
-import models
-from pipeline.batching import PipelineError
+from models.errors import PipelineError
 from pipeline.config import load_pipeline_config
-from pipeline.consumer import Consumer, EndOfStream
+from pipeline.metrics import STAGES
+from pipeline.protocol import EndOfStream
 from pipeline.runner import run
 from pipeline.sources import open_source, parse_source
-from pipeline_helpers import DATA, PEDESTRIANS, MjpegCamera, free_port
-from workers.inference import instances
+from tests.pipeline_helpers import DATA, PEDESTRIANS, MjpegCamera, OneThreadModelActor, free_port
+from tests.wire_helpers import Consumer
+from workers.results import instance_records
 
-pytestmark = pytest.mark.usefixtures("pipeline_ray")
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "configs" / "test_tiny.yaml")
 RECEIVE_LIMIT_S = 180  # a consumer idle this long gives up: a guard against a hung run, not a timing
@@ -116,20 +118,22 @@ def test_video_and_image_folder_two_workers_match_the_model_and_the_files(tmp_pa
     assert [w["device"] for w in summary.workers] == ["cpu", "cpu"]
 
     # every frame's masks decode to its own size, and the results are the model's, frame by frame
-    model = models.load_model(TINY)
+    # (called directly with the workers' one thread: see OneThreadModel)
+    reference = OneThreadModelActor.remote(TINY)
     for stream, uri in (("pedestrians_720p", PEDESTRIANS), ("stills", folder)):
         source = open_source(parse_source(str(uri)))
         for message in received[stream][:-1]:
             frame = source.read()
             assert (message.height, message.width) == frame.rgb.shape[:2]
             assert message.masks.shape == (10, message.height, message.width)
-            assert list(message.header["instances"]) == instances(model.predict([frame.rgb], masks="rle")[0])
+            assert message.instances == instance_records(ray.get(reference.predict.remote([frame.rgb]))[0])
         source.close()
+    ray.kill(reference)
 
     # the files hold exactly what was published
     for stream in ("pedestrians_720p", "stills"):
-        lines = (out / f"{stream}.jsonl").read_text().splitlines()
-        assert [json.loads(line) for line in lines] == [m.header for m in received[stream][:-1]]
+        lines = (out / f"{stream}.jsonl").read_bytes().splitlines()
+        assert lines == consumer.frame_bytes(stream)  # byte for byte
         coco = COCO(str(out / f"{stream}.coco_images.json"))
         results = coco.loadRes(str(out / f"{stream}.coco_results.json"))
         assert len(results.anns) == 10 * len(lines)
@@ -146,18 +150,22 @@ def named_worker(index: int) -> str:
 
 
 @pytest.mark.parametrize("restart", [False, True], ids=["killed-for-good", "killed-and-restarted"])
-def test_worker_killed_mid_run_still_publishes_every_frame_once_in_order(restart):
-    config = config_for("sources.uris=['synthetic:seed=1,width=320,height=240,frames=24']", "workers.count=2",
+def test_worker_killed_with_batches_in_flight_has_them_rerun_and_every_frame_published_once_in_order(restart):
+    # Decoding outruns the model many times over, so offline both workers always hold two
+    # batches: worker 0 dies with batches in flight, and the summary must show them re-run.
+    config = config_for(f"sources.uris=[{PEDESTRIANS}]", "sources.max_frames=40", "workers.count=2",
                         "batching.max_batch=2")
-    with Consumer(config.publish.endpoint, streams=["synthetic"], timeout=RECEIVE_LIMIT_S) as consumer:
+    with Consumer(config.publish.endpoint, streams=["pedestrians_720p"], timeout=RECEIVE_LIMIT_S) as consumer:
         with BackgroundRun(config) as background:
             first = consumer.receive(timeout=RECEIVE_LIMIT_S)
             ray.kill(ray.get_actor(named_worker(0), namespace=ray.get_runtime_context().namespace),
                      no_restart=not restart)
-            rest = receive(consumer)["synthetic"]
+            rest = receive(consumer)["pedestrians_720p"]
         summary = background.result()
-    assert_complete_in_order([first, *rest], 24)
-    assert summary.published == 24 and summary.streams["synthetic"].frames_in == 24
+    assert_complete_in_order([first, *rest], 40)
+    assert [frame.frame_index for frame in [first, *rest[:-1]]] == list(range(40))
+    assert summary.published == 40 and summary.streams["pedestrians_720p"].frames_in == 40
+    assert summary.reruns >= 1  # a batch was in flight on the killed worker and ran again
 
 
 def test_live_source_faster_than_inference_drops_oldest_and_counts_them():
@@ -233,8 +241,11 @@ def test_nothing_to_run_is_one_error():
         run(config_for("workers.count=9"))
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "run_pipeline.py", "--ray-address", ray.get_runtime_context().gcs_address,
+RUN_PIPELINE = (sys.executable, "run_pipeline.py")
+
+
+def cli(*args: str, command=RUN_PIPELINE) -> list[str]:
+    return [*command, "--ray-address", ray.get_runtime_context().gcs_address,
             "--set", f"model.config={TINY}", "--set", "model.weights=null", "--set", "model.score_threshold=null",
             "--set", "workers.cpus=1", *args]
 
@@ -246,15 +257,20 @@ def test_cli_runs_a_clip_to_files_quietly(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert len((tmp_path / "ped.jsonl").read_text().splitlines()) == 3
-    lines = done.stderr.splitlines()
-    assert lines[0].split() == ["stream", "in", "published", "dropped", "fps", "end-to-end", "ms", "p50/p95/p99"]
-    assert lines[1].split()[:4] == ["ped", "3", "3", "0"]
-    assert len(lines) == 9 and done.stdout == ""  # the summary and nothing else: no Ray or TensorFlow chatter
+    # stderr is the summary and nothing else (no Ray or TensorFlow chatter): its table, row by row
+    rows = {line.split()[0]: line.split()[1:] for line in done.stderr.splitlines()}
+    assert rows.pop("stream") == ["in", "published", "dropped", "fps", "end-to-end", "ms", "p50/p95/p99"]
+    assert rows.pop("ped")[:3] == ["3", "3", "0"] and rows.pop("all")[:3] == ["3", "3", "0"]
+    assert rows.pop("stage") == ["latency", "ms", "p50", "p95", "p99", "frames"]
+    assert {stage: row[-1] for stage, row in rows.items()} == {stage: "3" for stage in STAGES}
+    assert done.stdout == ""
 
 
 def test_cli_missing_input_is_one_line():
-    done = subprocess.run(cli("--source", "/no/such/clip.avi"), cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert (done.returncode, done.stderr, done.stdout) == (2, "error: /no/such/clip.avi: no such file\n", "")
+    for command in (RUN_PIPELINE,):
+        done = subprocess.run(cli("--source", "/no/such/clip.avi", command=command), cwd=REPO, capture_output=True,
+                              text=True, timeout=600)
+        assert (done.returncode, done.stderr, done.stdout) == (2, "error: /no/such/clip.avi: no such file\n", "")
 
 
 def test_ctrl_c_finishes_the_frames_in_flight_and_sends_eos():

@@ -1,51 +1,86 @@
-"""Wire protocol v1: headers, EOS, topics, and what a decoder refuses."""
+"""Wire protocol v1: frame records and their headers, EOS, topics, the JSON Schemas, and what a
+decoder refuses."""
+import dataclasses
+import fnmatch
 import json
+import tomllib
+from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import zmq
 
-from pipeline.protocol import (EOS_SCHEMA, FRAME_FIELDS, FRAME_SCHEMA, ProtocolError, decode_message,
-                               encode_message, eos_header, frame_header, is_eos, topic)
-from wire_helpers import make_record
+from pipeline.protocol import (EOS_SCHEMA, FRAME_FIELDS, FRAME_SCHEMA, EndOfStream, FrameRecord, ProtocolError,
+                               decode_message, encode_header, encode_message, json_schema, topic)
+from tests.wire_helpers import VALIDATORS, make_record, rectangle_mask
+
+REPO = Path(__file__).resolve().parent.parent
+
+# What the publisher sent for make_record("cam1", 7) published at 1.7e9 + 1 before the frame record
+# was typed: existing consumers read exactly these bytes.
+V1_FRAME_BYTES = (
+    b'{"schema":"maskstream.frame/1","stream":"cam1","seq":7,"frame_index":7,"pts":0.28,'
+    b'"captured_at":1700000000.28,"published_at":1700000001.0,"width":64,"height":48,"dropped_before":0,'
+    b'"timing_ms":{"infer":17.0},"instances":[{"class_id":1,"label":"person","score":0.8999999761581421,'
+    b'"box":[21.0,14.0,31.0,22.0],"mask":{"size":[48,64],"counts":"no08X100000000000000000Ra1"}},'
+    b'{"class_id":3,"label":"car","score":0.800000011920929,"box":[41.0,23.0,52.0,31.0],'
+    b'"mask":{"size":[48,64],"counts":"Wn18X10000000000000000000Ya0"}}]}')
 
 
-def test_frame_header_round_trips_with_exactly_the_protocol_fields():
-    record = make_record("cam1", 7, frame_ref=["a reference to the pixels"])
-    header = frame_header(record, published_at=1.7e9 + 1)
-    parts = encode_message(header)
-    assert parts[0] == b"maskstream/cam1/"
-    decoded = decode_message(parts)
-    assert decoded == header
-    assert list(decoded) == ["schema", *FRAME_FIELDS]
-    assert decoded["schema"] == FRAME_SCHEMA and not is_eos(decoded)
-    assert decoded["published_at"] == 1.7e9 + 1
-    first = decoded["instances"][0]
+def published(record: FrameRecord, at: float = 1.7e9 + 1) -> FrameRecord:
+    return dataclasses.replace(record, published_at=at)
+
+
+def test_frame_header_bytes_are_those_existing_consumers_read():
+    parts = encode_message(published(make_record("cam1", 7, pixels="a handle to the pixels")))
+    assert parts == [b"maskstream/cam1/", V1_FRAME_BYTES]
+
+
+def test_frame_record_round_trips_with_exactly_the_protocol_fields():
+    record = published(make_record("cam1", 7))
+    decoded = decode_message(encode_message(record))
+    assert isinstance(decoded, FrameRecord) and decoded == record
+    header = decoded.to_wire()
+    assert list(header) == ["schema", *FRAME_FIELDS]
+    assert FRAME_FIELDS == ("stream", "seq", "frame_index", "pts", "captured_at", "published_at", "width",
+                            "height", "dropped_before", "timing_ms", "instances")
+    first = header["instances"][0]
     assert list(first) == ["class_id", "label", "score", "box", "mask"]
     assert type(first["class_id"]) is int and first["score"] == pytest.approx(0.9)
-    assert first["mask"] == record["instances"][0]["mask"]
+    assert (decoded.masks[0] == rectangle_mask(7, 0)[0]).all() and decoded.masks.shape == (2, 48, 64)
+    assert (decoded.instances[1].mask == rectangle_mask(7, 1)[0]).all()
 
 
 def test_numpy_and_bytes_values_become_plain_json():
-    record = make_record("cam1", np.int64(4), pts=np.float32(0.5))
-    record["instances"][0]["mask"]["counts"] = record["instances"][0]["mask"]["counts"].encode()
-    header = frame_header(record, published_at=2.0)
-    text = encode_message(header)[1].decode("utf-8")
-    assert json.loads(text)["pts"] == 0.5 and json.loads(text)["seq"] == 4
-    assert isinstance(json.loads(text)["instances"][0]["mask"]["counts"], str)
+    record = published(make_record("cam1", np.int64(4), pts=np.float32(0.5)), at=np.float64(2.0))
+    instance = record.instances[0]
+    as_bytes = dataclasses.replace(instance, rle={**instance.rle, "counts": instance.rle["counts"].encode()})
+    header = json.loads(encode_header(dataclasses.replace(record, instances=(as_bytes,))))
+    assert header["pts"] == 0.5 and header["seq"] == 4 and header["published_at"] == 2.0
+    assert isinstance(header["instances"][0]["mask"]["counts"], str)
 
 
 def test_eos_round_trip():
-    decoded = decode_message(encode_message(eos_header("cam10", 42)))
-    assert decoded == {"schema": EOS_SCHEMA, "stream": "cam10", "frames": 42}
-    assert is_eos(decoded)
+    parts = encode_message(EndOfStream("cam10", 42))
+    assert parts == [b"maskstream/cam10/", b'{"schema":"maskstream.eos/1","stream":"cam10","frames":42}']
+    assert decode_message(parts) == EndOfStream("cam10", 42)
 
 
-def test_a_record_missing_fields_gets_one_line_naming_them():
-    record = make_record("cam1", 3)
-    del record["width"], record["timing_ms"]
-    with pytest.raises(ProtocolError, match=r"^record of stream 'cam1' seq 3: missing width, timing_ms$"):
-        frame_header(record, published_at=0.0)
+def test_a_header_missing_fields_gets_one_line_naming_them():
+    header = published(make_record("cam1", 3)).to_wire()
+    del header["width"], header["timing_ms"]
+    with pytest.raises(ProtocolError, match=r"^frame header of stream 'cam1' seq 3: missing width, timing_ms$"):
+        FrameRecord.from_wire(header)
+
+
+def test_the_publisher_side_check_names_what_cannot_be_published():
+    with pytest.raises(ProtocolError, match=r"^record of stream 'cam1' frame 3: seq None is not a number from 0$"):
+        dataclasses.replace(make_record("cam1", 3), seq=None).check()
+    wrong_size = make_record("cam1", 3, width=32)
+    with pytest.raises(ProtocolError, match=r"seq 3: a mask of size \[48, 64\] in a 48x32 frame$"):
+        wrong_size.check()
+    make_record("cam1", 3).check()
 
 
 @pytest.mark.parametrize("parts, problem", [
@@ -66,6 +101,42 @@ def test_stream_ids_that_would_break_topics_are_refused(stream_id):
         topic(stream_id)
 
 
+def test_json_schemas_are_valid_and_accept_what_the_publisher_sends():
+    for schema in (FRAME_SCHEMA, EOS_SCHEMA):
+        jsonschema.Draft202012Validator.check_schema(json_schema(schema))
+        assert json_schema(schema)["title"] == schema
+    VALIDATORS[FRAME_SCHEMA].validate(json.loads(V1_FRAME_BYTES))
+    VALIDATORS[FRAME_SCHEMA].validate(published(make_record("cam1", 0, instances=0)).to_wire())
+    VALIDATORS[EOS_SCHEMA].validate(EndOfStream("cam1", 0).to_wire())
+
+
+@pytest.mark.parametrize("change, path", [
+    (lambda h: h.pop("published_at"), "published_at"),
+    (lambda h: h.update(seq=-1), "seq"),
+    (lambda h: h.update(stream="a/b"), "stream"),
+    (lambda h: h.update(width=64.5), "width"),
+    (lambda h: h["instances"][0].update(box=[1.0, 2.0, 3.0]), "box"),
+    (lambda h: h["instances"][1]["mask"].update(counts=7), "counts"),
+    (lambda h: h["instances"][0].pop("label"), "label"),
+    (lambda h: h.update(schema="maskstream.frame/2"), "schema"),
+])
+def test_the_frame_schema_refuses_malformed_headers(change, path):
+    header = json.loads(V1_FRAME_BYTES)
+    change(header)
+    with pytest.raises(jsonschema.ValidationError) as error:
+        VALIDATORS[FRAME_SCHEMA].validate(header)
+    assert path in error.value.message or path in list(error.value.absolute_path)
+
+
+def test_the_schemas_ship_as_package_data():
+    """An installed package finds its schemas through importlib.resources (json_schema); the
+    files must therefore be package data of `pipeline`."""
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["pipeline"]
+    files = sorted(path.relative_to(REPO / "pipeline").as_posix() for path in (REPO / "pipeline" / "schema").iterdir())
+    assert files == ["schema/maskstream.eos-1.json", "schema/maskstream.frame-1.json"]
+    assert all(any(fnmatch.fnmatch(name, pattern) for pattern in patterns) for name in files)
+
+
 def test_cam1_subscriber_does_not_receive_cam10():
     context = zmq.Context()
     publisher, subscriber = context.socket(zmq.PUB), context.socket(zmq.SUB)
@@ -75,15 +146,15 @@ def test_cam1_subscriber_does_not_receive_cam10():
         subscriber.connect(publisher.last_endpoint.decode())
         # Slow joiner: send cam1 frames until the subscription has reached the publisher.
         while not subscriber.poll(50):
-            publisher.send_multipart(encode_message(eos_header("cam1", 0)))
+            publisher.send_multipart(encode_message(EndOfStream("cam1", 0)))
         for frames in range(3):
-            publisher.send_multipart(encode_message(eos_header("cam10", frames)))
-        publisher.send_multipart(encode_message(eos_header("cam1", 99)))
+            publisher.send_multipart(encode_message(EndOfStream("cam10", frames)))
+        publisher.send_multipart(encode_message(EndOfStream("cam1", 99)))
         received = [decode_message(subscriber.recv_multipart())]
-        while received[-1]["frames"] != 99:
+        while received[-1].frames != 99:
             received.append(decode_message(subscriber.recv_multipart()))
         # cam10's three messages were sent before the last cam1 one, and never came.
-        assert {message["stream"] for message in received} == {"cam1"}
+        assert {message.stream for message in received} == {"cam1"}
     finally:
         publisher.close(linger=0)
         subscriber.close(linger=0)

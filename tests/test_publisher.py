@@ -1,14 +1,20 @@
-"""The publisher actor over real ZeroMQ sockets: order, duplicates, EOS, late joiners, masks."""
+"""The publisher actor over real ZeroMQ sockets: order, duplicates, EOS, late joiners, masks.
+
+Every message the tests receive is checked against the protocol's JSON Schema (wire_helpers.Consumer).
+"""
+import cv2
 import pytest
 import ray
 
-from pipeline.consumer import Consumer, EndOfStream, Frame
+from models.errors import ConfigError
+from pipeline.config import OutputSection, PublishSection
+from pipeline.protocol import EndOfStream, FrameRecord
 from pipeline.publisher import Publisher, PublisherActor, PublisherError
-from wire_helpers import (HEIGHT, WIDTH, make_record, rectangle_mask, start_publisher,
-                          stop_publisher, warm_up)
-from wire_helpers import ray_session  # noqa: F401 (a fixture, used by name)
+from pipeline.sources import FALLBACK_FPS
+from tests.wire_helpers import (HEIGHT, WIDTH, Consumer, make_record, rectangle_mask, start_publisher,
+                                stop_publisher, warm_up)
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def messages_of(consumer: Consumer, stream: str) -> list:
@@ -51,7 +57,7 @@ def test_eos_waits_for_the_last_missing_frame():
         ray.get(publisher.publish.remote(make_record("cam1", 0)))
         received = messages_of(consumer, "cam1")
     stop_publisher(publisher)
-    assert [type(message) for message in received] == [Frame, Frame, Frame, EndOfStream]
+    assert [type(message) for message in received] == [FrameRecord, FrameRecord, FrameRecord, EndOfStream]
     assert [message.seq for message in received[:3]] == [0, 1, 2]
 
 
@@ -107,9 +113,8 @@ def test_close_sends_what_waits_and_eos_for_open_streams():
 
 def test_a_bad_record_is_refused_on_arrival_and_its_stream_goes_on():
     publisher, endpoint = start_publisher()
-    bad = make_record("cam1", 1)
-    del bad["width"]
-    with pytest.raises(ray.exceptions.RayTaskError, match="record of stream 'cam1' seq 1: missing width"):
+    bad = make_record("cam1", 1, width=WIDTH + 1)  # masks of another size than the frame
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"record of stream 'cam1' seq 1: a mask of size"):
         ray.get(publisher.publish.remote(bad))  # ahead of its turn: refused now, not when seq 0 comes
     with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
         publisher.end_stream.remote("warmup", warm_up(publisher, [consumer]))
@@ -123,19 +128,40 @@ def test_a_bad_record_is_refused_on_arrival_and_its_stream_goes_on():
 
 def test_endpoint_in_use_is_one_line_naming_it():
     publisher, endpoint = start_publisher()
-    second = PublisherActor.remote({"endpoint": endpoint})
+    second = PublisherActor.remote(PublishSection(endpoint=endpoint))
     with pytest.raises(ray.exceptions.RayActorError) as failure:
         ray.get(second.ready.remote())
     assert f"publish endpoint {endpoint}: Address already in use" in str(failure.value)
     stop_publisher(publisher)
 
 
-@pytest.mark.parametrize("config, problem", [
-    ({"hwm": -1}, "hwm -1 must be >= 0"),
-    ({"overlay_video": True}, "overlay_video needs out_dir"),
-    ({"endpiont": "tcp://127.0.0.1:5555"}, "unknown key.s. endpiont"),
-    ({"out_dir": "/dev/null/out"}, "^output directory /dev/null/out: Not a directory$"),
+@pytest.mark.parametrize("publish, output, error, problem", [
+    (PublishSection(hwm=-1), None, ConfigError, "^publish.hwm: must be >= 0$"),
+    (PublishSection(linger_ms=-2), None, ConfigError, "^publish.linger_ms: must be >= 0, or -1"),
+    (PublishSection(), OutputSection(overlay=True), ConfigError, "^output.overlay: needs output.dir$"),
+    (PublishSection(), OutputSection(dir="/dev/null/out"), PublisherError,
+     "^output directory /dev/null/out: Not a directory$"),
 ])
-def test_bad_configs_are_refused_with_one_line(config, problem):
-    with pytest.raises(PublisherError, match=problem):
-        Publisher(config)
+def test_bad_configs_are_refused_with_one_line(publish, output, error, problem):
+    """The publisher takes the pipeline config's own sections and their one validation."""
+    with pytest.raises(error, match=problem):
+        Publisher(publish, output)
+
+
+@pytest.mark.parametrize("overlay_fps, source_fps, expected", [
+    (None, 12.5, 12.5),           # the source's own rate
+    (5.0, 12.5, 5.0),             # output.overlay_fps wins
+    (None, None, FALLBACK_FPS),   # a stream never opened: as a source that does not say its rate
+])
+def test_overlay_video_takes_the_source_frame_rate_unless_the_config_sets_one(tmp_path, overlay_fps, source_fps,
+                                                                             expected):
+    publisher = Publisher(PublishSection(endpoint="tcp://127.0.0.1:*"),
+                          OutputSection(dir=str(tmp_path), overlay=True, overlay_fps=overlay_fps))
+    if source_fps is not None:
+        publisher.open_stream("cam1", source_fps)
+    for seq in range(3):
+        publisher.publish(make_record("cam1", seq))
+    publisher.close()
+    capture = cv2.VideoCapture(str(tmp_path / "cam1.overlay.mp4"))
+    assert (capture.get(cv2.CAP_PROP_FPS), capture.get(cv2.CAP_PROP_FRAME_COUNT)) == (expected, 3)
+    capture.release()

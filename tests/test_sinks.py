@@ -7,15 +7,16 @@ import pytest
 import ray
 from pycocotools.coco import COCO
 
-from pipeline.consumer import Consumer
+from models.errors import SinkError
+from pipeline.config import OutputSection
 from pipeline.overlay import MASK_OPACITY, class_colour, draw_instances
-from pipeline.protocol import encode_header
+from pipeline.protocol import InstanceRecord
 from pipeline.sinks import OverlayVideoSink
-from wire_helpers import (HEIGHT, WIDTH, encode_rle, make_record, rectangle_mask, start_publisher,
-                          stop_publisher, warm_up)
-from wire_helpers import ray_session  # noqa: F401 (a fixture, used by name)
+from tests.wire_helpers import (HEIGHT, WIDTH, Consumer, encode_rle, make_record, rectangle_mask, start_publisher,
+                                stop_publisher, warm_up)
+from workers.frames import put_frames
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 CLASS_NAMES = ["background", "person", "bicycle", "car"]
 GRAY = 128
@@ -23,32 +24,38 @@ FRAMES = 5
 
 
 @pytest.fixture(scope="module")
-def published(ray_session, tmp_path_factory):
-    """cam1 published out of order with file sinks and the overlay video on; what the wire carried."""
+def published(ray_cluster, tmp_path_factory):
+    """cam1 published out of order with file sinks and the overlay video on: the headers the wire
+    carried (as dicts) and the files."""
     out_dir = tmp_path_factory.mktemp("out")
-    publisher, endpoint = start_publisher(out_dir=str(out_dir), overlay_video=True, overlay_fps=10.0,
-                                          class_names=CLASS_NAMES)
-    pixels = (ray.put(np.full((1, HEIGHT, WIDTH, 3), GRAY, np.uint8)), 0)
+    publisher, endpoint = start_publisher(OutputSection(dir=str(out_dir), overlay=True), CLASS_NAMES)
+    ray.get(publisher.open_stream.remote("cam1", 10.0))
+    pixels, = put_frames(np.full((1, HEIGHT, WIDTH, 3), GRAY, np.uint8))
     with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
         publisher.end_stream.remote("warmup", warm_up(publisher, [consumer]))
         for seq in [1, 0, 3, 2, 4]:
-            publisher.publish.remote(make_record("cam1", seq, instances=seq % 3, frame_ref=pixels))
+            publisher.publish.remote(make_record("cam1", seq, instances=seq % 3, pixels=pixels))
         publisher.end_stream.remote("cam1", FRAMES)
-        headers = [frame.header for frame in consumer if frame.stream == "cam1"]
+        seqs = [frame.seq for frame in consumer if frame.stream == "cam1"]
         # EOS has arrived: the stream's files are complete before the publisher closes.
         files = {path.name: path.read_bytes() for path in out_dir.glob("cam1.*")}
     stop_publisher(publisher)
-    return headers, files, out_dir
+    assert seqs == list(range(FRAMES))
+    return consumer.frame_bytes("cam1"), files, out_dir
 
 
 def test_jsonl_lines_are_the_wire_headers(published):
-    headers, files, _ = published
-    assert [header["seq"] for header in headers] == list(range(FRAMES))
-    assert files["cam1.jsonl"].splitlines() == [encode_header(header) for header in headers]
+    raw, files, _ = published
+    assert files["cam1.jsonl"].splitlines() == raw  # byte for byte
 
 
-def test_coco_results_load_against_the_images_file_and_match_the_wire(published):
-    headers, _, out_dir = published
+@pytest.fixture(scope="module")
+def headers(published):
+    return [json.loads(raw) for raw in published[0]]
+
+
+def test_coco_results_load_against_the_images_file_and_match_the_wire(published, headers):
+    out_dir = published[2]
     ground_truth = COCO(str(out_dir / "cam1.coco_images.json"))
     results = ground_truth.loadRes(str(out_dir / "cam1.coco_results.json"))
     assert sorted(results.getImgIds()) == list(range(FRAMES))
@@ -67,9 +74,9 @@ def test_coco_results_load_against_the_images_file_and_match_the_wire(published)
     assert categories == dict(enumerate(CLASS_NAMES))
 
 
-def test_overlay_video_has_every_frame_drawn_on_its_pixels(published):
-    headers, _, out_dir = published
-    capture = cv2.VideoCapture(str(out_dir / "cam1.overlay.mp4"))
+def test_overlay_video_has_every_frame_drawn_on_its_pixels(published, headers):
+    capture = cv2.VideoCapture(str(published[2] / "cam1.overlay.mp4"))
+    assert capture.get(cv2.CAP_PROP_FPS) == 10.0  # the rate the stream was opened with
     images = []
     while (image := capture.read())[0]:
         images.append(image[1])
@@ -89,8 +96,7 @@ def test_draw_instances_blends_class_colours_inside_masks_only():
     canvas = np.zeros((200, 200, 3), np.uint8)
     mask = np.zeros((200, 200), bool)
     mask[60:120, 60:120] = True
-    instance = {"class_id": 3, "label": "car", "score": 0.87, "box": [60.0, 60.0, 120.0, 120.0],
-                "mask": encode_rle(mask)}
+    instance = InstanceRecord(3, "car", 0.87, (60.0, 60.0, 120.0, 120.0), encode_rle(mask))
     draw_instances(canvas, [instance])
     expected = (np.array(class_colour(3)) * MASK_OPACITY).astype(np.uint8)
     assert (canvas[90, 90] == expected).all()
@@ -99,11 +105,11 @@ def test_draw_instances_blends_class_colours_inside_masks_only():
 
 
 def test_overlay_video_refuses_an_unknown_extension_and_a_frame_of_another_size(tmp_path):
-    with pytest.raises(ValueError, match=r"overlay video .*out\.mkv: use a \.mp4 or \.avi file name"):
+    with pytest.raises(SinkError, match=r"overlay video .*out\.mkv: use a \.mp4 or \.avi file name"):
         OverlayVideoSink(tmp_path / "out.mkv", fps=10)
     sink = OverlayVideoSink(tmp_path / "out.avi", fps=10)
     sink.write(make_record("cam1", 0, instances=0))
-    with pytest.raises(ValueError, match="frame seq 1 is 32x48, the video is 64x48"):
+    with pytest.raises(SinkError, match="frame seq 1 is 32x48, the video is 64x48"):
         sink.write(make_record("cam1", 1, instances=0, width=32))
     sink.close()
 

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.sources import (SourceError, SourceSpec, open_source, parse_source, parse_synthetic,
                               source_kind, to_rgb)
-from pipeline_helpers import DATA, HIGHWAY, PEDESTRIANS, free_port
+from tests.pipeline_helpers import DATA, HIGHWAY, PEDESTRIANS, free_port
 
 
 def read_all(source, limit=10_000):
@@ -43,6 +43,7 @@ def test_id_prefix_is_not_taken_from_a_uri_with_equals_inside():
 def test_video_file_reads_every_decodable_frame_not_the_container_count():
     source = open_source(parse_source(str(PEDESTRIANS)))
     assert source.total == 682  # what the header claims: a hint only
+    assert source.fps == 25.0   # its timestamps' rate, not the header's 50: the overlay video's default
     frames = read_all(source)
     assert len(frames) == 341
     assert all(f.rgb.shape == (720, 1280, 3) and f.rgb.dtype == np.uint8 for f in frames)
@@ -70,7 +71,7 @@ def test_image_folder_sorted_converted_and_unreadable_skipped(tmp_path):
     (tmp_path / "b_broken.jpg").write_bytes(b"not an image")
     (tmp_path / "notes.txt").write_text("ignored: not an image name")
     source = open_source(parse_source(str(tmp_path)), folder_fps=10.0)
-    assert source.total == 4
+    assert (source.total, source.fps) == (4, 10.0)
     frames = read_all(source)
     assert [f.rgb.shape for f in frames] == [(20, 30, 3), (37, 53, 3), (16, 16, 3)]
     assert frames[0].rgb[0, 0].tolist() == [200, 0, 10]
@@ -133,7 +134,9 @@ def test_unreachable_url_and_missing_camera():
 
 def test_synthetic_scenes_are_generated_and_repeatable():
     spec = parse_source("synthetic:seed=4,width=96,height=64,fps=10,frames=3")
-    frames = read_all(open_source(spec))
+    source = open_source(spec)
+    assert source.fps == 10.0
+    frames = read_all(source)
     again = read_all(open_source(spec))
     assert [f.rgb.shape for f in frames] == [(64, 96, 3)] * 3
     assert [f.pts for f in frames] == [0.0, 0.1, 0.2]

@@ -5,10 +5,12 @@ import ray
 
 import models
 from pipeline.sources import open_source, parse_source
-from pipeline_helpers import HIGHWAY
-from workers.inference import InferenceWorkerActor, instances
+from tests.pipeline_helpers import HIGHWAY, OneThreadModelActor
+from workers.frames import put_frames
+from workers.inference import BatchResult, InferenceWorkerActor
+from workers.results import InstanceRecord, instance_records
 
-pytestmark = pytest.mark.usefixtures("pipeline_ray")
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 TINY = "configs/test_tiny.yaml"
 
 
@@ -21,28 +23,30 @@ def frames():
     return [first, second, np.ascontiguousarray(second[101:198, 203:350])]
 
 
-def plain_values(value) -> bool:
-    """True if `value` is built only of dicts, lists, str, int, float (no arrays, no pixels)."""
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and plain_values(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(plain_values(v) for v in value)
-    return type(value) in (str, int, float, bool)
-
-
-def test_worker_gives_the_models_own_results_as_small_plain_values(frames):
+def test_worker_gives_the_models_own_results_as_small_plain_records(frames):
     worker = InferenceWorkerActor.options(num_cpus=1).remote(TINY, None, 1.0)
     where = ray.get(worker.ready.remote())
     assert (where["device"], where["gpu_ids"], where["error"], where["threads"]) == ("cpu", [], None, 1)
-    out = ray.get(worker.infer.remote([(ray.put(f[None]), 0) for f in frames]))
+    result = ray.get(worker.infer.remote([put_frames(f[None])[0] for f in frames]))
     ray.kill(worker)
-    direct = models.load_model(TINY).predict(frames, masks="rle")
-    assert len(out["frames"]) == 3 and set(out["timing_ms"]) == {"fetch", "inference"}
-    assert plain_values(out["frames"])
-    for got, want, frame in zip(out["frames"], direct, frames):
-        assert got["instances"] == instances(want)
-        assert len(got["instances"]) == 10  # the tiny config keeps every detection
-        assert all(inst["mask"]["size"] == list(frame.shape[:2]) for inst in got["instances"])
+    # the model called directly with the worker's one thread (see OneThreadModel)
+    reference = OneThreadModelActor.remote(TINY)
+    direct = ray.get(reference.predict.remote(frames))
+    ray.kill(reference)
+    assert isinstance(result, BatchResult) and (result.worker, result.pid) == (where["name"], where["pid"])
+    assert len(result.instances) == 3 and set(result.timing_ms) == {"fetch", "inference"}
+    for got, want, frame in zip(result.instances, direct, frames):
+        assert len(got) == 10  # the tiny config keeps every detection
+        assert got == instance_records(want)  # exactly the model's own results, in order
+        assert all(type(inst) is InstanceRecord and plain(inst) for inst in got)  # no arrays, no pixels
+        assert all(inst.rle["size"] == list(frame.shape[:2]) for inst in got)
+
+
+def plain(instance: InstanceRecord) -> bool:
+    """Built only of int, float, str (no numpy values, no arrays): small, and JSON as it is."""
+    return (type(instance.class_id), type(instance.label), type(instance.score)) == (int, str, float) and \
+        all(type(v) is float for v in instance.box) and type(instance.rle["counts"]) is str and \
+        all(type(v) is int for v in instance.rle["size"])
 
 
 def test_model_config_mistake_is_one_line_from_ready(tmp_path):

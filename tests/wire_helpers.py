@@ -1,26 +1,43 @@
-"""Helpers for the publisher-side tests: records with real RLE masks, Ray, publishers, warm-up."""
+"""Helpers for the publisher-side tests: records with real RLE masks, publishers, a consumer that
+checks every message against the published JSON Schema, warm-up."""
+import json
+
+import jsonschema
 import numpy as np
-import pytest
 import ray
 from pycocotools import mask as mask_utils
 
+from pipeline import consumer
+from pipeline.config import OutputSection, PublishSection
+from pipeline.protocol import EOS_SCHEMA, FRAME_SCHEMA, FrameRecord, InstanceRecord, json_schema
 from pipeline.publisher import PublisherActor
 
 WIDTH, HEIGHT = 64, 48
 LABELS = {1: "person", 3: "car"}
 ANY_PORT = "tcp://127.0.0.1:*"
 WARM_UP_LIMIT = 500  # frames; a guard against a subscriber that never connects, not a timing
+VALIDATORS = {schema: jsonschema.Draft202012Validator(json_schema(schema)) for schema in (FRAME_SCHEMA, EOS_SCHEMA)}
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One small Ray instance per test module (or the one already running)."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=1, include_dashboard=False)
-    yield
-    if started:
-        ray.shutdown()
+class Consumer(consumer.Consumer):
+    """The SDK's consumer, which also validates every message it receives against the JSON
+    Schema that ships with the package, and keeps the frame headers' bytes as they came."""
+
+    def __init__(self, *args, **kwargs):
+        self._frame_bytes: list[tuple[str, bytes]] = []  # (stream, header)
+        super().__init__(*args, **kwargs)
+
+    def _receive_parts(self) -> list[bytes]:
+        parts = super()._receive_parts()
+        header = json.loads(parts[1])
+        VALIDATORS[header["schema"]].validate(header)
+        if header["schema"] == FRAME_SCHEMA:
+            self._frame_bytes.append((header["stream"], parts[1]))
+        return parts
+
+    def frame_bytes(self, stream: str) -> list[bytes]:
+        """The headers of ``stream``'s frames received so far, byte for byte."""
+        return [header for name, header in self._frame_bytes if name == stream]
 
 
 def rectangle_mask(seq: int, index: int) -> tuple[np.ndarray, list[float]]:
@@ -38,24 +55,26 @@ def encode_rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def make_record(stream: str, seq: int, instances: int = 2, **overrides) -> dict:
-    """A pipeline record as the workers hand it to the publisher."""
-    found = []
-    for index in range(instances):
-        mask, box = rectangle_mask(seq, index)
-        class_id = 1 if index % 2 == 0 else 3
-        found.append({"class_id": np.int32(class_id), "label": LABELS[class_id],
-                      "score": np.float32(0.9 - 0.1 * index), "box": box, "mask": encode_rle(mask)})
-    record = {"stream": stream, "seq": seq, "frame_index": seq, "pts": seq / 25.0,
-              "captured_at": 1.7e9 + seq / 25.0, "width": WIDTH, "height": HEIGHT,
-              "dropped_before": 0, "timing_ms": {"infer": 10.0 + seq}, "instances": found}
-    record.update(overrides)
-    return record
+def make_instance(seq: int, index: int) -> InstanceRecord:
+    mask, box = rectangle_mask(seq, index)
+    class_id = 1 if index % 2 == 0 else 3
+    return InstanceRecord(np.int32(class_id), LABELS[class_id], np.float32(0.9 - 0.1 * index), tuple(box),
+                          encode_rle(mask))
 
 
-def start_publisher(**config) -> tuple:
-    """A publisher actor on a free port and the endpoint it bound."""
-    publisher = PublisherActor.remote({"endpoint": ANY_PORT, **config})
+def make_record(stream: str, seq: int, instances: int = 2, **overrides) -> FrameRecord:
+    """A frame record as the scheduler hands it to the publisher (numpy scalars where the model
+    gives them)."""
+    fields = {"stream": stream, "seq": seq, "frame_index": seq, "pts": seq / 25.0,
+              "captured_at": 1.7e9 + seq / 25.0, "published_at": None, "width": WIDTH, "height": HEIGHT,
+              "dropped_before": 0, "timing_ms": {"infer": 10.0 + seq},
+              "instances": tuple(make_instance(seq, index) for index in range(instances))}
+    return FrameRecord(**{**fields, **overrides})
+
+
+def start_publisher(output: OutputSection | None = None, class_names=None, **publish) -> tuple:
+    """A publisher actor on a free port and the endpoint it bound; ``publish``: PublishSection fields."""
+    publisher = PublisherActor.remote(PublishSection(**{"endpoint": ANY_PORT, **publish}), output, class_names)
     return publisher, ray.get(publisher.ready.remote())
 
 

@@ -3,30 +3,41 @@
     worker = InferenceWorkerActor.options(num_gpus=1, num_cpus=1).remote(model_config, weights)
     ray.get(worker.ready.remote())                  # where it runs: {"name", "device", "gpu_ids", ...}
     ray.get(worker.warm_up.remote([(720, 1280)], [1, 4]))  # compile for these frame and batch sizes
-    out = ray.get(worker.infer.remote([(ref, i), ...]))  # frame i of object-store arrays (n, H, W, 3)
-    out["frames"][i]["instances"]                   # [{class_id, label, score, box, mask}], frame i
-    out["timing_ms"]                                # {"fetch": ms, "inference": ms} for the batch
+    result = ray.get(worker.infer.remote([FrameRef(ref, i), ...]))  # see workers/frames.py
+    result.instances[i]                             # frame i's InstanceRecords (workers/results.py)
+    result.timing_ms                                # {"fetch": ms, "inference": ms} for the batch
 
-Frames come in as object-store references and are read zero-copy on the worker's node; only
-small results go back: boxes, scores, classes and COCO RLE masks, never pixels.
+Frames come in as object-store handles and are read zero-copy on the worker's node; only small
+results go back: the model's detections (class, label, score, box, COCO RLE mask) as plain
+records, never pixels nor mask probabilities.
 """
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
 
-from pipeline.ingest import fetch_frames
-
 from .device import configure_device, model_precision
+from .frames import FrameRef, fetch_frames
+from .results import InstanceRecord, instance_records
 
 # model_factory(model_config, weights) -> an object with predict(frames, masks="rle") -> list of
 # Detections; the default is models.load_model. Benchmarks plug other models in here.
 ModelFactory = Callable[[Any, "str | None"], Any]
+
+
+@dataclass
+class BatchResult:
+    """What a worker gives back for a batch of frames."""
+    instances: list[tuple[InstanceRecord, ...]]  # per frame, in order
+    timing_ms: dict[str, float]  # {"fetch": reading the pixels, "inference": the model}, for the batch
+    worker: str                 # the worker's name
+    pid: int                    # its process: another pid than ready() gave means it was restarted
 
 
 class InferenceWorker:
@@ -68,29 +79,16 @@ class InferenceWorker:
             for batch in batch_sizes:
                 self.model.predict(np.zeros((batch, height, width, 3), np.uint8), masks="rle")
 
-    def infer(self, frames: list) -> dict:
-        """Run the model on a batch. `frames`: (ObjectRef of RGB uint8 (n, H, W, 3), index) pairs,
-        as the ingest hands them out (pipeline/ingest.py).
-
-        Returns {"frames": [{"instances": [...]} per frame, in order], "timing_ms": {"fetch",
-        "inference"}, "worker": name}.
-        """
+    def infer(self, frames: list[FrameRef]) -> BatchResult:
+        """Run the model on a batch of frames, as the ingest hands them out."""
         began = time.perf_counter()
-        frames = fetch_frames(frames)
+        pixels = fetch_frames(frames)
         fetched = time.perf_counter()
-        detections = self.model.predict(frames, masks="rle")
+        detections = self.model.predict(pixels, masks="rle")
         done = time.perf_counter()
-        return {"frames": [{"instances": instances(d)} for d in detections],
-                "timing_ms": {"fetch": (fetched - began) * 1e3, "inference": (done - fetched) * 1e3},
-                "worker": self.name}
-
-
-def instances(detections) -> list[dict]:
-    """A frame's Detections as wire-protocol instances: class_id, label, score, box, mask (RLE)."""
-    return [{"class_id": int(class_id), "label": label, "score": float(score),
-             "box": [float(v) for v in box], "mask": rle}
-            for class_id, label, score, box, rle in zip(detections.class_ids, detections.labels,
-                                                        detections.scores, detections.boxes, detections.rles)]
+        return BatchResult([instance_records(d) for d in detections],
+                           {"fetch": (fetched - began) * 1e3, "inference": (done - fetched) * 1e3},
+                           self.name, os.getpid())
 
 
 InferenceWorkerActor = ray.remote(InferenceWorker)

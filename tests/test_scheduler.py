@@ -1,0 +1,27 @@
+"""The scheduler's own logic, apart from Ray: its wake-ups and the errors it reports.
+(It runs for real, with actors, in test_pipeline_e2e.py.)"""
+from pipeline.batching import Accepted
+from pipeline.config import BatchingSection
+from pipeline.scheduler import POLL_S, Scheduler, error_line
+from tests.wire_helpers import make_record
+
+
+def test_error_line_strips_ray_traceback():
+    text = ("ray::InferenceWorker.infer() (pid=1, ip=1.2.3.4)\n  File \"x.py\", line 3, in infer\n"
+            "    raise ValueError('bad')\nValueError: frame 3 has 2 channels\n")
+    assert error_line(RuntimeError(text)) == "frame 3 has 2 channels"
+    assert error_line(RuntimeError("plain message")) == "plain message"
+
+
+def test_the_scheduler_sleeps_past_an_overdue_batch_while_every_worker_is_busy():
+    """An overdue partial batch wakes the loop only when a worker could take it; with every
+    worker busy the loop waits for a result (a timeout of 0 here would spin at 100% CPU)."""
+    scheduler = Scheduler({}, {"w0": object()}, [{"name": "w0", "pid": 1}], publisher=None,
+                          batching=BatchingSection(max_batch=4, max_wait_ms=10.0, batches_per_worker=2),
+                          live=False, live_queue=1, overlay=False, stats=None)
+    assert scheduler.max_in_flight == 12              # max_in_flight 0: 3 batches per worker
+    for seq in (0, 1):                                 # long overdue
+        scheduler.batcher.add(Accepted(make_record("a", seq, instances=0), ready_at=0.0))
+    assert scheduler._wait_timeout() == 0.0          # a worker slot is free: dispatch now
+    scheduler.workers[0].batches = 2                  # both slots of the only worker taken
+    assert scheduler._wait_timeout() == POLL_S
