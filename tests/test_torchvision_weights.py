@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from torchvision_weights import OVERRIDE_PREFIX, make_state_dict, reference_state_dict, state_dict_layout
+from tests.torchvision_weights import OVERRIDE_PREFIX, make_state_dict, reference_state_dict, state_dict_layout
 
 # Runs in a child process: importing torchvision after tensorflow in one process crashes.
 TORCHVISION_LAYOUTS = """
