@@ -1,102 +1,11 @@
-"""Run the maskstream pipeline: sources -> Ray ingest -> batched Mask R-CNN workers -> ZeroMQ.
+"""Run the maskstream pipeline: the same as ``maskstream run`` (see pipeline/run.py).
 
     python run_pipeline.py                                   # the embedded default (configs/default.yaml)
     python run_pipeline.py --source ../shared/data/pedestrians_720p.avi --out runs/ped
-    python run_pipeline.py --config my.yaml --source cam=0 --source rtsp://host/stream --workers 2
-
-Every config value can be overridden with --set section.key=value (see pipeline/config.py).
 """
-import argparse
-import json
-import logging
-import os
 import sys
-from contextlib import contextmanager
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="pipeline YAML laid over configs/default.yaml")
-    parser.add_argument("--source", action="append", metavar="[ID=]URI",
-                        help="video file, image folder, camera index, rtsp:// or http(s):// URL, or synthetic:; repeatable")
-    parser.add_argument("--publish", metavar="ENDPOINT", help="ZeroMQ PUB endpoint, e.g. tcp://127.0.0.1:5555")
-    parser.add_argument("--mode", choices=("live", "offline"),
-                        help="default: live for cameras and streams, offline for files, folders and synthetic:")
-    parser.add_argument("--workers", type=int, metavar="N", help="inference workers (default: one per GPU, else 1)")
-    parser.add_argument("--max-batch", type=int, metavar="N", help="frames per inference batch")
-    parser.add_argument("--max-wait-ms", type=float, metavar="MS", help="longest wait for a batch to fill")
-    parser.add_argument("--out", metavar="DIR", help="write JSON lines and COCO results per stream here")
-    parser.add_argument("--overlay", "--video", action="store_true", help="also write an overlay video per stream (with --out)")
-    parser.add_argument("--curve-keys", metavar="DIR", help="encrypt with CURVE; keys from python -m pipeline.keys DIR")
-    parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
-    parser.add_argument("--ray-address", metavar="ADDRESS", help="join this Ray cluster instead of starting one")
-    parser.add_argument("--verbose", action="store_true", help="detailed logs, Ray's and TensorFlow's included")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config value, e.g. --set sources.max_frames=100; repeatable")
-    return parser.parse_args(argv)
-
-
-def overrides(args: argparse.Namespace) -> list[str]:
-    """The command line's options as config overrides, applied after --config and before --set."""
-    pairs = []
-    if args.source:
-        pairs.append(("sources.uris", args.source))
-    for key, value in (("publish.endpoint", args.publish), ("sources.mode", args.mode),
-                       ("workers.count", args.workers), ("batching.max_batch", args.max_batch),
-                       ("batching.max_wait_ms", args.max_wait_ms), ("output.dir", args.out),
-                       ("publish.curve_keys", args.curve_keys), ("metrics_port", args.metrics_port),
-                       ("ray_address", args.ray_address)):
-        if value is not None:
-            pairs.append((key, value))
-    if args.overlay:
-        pairs.append(("output.overlay", True))
-    if args.verbose:
-        pairs.append(("verbose", True))
-    # JSON is YAML: lists, numbers and strings with any characters read back exactly.
-    return [f"{key}={json.dumps(value)}" for key, value in pairs] + args.set
-
-
-@contextmanager
-def native_stderr_silenced(silence: bool):
-    """Silence file descriptor 2 for a while: TensorFlow's C++ start-up lines (oneDNN, CUDA
-    probing) ignore TF_CPP_MIN_LOG_LEVEL and would greet every run of a quiet command."""
-    if not silence:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not args.verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    with native_stderr_silenced(not args.verbose):
-        from models.errors import ConfigError, PipelineError
-        from pipeline.config import load_pipeline_config
-        from pipeline.runner import run
-
-    try:
-        summary = run(load_pipeline_config(args.config, overrides(args)))
-    except (ConfigError, PipelineError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(summary.table(), file=sys.stderr)
-    return 1 if summary.errors else 0
-
+from pipeline.run import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,5 +7,6 @@
 
 Modules, in the order frames flow: config, sources, ingest, batching (the rule) and scheduler
 (the loop onto the workers), publisher (protocol: the frame record and the wire messages; sinks,
-overlay, keys), consumer; metrics and runner around them.
+overlay, keys), consumer; metrics and runner around them; cli (`maskstream`), run, consume and
+keys are the command lines.
 """

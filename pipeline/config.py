@@ -95,7 +95,7 @@ class BatchingSection:
 class PublishSection:
     endpoint: str = "tcp://127.0.0.1:5555"
     hwm: int = 1000                    # messages queued per subscriber before ZeroMQ drops (0: no limit)
-    curve_keys: str | None = None      # key directory (python -m pipeline.keys); none: plain TCP
+    curve_keys: str | None = None      # key directory (maskstream keys); none: plain TCP
     linger_ms: int = 1000              # at the end, how long unsent messages may still go out (-1: until sent)
 
     def validate(self, path: str) -> None:

@@ -1,11 +1,14 @@
-"""``python -m pipeline.consume ENDPOINT``: print, record or render a publisher's frames.
+"""``maskstream consume ENDPOINT``: print, record or render a publisher's frames.
 
-Exits 0 once every expected stream has sent EOS, 1 on a timeout or bad input, 130 on Ctrl-C.
+Exits 0 once every expected stream has sent EOS, 1 on a timeout, 2 on bad input (one line),
+130 on Ctrl-C.
 """
 import argparse
 import contextlib
 import sys
 import time
+
+from models.errors import MaskstreamError
 
 from .consumer import Consumer
 from .protocol import EndOfStream, FrameRecord
@@ -27,7 +30,7 @@ def describe(frame: FrameRecord) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.consume",
+        prog="maskstream consume",
         description="Subscribe to a maskstream publisher: print a line per frame, record JSON lines, "
                     "or render an overlay video. Ends when every expected stream has sent EOS.")
     parser.add_argument("endpoint", help="publisher endpoint, e.g. tcp://127.0.0.1:5555")
@@ -42,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "pipeline's --out overlay has them); needs exactly one --stream")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate of --video (default 25)")
     parser.add_argument("--curve-keys", metavar="DIR",
-                        help="consumer key directory for an encrypted publisher (see python -m pipeline.keys)")
+                        help="consumer key directory for an encrypted publisher (see maskstream keys)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="give up after this long without a message (default: wait on)")
     args = parser.parse_args(argv)
@@ -60,11 +63,14 @@ def main(argv: list[str] | None = None) -> int:
             jsonl = closing.enter_context(contextlib.closing(JsonlSink(args.jsonl))) if args.jsonl else None
             video = (closing.enter_context(contextlib.closing(OverlayVideoSink(args.video, args.fps)))
                      if args.video else None)
-        except (OSError, ValueError) as error:  # one-line errors: endpoint, keys, stream ids, files
+        except MaskstreamError as error:  # one-line errors: endpoint, keys, stream ids, files
             print(f"error: {error}", file=sys.stderr)
-            return 1
+            return 2
         try:
             consume(consumer, jsonl, video)
+        except MaskstreamError as error:  # a malformed message, a frame the video cannot take
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             return 130
     if not consumer.finished:

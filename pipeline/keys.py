@@ -2,12 +2,12 @@
 
 Key directories:
 
-- the publisher's (``run_pipeline.py --curve-keys DIR``): ``DIR/server.key_secret``, its key pair,
+- the publisher's (``maskstream run --curve-keys DIR``): ``DIR/server.key_secret``, its key pair,
   and ``DIR/clients/*.key``, the public key of each consumer allowed to receive;
-- a consumer's (``python -m pipeline.consume ... --curve-keys DIR``): ``DIR/server.key``, the
+- a consumer's (``maskstream consume ... --curve-keys DIR``): ``DIR/server.key``, the
   publisher's public key, and exactly one ``DIR/<name>.key_secret``, its own key pair.
 
-``python -m pipeline.keys DIR [--name NAME]`` makes one pair, ``NAME.key`` (public) and
+``maskstream keys DIR [--name NAME]`` makes one pair, ``NAME.key`` (public) and
 ``NAME.key_secret`` (secret), and says where the files go.
 """
 import argparse
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import zmq.auth
 
-from models.errors import CurveKeyError
+from models.errors import CurveKeyError, MaskstreamError
 
 SERVER_NAME = "server"
 CLIENTS_DIR = "clients"
@@ -53,7 +53,7 @@ def _existing_dir(key_dir: str | Path) -> Path:
     key_dir = Path(key_dir)
     if not key_dir.is_dir():
         raise CurveKeyError(f"curve keys {key_dir}: no such directory "
-                            f"(make keys with python -m pipeline.keys {key_dir})")
+                            f"(make keys with maskstream keys {key_dir})")
     return key_dir
 
 
@@ -61,7 +61,7 @@ def _load_key_pair(secret_file: Path, key_dir: Path) -> tuple[bytes, bytes]:
     """Public and secret key from a ``.key_secret`` file, or a one-line error naming it."""
     if not secret_file.is_file():
         raise CurveKeyError(f"curve keys {key_dir}: missing {secret_file.name} "
-                            f"(make it with python -m pipeline.keys {key_dir} --name {secret_file.stem})")
+                            f"(make it with maskstream keys {key_dir} --name {secret_file.stem})")
     public, secret = zmq.auth.load_certificate(secret_file)
     if not secret:
         raise CurveKeyError(f"curve keys {secret_file}: holds no secret key")
@@ -97,7 +97,7 @@ def where_keys_go(key_dir: Path, name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.keys",
+        prog="maskstream keys",
         description="Make a CURVE key pair (NAME.key public, NAME.key_secret secret) for an "
                     "encrypted publisher (--name server, the default) or a consumer (any other name).")
     parser.add_argument("dir", help="directory to write the key pair into (created if missing)")
@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         public, secret = make_key_pair(args.dir, args.name)
-    except CurveKeyError as error:
+    except MaskstreamError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {public} and {secret}")
     print(where_keys_go(Path(args.dir), args.name))
     return 0

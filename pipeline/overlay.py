@@ -1,6 +1,6 @@
 """Drawing a frame's instances (coloured masks, boxes, labels, scores) onto an image.
 
-Shared by the publisher's overlay-video sink and ``python -m pipeline.consume --video``.
+Shared by the publisher's overlay-video sink and ``maskstream consume --video``.
 """
 import colorsys
 from collections.abc import Sequence

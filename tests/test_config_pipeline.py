@@ -1,5 +1,4 @@
 """Pipeline configuration and the command line: defaults, layering, overrides, one-line errors."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -7,13 +6,10 @@ from pathlib import Path
 import pytest
 
 from models.config import ConfigError
+from pipeline import run as run_command
 from pipeline.config import load_pipeline_config
 
 REPO = Path(__file__).resolve().parent.parent
-# run_pipeline.py is a script at the top of the repository, not part of an installed package.
-_spec = importlib.util.spec_from_file_location("run_pipeline", REPO / "run_pipeline.py")
-run_command = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(run_command)
 
 
 def test_embedded_default_runs_a_model_on_generated_scenes():
@@ -128,7 +124,7 @@ def test_no_flags_means_the_embedded_default():
 def test_cli_reports_a_config_mistake_in_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("batching: {max_batch: -1}\n")
-    for command in (["run_pipeline.py"],):
+    for command in (["run_pipeline.py"], ["-m", "pipeline.cli", "run"]):
         done = subprocess.run([sys.executable, *command, "--config", str(bad)], cwd=REPO,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2

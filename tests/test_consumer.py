@@ -85,7 +85,7 @@ def publish_until_it_prints(publisher, process: subprocess.Popen, then: int) -> 
 def test_consume_cli_records_and_renders_what_was_sent(tmp_path):
     publisher, endpoint = start_publisher()
     jsonl, video = tmp_path / "cam1.jsonl", tmp_path / "cam1.avi"
-    command = [sys.executable, "-m", "pipeline.consume", endpoint, "--stream", "cam1",
+    command = [sys.executable, "-m", "pipeline.cli", "consume", endpoint, "--stream", "cam1",
                "--jsonl", str(jsonl), "--video", str(video), "--timeout", "30"]
     with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as reference:
         publisher.end_stream.remote("warmup", warm_up(publisher, [reference]))
@@ -117,7 +117,7 @@ def test_consume_cli_records_and_renders_what_was_sent(tmp_path):
     (["--curve-keys", "/nonexistent/keys"], "curve keys /nonexistent/keys: no such directory"),
 ])
 def test_consume_cli_bad_arguments_are_one_line(arguments, message):
-    result = subprocess.run([sys.executable, "-m", "pipeline.consume", "tcp://127.0.0.1:9", *arguments],
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "consume", "tcp://127.0.0.1:9", *arguments],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert message in result.stderr.strip().splitlines()[-1]

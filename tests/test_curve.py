@@ -67,6 +67,6 @@ def test_consumer_directory_needs_the_servers_key_and_one_pair(tmp_path):
 def test_keys_cli_never_overwrites(tmp_path, capsys):
     assert keys.main([str(tmp_path)]) == 0
     before = (tmp_path / "server.key_secret").read_bytes()
-    assert keys.main([str(tmp_path)]) == 1
+    assert keys.main([str(tmp_path)]) == 2
     assert "already exists, not overwriting it" in capsys.readouterr().err
     assert (tmp_path / "server.key_secret").read_bytes() == before

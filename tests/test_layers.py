@@ -29,3 +29,7 @@ def test_a_layer_imports_nothing_above_it(package):
     wrong = {str(path.relative_to(REPO)): sorted(imported_roots(path) & FORBIDDEN[package])
              for path in sorted((REPO / package).rglob("*.py"))}
     assert {path: roots for path, roots in wrong.items() if roots} == {}
+
+
+def test_the_entry_script_only_hands_over_to_the_package():
+    assert imported_roots(REPO / "run_pipeline.py") == {"sys", "pipeline"}
