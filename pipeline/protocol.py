@@ -7,7 +7,7 @@ workers.results, since workers make them and never import the pipeline), the pub
 wire. `EndOfStream` ends a stream. `to_wire()` gives a record's JSON header, `from_wire()` reads
 one.
 
-One ZeroMQ multipart message per frame on a PUB socket:
+One ZeroMQ multipart message per frame on a PUB socket (docs/protocol.md has the field table):
 
 1. topic ``maskstream/<stream_id>/``: the trailing slash keeps a ``cam1`` subscription from
    matching ``cam10``, since ZeroMQ subscriptions are byte prefixes;

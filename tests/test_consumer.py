@@ -11,12 +11,14 @@ import pytest
 
 from pipeline.consumer import ConsumerError
 from pipeline.protocol import EndOfStream
-from tests.wire_helpers import HEIGHT, WIDTH, Consumer, make_record, start_publisher, stop_publisher, warm_up
+from tests.wire_helpers import (HEIGHT, LABELS, WIDTH, Consumer, make_record, rectangle_mask, start_publisher,
+                                stop_publisher, warm_up)
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 REPO = Path(__file__).resolve().parent.parent
 CLI_START_LIMIT = 60.0  # seconds; a guard against a CLI that never prints, not a timing
+DOCUMENTED_ENDPOINT = "tcp://127.0.0.1:5555"
 
 
 def test_stream_filter_and_eos_per_stream():
@@ -121,3 +123,28 @@ def test_consume_cli_bad_arguments_are_one_line(arguments, message):
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def documented_consumer() -> str:
+    """The first python block of docs/protocol.md: the consumer in plain pyzmq and pycocotools."""
+    return (REPO / "docs" / "protocol.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_plain_consumer_reads_a_real_publisher(tmp_path):
+    code = documented_consumer()
+    assert "import pipeline" not in code and "from pipeline" not in code and DOCUMENTED_ENDPOINT in code
+    publisher, endpoint = start_publisher()
+    # run where nothing of the project can be imported (pyzmq and pycocotools only), unbuffered
+    process = subprocess.Popen([sys.executable, "-u", "-c", code.replace(DOCUMENTED_ENDPOINT, endpoint)],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_line, frames = publish_until_it_prints(publisher, process, then=3)
+    output, errors = rest_of_output(process)
+    stop_publisher(publisher)
+    assert process.returncode == 0, errors  # it ended at the EOS
+    lines = [first_line.rstrip("\n"), *output.splitlines()]
+    first_seq = int(lines[0].split()[1])
+    expected = [f"cam1 {frame} {instance.label} {round(float(instance.score), 2)} "
+                f"{int(rectangle_mask(frame, index)[0].sum())}"
+                for frame in range(first_seq, frames)
+                for index, instance in enumerate(make_record("cam1", frame).instances)]
+    assert lines == expected and {line.split()[2] for line in lines} == set(LABELS.values())
