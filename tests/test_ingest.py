@@ -178,6 +178,7 @@ def test_bad_source_is_reported_by_open():
     ray.kill(actor)
 
 
+@pytest.mark.slow
 def test_live_network_camera_is_reopened_after_its_server_restarts():
     camera = MjpegCamera(free_port(), fps=25).start()
     actor, answer = start(f"door={camera.url}", live=True, reconnect_initial_s=0.2, reconnect_max_s=0.5,

@@ -102,6 +102,7 @@ def image_folder(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_video_and_image_folder_two_workers_match_the_model_and_the_files(tmp_path):
     folder = image_folder(tmp_path)
     out = tmp_path / "out"
@@ -149,6 +150,7 @@ def named_worker(index: int) -> str:
     return names[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("restart", [False, True], ids=["killed-for-good", "killed-and-restarted"])
 def test_worker_killed_with_batches_in_flight_has_them_rerun_and_every_frame_published_once_in_order(restart):
     # Decoding outruns the model many times over, so offline both workers always hold two
@@ -168,6 +170,7 @@ def test_worker_killed_with_batches_in_flight_has_them_rerun_and_every_frame_pub
     assert summary.reruns >= 1  # a batch was in flight on the killed worker and ran again
 
 
+@pytest.mark.slow
 def test_live_source_faster_than_inference_drops_oldest_and_counts_them():
     # 100 generated frames a second, paced like a camera, into one worker taking one frame at a time
     config = config_for("sources.uris=['synthetic:seed=2,width=320,height=240,fps=100,frames=80']",
@@ -187,6 +190,7 @@ def test_live_source_faster_than_inference_drops_oldest_and_counts_them():
     assert eos.frames == len(frames)
 
 
+@pytest.mark.slow
 def test_network_camera_read_live_and_resumed_after_its_server_restarts():
     camera = MjpegCamera(free_port(), fps=10).start()
     config = config_for(f"sources.uris=['door={camera.url}']", "workers.count=1", "batching.max_batch=1",
@@ -213,6 +217,7 @@ def test_network_camera_read_live_and_resumed_after_its_server_restarts():
     assert summary.streams["door"].published == rest[-1].frames
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_reported_and_the_good_stream_finishes(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.avi").write_text("not a video")
@@ -251,6 +256,7 @@ def cli(*args: str, command=RUN_PIPELINE) -> list[str]:
             "--set", "workers.cpus=1", *args]
 
 
+@pytest.mark.slow
 def test_cli_runs_a_clip_to_files_quietly(tmp_path):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     done = subprocess.run(cli("--source", f"ped={PEDESTRIANS}", "--set", "sources.max_frames=3", "--publish", endpoint,
@@ -267,6 +273,7 @@ def test_cli_runs_a_clip_to_files_quietly(tmp_path):
     assert done.stdout == ""
 
 
+@pytest.mark.slow
 def test_cli_missing_input_is_one_line():
     for command in (RUN_PIPELINE, MASKSTREAM_RUN):
         done = subprocess.run(cli("--source", "/no/such/clip.avi", command=command), cwd=REPO, capture_output=True,
@@ -274,6 +281,7 @@ def test_cli_missing_input_is_one_line():
         assert (done.returncode, done.stderr, done.stdout) == (2, "error: /no/such/clip.avi: no such file\n", "")
 
 
+@pytest.mark.slow
 def test_ctrl_c_finishes_the_frames_in_flight_and_sends_eos():
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with Consumer(endpoint, streams=["synthetic"], timeout=RECEIVE_LIMIT_S) as consumer:
@@ -310,6 +318,7 @@ MULTI_NODE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_multi_node_workers_go_one_per_gpu_on_the_gpu_node():
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     done = subprocess.run([sys.executable, "-c", MULTI_NODE, f"model.config={TINY}", "model.weights=null",

@@ -23,6 +23,7 @@ def frames():
     return [first, second, np.ascontiguousarray(second[101:198, 203:350])]
 
 
+@pytest.mark.slow
 def test_worker_gives_the_models_own_results_as_small_plain_records(frames):
     worker = InferenceWorkerActor.options(num_cpus=1).remote(TINY, None, 1.0)
     where = ray.get(worker.ready.remote())
@@ -58,6 +59,7 @@ def test_model_config_mistake_is_one_line_from_ready(tmp_path):
     assert answer["error"] == f"{bad}.backbone.depth: must be 18, 34, 50 or 101"
 
 
+@pytest.mark.slow
 def test_weights_of_another_architecture_are_one_line_from_ready(tmp_path):
     other = models.load_config(TINY)
     other.class_names = other.class_names + ["bus"]
