@@ -380,6 +380,7 @@ def refine_detections_graph(rois, probs, deltas, window, config):
     pre_nms_rois = tf.gather(refined_rois, keep)
     unique_pre_nms_class_ids = tf.unique(pre_nms_class_ids)[0]
 
+    @tf.autograph.experimental.do_not_convert   # tf.map_fn traces it as written (TF 1 had no AutoGraph)
     def nms_keep_map(class_id):
         ixs = tf.where(tf.equal(pre_nms_class_ids, class_id))[:, 0]
         class_keep = tf.image.non_max_suppression(tf.gather(pre_nms_rois, ixs), tf.gather(pre_nms_scores, ixs),
