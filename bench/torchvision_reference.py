@@ -52,6 +52,8 @@ DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 from tests.torchvision_weights import OVERRIDE_PREFIX, make_state_dict, reference_state_dict  # noqa: E402
 
+from detection_summary import print_summary  # noqa: E402  (bench/ is the script's directory)
+
 MIN_DETECTIONS = 50
 RPN_OUTPUT_STDS = {"cls_logits": 0.5, "bbox_pred": 0.25}
 CLS_SCALES = [2.0 ** (k / 2) for k in range(0, 25)]   # 1 .. 4096, steps of sqrt(2)
@@ -185,17 +187,6 @@ def run_reference(model: MaskRCNN, frames: list[torch.Tensor]) -> tuple[list[dic
     return detections, geometry
 
 
-def summarise(names: list[str], detections: list[dict]) -> None:
-    print(f"{'image':<12} {'detections':>10} {'distinct':>8} {'min score':>10} {'max score':>10} "
-          f"{'min gap':>9} {'classes':>7} {'mask fg':>7}")
-    for name, d in zip(names, detections):
-        scores = np.sort(d["scores"])
-        gap = np.diff(scores).min() if len(scores) > 1 else float("nan")
-        print(f"{name:<12} {len(scores):>10} {len(np.unique(scores)):>8} {scores.min():>10.4f} "
-              f"{scores.max():>10.4f} {gap:>9.2e} {len(np.unique(d['labels'])):>7} "
-              f"{(d['mask_probs'] > 0.5).mean():>7.2f}")
-
-
 def write_reference(path: Path, settings: dict, names: list[str], overrides: dict, detections: list[dict],
                     geometry: dict) -> None:
     arrays = {**{k: np.array(v) for k, v in settings.items()}, "image_names": np.array(names), **geometry}
@@ -246,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"RPN objectness scaled by {rpn_scales['cls_logits']:.4f}, RPN deltas by {rpn_scales['bbox_pred']:.4f}, "
           f"classifier weights by {scale:.3f}")
     detections, geometry = run_reference(model, frames)
-    summarise(names, detections)
+    print_summary(names, [d["scores"] for d in detections], [d["labels"] for d in detections],
+                  [d["mask_probs"] for d in detections])
     if not detections_are_spread([torch.from_numpy(d["scores"]) for d in detections]):
         raise SystemExit("the full model run does not give spread detections on every image")
 

@@ -1,0 +1,185 @@
+"""Reading Keras 2 HDF5 weights (models/tools/keras_h5.py) without TensorFlow or Keras.
+
+The committed reference tests/data/seed_reference_r50w8_512.h5 was written by Keras itself (tf-keras's
+`save_weights`, bench/seed_reference.py) from the seed's predict graph: its layout is the genuine one.
+Files of other layouts are made here with h5py by hand.
+"""
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from models.tools.keras_h5 import (KerasWeightsError, SeedArchitecture, check_seed_weights, infer_seed_architecture,
+                                   read_keras_h5, read_seed_weights, seed_weight_shapes)
+
+DATA = Path(__file__).resolve().parent / "data"
+REFERENCE = DATA / "seed_reference_r50w8_512"
+RPN_LAYERS = ("rpn_conv_shared", "rpn_class_raw", "rpn_bbox_pred")
+
+
+def write_keras2_h5(path: Path, groups: dict[str, dict[str, np.ndarray]], chunks: int = 1,
+                    whole_model: bool = False) -> None:
+    """Write {group: {weight path: array}} in Keras 2's HDF5 layout, as bytes attributes (older h5py),
+    layer_names split into `chunks` attributes (as Keras does for long lists), optionally inside the
+    model_weights group of a whole-model save."""
+    with h5py.File(path, "w") as f:
+        root = f.create_group("model_weights") if whole_model else f
+        if whole_model:
+            f.attrs["model_config"] = '{"class_name": "Model"}'
+        names = [n.encode() for n in groups]
+        parts = np.array_split(np.array(names, dtype=object), chunks)
+        for i, part in enumerate(parts):
+            root.attrs[f"layer_names{i}" if chunks > 1 else "layer_names"] = np.array(list(part), dtype="S")
+        root.attrs["backend"] = b"tensorflow"
+        root.attrs["keras_version"] = b"2.1.6"
+        for group_name, weights in groups.items():
+            group = root.create_group(group_name)
+            group.attrs["weight_names"] = np.array([w.encode() for w in weights], dtype="S")
+            for weight_path, value in weights.items():
+                group.create_dataset(weight_path, data=value)
+
+
+def keras2_groups(shapes: dict[str, dict[str, tuple]]) -> dict[str, dict[str, np.ndarray]]:
+    """The seed's layers as Keras saves them: rpn layers nested in an rpn_model group, ":0" suffixes,
+    plus a layer without weights."""
+    groups = {"input_image": {}}
+    for layer, fields in shapes.items():
+        group = "rpn_model" if layer in RPN_LAYERS else layer
+        for weight, shape in fields.items():
+            groups.setdefault(group, {})[f"{layer}/{weight}:0"] = np.full(shape, 0.5, np.float32)
+    return groups
+
+
+def test_reads_the_seed_reference_written_by_keras():
+    weights = read_keras_h5(REFERENCE.with_suffix(".h5"))
+    settings = np.load(REFERENCE.with_suffix(".npz"))
+    arch = infer_seed_architecture(weights)
+    # The architecture inferred from the shapes is the one the reference script configured.
+    assert str(settings["config/BACKBONE"]) == "resnet50" and arch.depth == 50
+    assert arch.num_classes == int(settings["config/NUM_CLASSES"]) == 81
+    assert arch.width_multiplier == float(settings["config/WIDTH_MULTIPLIER"]) == 0.125
+    assert arch.fpn_channels == int(settings["config/TOP_DOWN_PYRAMID_SIZE"])
+    assert arch.fc_dim == int(settings["config/FPN_CLASSIF_FC_LAYERS_SIZE"])
+    assert arch.pool_size == int(settings["config/POOL_SIZE"])
+    assert arch.anchors_per_location == len(settings["config/RPN_ANCHOR_RATIOS"])
+    # Every layer of the seed's graph, with its shapes, and nothing else.
+    check_seed_weights(weights, arch, "reference")
+    assert set(weights) == set(seed_weight_shapes(arch))
+    # Shapes written out by hand for the layers that carry the layout's special cases.
+    assert weights["conv1"]["kernel"].shape == (7, 7, 3, 8)
+    assert set(weights["bn_conv1"]) == {"gamma", "beta", "moving_mean", "moving_variance"}
+    assert "res4f_branch2a" in weights and "res4g_branch2a" not in weights
+    assert weights["res5a_branch1"]["kernel"].shape == (1, 1, 128, 256)
+    assert "rpn_model" not in weights                                    # nested model, flattened
+    assert weights["rpn_conv_shared"]["kernel"].shape == (3, 3, 32, 64)
+    assert weights["rpn_class_raw"]["kernel"].shape == (1, 1, 64, 6)
+    assert weights["rpn_bbox_pred"]["bias"].shape == (12,)
+    assert weights["mrcnn_class_conv1"]["kernel"].shape == (7, 7, 32, 128)   # TimeDistributed wrappers
+    assert weights["mrcnn_class_bn2"]["moving_variance"].shape == (128,)
+    assert weights["mrcnn_mask_deconv"]["kernel"].shape == (2, 2, 32, 32)
+    assert weights["mrcnn_mask"]["kernel"].shape == (1, 1, 32, 81)
+    # The values are the file's: the nested model's datasets, and conditioned batch-norm statistics.
+    with h5py.File(REFERENCE.with_suffix(".h5"), "r") as f:
+        np.testing.assert_array_equal(weights["rpn_class_raw"]["kernel"], f["rpn_model/rpn_class_raw/kernel:0"][()])
+        np.testing.assert_array_equal(weights["mrcnn_mask_bn1"]["gamma"], f["mrcnn_mask_bn1/mrcnn_mask_bn1/gamma:0"][()])
+    assert all((w["moving_variance"] > 0).all() for w in weights.values() if "moving_variance" in w)
+    assert not np.allclose(weights["bn_conv1"]["moving_mean"], 0)
+
+
+@pytest.mark.parametrize("chunks, whole_model", [(1, False), (3, False), (1, True)])
+def test_reads_the_keras2_layout_variants_and_infers_resnet101(tmp_path, chunks, whole_model):
+    arch = SeedArchitecture(depth=101, num_classes=5, stem_width=8, fpn_channels=8, rpn_channels=16, fc_dim=16,
+                            mask_channels=8)
+    path = tmp_path / "mask_rcnn_shapes_0001.h5"
+    write_keras2_h5(path, keras2_groups(seed_weight_shapes(arch)), chunks=chunks, whole_model=whole_model)
+    weights, found = read_seed_weights(path)
+    assert found == arch
+    assert "res4w_branch2a" in weights and "input_image" not in weights
+    assert weights["rpn_bbox_pred"]["kernel"].shape == (1, 1, 16, 12)
+
+
+def test_another_architecture_is_named_in_one_line(tmp_path):
+    arch = SeedArchitecture(depth=50, num_classes=3, stem_width=8, fpn_channels=8, rpn_channels=8, fc_dim=8,
+                            mask_channels=8)
+    shapes = seed_weight_shapes(arch)
+
+    def error(edit) -> str:
+        changed = {layer: dict(fields) for layer, fields in shapes.items()}
+        edit(changed)
+        path = tmp_path / "other.h5"
+        write_keras2_h5(path, keras2_groups(changed))
+        with pytest.raises(KerasWeightsError) as e:
+            read_seed_weights(path)
+        assert "\n" not in str(e.value) and str(path) in str(e.value)
+        return str(e.value)
+
+    assert "mrcnn_mask_bn2/gamma" in error(lambda s: s.pop("mrcnn_mask_bn2"))
+    assert "mrcnn_bbox_fc/kernel has shape (8, 16)" in error(lambda s: s["mrcnn_bbox_fc"].update(kernel=(8, 16)))
+    assert "unexpected layer mrcnn_extra" in error(lambda s: s.update(mrcnn_extra={"kernel": (1, 1)}))
+    assert "rpn_class_raw" in error(lambda s: s.pop("rpn_class_raw"))
+    assert "2 identity blocks in ResNet stage 4" in error(
+        lambda s: [s.pop(k) for k in list(s) if k.startswith(("res4d", "res4e", "res4f", "bn4d", "bn4e", "bn4f"))])
+
+
+def make_without_weights(path: Path) -> None:
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = '{"class_name": "Model", "config": {}}'
+
+
+def make_empty_h5(path: Path) -> None:
+    h5py.File(path, "w").close()
+
+
+def make_weights_without_values(path: Path) -> None:
+    write_keras2_h5(path, {"input_image": {}, "lambda": {}})
+
+
+def make_keras3(path: Path) -> None:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("layers/conv2d/vars/0", data=np.zeros((3, 3, 3, 8), np.float32))
+        f.create_dataset("layers/conv2d/vars/1", data=np.zeros((8,), np.float32))
+        f.create_group("vars")
+
+
+def make_text(path: Path) -> None:
+    path.write_text("these are not weights\n")
+
+
+def make_missing_dataset(path: Path) -> None:
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([b"conv1"])
+        f.create_group("conv1").attrs["weight_names"] = np.array([b"conv1/kernel:0"])
+
+
+@pytest.mark.parametrize("name, make, problem", [
+    ("config_only.h5", make_without_weights, "model config but no weights"),
+    ("empty.h5", make_empty_h5, "without Keras weights"),
+    ("no_values.h5", make_weights_without_values, "no weights in it"),
+    ("model.weights.h5", make_keras3, "Keras 3 weights file"),
+    ("weights.txt", make_text, "not an HDF5 file"),
+    ("broken.h5", make_missing_dataset, "lists weight conv1/kernel:0 but has no such dataset"),
+])
+def test_bad_files_are_one_line_naming_the_file(tmp_path, name, make, problem):
+    path = tmp_path / name
+    make(path)
+    with pytest.raises(KerasWeightsError) as e:
+        read_keras_h5(path)
+    message = str(e.value)
+    assert problem in message and message.startswith(str(path)) and "\n" not in message
+
+
+@pytest.mark.parametrize("given", ["model.ckpt.index", "model.ckpt.data-00000-of-00001", "model.ckpt"])
+def test_a_tensorflow_checkpoint_is_named_as_such(tmp_path, given):
+    (tmp_path / "model.ckpt.index").write_bytes(b"\x00not an sstable")
+    (tmp_path / "model.ckpt.data-00000-of-00001").write_bytes(b"\x00" * 64)
+    with pytest.raises(KerasWeightsError) as e:
+        read_keras_h5(tmp_path / given)
+    message = str(e.value)
+    assert message.startswith(str(tmp_path / given)) and "TensorFlow checkpoint (model.ckpt.index" in message
+    assert "\n" not in message
+
+
+def test_a_missing_file(tmp_path):
+    with pytest.raises(KerasWeightsError, match="no such file"):
+        read_keras_h5(tmp_path / "nothing.h5")
