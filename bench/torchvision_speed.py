@@ -2,23 +2,29 @@
 
 Needs the optional torch extra; never imports tensorflow, so bench/model.py runs it as a subprocess:
 
-    python bench/torchvision_speed.py                       # both configurations, batch sizes 1 2 4
+    python bench/torchvision_speed.py                       # the two v1 configurations, batch sizes 1 2 4
     python bench/torchvision_speed.py --json OUT --batch-sizes 1 2 4 --frames 12 --configs r50_fpn_800
+    python bench/torchvision_speed.py --configs v2_r50_fpn_800 --json bench/results/torchvision_speed_v2.json
 
 Configurations (torchvision semantics, 100 detections kept: score threshold 0, detections_per_img 100):
   r50_fpn_800   maskrcnn_resnet50_fpn v1 at its defaults (short side 800, long side <= 1333), with the
                 conditioned weights of tests/data/tv_reference_r50.npz (the parity reference);
   r18_fpn_512   the light comparison: ResNet-18 FPN at a short side of 512, weights of
-                tests/data/tv_reference_r18_320.npz.
+                tests/data/tv_reference_r18_320.npz;
+  v2_r50_fpn_800  maskrcnn_resnet50_fpn_v2 at its defaults (800/1333), with the conditioned weights of
+                tests/data/tv_reference_v2_320.npz (the committed v2 reference, conditioned at 320: the
+                weights decide what is detected, not how long it takes, as 100 are kept either way).
+                Only when named in --configs (bench/model.py does not compare v2 yet).
 Each batch size b runs one warm-up call (not timed), then max(1, frames // b) timed calls of b frames
 (a list of frames per call, the stills ../shared/data/highway_*.jpg in turn); the medians are reported,
 as wall seconds and as this process's CPU seconds (all threads), which shared, loaded machines distort
 less; the 1-minute load average before and after is recorded too.
 Per-stage times come from forward hooks on torchvision's modules: preprocess (transform), backbone
 (body), fpn, rpn (head and proposal selection), roi_align (box and mask MultiScaleRoIAlign), box_head
-(fc6, fc7, predictor), mask_head (convs, predictor), detect (the rest of roi_heads: box decoding and the
-per-class NMS over 1000 RoIs x 90 classes, which dominates at score threshold 0) and paste (the rest of
-the call: transform.postprocess, box rescaling and mask pasting).
+(v1: fc6, fc7; v2: four convs and an FC; then the predictor), mask_head (convs, predictor), detect
+(the rest of roi_heads: box decoding and the per-class NMS over 1000 RoIs x 90 classes, which
+dominates at score threshold 0) and paste (the rest of the call: transform.postprocess, box
+rescaling and mask pasting).
 Writes bench/results/torchvision_speed.json (seconds per frame, frames per second, stages).
 """
 from __future__ import annotations
@@ -37,9 +43,14 @@ import torchvision
 from torchvision_reference import DATA, ROOT, build_model, load_numpy_state, read_frames, reference_state_dict
 
 CONFIGS = {
-    "r50_fpn_800": {"depth": 50, "min_size": 800, "max_size": 1333, "weights": "tests/data/tv_reference_r50.npz"},
-    "r18_fpn_512": {"depth": 18, "min_size": 512, "max_size": 1333, "weights": "tests/data/tv_reference_r18_320.npz"},
+    "r50_fpn_800": {"arch": "v1", "depth": 50, "min_size": 800, "max_size": 1333,
+                    "weights": "tests/data/tv_reference_r50.npz"},
+    "r18_fpn_512": {"arch": "v1", "depth": 18, "min_size": 512, "max_size": 1333,
+                    "weights": "tests/data/tv_reference_r18_320.npz"},
+    "v2_r50_fpn_800": {"arch": "v2", "depth": 50, "min_size": 800, "max_size": 1333,
+                       "weights": "tests/data/tv_reference_v2_320.npz"},
 }
+DEFAULT_CONFIGS = ["r50_fpn_800", "r18_fpn_512"]
 STAGE_MODULES = {
     "preprocess": ["transform"],
     "backbone": ["backbone.body"],
@@ -92,7 +103,7 @@ class StageTimer:
 def make_model(name: str) -> torch.nn.Module:
     """A configuration of CONFIGS with its reference weights, keeping 100 detections per frame."""
     config = CONFIGS[name]
-    model = build_model(config["depth"], 91, config["min_size"], config["max_size"],
+    model = build_model(config["arch"], config["depth"], 91, config["min_size"], config["max_size"],
                         score_thresh=0.0, detections_per_img=100)
     load_numpy_state(model, reference_state_dict(ROOT / config["weights"]))
     return model
@@ -133,12 +144,12 @@ STAGES = ["preprocess", "backbone", "fpn", "rpn", "roi_align", "box_head", "dete
 
 
 def print_header() -> None:
-    print(f"{'config':<12} {'batch':>5} {'s/frame':>8} {'cpu s/fr':>8} {'fps':>6} "
+    print(f"{'config':<14} {'batch':>5} {'s/frame':>8} {'cpu s/fr':>8} {'fps':>6} "
           + " ".join(f"{s:>9}" for s in STAGES), flush=True)
 
 
 def print_row(name: str, batch: int, r: dict) -> None:
-    print(f"{name:<12} {batch:>5} {r['seconds_per_frame']:>8.3f} {r['cpu_seconds_per_frame']:>8.3f} "
+    print(f"{name:<14} {batch:>5} {r['seconds_per_frame']:>8.3f} {r['cpu_seconds_per_frame']:>8.3f} "
           f"{r['frames_per_second']:>6.3f} " + " ".join(f"{r['stage_seconds_per_frame'][s]:>9.3f}" for s in STAGES),
           flush=True)
 
@@ -148,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "torchvision_speed.json")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--frames", type=int, default=12, help="frames timed per batch size")
-    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=DEFAULT_CONFIGS)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
