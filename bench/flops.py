@@ -36,10 +36,9 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.config import load_config  # noqa: E402  (pure Python: models/__init__ imports lazily)
+from models.config import RESNET_BLOCKS, load_config  # noqa: E402  (pure Python: models/__init__ imports lazily)
 from models.image_size import padded_size, resized_size  # noqa: E402
 
-RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 STAGES = ("backbone", "fpn", "rpn_head", "box_head", "mask_head")
 
 

@@ -24,6 +24,8 @@ import yaml
 from .errors import ConfigError
 
 CONFIG_VERSION = 1
+# The ResNet depths a backbone may have, and their residual blocks per stage (res2..res5).
+RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
 @dataclass
@@ -50,7 +52,7 @@ class BackboneConfig:
     trainable_stages: int = 3    # training only: how many of the last stages (of 5: stem, res2..res5) train
 
     def validate(self, path: str) -> None:
-        require(self.depth in (18, 34, 50, 101), path + ".depth", "must be 18, 34, 50 or 101")
+        require(self.depth in RESNET_BLOCKS, path + ".depth", "must be 18, 34, 50 or 101")
         require(self.width >= 8 and self.width % 8 == 0, path + ".width", "must be a multiple of 8")
         require(0 <= self.trainable_stages <= 5, path + ".trainable_stages", "must be in 0..5")
 

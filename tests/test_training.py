@@ -16,7 +16,7 @@ from models.data.scenes import main as scenes_main
 from models.mask_rcnn import MaskRCNN, initial_params
 from models.matching import IGNORED, NEGATIVE, POSITIVE, batched_iou, match, sample, smooth_l1
 from models.roi_heads import mask_head, mask_loss, roi_mask_targets
-from models.training.batches import training_batches
+from models.training.batches import canvas_size, mini_mask_size, training_augmentation, training_batches
 from models.training.train import main as train_main
 from models.training.trainer import Trainer, initial_training_params
 from models.weights import read_weights
@@ -134,6 +134,31 @@ def tiny_set(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "set"
     assert scenes_main(["write", str(path), "--images", "4", "--seed", "3", "--width", "256", "--height", "144"]) == 0
     return path
+
+
+def test_training_batches_are_the_augmented_stream_on_the_canvas(tiny_set):
+    """Batch k of the training input holds examples 2k, 2k+1 of the data set's stream through the one
+    augmentation path (short side min_size x the jitter, flips), each in the canvas's top-left corner."""
+    from models.data.coco import CocoDataset
+    config = models.load_config(TINY)
+    data = CocoDataset(tiny_set, mask_size=mini_mask_size(config))
+    batch = next(iter(training_batches(data, config, seed=5, start=1)))
+    stream = data.examples(training=True, seed=5, augmentation=training_augmentation(config), start=2)
+    low, high = config.train.scale_jitter
+    sizes = set()
+    for i, example in zip(range(2), stream):
+        h, w = example["image"].shape[:2]
+        sizes.add((h, w))
+        assert config.input.min_size * low - 1 <= min(h, w) <= config.input.min_size * high
+        assert batch["image"].shape[1:3] == canvas_size(config)
+        np.testing.assert_array_equal(batch["image"][i, :h, :w], example["image"])
+        assert not batch["image"][i, h:].numpy().any() and not batch["image"][i, :, w:].numpy().any()
+        n = len(example["class_ids"])
+        order = np.argsort(-(example["boxes"][:, 2] - example["boxes"][:, 0]) * (example["boxes"][:, 3] - example["boxes"][:, 1]))
+        np.testing.assert_array_equal(batch["boxes"][i, :n], example["boxes"][order])
+        np.testing.assert_array_equal(batch["masks"][i, :n], example["masks"][order])
+        assert not batch["class_ids"][i, n:].numpy().any()
+    assert sizes != {(144, 256)}            # resized, not the images as stored
 
 
 def train_command(data, out, *extra):

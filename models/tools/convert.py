@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backbone import BLOCKS, is_bottleneck, residual_blocks
-from ..config import ConfigError, ModelConfig, load_config
+from ..backbone import is_bottleneck, residual_blocks
+from ..config import RESNET_BLOCKS, ConfigError, ModelConfig, load_config
 from ..errors import ConversionError
 from ..weights import WeightsError, first_mismatch, save_weights
 
@@ -148,7 +148,7 @@ def infer_depth(state: Mapping[str, np.ndarray]) -> int | None:
     counts = tuple(len({k.split(".")[3] for k in state if k.startswith(f"backbone.body.layer{i}.")})
                    for i in range(1, 5))
     bottleneck = any(".conv3." in k for k in state if k.startswith("backbone.body.layer1."))
-    for depth, blocks in BLOCKS.items():
+    for depth, blocks in RESNET_BLOCKS.items():
         if blocks == counts and is_bottleneck(depth) == bottleneck:
             return depth
     return None
