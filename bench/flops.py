@@ -2,12 +2,12 @@
 
     python bench/flops.py configs/coco_r50_fpn.yaml --width 1280 --height 720 --detections 100
 
-Pure Python: no TensorFlow, no torch. The config is read by `models/config.py` itself (loaded from its
-file, without the `models` package, whose import pulls in TensorFlow), so defaults and validation are
-the model's own. FLOPs = 2 x multiply-adds of the convolutions and fully connected layers:
+Pure Python: no TensorFlow, no torch. The config is read by `models.config` and the frame sizes come
+from `models.image_size` (both pure Python), so defaults, validation and the resize rule are the
+model's own. FLOPs = 2 x multiply-adds of the convolutions and fully connected layers:
 
-- the frame is resized as torchvision does (short side min_size, long side at most max_size, each side
-  floor(side * scale)) and padded to a multiple of size_divisible: the network runs on the padded size;
+- the frame is resized as the model does (`models.image_size.resized_size`: torchvision's rule) and
+  padded to a multiple of size_divisible: the network runs on the padded size;
 - backbone: the ResNet stem and every residual block (v1.5: the stride on the 3x3 conv), downsample
   projections included; frozen batch norm is folded into the convs (no multiply-adds of its own);
 - FPN: one 1x1 lateral and one 3x3 output conv per level C2..C5 (P6 is a max-pool: free);
@@ -29,31 +29,17 @@ the multiply-add counts (58.5 and 51.0 GMAC), i.e. half the FLOPs. Counted consi
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import math
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
-RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+sys.path.insert(0, str(ROOT))
+
+from models.config import RESNET_BLOCKS, load_config  # noqa: E402  (pure Python: models/__init__ imports lazily)
+from models.image_size import padded_size, resized_size  # noqa: E402
+
 STAGES = ("backbone", "fpn", "rpn_head", "box_head", "mask_head")
-
-
-def _model_config_module():
-    """models/config.py loaded on its own (pure Python + yaml), without models/__init__.py."""
-    name = "maskstream_model_config"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "models" / "config.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module           # dataclasses resolve their annotations through sys.modules
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def load_model_config(source: str | Path | dict):
-    """The validated ModelConfig of a config YAML, or of a mapping (`ModelConfig.to_dict()`)."""
-    return _model_config_module().load_config(source)
 
 
 class Feature(NamedTuple):
@@ -61,17 +47,6 @@ class Feature(NamedTuple):
     height: int
     width: int
     channels: int
-
-
-def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """(height, width) after torchvision's resize: one scale, so the short side is min_size unless
-    the long side would pass max_size; each side is floored."""
-    scale = min(min_size / min(height, width), max_size / max(height, width))
-    return math.floor(height * scale), math.floor(width * scale)
-
-
-def padded_size(height: int, width: int, divisible: int) -> tuple[int, int]:
-    return math.ceil(height / divisible) * divisible, math.ceil(width / divisible) * divisible
 
 
 def conv(x: Feature, cout: int, kernel: int, stride: int = 1) -> tuple[Feature, int]:
@@ -163,7 +138,7 @@ def count_flops(config: str | Path | dict, width: int, height: int, detections: 
     Returns {"resized": (h, w), "padded": (H, W), "proposals": R, "detections": D,
              "stages": {stage: FLOPs for each of STAGES}, "total": FLOPs}.
     """
-    cfg = load_model_config(config)
+    cfg = load_config(config)
     resized = resized_size(height, width, cfg.input.min_size, cfg.input.max_size)
     padded = padded_size(*resized, cfg.input.size_divisible)
     image = Feature(padded[0], padded[1], 3)

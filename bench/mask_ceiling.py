@@ -3,8 +3,8 @@
     python bench/mask_ceiling.py --data DIR [--sizes 28 56]
 
 For every ground-truth instance of a COCO data set (for example generated scenes, `python -m
-models.scenes write DIR ...`), the ground-truth mask is sampled at the centres of M x M cells
-over its own box, exactly as the training targets are made (models/data.py), then pasted back
+models.data.scenes write DIR ...`), the ground-truth mask is sampled at the centres of M x M cells
+over its own box, exactly as the training targets are made (models/roi_heads.py), then pasted back
 into the frame with each of the model's paste modes (models/postprocess.py) and scored with
 pycocotools as a detection of score 1. No model runs: the numbers are the AP a model would get
 if its boxes and its M x M mask probabilities were perfect, i.e. the ceiling that the mask size
@@ -22,7 +22,7 @@ from pycocotools.coco import COCO
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from models.evaluate import METRICS, coco_evaluate  # noqa: E402
+from models.tools.evaluate import METRICS, coco_evaluate  # noqa: E402
 from models.postprocess import masks_to_rles, sample_in_box  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "mask_ceiling.json"

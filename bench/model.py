@@ -42,7 +42,7 @@ STILLS = [ROOT.parent / "shared" / "data" / f"highway_{i}.jpg" for i in range(1,
 
 def reference_model(reference: str, min_size: int, precision: str = "float32"):
     import models
-    from models.convert import convert_state_dict
+    from models.tools.convert import convert_state_dict
     from models.mask_rcnn import MaskRCNN
     from tests.torchvision_weights import reference_state_dict
 
@@ -66,7 +66,7 @@ def stills() -> list[np.ndarray]:
 
 
 def scenes(count: int) -> list[np.ndarray]:
-    from models.scenes import StreetScene
+    from models.data.scenes import StreetScene
     scene = StreetScene(seed=4242, width=640, height=360)
     return [scene.frame(t)[0] for t in range(count)]
 

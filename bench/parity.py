@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from pycocotools import mask as mask_utils  # noqa: E402
 
 import models  # noqa: E402
-from models.convert import convert_state_dict  # noqa: E402
+from models.tools.convert import convert_state_dict  # noqa: E402
 from models.mask_rcnn import MaskRCNN  # noqa: E402
 from tests.test_parity import match_detections  # noqa: E402
 from tests.torchvision_weights import reference_state_dict  # noqa: E402

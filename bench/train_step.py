@@ -1,6 +1,7 @@
 """Training speed: the default model's training step in float32 and in bfloat16, side by side.
 
     python bench/train_step.py [--steps 12] [--config configs/default_model.yaml]
+    python bench/train_step.py --against REV [--rounds 3] [--steps 12]     # before/after in one run
 
 Both trainers start from the same weights, the committed default model's (what every stage after
 the first trains; `--random` starts from seeded random weights instead), and take the same prepared
@@ -15,6 +16,12 @@ truth is added to the proposals); "floor" is the fraction of this machine's 395 
 floor (DESIGN.md). Last, what the default model's recipe
 (scripts/train_default_model.sh) costs at the float32 step time.
 Prints a table and writes bench/results/train_step.json; the README quotes it.
+
+`--against REV` measures this revision beside another: REV is checked out into a temporary git
+worktree, and that revision's own bench/train_step.py and this one's run in turn (`--rounds`
+times, each a separate process with the same --steps, the order swapped every round so that
+drift falls on both alike). Per precision it prints each revision's median seconds per step (the
+median of its rounds' medians) and the ratio, and writes bench/results/train_step_against.json.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,9 +57,9 @@ def step_flops(config, canvas: tuple[int, int], positives: float) -> float:
 
 def prepared_batches(config, data_dir: Path, count: int) -> tuple[list[dict], float]:
     """`count` training batches from the real input pipeline, and its median seconds per batch."""
-    from models.data import MASK_SIZE, CocoDataset
-    from models.train import training_batches
-    data = CocoDataset(data_dir, mask_size=max(MASK_SIZE, 2 * config.mask_size))
+    from models.data.coco import CocoDataset
+    from models.training.batches import mini_mask_size, training_batches
+    data = CocoDataset(data_dir, mask_size=mini_mask_size(config))
     config.class_names = list(data.class_names)
     batches, times = [], []
     iterator = iter(training_batches(data, config, seed=0))
@@ -62,21 +70,77 @@ def prepared_batches(config, data_dir: Path, count: int) -> tuple[list[dict], fl
     return batches, statistics.median(times[2:])
 
 
+def run_script(root: Path, args: argparse.Namespace, json_path: Path) -> dict:
+    """One measurement by the bench/train_step.py of the checkout at `root`, in its own process."""
+    command = [sys.executable, str(root / "bench" / "train_step.py"), "--config", args.config,
+               "--steps", str(args.steps), "--json", str(json_path)] + (["--random"] if args.random else [])
+    subprocess.run(command, cwd=root, check=True)
+    return json.loads(json_path.read_text())
+
+
+def against(args: argparse.Namespace) -> None:
+    """This revision's training step beside REV's, alternating rounds (see the module docstring)."""
+    revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.against], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    this = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                check=True, capture_output=True, text=True).stdout.strip())
+    labels = {"this": this + ("+changes" if dirty else ""), "other": revision}
+    runs = {"this": [], "other": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        other_root = Path(tmp) / f"rev-{revision}"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(other_root), revision],
+                       check=True)
+        try:
+            for round_ in range(args.rounds):
+                order = ("this", "other") if round_ % 2 == 0 else ("other", "this")
+                for side in order:
+                    root = ROOT if side == "this" else other_root
+                    print(f"== round {round_ + 1}/{args.rounds}: {labels[side]}", flush=True)
+                    runs[side].append(run_script(root, args, Path(tmp) / f"{side}-{round_}.json"))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other_root)], check=False)
+    table = {}
+    for precision in PRECISIONS:
+        medians = {side: statistics.median(r["precisions"][precision]["seconds_per_step"] for r in runs[side])
+                   for side in runs}
+        table[precision] = {labels["this"]: medians["this"], labels["other"]: medians["other"],
+                            "ratio_this_over_other": medians["this"] / medians["other"]}
+    print(f"\n{'precision':10s} {labels['other'] + ' s/step':>18s} {labels['this'] + ' s/step':>22s} {'ratio':>7s}")
+    for precision, row in table.items():
+        print(f"{precision:10s} {row[labels['other']]:18.3f} {row[labels['this']]:22.3f} "
+              f"{row['ratio_this_over_other']:7.2f}")
+    report = {"this": labels["this"], "other": labels["other"], "rounds": args.rounds, "steps": args.steps,
+              "config": args.config, "seconds_per_step": table, "runs": runs}
+    out = args.json or ROOT / "bench" / "results" / "train_step_against.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/default_model.yaml")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per precision (after 2 untimed)")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "train_step.json")
+    parser.add_argument("--json", type=Path, help="where to write the results (default bench/results/train_step.json, "
+                                                  "or train_step_against.json with --against)")
     parser.add_argument("--random", action="store_true", help="start from random weights, not the default model's")
+    parser.add_argument("--against", metavar="REV", help="also measure git revision REV, alternating with this one")
+    parser.add_argument("--rounds", type=int, default=3, help="with --against: measurements of each revision")
     args = parser.parse_args(argv)
+    if args.against:
+        against(args)
+        return
 
     import numpy as np
     import tensorflow as tf
     from models.config import load_config
+    from models.data.scenes import write_dataset
     from models.mask_rcnn import MaskRCNN, initial_params
+    from models.training.batches import canvas_size
+    from models.training.trainer import Trainer
     from models.weights import read_weights
-    from models.scenes import write_dataset
-    from models.train import Trainer, canvas_size
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,8 +191,9 @@ def main(argv=None) -> None:
         print(f"{precision:10s} {r['seconds_per_step']:8.3f} {r['images_per_second']:9.2f} {r['floor_fraction'] * 100:8.0f}")
     print(f"bfloat16 / float32 speed: {report['bf16_speedup']:.2f}x; the recipe's {RECIPE_STEPS} steps at the float32 "
           f"step: {report['recipe_hours_at_float32_step']:.1f} h")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    out = args.json or ROOT / "bench" / "results" / "train_step.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

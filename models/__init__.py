@@ -14,7 +14,11 @@
 `predict(frames, masks="full" | "rle" | "none")`. Frames of the same size run as one compiled
 graph call; a batch of different sizes returns exactly what separate calls would.
 
-This package never imports Ray or ZeroMQ.
+The inference stages are the modules of this package (one per stage: preprocess, backbone, fpn,
+anchors, rpn, roi_align, roi_heads, postprocess, wired in mask_rcnn; each training loss beside its
+stage); the tooling lives one level down: `models.training` (the trainer and its command line),
+`models.data` (COCO data sets, augmentation, generated scenes), `models.tools` (evaluation,
+weight conversion). This package never imports Ray or ZeroMQ.
 """
 import importlib
 import os

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .config import BackboneConfig
+from .config import RESNET_BLOCKS, BackboneConfig
 from .layers import Params, conv2d, conv_shapes
-
-BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
 def is_bottleneck(depth: int) -> bool:
@@ -28,7 +26,7 @@ def residual_blocks(cfg: BackboneConfig):
     """Yield (name, in_channels, planes, stride, has_downsample) for every residual block."""
     expansion = 4 if is_bottleneck(cfg.depth) else 1
     inplanes = cfg.width
-    for stage, count in enumerate(BLOCKS[cfg.depth]):
+    for stage, count in enumerate(RESNET_BLOCKS[cfg.depth]):
         planes = cfg.width * 2 ** stage
         for i in range(count):
             stride = 2 if (stage > 0 and i == 0) else 1

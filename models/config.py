@@ -24,6 +24,8 @@ import yaml
 from .errors import ConfigError
 
 CONFIG_VERSION = 1
+# The ResNet depths a backbone may have, and their residual blocks per stage (res2..res5).
+RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
 @dataclass
@@ -50,7 +52,7 @@ class BackboneConfig:
     trainable_stages: int = 3    # training only: how many of the last stages (of 5: stem, res2..res5) train
 
     def validate(self, path: str) -> None:
-        require(self.depth in (18, 34, 50, 101), path + ".depth", "must be 18, 34, 50 or 101")
+        require(self.depth in RESNET_BLOCKS, path + ".depth", "must be 18, 34, 50 or 101")
         require(self.width >= 8 and self.width % 8 == 0, path + ".width", "must be a multiple of 8")
         require(0 <= self.trainable_stages <= 5, path + ".trainable_stages", "must be in 0..5")
 
@@ -87,12 +89,14 @@ class RPNConfig:
     bg_iou_threshold: float = 0.3
     batch_size_per_image: int = 256
     positive_fraction: float = 0.5
+    smooth_l1_beta: float = 1.0 / 9   # the box loss is quadratic below this, linear above (torchvision's 1/9)
 
     def validate(self, path: str) -> None:
         require(len(self.box_weights) == 4, path + ".box_weights", "needs 4 values")
         require(0 < self.nms_threshold <= 1, path + ".nms_threshold", "must be in (0, 1]")
         require(self.pre_nms_top_n_test > 0 and self.post_nms_top_n_test > 0, path, "top_n must be positive")
         require(self.bg_iou_threshold <= self.fg_iou_threshold, path, "bg_iou_threshold > fg_iou_threshold")
+        require(self.smooth_l1_beta > 0, path + ".smooth_l1_beta", "must be positive")
 
 
 @dataclass
@@ -123,11 +127,13 @@ class BoxHeadConfig:
     bg_iou_threshold: float = 0.5
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
+    smooth_l1_beta: float = 1.0 / 9
 
     def validate(self, path: str) -> None:
         require(len(self.box_weights) == 4, path + ".box_weights", "needs 4 values")
         require(0 <= self.score_threshold < 1, path + ".score_threshold", "must be in [0, 1)")
         require(self.detections_per_image > 0, path + ".detections_per_image", "must be positive")
+        require(self.smooth_l1_beta > 0, path + ".smooth_l1_beta", "must be positive")
 
 
 @dataclass
@@ -147,20 +153,25 @@ class MaskHeadConfig:
 
 @dataclass
 class TrainConfig:
-    """How `python -m models.train` trains this model (ignored at inference)."""
+    """How `python -m models.training.train` trains this model (ignored at inference)."""
     steps: int = 1000
     batch_size: int = 2
     optimizer: str = "adamw"     # adamw or sgd (with momentum)
     learning_rate: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    momentum: float = 0.9        # sgd
+    adam_beta1: float = 0.9      # adamw: decay of the gradient's running mean
+    adam_beta2: float = 0.999    # adamw: decay of the squared gradient's running mean
+    adam_epsilon: float = 1e-8   # adamw: added to the root of the second moment
+    weight_decay: float = 1e-4   # kernels only: decoupled for adamw, added to the gradient for sgd
     warmup_steps: int = 100
     clip_norm: float = 10.0      # global gradient norm clip (0: off)
     scale_jitter: list[float] = field(default_factory=lambda: [0.8, 1.2])  # of min_size, per image
     flip: bool = True
     max_instances: int = 64      # ground truth per image (the largest kept)
+    mini_mask_size: int | None = None  # side of the stored ground-truth masks; None: twice the mask size, at least 56
     checkpoint_every: int = 200
     seed: int = 0
+    deterministic: bool = False  # TensorFlow's deterministic kernels (process-wide): bit-reproducible runs, slower
 
     def validate(self, path: str) -> None:
         require(self.steps > 0 and self.batch_size > 0, path, "steps and batch_size must be positive")
@@ -169,6 +180,10 @@ class TrainConfig:
         require(len(self.scale_jitter) == 2 and 0 < self.scale_jitter[0] <= self.scale_jitter[1],
                  path + ".scale_jitter", "needs [low, high] with 0 < low <= high")
         require(self.max_instances > 0, path + ".max_instances", "must be positive")
+        require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, path, "adam_beta1 and adam_beta2 must be in [0, 1)")
+        require(self.adam_epsilon > 0, path + ".adam_epsilon", "must be positive")
+        require(self.mini_mask_size is None or self.mini_mask_size >= 8, path + ".mini_mask_size",
+                "must be at least 8 (or null: twice the mask size, at least 56)")
 
 
 @dataclass
@@ -187,6 +202,9 @@ class ModelConfig:
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # The YAML file this configuration was read from (None when built from a mapping). A plain
+    # attribute, not a field: it is where the values came from, not one of them (to_dict leaves it out).
+    source = None
 
     @property
     def num_classes(self) -> int:
@@ -355,5 +373,6 @@ def load_config(source: str | Path | dict | ModelConfig, overrides: list[str] = 
         for override in overrides:
             set_dotted(data, override)
         config = from_dict(ModelConfig, data, where)
+        config.source = where
     config.validate(where)
     return config

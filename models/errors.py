@@ -29,6 +29,10 @@ class ConversionError(MaskstreamError, ValueError):
     """A foreign weights file (torchvision, Keras) that does not convert."""
 
 
+class TrainingInterrupted(MaskstreamError):
+    """Training stopped by the user (Ctrl-C) after writing a checkpoint that `--resume` continues from."""
+
+
 # -- the pipeline --------------------------------------------------------------------------------
 class SourceError(MaskstreamError, RuntimeError):
     """A source that cannot be opened or read, described in one line naming it."""

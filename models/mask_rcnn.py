@@ -1,4 +1,5 @@
-"""Mask R-CNN: the stages wired together, the compiled inference graph, and `predict`.
+"""Mask R-CNN: the stages wired together, the compiled inference graph, `predict`, and the
+training losses computed on the same forward pass.
 
 Data flow of one graph call (B frames of one size):
   uint8 (B, H, W, 3) -> normalise, resize, pad -> ResNet C2..C5 -> FPN P2..P6 -> RPN proposals
@@ -6,12 +7,18 @@ Data flow of one graph call (B frames of one size):
   -> batched RoIAlign 14x14 of the valid detections -> mask head -> (B, D, M, M) probabilities
   (M = 28, or 56 with mask_head.deconvs 2).
 Then, outside the graph, boxes are scaled to each frame's pixels and masks pasted (or RLE-encoded).
+
+Training (`MaskRCNN.losses`) runs the same `features_and_proposals` (with the train-time top-n)
+and calls the box and mask heads the same way (`classify_boxes`, `mask_logits`: pooled features
+cast to the compute precision, outputs back to float32); between them, each stage's own targets
+and losses (`rpn.py`, `roi_heads.py`).
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -21,12 +28,13 @@ from . import postprocess, preprocess
 from .backbone import backbone_shapes, last_conv_of_blocks, resnet, stage_channels
 from .config import ModelConfig, load_config
 from .fpn import fpn, fpn_shapes
+from .image_size import padded_size, resized_size
 from .layers import init_params
 from .roi_align import multilevel_roi_align, pad_edges
-from .roi_heads import (box_head, box_head_shapes, deconv_name, detect, mask_head, mask_head_shapes,
-                        nearest_upsampling_kernel)
-from .rpn import rpn_head, rpn_shapes, select_proposals
-from .weights import WeightsError, load_weights, save_weights
+from .roi_heads import (box_head, box_head_shapes, box_losses, deconv_name, detect, mask_head, mask_head_shapes,
+                        mask_loss, nearest_upsampling_kernel, positive_rois, roi_mask_targets, sample_rois)
+from .rpn import anchor_targets, rpn_head, rpn_losses, rpn_shapes, select_proposals
+from .weights import load_weights, save_weights
 
 MASK_MODES = ("full", "rle", "none")
 
@@ -59,10 +67,15 @@ def initial_params(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
     return params
 
 
-def architecture_record(config: ModelConfig) -> dict:
-    """What a weights file records about the model it belongs to."""
-    return {"name": config.name, "class_names": list(config.class_names),
-            "backbone": {"depth": config.backbone.depth, "width": config.backbone.width}}
+def weights_record(config: ModelConfig, made_by: str) -> dict:
+    """What a weights file records about its model: how it was made ("training", "conversion" or
+    "saved"), the full configuration, and the YAML that configuration came from (if any)."""
+    return {"made_by": made_by, "config": config.to_dict(), "config_file": config.source}
+
+
+def config_name(config: ModelConfig) -> str:
+    """How messages name a configuration: its file, else its name."""
+    return config.source or f"the configuration {config.name}"
 
 
 @dataclass
@@ -109,6 +122,17 @@ def pool(padded: list[tf.Tensor], boxes: tf.Tensor, box_indices: tf.Tensor, resi
                                 ra.aligned, ra.canonical_scale, ra.canonical_level, ra.level_eps)
 
 
+class FeaturesAndProposals(NamedTuple):
+    """What `MaskRCNN.features_and_proposals` gives the heads (and the RPN's losses)."""
+    features: list          # [P2..P6] (B, H_l, W_l, C) in the compute precision
+    image_hw: tuple         # (height, width) of the resized images: the pixels every box is in
+    anchors: list           # [(N_l, 4)] numpy, per level, in the order of the RPN's outputs
+    objectness: list        # [(B, N_l)] float32 logits per level
+    deltas: list            # [(B, N_l, 4)] float32 per level
+    proposals: tf.Tensor    # (B, P, 4) sorted by objectness
+    proposal_valid: tf.Tensor  # (B, P) bool, false for padding
+
+
 class MaskRCNN(tf.Module):
     """Mask R-CNN over batches of frames. Build with `load_model`."""
 
@@ -123,8 +147,9 @@ class MaskRCNN(tf.Module):
     def class_names(self) -> list[str]:
         return list(self.config.class_names)
 
-    def save(self, path: str | Path) -> Path:
-        return save_weights(path, {n: v.numpy() for n, v in self.params.items()}, architecture_record(self.config))
+    def save(self, path: str | Path, made_by: str = "saved") -> Path:
+        """Write the parameters and the full configuration (`weights_record`) to an .npz file."""
+        return save_weights(path, {n: v.numpy() for n, v in self.params.items()}, weights_record(self.config, made_by))
 
     def graph_for(self, height: int, width: int):
         """The compiled inference graph for frames of one size, any batch size (traced once)."""
@@ -133,47 +158,103 @@ class MaskRCNN(tf.Module):
             self._graphs[(height, width)] = tf.function(self._infer_graph, input_signature=[spec])
         return self._graphs[(height, width)]
 
-    def _infer_graph(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        """uint8 (B, H, W, 3), one size -> detections in resized pixels (see module docstring)."""
+    def features_and_proposals(self, images: tf.Tensor, training: bool = False) -> FeaturesAndProposals:
+        """uint8 (B, H, W, 3) images of one size -> features P2..P6, the RPN's outputs and proposals.
+
+        Normalise, resize (by the config's rule) and pad -> backbone -> FPN -> RPN head -> anchors
+        -> proposals. With `training` the images are the training canvas, already resized and
+        padded by the training input (so only normalised here), and the RPN keeps its train-time
+        top-n.
+        """
         cfg = self.config
         height, width = int(images.shape[1]), int(images.shape[2])
-        resized_hw = preprocess.resized_size(height, width, cfg.input.min_size, cfg.input.max_size)
-        padded_hw = preprocess.padded_size(*resized_hw, cfg.input.size_divisible)
-        x = preprocess.normalize_resize_pad(images, resized_hw, padded_hw, cfg.input.mean, cfg.input.std)
+        if training:
+            image_hw = padded_hw = (height, width)
+        else:
+            image_hw = resized_size(height, width, cfg.input.min_size, cfg.input.max_size)
+            padded_hw = padded_size(*image_hw, cfg.input.size_divisible)
+        x = preprocess.normalize_resize_pad(images, image_hw, padded_hw, cfg.input.mean, cfg.input.std)
         features = pyramid(self.params, x, cfg)
         logits, deltas = rpn_head(self.params, features)
         logits = [tf.cast(t, tf.float32) for t in logits]
         deltas = [tf.cast(t, tf.float32) for t in deltas]
         anchors = feature_anchors(features, padded_hw, cfg)
-        proposals, _, proposal_valid = select_proposals(logits, deltas, anchors, resized_hw, cfg.rpn,
-                                                        cfg.box_xform_clip)
-        features = pooling_features(features)
-        batch, num_proposals = tf.shape(proposals)[0], proposals.shape[1]
-        flat_boxes = tf.reshape(proposals, [-1, 4])
-        frame_of_box = tf.repeat(tf.range(batch), num_proposals)
-        pooled = pool(features, flat_boxes, frame_of_box, resized_hw, cfg.roi_align.box_output_size, cfg)
+        proposals, _, proposal_valid = select_proposals(logits, deltas, anchors, image_hw, cfg.rpn,
+                                                        cfg.box_xform_clip, training=training)
+        return FeaturesAndProposals(features, image_hw, anchors, logits, deltas, proposals, proposal_valid)
+
+    def classify_boxes(self, pooling: list[tf.Tensor], boxes: tf.Tensor, frame_of_box: tf.Tensor,
+                       image_hw: tuple[int, int]) -> tuple[tf.Tensor, tf.Tensor]:
+        """The box head on RoIs: pooling = `pooling_features(...)`, boxes (R, 4), frame_of_box (R,) ->
+        class logits (R, K) and box deltas (R, K, 4), float32 (computed in the compute precision)."""
+        cfg = self.config
+        pooled = pool(pooling, boxes, frame_of_box, image_hw, cfg.roi_align.box_output_size, cfg)
         class_logits, box_deltas = box_head(self.params, to_compute(pooled, cfg))
-        class_logits = tf.reshape(tf.cast(class_logits, tf.float32), [batch, num_proposals, cfg.num_classes])
-        box_deltas = tf.reshape(tf.cast(box_deltas, tf.float32), [batch, num_proposals, cfg.num_classes, 4])
-        boxes, scores, class_ids, valid = detect(class_logits, box_deltas, proposals, proposal_valid, resized_hw,
+        return tf.cast(class_logits, tf.float32), tf.cast(box_deltas, tf.float32)
+
+    def mask_logits(self, pooling: list[tf.Tensor], boxes: tf.Tensor, frame_of_box: tf.Tensor, class_ids: tf.Tensor,
+                    image_hw: tuple[int, int]) -> tf.Tensor:
+        """The mask head on RoIs: boxes (R, 4), frame_of_box (R,), class_ids (R,) -> logits (R, M, M)
+        float32 of each RoI's class channel (computed in the compute precision)."""
+        cfg = self.config
+        pooled = pool(pooling, boxes, frame_of_box, image_hw, cfg.roi_align.mask_output_size, cfg)
+        logits = mask_head(self.params, to_compute(pooled, cfg), class_ids, len(cfg.mask_head.conv_dims),
+                           cfg.mask_head.deconvs)
+        return tf.cast(logits, tf.float32)
+
+    def _infer_graph(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """uint8 (B, H, W, 3), one size -> detections in resized pixels (see module docstring)."""
+        cfg = self.config
+        stage = self.features_and_proposals(images)
+        proposals, image_hw = stage.proposals, stage.image_hw
+        pooling = pooling_features(stage.features)
+        batch, num_proposals = tf.shape(proposals)[0], proposals.shape[1]
+        class_logits, box_deltas = self.classify_boxes(pooling, tf.reshape(proposals, [-1, 4]),
+                                                       tf.repeat(tf.range(batch), num_proposals), image_hw)
+        class_logits = tf.reshape(class_logits, [batch, num_proposals, cfg.num_classes])
+        box_deltas = tf.reshape(box_deltas, [batch, num_proposals, cfg.num_classes, 4])
+        boxes, scores, class_ids, valid = detect(class_logits, box_deltas, proposals, stage.proposal_valid, image_hw,
                                                  cfg.box_head, cfg.box_xform_clip)
-        mask_probs = self._masks(features, boxes, class_ids, valid, resized_hw)
+        mask_probs = self._masks(pooling, boxes, class_ids, valid, image_hw)
         return {"boxes": boxes, "scores": scores, "class_ids": class_ids, "valid": valid, "mask_probs": mask_probs}
 
-    def _masks(self, features, boxes, class_ids, valid, resized_hw) -> tf.Tensor:
+    def _masks(self, pooling, boxes, class_ids, valid, image_hw) -> tf.Tensor:
         """Mask probabilities (B, D, M, M) for the valid detections (zeros elsewhere)."""
-        cfg = self.config
         batch, d = tf.shape(boxes)[0], boxes.shape[1]
         where = tf.where(valid)                               # (R, 2): frame, slot
-        roi_boxes = tf.gather_nd(boxes, where)
-        roi_classes = tf.gather_nd(class_ids, where)
-        pooled = pool(features, roi_boxes, tf.cast(where[:, 0], tf.int32), resized_hw,
-                      cfg.roi_align.mask_output_size, cfg)
-        logits = mask_head(self.params, to_compute(pooled, cfg), roi_classes, len(cfg.mask_head.conv_dims),
-                           cfg.mask_head.deconvs)
-        probs = tf.sigmoid(tf.cast(logits, tf.float32))
-        m = cfg.mask_size
-        return tf.scatter_nd(where, probs, [batch, d, m, m])
+        logits = self.mask_logits(pooling, tf.gather_nd(boxes, where), tf.cast(where[:, 0], tf.int32),
+                                  tf.gather_nd(class_ids, where), image_hw)
+        m = self.config.mask_size
+        return tf.scatter_nd(where, tf.sigmoid(logits), [batch, d, m, m])
+
+    def losses(self, images: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tensor, gt_masks: tf.Tensor,
+               seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The five training losses of one batch, on this model's own forward pass.
+
+        images uint8 (B, Hc, Wc, 3) on the training canvas; gt_boxes (B, G, 4) in canvas pixels;
+        gt_classes (B, G) int32 (0 pads); gt_masks (B, G, m, m) uint8 mini masks; seed int32 () for
+        the samplers -> {"rpn_objectness", "rpn_box", "box_classifier", "box_regression", "mask"}.
+        """
+        cfg = self.config
+        stage = self.features_and_proposals(images, training=True)
+        anchors = tf.constant(np.concatenate(stage.anchors))
+        positive, negative, targets = anchor_targets(anchors, gt_boxes, gt_classes > 0, cfg.rpn, seed)
+        result = rpn_losses(tf.concat(stage.objectness, 1), tf.concat(stage.deltas, 1), positive, negative, targets,
+                            cfg.rpn)
+
+        rois = sample_rois(stage.proposals, stage.proposal_valid, gt_boxes, gt_classes, cfg.box_head, seed + 2)
+        pooling = pooling_features(stage.features)
+        class_logits, box_deltas = self.classify_boxes(pooling, rois.boxes, rois.frame, stage.image_hw)
+        result.update(box_losses(class_logits, box_deltas, rois, gt_boxes, cfg.box_head))
+
+        # The mask head on the positive RoIs, against the ground-truth class's channel only.
+        pos = positive_rois(rois)
+        logits = self.mask_logits(pooling, pos.boxes, pos.frame, pos.class_ids, stage.image_hw)
+        flat_masks = tf.reshape(gt_masks, [-1] + gt_masks.shape[2:].as_list())
+        targets = roi_mask_targets(flat_masks, tf.reshape(gt_boxes, [-1, 4]), pos.boxes, pos.gt_index,
+                                   size=cfg.mask_size)
+        result["mask"] = mask_loss(logits, targets)
+        return result
 
     def predict(self, frames, masks: str = "full") -> list[Detections]:
         """Detect instances in `frames` (a list of uint8 RGB arrays of any sizes, or (B, H, W, 3)).
@@ -191,8 +272,7 @@ class MaskRCNN(tf.Module):
         for (height, width), indices in by_size.items():
             batch = np.stack([frames[i] for i in indices])
             raw = {k: v.numpy() for k, v in self.graph_for(height, width)(tf.constant(batch)).items()}
-            resized_hw = preprocess.resized_size(height, width, self.config.input.min_size,
-                                                 self.config.input.max_size)
+            resized_hw = resized_size(height, width, self.config.input.min_size, self.config.input.max_size)
             for j, i in enumerate(indices):
                 results[i] = self._frame_detections(raw, j, (height, width), resized_hw, masks)
         return results
@@ -222,9 +302,5 @@ def load_model(config, weights: str | Path | None = None, seed: int = 0, trainab
     if weights is None:
         params = initial_params(config, seed)
     else:
-        params, meta = load_weights(weights, shapes)
-        names = meta.get("class_names")
-        if names is not None and len(names) != config.num_classes:
-            raise WeightsError(f"{weights}: made for {len(names)} classes, the configuration has "
-                               f"{config.num_classes}")
+        params, _ = load_weights(weights, shapes, config_name(config))
     return MaskRCNN(config, params, trainable=trainable)

@@ -1,12 +1,9 @@
 """Preprocessing: frame checks and conversion (numpy), and in-graph normalise, resize, pad.
 
-The resize rule is torchvision's: scale = min(min_size / short side, max_size / long side),
-output size floor(side * scale) computed in double precision, bilinear with half-pixel centres;
-the normalised image is zero-padded at the bottom and right to a multiple of `size_divisible`.
+The sizes follow torchvision's rule (`image_size.py`); the resize is bilinear with half-pixel
+centres, and the normalised image is zero-padded at the bottom and right.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import tensorflow as tf
@@ -51,16 +48,6 @@ def as_frame_list(frames) -> list[np.ndarray]:
     elif isinstance(frames, np.ndarray):
         raise ValueError(f"frames: a single array must be (B, H, W, 3), got shape {frames.shape}")
     return [to_rgb_frame(f, i) for i, f in enumerate(frames)]
-
-
-def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """The (height, width) a frame is resized to, exactly as torchvision computes it."""
-    scale = min(float(min_size) / min(height, width), float(max_size) / max(height, width))
-    return int(math.floor(height * scale)), int(math.floor(width * scale))
-
-
-def padded_size(height: int, width: int, divisible: int) -> tuple[int, int]:
-    return int(math.ceil(height / divisible) * divisible), int(math.ceil(width / divisible) * divisible)
 
 
 def normalize_resize_pad(images: tf.Tensor, resized_hw: tuple[int, int], padded_hw: tuple[int, int],

@@ -1,8 +1,15 @@
 """RoI heads: the box head (two FC layers, class scores and per-class box refinements), the
 per-class NMS that turns them into detections, and the mask head (3x3 convs, a 2x transposed
 conv (or several, for larger masks), and a per-class 1x1 conv whose channel of the detected class is the mask).
+
+And what trains them: proposals (with the ground truth added) matched and sampled into RoIs, the
+box classifier's and regressor's losses, the mask targets (ground-truth mini masks resampled at
+the positive RoIs) and the mask loss, a per-pixel sigmoid on the ground-truth class's channel
+only: classes do not compete for a pixel (the seed's point).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -10,6 +17,7 @@ import tensorflow as tf
 from . import box_coding
 from .config import BoxHeadConfig
 from .layers import Params, conv2d, conv_shapes, dense, dense_shapes
+from .matching import IGNORED, batched_iou, box_regression_loss, match, sample
 from .nms import grouped_nms
 
 
@@ -105,3 +113,103 @@ def mask_head(params: Params, pooled: tf.Tensor, class_ids: tf.Tensor, num_convs
     w_roi = tf.transpose(tf.gather(w, class_ids, axis=1))                # (R, C)
     b_roi = tf.gather(tf.cast(params["mask_head/logits/bias"], x.dtype), class_ids)
     return tf.einsum("rhwc,rc->rhw", x, w_roi) + b_roi[:, None, None]
+
+
+class SampledRoIs(NamedTuple):
+    """The RoIs the box head trains on, S per image, flattened over the batch (R = B * S); the
+    sampled ones first in each image, then padding (`sampled` false)."""
+    boxes: tf.Tensor        # (R, 4) x1 y1 x2 y2 in image pixels
+    frame: tf.Tensor        # (R,) int32: the image of the batch each RoI belongs to
+    sampled: tf.Tensor      # (R,) bool: a real sample (positive or negative), not padding
+    positive: tf.Tensor     # (R,) bool
+    class_ids: tf.Tensor    # (R,) int32: the matched ground truth's class for positives, else 0 (background)
+    gt_index: tf.Tensor     # (R,) int32: the matched ground truth, an index into the (B * G) flattened ground truth
+
+
+def sample_rois(proposals: tf.Tensor, proposal_valid: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tensor,
+                cfg: BoxHeadConfig, seed: tf.Tensor) -> SampledRoIs:
+    """proposals (B, P, 4), proposal_valid (B, P), gt_boxes (B, G, 4), gt_classes (B, G) (0 pads),
+    seed int32 () -> SampledRoIs with S = min(batch_size_per_image, P + G) per image.
+
+    The ground-truth boxes join the proposals (so every object has a positive from the first
+    step); a box is positive at IoU >= fg_iou_threshold with a ground truth, negative below
+    bg_iou_threshold; at most batch_size_per_image are sampled, positive_fraction positive at most.
+    """
+    gt_valid = gt_classes > 0
+    batch, num_gt = gt_boxes.shape[0], gt_boxes.shape[1]
+    boxes = tf.concat([proposals, gt_boxes], axis=1)
+    valid = tf.concat([proposal_valid, gt_valid], axis=1)
+    matched, label = match(batched_iou(gt_boxes, boxes), gt_valid, cfg.fg_iou_threshold, cfg.bg_iou_threshold,
+                           allow_low_quality=False)
+    label = tf.where(valid, label, IGNORED)
+    positive, negative = sample(label, cfg.batch_size_per_image, cfg.positive_fraction, seed)
+    s = min(cfg.batch_size_per_image, int(boxes.shape[1]))
+    sampled = tf.logical_or(positive, negative)
+    _, pick = tf.math.top_k(tf.cast(sampled, tf.float32), k=s)          # the sampled boxes first
+
+    def picked(t):
+        return tf.reshape(tf.gather(t, pick, batch_dims=1), [-1] + t.shape[2:].as_list())
+
+    frame = tf.repeat(tf.range(batch), s)
+    gt_index = frame * num_gt + picked(matched)
+    roi_positive = picked(positive)
+    class_ids = tf.where(roi_positive, tf.gather(tf.reshape(gt_classes, [-1]), gt_index), 0)
+    return SampledRoIs(picked(boxes), frame, picked(sampled), roi_positive, class_ids, gt_index)
+
+
+def box_losses(class_logits: tf.Tensor, box_deltas: tf.Tensor, rois: SampledRoIs, gt_boxes: tf.Tensor,
+               cfg: BoxHeadConfig) -> dict[str, tf.Tensor]:
+    """class_logits (R, K), box_deltas (R, K, 4) float32 of the sampled RoIs, gt_boxes (B, G, 4) ->
+    {"box_classifier": softmax cross-entropy over the sampled RoIs, "box_regression": smooth L1 of
+    the ground-truth class's deltas over the positives / the number sampled}."""
+    targets = box_coding.encode(tf.gather(tf.reshape(gt_boxes, [-1, 4]), rois.gt_index), rois.boxes, cfg.box_weights)
+    return {"box_classifier": classification_loss(class_logits, rois.class_ids, rois.sampled),
+            "box_regression": box_regression_loss(tf.gather(box_deltas, rois.class_ids, batch_dims=1), targets,
+                                                  rois.positive, tf.reduce_sum(tf.cast(rois.sampled, tf.int32)),
+                                                  cfg.smooth_l1_beta)}
+
+
+def classification_loss(logits: tf.Tensor, class_ids: tf.Tensor, sampled: tf.Tensor) -> tf.Tensor:
+    """logits (R, K), class_ids (R,) (0 = background), sampled (R,) -> mean softmax cross-entropy."""
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=class_ids, logits=logits)
+    weight = tf.cast(sampled, tf.float32)
+    return tf.reduce_sum(ce * weight) / tf.maximum(tf.reduce_sum(weight), 1.0)
+
+
+def positive_rois(rois: SampledRoIs) -> SampledRoIs:
+    """Only the positive RoIs (P of them, P <= R): what the mask head trains on."""
+    return SampledRoIs(*(tf.gather(t, tf.where(rois.positive)[:, 0]) for t in rois))
+
+
+def roi_mask_targets(masks: tf.Tensor, gt_boxes: tf.Tensor, rois: tf.Tensor, gt_indices: tf.Tensor,
+                     size: int = 28) -> tf.Tensor:
+    """Mask targets (R, size, size) float32 in [0, 1]: ground-truth mini masks resampled at RoIs.
+
+    masks (N, M, M) uint8 mini masks of one image (or of a batch, flattened), gt_boxes (N, 4) and
+    rois (R, 4) x1 y1 x2 y2 in the same pixels, gt_indices (R,) the ground truth each RoI is
+    matched to. Target cell k of a RoI is sampled (bilinearly) at the cell's centre; what lies
+    outside the ground-truth box is 0.
+    """
+    m = tf.cast(tf.shape(masks)[1], tf.float32)
+    gt = tf.gather(tf.cast(gt_boxes, tf.float32), gt_indices)
+    rois = tf.cast(rois, tf.float32)
+    gt_wh = tf.maximum(gt[:, 2:] - gt[:, :2], 1e-6)
+    # RoI edges as fractions of its box, moved in to the first and last target cell centres
+    lo = (rois[:, :2] - gt[:, :2]) / gt_wh
+    hi = (rois[:, 2:] - gt[:, :2]) / gt_wh
+    first = lo + (hi - lo) * (0.5 / size)
+    last = lo + (hi - lo) * ((size - 0.5) / size)
+    # crop_and_resize normalises so that 0 and 1 are the centres of the first and last mask cell
+    first, last = (first * m - 0.5) / (m - 1), (last * m - 0.5) / (m - 1)
+    boxes = tf.stack([first[:, 1], first[:, 0], last[:, 1], last[:, 0]], axis=1)
+    image = tf.cast(masks, tf.float32)[..., None] / 255.0
+    targets = tf.image.crop_and_resize(image, boxes, tf.cast(gt_indices, tf.int32), [size, size],
+                                       extrapolation_value=0.0)
+    return targets[..., 0]
+
+
+def mask_loss(mask_logits: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    """mask_logits (R, M, M) of each RoI's ground-truth class, targets (R, M, M) in [0, 1] -> mean
+    binary cross-entropy per pixel (0 when there is no positive RoI)."""
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=mask_logits)
+    return tf.math.divide_no_nan(tf.reduce_sum(bce), tf.cast(tf.size(bce), tf.float32))

@@ -1,6 +1,7 @@
-"""Region proposal network: a shared 3x3 conv head over P2..P6 and the selection of proposals
+"""Region proposal network: a shared 3x3 conv head over P2..P6, the selection of proposals
 (top-k per level by objectness, decode, clip, drop tiny boxes, NMS within each level, best
-`post_nms_top_n` per image).
+`post_nms_top_n` per image), and what trains it: anchors matched to the ground truth, a balanced
+sample of them, the objectness and box losses.
 
 All tensors keep a static batch dimension; images of one call share one size (the model groups
 frames by size), so the clipping bounds are Python numbers.
@@ -12,6 +13,7 @@ import tensorflow as tf
 from . import box_coding
 from .config import RPNConfig
 from .layers import Params, conv2d, conv_shapes
+from .matching import batched_iou, box_regression_loss, match, sample
 from .nms import grouped_nms
 
 
@@ -68,3 +70,37 @@ def select_proposals(logits: list[tf.Tensor], deltas: list[tf.Tensor], anchors: 
     n = min(post_n, int(boxes.shape[1]))
     top_scores, idx = tf.math.top_k(scores, k=n, sorted=True)
     return tf.gather(boxes, idx, batch_dims=1), top_scores, top_scores >= 0.0
+
+
+def anchor_targets(anchors: tf.Tensor, gt_boxes: tf.Tensor, gt_valid: tf.Tensor, cfg: RPNConfig, seed: tf.Tensor
+                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """anchors (N, 4) of every level, gt_boxes (B, G, 4), gt_valid (B, G), seed int32 () ->
+    positive (B, N) and negative (B, N) sample masks and the target deltas (B, N, 4).
+
+    An anchor is positive at IoU >= fg_iou_threshold with a ground-truth box, or as the best
+    anchor of one (low-quality matches allowed); negative below bg_iou_threshold; then at most
+    batch_size_per_image of them are sampled per image, positive_fraction positive at most.
+    """
+    matched, label = match(batched_iou(gt_boxes, anchors), gt_valid, cfg.fg_iou_threshold, cfg.bg_iou_threshold,
+                           allow_low_quality=True)
+    positive, negative = sample(label, cfg.batch_size_per_image, cfg.positive_fraction, seed)
+    targets = box_coding.encode(tf.gather(gt_boxes, matched, batch_dims=1), anchors, cfg.box_weights)
+    return positive, negative, targets
+
+
+def rpn_losses(logits: tf.Tensor, deltas: tf.Tensor, positive: tf.Tensor, negative: tf.Tensor,
+               target_deltas: tf.Tensor, cfg: RPNConfig) -> dict[str, tf.Tensor]:
+    """logits (B, N), deltas (B, N, 4) of every level concatenated; positive, negative (B, N) and
+    target_deltas (B, N, 4) from `anchor_targets` -> {"rpn_objectness": mean binary cross-entropy
+    over the sampled anchors, "rpn_box": smooth L1 over the positives / the number sampled}."""
+    sampled = tf.logical_or(positive, negative)
+    return {"rpn_objectness": objectness_loss(logits, positive, sampled),
+            "rpn_box": box_regression_loss(deltas, target_deltas, positive,
+                                           tf.reduce_sum(tf.cast(sampled, tf.int32)), cfg.smooth_l1_beta)}
+
+
+def objectness_loss(logits: tf.Tensor, positive: tf.Tensor, sampled: tf.Tensor) -> tf.Tensor:
+    """logits (B, N), positive and sampled masks (B, N) -> mean binary cross-entropy over the sampled."""
+    weight = tf.cast(sampled, tf.float32)
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(positive, tf.float32), logits=logits)
+    return tf.reduce_sum(bce * weight) / tf.maximum(tf.reduce_sum(weight), 1.0)

@@ -1,8 +1,15 @@
 """The project's own weights format: one `.npz` holding every parameter by name plus a JSON
-record of what architecture they belong to. Reading it needs only numpy.
+record of the model they belong to. Reading it needs only numpy.
 
-A file that is missing, not an npz, or made for another architecture raises WeightsError with
-one line naming the file and the first key that is missing or mis-shaped.
+The record holds the full configuration the weights were trained or converted with
+(`{"made_by": "training" | "conversion" | "saved", "config": ModelConfig.to_dict(),
+"config_file": its YAML or null}`); files written before that record only `name`,
+`class_names` and `backbone` {depth, width}, and still load.
+
+A file that is missing or not an npz raises WeightsError with one line naming it; weights that do
+not fit a configuration, one line naming both and the first parameter that differs:
+"W.npz (trained with NAME: ResNet-18 width 32, 4 classes) does not fit C.yaml: backbone/conv1/kernel
+is (7, 7, 3, 32) there, (7, 7, 3, 16) here".
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from .errors import WeightsError
 
 FORMAT = "maskstream.weights/1"
 META_KEY = "__meta__"
+MADE_BY = {"training": "trained with", "conversion": "converted with", "saved": "saved with"}
 
 
 def save_weights(path: str | Path, params: dict, meta: dict | None = None) -> Path:
@@ -51,23 +59,41 @@ def read_weights(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
-def check_params(params: dict[str, np.ndarray], shapes: dict[str, tuple], source: str) -> None:
-    """Raise WeightsError naming the first parameter that is missing, mis-shaped or unexpected."""
-    for name in sorted(shapes):
+def describe_record(meta: dict) -> str:
+    """What a weights file says it was made with, for messages: "trained with NAME: ResNet-18 width 32,
+    4 classes" ("made for ..." in files that do not record how they were made)."""
+    recorded = meta.get("config", meta)
+    name, backbone, classes = recorded.get("name"), recorded.get("backbone") or {}, recorded.get("class_names")
+    if name is None and not backbone and classes is None:
+        return "no recorded configuration"
+    parts = []
+    if "depth" in backbone:
+        parts.append(f"ResNet-{backbone['depth']}" + (f" width {backbone['width']}" if "width" in backbone else ""))
+    if classes is not None:
+        parts.append(f"{len(classes)} classes")
+    return f"{MADE_BY.get(meta.get('made_by'), 'made for')} {name or 'a model'}" + (f": {', '.join(parts)}" if parts else "")
+
+
+def first_mismatch(params: dict[str, np.ndarray], shapes: dict[str, tuple]) -> str | None:
+    """The first difference between parameters and an architecture's shapes (in the architecture's
+    order), as a phrase where "there" is `params` and "here" the architecture; None when they fit."""
+    for name, shape in shapes.items():
         if name not in params:
-            raise WeightsError(f"{source}: missing parameter {name} {tuple(shapes[name])}: "
-                               "the weights are for another architecture")
-        if tuple(params[name].shape) != tuple(shapes[name]):
-            raise WeightsError(f"{source}: parameter {name} has shape {tuple(params[name].shape)}, "
-                               f"the configuration needs {tuple(shapes[name])}")
+            return f"missing parameter {name} {tuple(shape)}"
+        if tuple(params[name].shape) != tuple(shape):
+            return f"{name} is {tuple(params[name].shape)} there, {tuple(shape)} here"
     extra = sorted(set(params) - set(shapes))
     if extra:
-        raise WeightsError(f"{source}: unexpected parameter {extra[0]} (and {len(extra) - 1} more): "
-                           "the weights are for another architecture")
+        return f"unexpected parameter {extra[0]} (and {len(extra) - 1} more)"
+    return None
 
 
-def load_weights(path: str | Path, shapes: dict[str, tuple]) -> tuple[dict[str, np.ndarray], dict]:
-    """Read a weights file and check it against the parameter shapes of an architecture."""
+def load_weights(path: str | Path, shapes: dict[str, tuple], target: str = "this configuration"
+                 ) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a weights file and check it against the parameter shapes of an architecture; `target`
+    names the configuration in the one-line WeightsError when they do not fit."""
     params, meta = read_weights(path)
-    check_params(params, shapes, str(path))
+    problem = first_mismatch(params, shapes)
+    if problem:
+        raise WeightsError(f"{path} ({describe_record(meta)}) does not fit {target}: {problem}")
     return params, meta

@@ -261,10 +261,10 @@ def parse_synthetic(uri: str) -> dict:
 
 
 class SyntheticSource(FrameSource):
-    """Generated moving street scenes (models.scenes.StreetScene), `frames` of them at `fps`."""
+    """Generated moving street scenes (models.data.scenes.StreetScene), `frames` of them at `fps`."""
 
     def __init__(self, spec: SourceSpec):
-        from models.scenes import StreetScene
+        from models.data.scenes import StreetScene
 
         params = parse_synthetic(spec.uri)
         self._scene = StreetScene(seed=params["seed"], width=params["width"], height=params["height"])

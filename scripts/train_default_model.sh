@@ -15,7 +15,7 @@ RUNS=${2:-runs}
 CONFIG=configs/default_model.yaml
 
 scenes() {  # scenes NAME IMAGES SEED: a generated data set DATA/NAME, written once
-    [ -f "$DATA/$1/annotations.json" ] || python -m models.scenes write "$DATA/$1" --images "$2" --seed "$3"
+    [ -f "$DATA/$1/annotations.json" ] || python -m models.data.scenes write "$DATA/$1" --images "$2" --seed "$3"
 }
 
 stage() {  # stage NAME OUT DATASET ARGS...: one training run into OUT on DATA/DATASET, skipped once done
@@ -31,7 +31,7 @@ stage() {  # stage NAME OUT DATASET ARGS...: one training run into OUT on DATA/D
     esac
     local resume=()
     [ -f "$out/checkpoint.npz" ] && resume=(--resume)
-    python -m models.train --config "$CONFIG" --data "$DATA/$data" --out "$out" "${resume[@]}" "$@"
+    python -m models.training.train --config "$CONFIG" --data "$DATA/$data" --out "$out" "${resume[@]}" "$@"
     touch "$RUNS/$name.done"
 }
 
@@ -47,6 +47,6 @@ stage stage7 "$RUNS/stage7" street_train_b --init "$RUNS/stage6/model.npz" --ste
 stage stage8 "$RUNS/stage8" street_train_d --init "$RUNS/stage7/model.npz" --steps 2000 --learning-rate 1.25e-4
 
 scenes street_val 100 777777
-python -m models.evaluate --config "$CONFIG" --weights "$RUNS/stage8/model.npz" --data "$DATA/street_val" \
+python -m models.tools.evaluate --config "$CONFIG" --weights "$RUNS/stage8/model.npz" --data "$DATA/street_val" \
     --out "$RUNS/stage8/eval.json"
 echo "cp $RUNS/stage8/model.npz configs/default_model.npz   # to make it the default"

@@ -1,15 +1,17 @@
-"""COCO data input: generator round trip, augmentation, malformed annotations, errors, batching."""
+"""COCO data input: generator round trip, the one augmentation path, malformed annotations, errors,
+batching, the training stream."""
 import json
 import logging
 
 import cv2
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from models.data import (MASK_SIZE, CocoDataset, DataError, flip_example, mini_masks, roi_mask_targets,
-                         scale_example)
-from models.scenes import StreetScene, write_dataset
+from models.data.augment import Augmentation, augment, flip_example, resize_example
+from models.data.coco import MASK_SIZE, CocoDataset, mini_masks
+from models.data.scenes import StreetScene, write_dataset
+from models.errors import DataError
+from models.image_size import resized_size
 
 W, H = 160, 96
 
@@ -73,7 +75,7 @@ def test_flip_mirrors_image_boxes_and_masks_consistently(generated):
 
 def test_scale_jitter_scales_image_and_boxes_and_keeps_masks_valid(generated):
     example, instances = one_example(CocoDataset(generated))
-    half = scale_example(example, 0.5)
+    half = resize_example(example, (H // 2, W // 2))
     assert half["image"].shape == (H // 2, W // 2, 3)
     np.testing.assert_array_equal(half["image_size"], [H // 2, W // 2])
     np.testing.assert_allclose(half["boxes"], example["boxes"] * 0.5)
@@ -84,7 +86,7 @@ def test_scale_jitter_scales_image_and_boxes_and_keeps_masks_valid(generated):
     assert big
     redone = mini_masks(resized[big], half["boxes"][big]).astype(int)
     assert np.abs(redone - half["masks"][big]).mean() < 20
-    odd = scale_example(example, 1.13)
+    odd = resize_example(example, (round(H * 1.13), round(W * 1.13)))
     assert odd["image"].shape[:2] == (round(H * 1.13), round(W * 1.13))
     np.testing.assert_allclose(odd["boxes"][:, 2], example["boxes"][:, 2] * round(W * 1.13) / W, rtol=1e-6)
 
@@ -124,13 +126,14 @@ def test_malformed_annotations_are_skipped_counted_and_reported_once(tmp_path, c
         polygon_annotation(9, square, bbox=[5, 5, 0, 15]),                  # zero-width box
         polygon_annotation(10, square, image=2, iscrowd=1),                 # crowd: evaluation only
     ]
-    with caplog.at_level(logging.WARNING, logger="models.data"):
+    with caplog.at_level(logging.WARNING, logger="models.data.coco"):
         data = CocoDataset(write_crafted(tmp_path, annotations))
-        epochs = [list(data.dataset(training=True, seed=1).as_numpy_iterator()) for _ in range(2)]
+        stream = list(data.dataset(training=True, seed=1).take(4).as_numpy_iterator())
+        epochs = [stream[:2], stream[2:]]
     assert data.skipped == {"box outside image": 1, "empty polygon": 2, "unknown category": 1,
                             "zero area": 1, "unknown image": 1, "bad box": 1}
     assert data.crowd == 1
-    warnings = [r for r in caplog.records if r.name == "models.data"]
+    warnings = [r for r in caplog.records if r.name == "models.data.coco"]
     assert len(warnings) == 1 and "skipped 7 malformed annotations" in warnings[0].getMessage()
     assert data.class_names == ["__background__", "dog", "cat"]       # ordered by category id 3, 7
     assert data.category_of_class == {1: 3, 2: 7}
@@ -168,8 +171,8 @@ def test_an_image_of_another_size_than_its_record_raises_naming_it(generated, tm
 
 def test_padded_batches_keep_true_sizes_and_mark_padding_with_class_zero(generated):
     data = CocoDataset(generated)
-    batch = next(data.dataset(training=True, batch_size=3, seed=0, flip=False, scale_range=(0.5, 1.0))
-                 .as_numpy_iterator())
+    batch = next(data.dataset(training=True, batch_size=3, seed=0,
+                              augmentation=Augmentation(flip=False, short_side=(H * 0.5, H))).as_numpy_iterator())
     sizes = batch["image_size"]
     assert batch["image"].shape[1:3] == tuple(sizes.max(axis=0)) and len(set(map(tuple, sizes))) > 1
     for image, size, class_ids, boxes, masks in zip(batch["image"], sizes, batch["class_ids"], batch["boxes"],
@@ -181,28 +184,41 @@ def test_padded_batches_keep_true_sizes_and_mark_padding_with_class_zero(generat
 
 
 def test_training_order_and_augmentation_follow_the_seed_and_change_every_epoch(generated):
-    def epoch(data):
+    augmentation = Augmentation(flip=True, short_side=(H * 0.8, H * 1.2))
+
+    def stream(data, start=0, count=6):
         return [(int(e["image_id"][0]), e["image"].shape, e["boxes"][0, 0].tolist())
-                for e in data.dataset(training=True, seed=4).as_numpy_iterator()]
+                for e in data.dataset(training=True, seed=4, augmentation=augmentation, start=start)
+                .take(count).as_numpy_iterator()]
     a, b = CocoDataset(generated), CocoDataset(generated)
-    first = epoch(a)
-    assert first == epoch(b)
-    assert sorted(i for i, _, _ in first) == [1, 2, 3]
-    assert epoch(a) != first
+    both = stream(a)
+    first, second = both[:3], both[3:]
+    assert both == stream(b)
+    assert sorted(i for i, _, _ in first) == [1, 2, 3] and sorted(i for i, _, _ in second) == [1, 2, 3]
+    assert second != first
+    # A stream started later is the tail of the one started at 0 (what resuming a training run needs).
+    assert stream(a, start=2, count=4) == both[2:]
 
 
-def test_roi_mask_targets_sample_the_mini_masks_at_cell_centres():
-    rng = np.random.default_rng(0)
-    masks = rng.integers(0, 256, (2, 8, 8)).astype(np.uint8)
-    gt = np.array([[10, 20, 50, 40], [0, 0, 8, 16]], np.float32)
-    same = roi_mask_targets(masks, gt, gt[[1, 0]], [1, 0], size=8).numpy()
-    np.testing.assert_allclose(same, masks[[1, 0]] / 255.0, atol=1e-5)
-    halved = roi_mask_targets(masks, gt, gt[:1], [0], size=4).numpy()[0]
-    np.testing.assert_allclose(halved, masks[0].reshape(4, 2, 4, 2).mean(axis=(1, 3)) / 255.0, atol=1e-5)
-    shifted = roi_mask_targets(masks, gt, gt[:1] + [20, 0, 20, 0], [0], size=8).numpy()[0]
-    np.testing.assert_allclose(shifted[:, :4], masks[0][:, 4:] / 255.0, atol=1e-5)   # right half of the mask
-    np.testing.assert_array_equal(shifted[:, 4:], 0)                                   # beyond the box
-    assert roi_mask_targets(tf.constant(masks), gt, [[100, 100, 120, 120]], [0]).numpy().max() == 0
+def test_augment_is_the_resize_rule_then_the_flip(generated):
+    """augment draws the short side, resizes by the model's rule, then flips with probability 1/2;
+    the training input (models.training.batches) uses exactly this."""
+    example, _ = one_example(CocoDataset(generated))
+    augmentation = Augmentation(flip=True, short_side=(60.0, 90.0), max_size=130.0)
+    flipped = 0
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        short, flip = rng.uniform(60.0, 90.0), rng.random() < 0.5
+        want = resize_example(example, resized_size(H, W, short, 130.0))
+        want = flip_example(want) if flip else want
+        got = augment(example, augmentation, np.random.default_rng(seed))
+        assert max(got["image"].shape[:2]) <= 130 and 60 <= min(got["image"].shape[:2]) <= 90
+        for key in ("image", "boxes", "masks", "image_size", "class_ids"):
+            np.testing.assert_array_equal(got[key], want[key])
+        flipped += flip
+    assert 0 < flipped < 8
+    unchanged = augment(example, Augmentation(flip=False), np.random.default_rng(0))
+    np.testing.assert_array_equal(unchanged["image"], example["image"])
 
 
 @pytest.mark.parametrize("make, problem", [

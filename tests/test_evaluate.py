@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from models import Detections
-from models.data import CocoDataset
-from models.evaluate import METRICS, class_to_category, coco_evaluate, detections_to_coco, main
-from models.scenes import write_dataset
+from models.data.coco import CocoDataset
+from models.tools.evaluate import METRICS, class_to_category, coco_evaluate, detections_to_coco, main
+from models.data.scenes import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,6 +121,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, problem):
     assert problem in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_the_committed_default_model_finds_the_generated_classes(tmp_path):
     """The bundled weights on 12 scenes from a seed no training stage used. The floors sit well
     under what these weights score (mask AP 0.71, AP50 0.91 on the README's 100 scenes): they catch a broken

@@ -1,8 +1,10 @@
-"""bench/flops.py against counts done by hand."""
+"""bench/flops.py against counts done by hand, and the frame sizes it counts on (models.image_size)."""
 import importlib.util
 from pathlib import Path
 
 import pytest
+
+from models.image_size import padded_size, resized_size
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_flops", ROOT / "bench" / "flops.py")
@@ -33,8 +35,8 @@ def test_one_conv():
     (480, 640, (800, 1066), (800, 1088)),       # short side sets the scale: 800 / 480
 ])
 def test_resize_and_pad_like_torchvision(height, width, resized, padded):
-    assert flops.resized_size(height, width, 800, 1333) == resized
-    assert flops.padded_size(*resized, 32) == padded
+    assert resized_size(height, width, 800, 1333) == resized
+    assert padded_size(*resized, 32) == padded
 
 
 def test_tiny_config_stage_by_stage(tmp_path):

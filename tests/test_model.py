@@ -10,7 +10,7 @@ from pycocotools import mask as mask_utils
 import models
 from models import postprocess
 from models.anchors import base_anchors, level_anchors
-from models.convert import ConversionError, convert_state_dict
+from models.tools.convert import ConversionError, convert_state_dict
 from models.mask_rcnn import param_shapes
 
 TINY = "configs/test_tiny.yaml"
@@ -34,6 +34,7 @@ def assert_same_detections(a, b):
     np.testing.assert_allclose(a.mask_probs, b.mask_probs, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_batch_of_different_sizes_equals_separate_calls(model):
     frames = [still(1, 320, 180), still(2, 200, 150), still(3, 320, 180), still(4, 97, 61)]
     together = model.predict(frames, masks="full")
@@ -125,8 +126,29 @@ def test_weights_round_trip_and_one_line_errors(tmp_path, model):
     other = models.load_config(TINY)
     other.backbone.depth = 34
     models.save_weights(tmp_path / "r34.npz", models.mask_rcnn.initial_params(other))
-    with pytest.raises(models.WeightsError, match=r"r34.npz: (missing|unexpected) parameter backbone/layer"):
+    with pytest.raises(models.WeightsError, match=r"r34.npz \(no recorded configuration\) does not fit "
+                                                  r"configs/test_tiny.yaml: (missing|unexpected) parameter backbone/layer"):
         models.load_model(TINY, weights=tmp_path / "r34.npz")
+
+
+def test_weights_record_their_config_and_a_misfit_is_one_line_naming_both(tmp_path, model):
+    from models.weights import read_weights
+    path = model.save(tmp_path / "tiny.npz")
+    _, meta = read_weights(path)
+    assert meta["config"] == model.config.to_dict() and meta["config_file"] == TINY and meta["made_by"] == "saved"
+    assert models.load_config(meta["config"]) == model.config       # the record rebuilds the same config
+    # Old files (configs/default_model.npz records only name, classes and backbone) still load and are named.
+    with pytest.raises(models.WeightsError) as error:
+        models.load_model(TINY, weights="configs/default_model.npz")
+    assert str(error.value) == ("configs/default_model.npz (made for default_r18_street: ResNet-18 width 32, "
+                                "4 classes) does not fit configs/test_tiny.yaml: backbone/conv1/kernel is "
+                                "(7, 7, 3, 32) there, (7, 7, 3, 16) here")
+    five = models.load_config(TINY).to_dict()
+    five["class_names"] = five["class_names"] + ["bike"]
+    with pytest.raises(models.WeightsError) as error:
+        models.load_model(five, weights=path)
+    assert str(error.value) == (f"{path} (saved with test_tiny: ResNet-18 width 16, 4 classes) does not fit the "
+                                "configuration test_tiny: box_head/cls_score/kernel is (64, 4) there, (64, 5) here")
 
 
 def test_converter_names_the_first_missing_or_misshaped_key():
@@ -139,6 +161,7 @@ def test_converter_names_the_first_missing_or_misshaped_key():
     assert len(param_shapes(config)) > 50
 
 
+@pytest.mark.slow
 def test_bfloat16_precision_finds_the_same_top_detections():
     frame = still(2, 320, 180)
     config = models.load_config(TINY)

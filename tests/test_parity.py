@@ -2,7 +2,7 @@
 
 The references in tests/data were written by bench/torchvision_reference.py: torchvision ran
 seeded random weights (tests/torchvision_weights.py), conditioned so that every image yields
->= 50 detections with distinct scores. Here the same state dict goes through models.convert and
+>= 50 detections with distinct scores. Here the same state dict goes through models.tools.convert and
 the TensorFlow model, and the detections must agree one to one.
 """
 from pathlib import Path
@@ -13,7 +13,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 import models
-from models.convert import convert_state_dict
+from models.tools.convert import convert_state_dict
 from models.mask_rcnn import MaskRCNN
 from tests.torchvision_weights import reference_state_dict
 
@@ -42,7 +42,8 @@ def match_detections(ours, ref_boxes, ref_labels):
     return pairs
 
 
-@pytest.mark.parametrize("reference", ["tv_reference_r18_320.npz", "tv_reference_r50.npz"])
+@pytest.mark.parametrize("reference", ["tv_reference_r18_320.npz",
+                                       pytest.param("tv_reference_r50.npz", marks=pytest.mark.slow)])
 def test_same_detections_as_torchvision(reference):
     ref = np.load(DATA / reference)
     config = models.load_config("configs/coco_r50_fpn.yaml")

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from models import scenes
-from models.scenes import CLASS_NAMES, MIN_VISIBLE_PIXELS, Canvas, StreetScene
+from models.data import scenes
+from models.data.scenes import CLASS_NAMES, MIN_VISIBLE_PIXELS, Canvas, StreetScene
 
 W, H = 320, 180
 

@@ -1,7 +1,10 @@
-"""Training targets: matching anchors or proposals to ground-truth boxes by IoU, and sampling a
-balanced set of positives and negatives (Mask R-CNN's RPN and RoI-head rules).
+"""What the RPN and the RoI heads both train with: matching boxes (anchors or proposals) to the
+ground truth by IoU, sampling a balanced set of positives and negatives (Mask R-CNN's rules), and
+the smooth L1 box-regression loss.
 
-Ground truth is padded to a fixed count per image; `gt_valid` marks the real boxes.
+Ground truth is padded to a fixed count G per image; `gt_valid` (B, G) marks the real boxes.
+Each stage's own targets and losses live beside it: `rpn.py` (anchor matching, objectness and
+box losses), `roi_heads.py` (proposal sampling, box and mask losses).
 """
 from __future__ import annotations
 
@@ -59,3 +62,18 @@ def _random_subset(candidates: tf.Tensor, count: tf.Tensor, max_count: int, seed
     batch = tf.broadcast_to(tf.range(tf.shape(idx)[0])[:, None], tf.shape(idx))
     scatter_at = tf.stack([tf.boolean_mask(batch, chosen), tf.boolean_mask(idx, chosen)], axis=1)
     return tf.scatter_nd(scatter_at, tf.ones(tf.shape(scatter_at)[0], tf.int32), tf.shape(candidates)) > 0
+
+
+def smooth_l1(diff: tf.Tensor, beta: float) -> tf.Tensor:
+    """Elementwise, any shape: 0.5 x^2 / beta where |x| < beta, else |x| - 0.5 beta."""
+    a = tf.abs(diff)
+    return tf.where(a < beta, 0.5 * a * a / beta, a - 0.5 * beta)
+
+
+def box_regression_loss(deltas: tf.Tensor, target_deltas: tf.Tensor, positive: tf.Tensor, num_sampled: tf.Tensor,
+                        beta: float) -> tf.Tensor:
+    """deltas, target_deltas (..., 4), positive (...) bool, num_sampled () -> scalar: smooth L1
+    summed over the positives' four deltas, divided by the number of sampled boxes (torchvision's
+    normalisation)."""
+    per_box = tf.reduce_sum(smooth_l1(deltas - target_deltas, beta), axis=-1)
+    return tf.reduce_sum(per_box * tf.cast(positive, tf.float32)) / tf.maximum(tf.cast(num_sampled, tf.float32), 1.0)

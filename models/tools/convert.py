@@ -1,6 +1,6 @@
 """Weight import from torchvision's Mask R-CNN.
 
-    python -m models.convert torchvision SRC.pth DST.npz [--config configs/coco_r50_fpn.yaml]
+    python -m models.tools.convert torchvision SRC.pth DST.npz [--config configs/coco_r50_fpn.yaml]
 
 SRC is what `torch.save(model.state_dict(), SRC)` writes for torchvision's
 `maskrcnn_resnet50_fpn` or a Mask R-CNN on `resnet_fpn_backbone` of depth 18, 34, 50 or 101
@@ -10,7 +10,7 @@ HWIO; fc6 is permuted from torch's (C, H, W) flattening to TensorFlow's (H, W, C
 
 Only reading SRC needs torch (`pip install -e ".[torch]"`); `convert_state_dict` works on any
 mapping of numpy arrays. A state dict of another architecture fails with one line naming the
-first missing or mis-shaped key.
+first missing or mis-shaped key. The .npz records the configuration it was converted with.
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbone import BLOCKS, is_bottleneck, residual_blocks
-from .config import ConfigError, ModelConfig, load_config
-from .errors import ConversionError
-from .weights import WeightsError, check_params, save_weights
+from ..backbone import is_bottleneck, residual_blocks
+from ..config import RESNET_BLOCKS, ConfigError, ModelConfig, load_config
+from ..errors import ConversionError
+from ..weights import WeightsError, first_mismatch, save_weights
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "coco_r50_fpn.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "coco_r50_fpn.yaml"
 
 
 class _Reader:
@@ -75,7 +75,7 @@ def _dense(r: _Reader, key: str, cin: int, cout: int):
 def convert_state_dict(state: Mapping[str, np.ndarray], config: ModelConfig, source: str = "state dict"
                        ) -> dict[str, np.ndarray]:
     """torchvision Mask R-CNN state dict (key -> array) -> this project's parameters."""
-    from .mask_rcnn import param_shapes  # the full architecture, to check the result against
+    from ..mask_rcnn import param_shapes  # the full architecture, to check the result against
 
     r = _Reader(state, source)
     out: dict[str, np.ndarray] = {}
@@ -137,10 +137,9 @@ def convert_state_dict(state: Mapping[str, np.ndarray], config: ModelConfig, sou
         raise ConversionError(f"{source}: unexpected key {unused[0]} (and {len(unused) - 1} more): not a Mask R-CNN "
                               "of the configured architecture")
     out = {name: np.ascontiguousarray(v, dtype=np.float32) for name, v in out.items()}
-    try:
-        check_params(out, param_shapes(config), source)
-    except WeightsError as e:
-        raise ConversionError(str(e)) from None
+    problem = first_mismatch(out, param_shapes(config))
+    if problem:
+        raise ConversionError(f"{source}: {problem} (there: the converted state dict, here: the configuration)")
     return out
 
 
@@ -149,7 +148,7 @@ def infer_depth(state: Mapping[str, np.ndarray]) -> int | None:
     counts = tuple(len({k.split(".")[3] for k in state if k.startswith(f"backbone.body.layer{i}.")})
                    for i in range(1, 5))
     bottleneck = any(".conv3." in k for k in state if k.startswith("backbone.body.layer1."))
-    for depth, blocks in BLOCKS.items():
+    for depth, blocks in RESNET_BLOCKS.items():
         if blocks == counts and is_bottleneck(depth) == bottleneck:
             return depth
     return None
@@ -174,7 +173,7 @@ def read_torch_state_dict(path: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m models.tools.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("format", choices=["torchvision"], help="the source format")
     parser.add_argument("src", type=Path, help="torchvision state dict (.pth)")
     parser.add_argument("dst", type=Path, help="output weights file (.npz)")
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="model config the weights are for (default: configs/coco_r50_fpn.yaml); "
                              "the ResNet depth and class count are taken from the state dict")
     args = parser.parse_args(argv)
-    from .mask_rcnn import architecture_record
+    from ..mask_rcnn import weights_record
 
     try:
         config = load_config(args.config)
@@ -195,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             n = state[key].shape[0]
             config.class_names = list(config.class_names[:n]) + [f"class_{i}" for i in range(len(config.class_names), n)]
         params = convert_state_dict(state, config, str(args.src))
-        path = save_weights(args.dst, params, architecture_record(config))
+        path = save_weights(args.dst, params, weights_record(config, "conversion"))
     except (ConversionError, ConfigError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """COCO evaluation of a model on a data set: bbox and segm AP, AP50, AP75, AP small/medium/large.
 
-    python -m models.evaluate --config FILE [--weights W] --data DIR_OR_SPEC
+    python -m models.tools.evaluate --config FILE [--weights W] --data DIR_OR_SPEC
                               [--out FILE.json] [--limit N] [--batch N]
 
 runs the model over the data set's images in file order (the first N with --limit), prints the
@@ -28,10 +28,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from .config import ConfigError, load_config
-from .data import CocoDataset, DataError
-from .mask_rcnn import load_model
-from .weights import WeightsError
+from ..config import ConfigError, load_config
+from ..data.coco import CocoDataset
+from ..errors import DataError
+from ..mask_rcnn import load_model
+from ..weights import WeightsError
 
 IOU_TYPES = ("bbox", "segm")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")     # COCOeval.stats[0:6]
@@ -148,7 +149,7 @@ def evaluate(config_path: str, weights: str | None, data_spec: str, out: str, li
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m models.tools.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="model configuration YAML")
     parser.add_argument("--weights", help="weights file (.npz); default: the config's seeded random weights")
     parser.add_argument("--data", required=True, help="data directory (annotations.json + images/) or "

@@ -27,7 +27,7 @@ noise are applied to the finished image; the masks stay the drawn geometry.
 
 Command line, a COCO data set for training and evaluation:
 
-    python -m models.scenes write DIR --images N --seed S [--width W --height H]
+    python -m models.data.scenes write DIR --images N --seed S [--width W --height H]
                                       [--frames-per-sequence K] [--frame-step D]
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ SKIN_TONES = [(255, 219, 172), (241, 194, 125), (224, 172, 105), (198, 134, 66),
 
 
 @dataclass
-class Instance:
+class DrawnInstance:
     """One visible thing in a frame."""
     class_id: int
     label: str
@@ -167,7 +167,7 @@ class Canvas:
         extent[2] = max(extent[2], min(int(np.ceil(polygon[:, 0].max())) + 2, width))
         extent[3] = max(extent[3], min(int(np.ceil(polygon[:, 1].max())) + 2, height))
 
-    def instances(self) -> list[Instance]:
+    def instances(self) -> list[DrawnInstance]:
         """The instances that show at least MIN_VISIBLE_PIXELS pixels, in drawing order."""
         height, width = self.owner.shape
         found = []
@@ -182,7 +182,7 @@ class Canvas:
             cols = np.flatnonzero(region.any(axis=0))
             rows = np.flatnonzero(region.any(axis=1))
             box = (float(x0 + cols[0]), float(y0 + rows[0]), float(x0 + cols[-1] + 1), float(y0 + rows[-1] + 1))
-            found.append(Instance(class_id, CLASS_NAMES[class_id], mask, box, track_id))
+            found.append(DrawnInstance(class_id, CLASS_NAMES[class_id], mask, box, track_id))
         return found
 
 
@@ -257,7 +257,7 @@ def make_road(rng: np.random.Generator) -> Road:
 
 
 class StreetScene:
-    """A deterministic street video: `frame(t)` -> (rgb uint8 (H, W, 3), list of Instance)."""
+    """A deterministic street video: `frame(t)` -> (rgb uint8 (H, W, 3), list of DrawnInstance)."""
 
     def __init__(self, seed: int, width: int = 640, height: int = 360):
         if width < 32 or height < 32:
@@ -529,7 +529,7 @@ class StreetScene:
 
     # -- the frame ---------------------------------------------------------------------------
 
-    def frame(self, t: int) -> tuple[np.ndarray, list[Instance]]:
+    def frame(self, t: int) -> tuple[np.ndarray, list[DrawnInstance]]:
         """Frame t >= 0: rgb (H, W, 3) uint8 and its visible instances (masks (H, W) bool)."""
         if t < 0:
             raise ValueError(f"StreetScene.frame: t={t}, expected a frame index >= 0")
@@ -569,7 +569,7 @@ def coco_categories() -> list[dict]:
     return [{"id": i, "name": name, "supercategory": "street"} for i, name in enumerate(CLASS_NAMES) if i > 0]
 
 
-def coco_annotations(instances: list[Instance], image_id: int, first_id: int) -> list[dict]:
+def coco_annotations(instances: list[DrawnInstance], image_id: int, first_id: int) -> list[dict]:
     """Instances of one image -> COCO annotations with compressed RLE, ids from first_id."""
     annotations = []
     for k, inst in enumerate(instances):
@@ -618,7 +618,7 @@ def write_dataset(out_dir: str | Path, images: int, seed: int, width: int = 640,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.scenes", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m models.data.scenes", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     write = commands.add_parser("write", help="write a COCO data set of generated frames")
     write.add_argument("dir", help="output directory (images/ and annotations.json)")

@@ -1,13 +1,13 @@
 """COCO-format instance data sets into `tf.data`, for training and evaluating Mask R-CNN.
 
 A data spec is a directory holding `annotations.json` and `images/` (what
-`python -m models.scenes write` makes), or `coco:ANNOTATIONS_JSON:IMAGE_DIR`. Segmentations may
+`python -m models.data.scenes write` makes), or `coco:ANNOTATIONS_JSON:IMAGE_DIR`. Segmentations may
 be polygons, uncompressed or compressed RLE; pycocotools reads them.
 
     data = CocoDataset("data/train")           # or CocoDataset("coco:ann.json:imgs")
     data.class_names                           # ["__background__", "car", ...]: training ids 0..K
     data.category_of_class[1]                  # the COCO category id of training class 1
-    for batch in data.dataset(training=True, batch_size=2, seed=0): ...
+    for batch in data.dataset(training=True, batch_size=2, seed=0).take(10): ...
 
 Per image (`dataset` batches them: each gains a leading batch axis):
     image       uint8 (H, W, 3) RGB
@@ -21,17 +21,19 @@ Per image (`dataset` batches them: each gains a leading batch axis):
 Why mini masks: a Mask R-CNN mask target is the ground-truth mask cropped to a proposal box and
 resized to 28 x 28. Stored relative to its own box, a mask is small (N x 56 x 56 instead of
 N x H x W), does not change under scale jitter, and still gives every proposal's target with one
-`tf.image.crop_and_resize`: `roi_mask_targets` does exactly that (cells outside the box are 0).
+`tf.image.crop_and_resize`: `models.roi_heads.roi_mask_targets` does exactly that (cells outside
+the box are 0).
 
 Batching: images of different sizes are zero-padded at the bottom and right to the largest in
 the batch (`image_size` keeps each true size); instances are padded to the largest N with class
 id 0, a zero box and a zero mask, so class id 0 marks padding. With batch_size 1 nothing is
 padded: every batch has the shape of its one image.
 
-Training (`training=True`): images without a usable instance are left out, the order is
-shuffled every epoch, each image is flipped left-right with probability 1/2 and resized by a
-random factor in `scale_range` (boxes scale with it; mini masks need no change). Evaluation
-keeps every image in file order, unchanged.
+Training (`training=True`): an endless stream in which images without a usable instance are
+left out, the order is shuffled every epoch and each example goes through the augmentation
+(`augment.py`: a random resize and a left-right flip; boxes follow, mini masks flip). Example k
+of the stream depends only on the seed and k, so a stream started at k is the tail of the one
+started at 0 (training resumes with it). Evaluation keeps every image in file order, unchanged.
 
 Malformed annotations (an unknown image or category, a box that is not a positive size or
 lies outside the image, an empty polygon, a segmentation pycocotools cannot read or of another
@@ -57,7 +59,8 @@ import tensorflow as tf
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from .errors import DataError
+from ..errors import DataError
+from .augment import Augmentation, augment
 
 log = logging.getLogger(__name__)
 
@@ -188,53 +191,6 @@ def mini_masks(masks: np.ndarray, boxes: np.ndarray, size: int = MASK_SIZE) -> n
     return out
 
 
-def roi_mask_targets(masks: tf.Tensor, gt_boxes: tf.Tensor, rois: tf.Tensor, gt_indices: tf.Tensor,
-                     size: int = 28) -> tf.Tensor:
-    """Mask targets (R, size, size) float32 in [0, 1]: ground-truth mini masks resampled at RoIs.
-
-    masks (N, M, M) uint8 mini masks of one image (or of a batch, flattened), gt_boxes (N, 4) and
-    rois (R, 4) x1 y1 x2 y2 in the same pixels, gt_indices (R,) the ground truth each RoI is
-    matched to. Target cell k of a RoI is sampled (bilinearly) at the cell's centre; what lies
-    outside the ground-truth box is 0.
-    """
-    m = tf.cast(tf.shape(masks)[1], tf.float32)
-    gt = tf.gather(tf.cast(gt_boxes, tf.float32), gt_indices)
-    rois = tf.cast(rois, tf.float32)
-    gt_wh = tf.maximum(gt[:, 2:] - gt[:, :2], 1e-6)
-    # RoI edges as fractions of its box, moved in to the first and last target cell centres
-    lo = (rois[:, :2] - gt[:, :2]) / gt_wh
-    hi = (rois[:, 2:] - gt[:, :2]) / gt_wh
-    first = lo + (hi - lo) * (0.5 / size)
-    last = lo + (hi - lo) * ((size - 0.5) / size)
-    # crop_and_resize normalises so that 0 and 1 are the centres of the first and last mask cell
-    first, last = (first * m - 0.5) / (m - 1), (last * m - 0.5) / (m - 1)
-    boxes = tf.stack([first[:, 1], first[:, 0], last[:, 1], last[:, 0]], axis=1)
-    image = tf.cast(masks, tf.float32)[..., None] / 255.0
-    targets = tf.image.crop_and_resize(image, boxes, tf.cast(gt_indices, tf.int32), [size, size],
-                                       extrapolation_value=0.0)
-    return targets[..., 0]
-
-
-def flip_example(example: dict) -> dict:
-    """Mirror an example left-right: image columns, boxes x1' = W - x2, x2' = W - x1, mini masks."""
-    width = example["image"].shape[1]
-    boxes = example["boxes"].copy()
-    boxes[:, [0, 2]] = width - example["boxes"][:, [2, 0]]
-    return {**example, "image": np.ascontiguousarray(example["image"][:, ::-1]), "boxes": boxes,
-            "masks": np.ascontiguousarray(example["masks"][:, :, ::-1])}
-
-
-def scale_example(example: dict, factor: float) -> dict:
-    """Resize an example's image by `factor` (each side rounded, at least 1 pixel); boxes scale by
-    the exact ratio of the new to the old side. Mini masks are relative to their box: unchanged."""
-    height, width = example["image"].shape[:2]
-    new_h, new_w = max(round(height * factor), 1), max(round(width * factor), 1)
-    image = cv2.resize(example["image"], (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    ratio = np.array([new_w / width, new_h / height] * 2, np.float32)
-    return {**example, "image": image, "boxes": (example["boxes"] * ratio).astype(np.float32),
-            "image_size": np.array([new_h, new_w], np.int32)}
-
-
 class CocoDataset:
     """A COCO instances data set, checked and cleaned on construction (see the module docstring)."""
 
@@ -263,7 +219,6 @@ class CocoDataset:
             self.coco.createIndex()
         self.crowd = sum(a["iscrowd"] for a in clean)
         self.train_ids = [i for i in self.image_ids if any(not a["iscrowd"] for a in self.coco.imgToAnns[i])]
-        self._epochs = itertools.count()
         if self.skipped or self.crowd:
             log.warning("%s", self.summary())
 
@@ -309,23 +264,26 @@ class CocoDataset:
                 "class_ids": np.array([self.class_of_category[a["category_id"]] for a in anns], np.int32),
                 "masks": mini_masks(masks, boxes, self.mask_size)}
 
-    def examples(self, training: bool, seed: int = 0, flip: bool = True,
-                 scale_range: tuple[float, float] = (0.8, 1.25)):
-        """Yield examples: training shuffles, flips and scale-jitters (a new draw every call);
-        evaluation yields every image in file order, unchanged."""
+    def examples(self, training: bool, seed: int = 0, augmentation: Augmentation = Augmentation(), start: int = 0):
+        """Yield examples. Evaluation: every image in file order, unchanged (the other arguments are
+        not used). Training: an endless stream from example `start` on; example k is image
+        perm_e[k mod n] of epoch e = k // n (perm_e a permutation drawn from (seed, e), n training
+        images), augmented with draws from (seed, k)."""
         if not training:
             yield from (self.example(i) for i in self.image_ids)
             return
-        rng = np.random.default_rng([seed, next(self._epochs)])
-        for index in rng.permutation(len(self.train_ids)):
-            example = self.example(self.train_ids[index])
-            if flip and rng.random() < 0.5:
-                example = flip_example(example)
-            yield scale_example(example, rng.uniform(*scale_range))
+        if not self.train_ids:
+            raise DataError(f"{self.annotations_path}: no image with an instance to train on")
+        n = len(self.train_ids)
+        for k in itertools.count(start):
+            order = np.random.default_rng([seed, 0, k // n]).permutation(n)
+            example = self.example(self.train_ids[order[k % n]])
+            yield augment(example, augmentation, np.random.default_rng([seed, 1, k]))
 
-    def dataset(self, training: bool, batch_size: int = 1, seed: int = 0, flip: bool = True,
-                scale_range: tuple[float, float] = (0.8, 1.25)) -> tf.data.Dataset:
-        """The examples as a tf.data.Dataset, padded into batches (see the module docstring)."""
+    def dataset(self, training: bool, batch_size: int = 1, seed: int = 0, augmentation: Augmentation = Augmentation(),
+                start: int = 0) -> tf.data.Dataset:
+        """The examples as a tf.data.Dataset, padded into batches (see the module docstring); in
+        training endless (take what you need)."""
         m = self.mask_size
         signature = {"image": tf.TensorSpec((None, None, 3), tf.uint8),
                      "image_size": tf.TensorSpec((2,), tf.int32),
@@ -333,6 +291,6 @@ class CocoDataset:
                      "boxes": tf.TensorSpec((None, 4), tf.float32),
                      "class_ids": tf.TensorSpec((None,), tf.int32),
                      "masks": tf.TensorSpec((None, m, m), tf.uint8)}
-        data = tf.data.Dataset.from_generator(lambda: self.examples(training, seed, flip, scale_range),
+        data = tf.data.Dataset.from_generator(lambda: self.examples(training, seed, augmentation, start),
                                               output_signature=signature)
         return data.padded_batch(batch_size).prefetch(2)
