@@ -22,8 +22,8 @@ from pycocotools.coco import COCO
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from models.tools.evaluate import METRICS, coco_evaluate  # noqa: E402
 from models.postprocess import masks_to_rles, sample_in_box  # noqa: E402
+from models.tools.evaluate import METRICS, coco_evaluate  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "mask_ceiling.json"
 MODES = ("torchvision", "exact")

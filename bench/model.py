@@ -33,7 +33,6 @@ os.chdir(ROOT)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-
 from flops import count_flops  # noqa: E402
 
 FLOOR_GFLOPS = 395.0
@@ -42,9 +41,9 @@ STILLS = [ROOT.parent / "shared" / "data" / f"highway_{i}.jpg" for i in range(1,
 
 def reference_model(reference: str, min_size: int, precision: str = "float32"):
     import models
-    from models.tools.convert import convert_state_dict
     from models.mask_rcnn import MaskRCNN
-    from tests.torchvision_weights import reference_state_dict
+    from models.tools.convert import convert_state_dict
+    from models.tools.torchvision_weights import reference_state_dict
 
     ref = np.load(ROOT / "tests" / "data" / reference)
     config = models.load_config("configs/coco_r50_fpn.yaml")

@@ -17,13 +17,12 @@ sys.path.insert(0, str(ROOT))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from pycocotools import mask as mask_utils  # noqa: E402
 
 import models  # noqa: E402
-from models.tools.convert import convert_state_dict  # noqa: E402
 from models.mask_rcnn import MaskRCNN  # noqa: E402
-from tests.test_parity import match_detections  # noqa: E402
-from tests.torchvision_weights import reference_state_dict  # noqa: E402
+from models.tools.convert import convert_state_dict  # noqa: E402
+from models.tools.parity import compare_image  # noqa: E402
+from models.tools.torchvision_weights import reference_state_dict  # noqa: E402
 
 REFERENCES = ["tv_reference_r50.npz", "tv_reference_r18_320.npz"]
 
@@ -41,22 +40,15 @@ def compare(reference: str) -> dict:
               for n in names]
     report = {}
     for name, ours in zip(names, model.predict(frames, masks="rle")):
-        boxes, scores, labels = ref[f"{name}/boxes"], ref[f"{name}/scores"], ref[f"{name}/labels"]
-        pairs = match_detections(ours, boxes, labels)
-        ious, differing_pixels = [], 0
-        for i, j in pairs:
-            a, b = mask_utils.decode([{"size": ours.rles[i]["size"], "counts": ours.rles[i]["counts"].encode()},
-                                      {"size": ours.rles[i]["size"], "counts": str(ref[f"{name}/mask_counts"][j]).encode()}]
-                                     ).transpose(2, 0, 1).astype(bool)
-            differing_pixels += int((a ^ b).sum())
-            if (a | b).any():
-                ious.append(float((a & b).sum() / (a | b).sum()))
+        parity = compare_image(ours.boxes, ours.scores, ours.class_ids, ours.rles, ref[f"{name}/boxes"],
+                               ref[f"{name}/scores"], ref[f"{name}/labels"], ref[f"{name}/mask_counts"])
+        ious = [m.iou for m in parity.masks if m.union]
         report[name] = {
-            "torchvision_detections": int(len(scores)), "our_detections": len(ours), "matched": len(pairs),
-            "max_score_difference": float(max(abs(ours.scores[i] - scores[j]) for i, j in pairs)),
-            "max_box_difference_px": float(max(np.abs(ours.boxes[i] - boxes[j]).max() for i, j in pairs)),
+            "torchvision_detections": parity.reference, "our_detections": parity.ours, "matched": len(parity.pairs),
+            "max_score_difference": max(parity.score_differences),
+            "max_box_difference_px": max(parity.box_differences_px),
             "min_mask_iou": min(ious), "mean_mask_iou": float(np.mean(ious)), "non_empty_masks": len(ious),
-            "differing_mask_pixels": differing_pixels}
+            "differing_mask_pixels": sum(m.differing for m in parity.masks)}
     return report
 
 

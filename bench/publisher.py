@@ -13,14 +13,13 @@ Prints a table and writes bench/results/publisher.json. Times vary with the mach
 compare rows of one run.
 """
 import argparse
+import dataclasses
 import json
 import platform
 import sys
 import threading
 import time
 from pathlib import Path
-
-import dataclasses
 
 import cv2
 import numpy as np

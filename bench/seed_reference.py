@@ -79,7 +79,6 @@ import argparse
 import contextlib
 import hashlib
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -91,11 +90,10 @@ import skimage  # noqa: E402
 import skimage.transform  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
+from detection_summary import print_summary  # noqa: E402  (bench/ is the script's directory)
 from pycocotools import mask as mask_utils  # noqa: E402
 from tf_keras import backend as K  # noqa: E402
 from tf_keras import layers as KL  # noqa: E402
-
-from detection_summary import print_summary  # noqa: E402  (bench/ is the script's directory)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

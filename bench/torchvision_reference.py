@@ -16,7 +16,7 @@ Steps: build torchvision's Mask R-CNN (--arch v1: MaskRCNN on `resnet_fpn_backbo
 frozen batch norm as in the COCO checkpoint; --arch v2: `maskrcnn_resnet50_fpn_v2(weights=None,
 weights_backbone=None)`, BatchNorm2d in the ResNet-50, the FPN, the four-conv box head and the mask
 head, a two-conv RPN head), load `make_state_dict(depth, num_classes, seed, arch)`
-(tests/torchvision_weights.py), then condition the random weights so that their outputs are not
+(models/tools/torchvision_weights.py), then condition the random weights so that their outputs are not
 degenerate, stage by stage in forward order:
   1. every batch norm (FrozenBatchNorm2d or BatchNorm2d) of the backbone (ResNet body, and v2's FPN)
      gets the per-channel mean and variance of its own input on the test images, in forward order
@@ -61,9 +61,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
-from tests.torchvision_weights import ARCHES, OVERRIDE_PREFIX, make_state_dict, reference_state_dict  # noqa: E402
-
 from detection_summary import print_summary  # noqa: E402  (bench/ is the script's directory)
+
+from models.tools.torchvision_weights import ARCHES, OVERRIDE_PREFIX, make_state_dict, reference_state_dict  # noqa: E402
 
 MIN_DETECTIONS = 50
 RPN_OUTPUT_STDS = {"cls_logits": 0.5, "bbox_pred": 0.25}

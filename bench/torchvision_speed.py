@@ -39,7 +39,6 @@ from pathlib import Path
 
 import torch
 import torchvision
-
 from torchvision_reference import DATA, ROOT, build_model, load_numpy_state, read_frames, reference_state_dict
 
 CONFIGS = {

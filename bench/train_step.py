@@ -135,6 +135,7 @@ def main(argv=None) -> None:
 
     import numpy as np
     import tensorflow as tf
+
     from models.config import load_config
     from models.data.scenes import write_dataset
     from models.mask_rcnn import MaskRCNN, initial_params

@@ -4,8 +4,11 @@ prints it as such, without a traceback.
 
 It sits at the bottom of the import graph (it imports nothing), so the model, the workers, the
 pipeline and the command lines all raise and catch the same classes. `MaskstreamError` is their
-common base: catching it catches every user mistake and nothing else.
+common base: catching it catches every user mistake and nothing else. `command` wraps a command
+line's `main(argv)` so that such an error is printed as one line with exit status 2.
 """
+import functools
+import sys
 
 
 class MaskstreamError(Exception):
@@ -60,3 +63,17 @@ class CurveKeyError(MaskstreamError, ValueError):
 
 class SinkError(MaskstreamError, ValueError):
     """An output file (JSON lines, COCO results, overlay video) that cannot be written."""
+
+
+def command(main):
+    """Decorate a command's `main(argv) -> int`: a MaskstreamError it raises is printed on stderr as
+    `error: <the one line>` and the command returns 2; any other exception is a bug and keeps its
+    traceback."""
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except MaskstreamError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return run

@@ -31,8 +31,20 @@ from .fpn import fpn, fpn_shapes
 from .image_size import padded_size, resized_size
 from .layers import init_params
 from .roi_align import multilevel_roi_align, pad_edges
-from .roi_heads import (box_head, box_head_shapes, box_losses, deconv_name, detect, mask_head, mask_head_shapes,
-                        mask_loss, nearest_upsampling_kernel, positive_rois, roi_mask_targets, sample_rois)
+from .roi_heads import (
+    box_head,
+    box_head_shapes,
+    box_losses,
+    deconv_name,
+    detect,
+    mask_head,
+    mask_head_shapes,
+    mask_loss,
+    nearest_upsampling_kernel,
+    positive_rois,
+    roi_mask_targets,
+    sample_rois,
+)
 from .rpn import anchor_targets, rpn_head, rpn_losses, rpn_shapes, select_proposals
 from .weights import load_weights, save_weights
 

@@ -7,15 +7,13 @@
 
 Each sub-command is the `main(argv)` of its module, imported only when it runs: `maskstream
 --help` stays instant, and one command's heavy imports (TensorFlow, Ray) stay out of the others.
-Adding a command is one line in `COMMANDS`. A user's mistake that a command lets through (a
-`models.errors.MaskstreamError`) is printed here as one line, exit code 2.
+Adding a command is one line in `COMMANDS`. Each command's main is decorated with
+`models.errors.command`, so a user's mistake (a `MaskstreamError`) is one line, exit code 2.
 """
 import argparse
 import importlib
 import sys
 from importlib import metadata
-
-from models.errors import MaskstreamError
 
 # name: (the module whose main(argv) runs it, what it does in one line)
 COMMANDS = {
@@ -65,9 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv[0] = f"maskstream {args.command}"  # the prog of a command parser that does not name one
     try:
         return module.main(args.arguments) or 0
-    except MaskstreamError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     finally:
         sys.argv[0] = program
 

@@ -8,7 +8,7 @@ import contextlib
 import sys
 import time
 
-from models.errors import MaskstreamError
+from models.errors import command
 
 from .consumer import Consumer
 from .protocol import EndOfStream, FrameRecord
@@ -54,23 +54,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with contextlib.ExitStack() as closing:
-        try:
-            consumer = closing.enter_context(
-                Consumer(args.endpoint, args.stream, args.curve_keys, args.timeout))
-            jsonl = closing.enter_context(contextlib.closing(JsonlSink(args.jsonl))) if args.jsonl else None
-            video = (closing.enter_context(contextlib.closing(OverlayVideoSink(args.video, args.fps)))
-                     if args.video else None)
-        except MaskstreamError as error:  # one-line errors: endpoint, keys, stream ids, files
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        consumer = closing.enter_context(Consumer(args.endpoint, args.stream, args.curve_keys, args.timeout))
+        jsonl = closing.enter_context(contextlib.closing(JsonlSink(args.jsonl))) if args.jsonl else None
+        video = (closing.enter_context(contextlib.closing(OverlayVideoSink(args.video, args.fps)))
+                 if args.video else None)
         try:
             consume(consumer, jsonl, video)
-        except MaskstreamError as error:  # a malformed message, a frame the video cannot take
-            print(f"error: {error}", file=sys.stderr)
-            return 2
         except KeyboardInterrupt:
             return 130
     if not consumer.finished:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import zmq.auth
 
-from models.errors import CurveKeyError, MaskstreamError
+from models.errors import CurveKeyError, command
 
 SERVER_NAME = "server"
 CLIENTS_DIR = "clients"
@@ -95,6 +95,7 @@ def where_keys_go(key_dir: Path, name: str) -> str:
             f"{key_dir / (name + '.key_secret')} stays with this consumer.")
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="maskstream keys",
@@ -104,11 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=SERVER_NAME,
                         help="'server' for the publisher's pair, otherwise the consumer's name")
     args = parser.parse_args(argv)
-    try:
-        public, secret = make_key_pair(args.dir, args.name)
-    except MaskstreamError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    public, secret = make_key_pair(args.dir, args.name)
     print(f"wrote {public} and {secret}")
     print(where_keys_go(Path(args.dir), args.name))
     return 0

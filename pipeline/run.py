@@ -15,7 +15,7 @@ import os
 import sys
 from contextlib import contextmanager
 
-from models.errors import MaskstreamError
+from models.errors import command
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,6 +85,7 @@ def native_stderr_silenced(silence: bool):
         os.close(devnull)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.verbose:
@@ -96,9 +97,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = run(load_pipeline_config(args.config, overrides(args)))
-    except MaskstreamError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

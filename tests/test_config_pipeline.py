@@ -25,7 +25,9 @@ def test_embedded_default_runs_a_model_on_generated_scenes():
 def test_the_default_yaml_names_every_key_the_config_has():
     """configs/default.yaml is where a user reads the tunables: it lists every one."""
     import dataclasses
+
     import yaml
+
     from pipeline.config import DEFAULT_CONFIG, PipelineConfig
 
     def keys(cls, prefix=""):

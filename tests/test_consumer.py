@@ -11,8 +11,17 @@ import pytest
 
 from pipeline.consumer import ConsumerError
 from pipeline.protocol import EndOfStream
-from tests.wire_helpers import (HEIGHT, LABELS, WIDTH, Consumer, make_record, rectangle_mask, start_publisher,
-                                stop_publisher, warm_up)
+from tests.wire_helpers import (
+    HEIGHT,
+    LABELS,
+    WIDTH,
+    Consumer,
+    make_record,
+    rectangle_mask,
+    start_publisher,
+    stop_publisher,
+    warm_up,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -7,8 +7,8 @@ import pytest
 
 from models import Detections
 from models.data.coco import CocoDataset
-from models.tools.evaluate import METRICS, class_to_category, coco_evaluate, detections_to_coco, main
 from models.data.scenes import write_dataset
+from models.tools.evaluate import METRICS, class_to_category, coco_evaluate, detections_to_coco, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

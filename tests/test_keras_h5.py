@@ -10,8 +10,15 @@ import h5py
 import numpy as np
 import pytest
 
-from models.tools.keras_h5 import (KerasWeightsError, SeedArchitecture, check_seed_weights, infer_seed_architecture,
-                                   read_keras_h5, read_seed_weights, seed_weight_shapes)
+from models.errors import ConversionError
+from models.tools.keras_h5 import (
+    SeedArchitecture,
+    check_seed_weights,
+    infer_seed_architecture,
+    read_keras_h5,
+    read_seed_weights,
+    seed_weight_shapes,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE = DATA / "seed_reference_r50w8_512"
@@ -109,7 +116,7 @@ def test_another_architecture_is_named_in_one_line(tmp_path):
         edit(changed)
         path = tmp_path / "other.h5"
         write_keras2_h5(path, keras2_groups(changed))
-        with pytest.raises(KerasWeightsError) as e:
+        with pytest.raises(ConversionError) as e:
             read_seed_weights(path)
         assert "\n" not in str(e.value) and str(path) in str(e.value)
         return str(e.value)
@@ -163,7 +170,7 @@ def make_missing_dataset(path: Path) -> None:
 def test_bad_files_are_one_line_naming_the_file(tmp_path, name, make, problem):
     path = tmp_path / name
     make(path)
-    with pytest.raises(KerasWeightsError) as e:
+    with pytest.raises(ConversionError) as e:
         read_keras_h5(path)
     message = str(e.value)
     assert problem in message and message.startswith(str(path)) and "\n" not in message
@@ -173,7 +180,7 @@ def test_bad_files_are_one_line_naming_the_file(tmp_path, name, make, problem):
 def test_a_tensorflow_checkpoint_is_named_as_such(tmp_path, given):
     (tmp_path / "model.ckpt.index").write_bytes(b"\x00not an sstable")
     (tmp_path / "model.ckpt.data-00000-of-00001").write_bytes(b"\x00" * 64)
-    with pytest.raises(KerasWeightsError) as e:
+    with pytest.raises(ConversionError) as e:
         read_keras_h5(tmp_path / given)
     message = str(e.value)
     assert message.startswith(str(tmp_path / given)) and "TensorFlow checkpoint (model.ckpt.index" in message
@@ -181,5 +188,5 @@ def test_a_tensorflow_checkpoint_is_named_as_such(tmp_path, given):
 
 
 def test_a_missing_file(tmp_path):
-    with pytest.raises(KerasWeightsError, match="no such file"):
+    with pytest.raises(ConversionError, match="no such file"):
         read_keras_h5(tmp_path / "nothing.h5")

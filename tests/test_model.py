@@ -10,8 +10,8 @@ from pycocotools import mask as mask_utils
 import models
 from models import postprocess
 from models.anchors import base_anchors, level_anchors
-from models.tools.convert import ConversionError, convert_state_dict
 from models.mask_rcnn import param_shapes
+from models.tools.convert import ConversionError, convert_state_dict
 
 TINY = "configs/test_tiny.yaml"
 

@@ -11,8 +11,19 @@ import numpy as np
 import pytest
 import zmq
 
-from pipeline.protocol import (EOS_SCHEMA, FRAME_FIELDS, FRAME_SCHEMA, EndOfStream, FrameRecord, ProtocolError,
-                               decode_message, encode_header, encode_message, json_schema, topic)
+from pipeline.protocol import (
+    EOS_SCHEMA,
+    FRAME_FIELDS,
+    FRAME_SCHEMA,
+    EndOfStream,
+    FrameRecord,
+    ProtocolError,
+    decode_message,
+    encode_header,
+    encode_message,
+    json_schema,
+    topic,
+)
 from tests.wire_helpers import VALIDATORS, make_record, rectangle_mask
 
 REPO = Path(__file__).resolve().parent.parent

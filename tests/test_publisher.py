@@ -11,8 +11,16 @@ from pipeline.config import OutputSection, PublishSection
 from pipeline.protocol import EndOfStream, FrameRecord
 from pipeline.publisher import Publisher, PublisherActor, PublisherError
 from pipeline.sources import FALLBACK_FPS
-from tests.wire_helpers import (HEIGHT, WIDTH, Consumer, make_record, rectangle_mask, start_publisher,
-                                stop_publisher, warm_up)
+from tests.wire_helpers import (
+    HEIGHT,
+    WIDTH,
+    Consumer,
+    make_record,
+    rectangle_mask,
+    start_publisher,
+    stop_publisher,
+    warm_up,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -12,8 +12,17 @@ from pipeline.config import OutputSection
 from pipeline.overlay import MASK_OPACITY, class_colour, draw_instances
 from pipeline.protocol import InstanceRecord
 from pipeline.sinks import OverlayVideoSink
-from tests.wire_helpers import (HEIGHT, WIDTH, Consumer, encode_rle, make_record, rectangle_mask, start_publisher,
-                                stop_publisher, warm_up)
+from tests.wire_helpers import (
+    HEIGHT,
+    WIDTH,
+    Consumer,
+    encode_rle,
+    make_record,
+    rectangle_mask,
+    start_publisher,
+    stop_publisher,
+    warm_up,
+)
 from workers.frames import put_frames
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

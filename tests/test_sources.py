@@ -5,8 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.sources import (SourceError, SourceSpec, open_source, parse_source, parse_synthetic,
-                              source_kind, to_rgb)
+from pipeline.sources import SourceError, SourceSpec, open_source, parse_source, parse_synthetic, source_kind, to_rgb
 from tests.pipeline_helpers import DATA, HIGHWAY, PEDESTRIANS, free_port
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from tests.torchvision_weights import OVERRIDE_PREFIX, make_state_dict, reference_state_dict
+from models.tools.torchvision_weights import OVERRIDE_PREFIX, make_state_dict, reference_state_dict
 
 # Runs in a child process: importing torchvision after tensorflow in one process crashes.
 TORCHVISION_LAYOUTS = """

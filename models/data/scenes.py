@@ -44,6 +44,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from ..errors import DataError, command
+
 CLASS_NAMES = ["__background__", "car", "person", "lane"]
 CAR, PERSON, LANE = 1, 2, 3
 MIN_VISIBLE_PIXELS = 16
@@ -591,7 +593,7 @@ def write_dataset(out_dir: str | Path, images: int, seed: int, width: int = 640,
     Returns the annotations path.
     """
     if images < 1 or frames_per_sequence < 1 or frame_step < 1:
-        raise ValueError("write_dataset: images, frames_per_sequence and frame_step must be >= 1")
+        raise DataError("write_dataset: images, frames_per_sequence and frame_step must be >= 1")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -617,8 +619,9 @@ def write_dataset(out_dir: str | Path, images: int, seed: int, width: int = 640,
     return path
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.data.scenes", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="maskstream scenes", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     write = commands.add_parser("write", help="write a COCO data set of generated frames")
     write.add_argument("dir", help="output directory (images/ and annotations.json)")
@@ -633,9 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = write_dataset(args.dir, args.images, args.seed, args.width, args.height,
                              args.frames_per_sequence, args.frame_step)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except OSError as e:
+        raise DataError(f"{args.dir}: cannot write the data set there ({e.strerror})") from None
     print(f"wrote {args.images} images to {path}")
     return 0
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ..backbone import is_bottleneck, residual_blocks
-from ..config import RESNET_BLOCKS, ConfigError, ModelConfig, load_config
-from ..errors import ConversionError
-from ..weights import WeightsError, first_mismatch, save_weights
+from ..config import RESNET_BLOCKS, ModelConfig, load_config
+from ..errors import ConversionError, command
+from ..weights import first_mismatch, save_weights
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "coco_r50_fpn.yaml"
 
@@ -172,8 +172,9 @@ def read_torch_state_dict(path: Path) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.tools.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="maskstream convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("format", choices=["torchvision"], help="the source format")
     parser.add_argument("src", type=Path, help="torchvision state dict (.pth)")
     parser.add_argument("dst", type=Path, help="output weights file (.npz)")
@@ -183,21 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from ..mask_rcnn import weights_record
 
-    try:
-        config = load_config(args.config)
-        state = read_torch_state_dict(args.src)
-        depth = infer_depth(state)
-        if depth is not None:
-            config.backbone.depth = depth
-        key = "roi_heads.box_predictor.cls_score.bias"
-        if key in state and state[key].shape[0] != config.num_classes:
-            n = state[key].shape[0]
-            config.class_names = list(config.class_names[:n]) + [f"class_{i}" for i in range(len(config.class_names), n)]
-        params = convert_state_dict(state, config, str(args.src))
-        path = save_weights(args.dst, params, weights_record(config, "conversion"))
-    except (ConversionError, ConfigError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
+    state = read_torch_state_dict(args.src)
+    depth = infer_depth(state)
+    if depth is not None:
+        config.backbone.depth = depth
+    key = "roi_heads.box_predictor.cls_score.bias"
+    if key in state and state[key].shape[0] != config.num_classes:
+        n = state[key].shape[0]
+        config.class_names = list(config.class_names[:n]) + [f"class_{i}" for i in range(len(config.class_names), n)]
+    params = convert_state_dict(state, config, str(args.src))
+    path = save_weights(args.dst, params, weights_record(config, "conversion"))
     print(f"wrote {path}: ResNet-{config.backbone.depth} FPN, {config.num_classes} classes, {len(params)} tensors")
     return 0
 

@@ -28,11 +28,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from ..config import ConfigError, load_config
+from ..config import load_config
 from ..data.coco import CocoDataset
-from ..errors import DataError
+from ..errors import DataError, command
 from ..mask_rcnn import load_model
-from ..weights import WeightsError
 
 IOU_TYPES = ("bbox", "segm")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")     # COCOeval.stats[0:6]
@@ -148,8 +147,9 @@ def evaluate(config_path: str, weights: str | None, data_spec: str, out: str, li
     return report
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.tools.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="maskstream evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="model configuration YAML")
     parser.add_argument("--weights", help="weights file (.npz); default: the config's seeded random weights")
     parser.add_argument("--data", required=True, help="data directory (annotations.json + images/) or "
@@ -160,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.limit is not None and args.limit < 1) or args.batch < 1:
         parser.error("--limit and --batch must be at least 1")
-    try:
-        report = evaluate(args.config, args.weights, args.data, args.out, args.limit, args.batch)
-    except (ConfigError, DataError, WeightsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = evaluate(args.config, args.weights, args.data, args.out, args.limit, args.batch)
     print(f"{report['images']} images, {report['detections']} detections")
     print(format_metrics(report))
     print(f"wrote {args.out}")

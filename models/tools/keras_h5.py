@@ -26,7 +26,7 @@ in, out), Conv2DTranspose (kh, kw, out, in), Dense (in, out).
 layers present, `seed_weight_shapes(arch)` lists every weight the seed's predict graph has, and
 `check_seed_weights` names the first one that is missing or mis-shaped.
 
-Every failure is a KerasWeightsError: one line naming the file and the problem (a file that is not
+Every failure is a ConversionError: one line naming the file and the problem (a file that is not
 HDF5, an HDF5 file without weights, a Keras 3 `.weights.h5`, a TensorFlow checkpoint, a file of
 another architecture).
 """
@@ -39,15 +39,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..errors import ConversionError
+
 BATCH_NORM_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 CHECKPOINT_DATA = re.compile(r"\.data-\d{5}-of-\d{5}$")
 IDENTITY_BLOCKS_STAGE4 = {50: 5, 101: 22}   # res4b.. : 5 blocks in ResNet-50 (b..f), 22 in ResNet-101 (b..w)
 
 Weights = dict[str, dict[str, np.ndarray]]
-
-
-class KerasWeightsError(ValueError):
-    """A Keras weights file that cannot be used, described in one line."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -90,24 +88,24 @@ def _weights_root(f: h5py.File, source: str):
     if "model_weights" in f and _attr_list(f["model_weights"], "layer_names") is not None:
         return f["model_weights"]
     if isinstance(f.get("layers"), h5py.Group) or isinstance(f.get("vars"), h5py.Group):
-        raise KerasWeightsError(f"{source}: a Keras 3 weights file (layers/.../vars layout), not the Keras 2 "
+        raise ConversionError(f"{source}: a Keras 3 weights file (layers/.../vars layout), not the Keras 2 "
                                 "HDF5 layout that the seed's and matterport's save_weights write")
     if "model_config" in f.attrs:
-        raise KerasWeightsError(f"{source}: an HDF5 file with a Keras model config but no weights")
-    raise KerasWeightsError(f"{source}: an HDF5 file without Keras weights (no layer_names attribute)")
+        raise ConversionError(f"{source}: an HDF5 file with a Keras model config but no weights")
+    raise ConversionError(f"{source}: an HDF5 file without Keras weights (no layer_names attribute)")
 
 
 def _read_layers(root, source: str) -> Weights:
     weights: Weights = {}
     for layer in _attr_list(root, "layer_names"):
         if layer not in root:
-            raise KerasWeightsError(f"{source}: layer {layer} is listed in layer_names but has no group")
+            raise ConversionError(f"{source}: layer {layer} is listed in layer_names but has no group")
         group = root[layer]
         names = _attr_list(group, "weight_names") or []
         by_owner: dict[str, dict[str, np.ndarray]] = {}
         for name in names:
             if name not in group or not isinstance(group[name], h5py.Dataset):
-                raise KerasWeightsError(f"{source}: layer {layer} lists weight {name} but has no such dataset")
+                raise ConversionError(f"{source}: layer {layer} lists weight {name} but has no such dataset")
             parts = name.split("/")
             owner = parts[-2] if len(parts) > 1 else layer
             by_owner.setdefault(owner, {})[parts[-1].split(":")[0]] = np.asarray(group[name][()])
@@ -115,10 +113,10 @@ def _read_layers(root, source: str) -> Weights:
             by_owner = {layer: next(iter(by_owner.values()))}
         for owner, values in by_owner.items():
             if owner in weights:
-                raise KerasWeightsError(f"{source}: two layers named {owner}")
+                raise ConversionError(f"{source}: two layers named {owner}")
             weights[owner] = values
     if not weights:
-        raise KerasWeightsError(f"{source}: a Keras weights file with no weights in it")
+        raise ConversionError(f"{source}: a Keras weights file with no weights in it")
     return weights
 
 
@@ -127,19 +125,19 @@ def read_keras_h5(path: str | Path) -> Weights:
     path = Path(path)
     prefix = _checkpoint_prefix(path)
     if prefix is not None:
-        raise KerasWeightsError(f"{path}: a TensorFlow checkpoint ({prefix.name}.index + .data-*), not a Keras 2 "
+        raise ConversionError(f"{path}: a TensorFlow checkpoint ({prefix.name}.index + .data-*), not a Keras 2 "
                                 ".h5 weights file")
     if path.is_dir():
-        raise KerasWeightsError(f"{path}: a directory, not a Keras 2 .h5 weights file")
+        raise ConversionError(f"{path}: a directory, not a Keras 2 .h5 weights file")
     if not path.is_file():
-        raise KerasWeightsError(f"{path}: no such file")
+        raise ConversionError(f"{path}: no such file")
     if not h5py.is_hdf5(path):
-        raise KerasWeightsError(f"{path}: not an HDF5 file (expected Keras 2 .h5 weights)")
+        raise ConversionError(f"{path}: not an HDF5 file (expected Keras 2 .h5 weights)")
     try:
         with h5py.File(path, "r") as f:
             return _read_layers(_weights_root(f, str(path)), str(path))
     except OSError as e:
-        raise KerasWeightsError(f"{path}: unreadable HDF5 file ({e})") from None
+        raise ConversionError(f"{path}: unreadable HDF5 file ({e})") from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -224,21 +222,21 @@ def seed_weight_shapes(arch: SeedArchitecture) -> dict[str, dict[str, tuple]]:
 
 def _shape(weights: Weights, layer: str, weight: str, source: str) -> tuple:
     if layer not in weights or weight not in weights[layer]:
-        raise KerasWeightsError(f"{source}: no {layer}/{weight}: not a Mask R-CNN of the seed's (matterport's) graph")
+        raise ConversionError(f"{source}: no {layer}/{weight}: not a Mask R-CNN of the seed's (matterport's) graph")
     return tuple(weights[layer][weight].shape)
 
 
 def infer_seed_architecture(weights: Weights, source: str = "weights") -> SeedArchitecture:
     """The architecture behind `weights` (from read_keras_h5): classes from mrcnn_class_logits, ResNet
     depth from the stage-4 blocks present (res4w_branch2a exists only in ResNet-101), widths from the
-    kernels. Raises KerasWeightsError naming the first layer it needs and does not find."""
+    kernels. Raises ConversionError naming the first layer it needs and does not find."""
     stage4 = 0
     while f"res4{chr(ord('b') + stage4)}_branch2a" in weights:
         stage4 += 1
     depth = next((d for d, n in IDENTITY_BLOCKS_STAGE4.items() if n == stage4), None)
     if depth is None:
         _shape(weights, "res4b_branch2a", "kernel", source)
-        raise KerasWeightsError(f"{source}: {stage4} identity blocks in ResNet stage 4 (res4b..): neither the "
+        raise ConversionError(f"{source}: {stage4} identity blocks in ResNet stage 4 (res4b..): neither the "
                                 "seed's ResNet-50 (5) nor ResNet-101 (22)")
     rpn_class = _shape(weights, "rpn_class_raw", "kernel", source)
     class_conv = _shape(weights, "mrcnn_class_conv1", "kernel", source)
@@ -255,21 +253,21 @@ def infer_seed_architecture(weights: Weights, source: str = "weights") -> SeedAr
 
 
 def check_seed_weights(weights: Weights, arch: SeedArchitecture, source: str = "weights") -> None:
-    """Raise KerasWeightsError naming the first weight of the seed's graph that `weights` lacks or has in
+    """Raise ConversionError naming the first weight of the seed's graph that `weights` lacks or has in
     another shape, or the first layer it has that the graph does not."""
     expected = seed_weight_shapes(arch)
     for layer, fields in expected.items():
         for weight, shape in fields.items():
             found = _shape(weights, layer, weight, source)
             if found != shape:
-                raise KerasWeightsError(f"{source}: {layer}/{weight} has shape {found}, the seed's ResNet-{arch.depth} "
+                raise ConversionError(f"{source}: {layer}/{weight} has shape {found}, the seed's ResNet-{arch.depth} "
                                         f"graph with {arch.num_classes} classes needs {shape}")
         extra = sorted(set(weights[layer]) - set(fields))
         if extra:
-            raise KerasWeightsError(f"{source}: {layer} has an unexpected weight {extra[0]}")
+            raise ConversionError(f"{source}: {layer} has an unexpected weight {extra[0]}")
     extra = [layer for layer in weights if layer not in expected]
     if extra:
-        raise KerasWeightsError(f"{source}: unexpected layer {extra[0]} (and {len(extra) - 1} more): not the seed's "
+        raise ConversionError(f"{source}: unexpected layer {extra[0]} (and {len(extra) - 1} more): not the seed's "
                                 "Mask R-CNN graph")
 
 

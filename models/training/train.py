@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ..config import load_config
-from ..errors import ConfigError, DataError, TrainingInterrupted, WeightsError
+from ..errors import TrainingInterrupted, command
 from .trainer import train_model
 
 
@@ -30,8 +30,9 @@ def overrides(args: argparse.Namespace) -> list[str]:
     return [f"{key}={value}" for key, value in named if value is not None] + args.set
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.training.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="maskstream train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="model YAML (with a train: section)")
     parser.add_argument("--data", required=True, help="data directory (annotations.json + images/) or coco:ANN:IMGS")
     parser.add_argument("--out", required=True, type=Path, help="output directory: model.npz, checkpoint.npz")
@@ -50,9 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, overrides(args))
         path = train_model(config, args.data, args.out, args.resume, args.init, args.tensorboard, not args.no_progress)
-    except (ConfigError, DataError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except TrainingInterrupted as e:
         print(e, file=sys.stderr)
         return 130

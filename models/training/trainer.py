@@ -23,8 +23,8 @@ import tensorflow as tf
 import yaml
 
 from ..config import ModelConfig
-from ..errors import TrainingInterrupted
 from ..data.coco import CocoDataset
+from ..errors import TrainingInterrupted
 from ..mask_rcnn import MaskRCNN, config_name, initial_params, weights_record
 from ..weights import WeightsError, describe_record, first_mismatch, read_weights, save_weights
 from .batches import mini_mask_size, training_batches
