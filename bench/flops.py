@@ -11,8 +11,9 @@ model's own. FLOPs = 2 x multiply-adds of the convolutions and fully connected l
 - backbone: the ResNet stem and every residual block (v1.5: the stride on the 3x3 conv), downsample
   projections included; frozen batch norm is folded into the convs (no multiply-adds of its own);
 - FPN: one 1x1 lateral and one 3x3 output conv per level C2..C5 (P6 is a max-pool: free);
-- RPN head: its 3x3 conv and the 1x1 objectness and delta convs on P2..P6;
-- box head: fc6, fc7, the classifier and the box regressor over rpn.post_nms_top_n_test RoIs;
+- RPN head: its 3x3 conv(s) (v2: two) and the 1x1 objectness and delta convs on P2..P6;
+- box head: the 3x3 convs (v2: four), the FC layers (fc6, fc7; v2: one), the classifier and the box
+  regressor over rpn.post_nms_top_n_test RoIs;
 - mask head: the 3x3 convs, the 2x2 stride-2 transposed conv and the 1x1 logits conv per detection.
 Left out, all below 0.5% of the total: RoIAlign's bilinear taps (1000 RoIs x 49 bins x 4 samples x
 256 channels x 4 taps = 0.4 GFLOP, masks 0.2), max-pools, ReLUs, residual adds, the upsample-and-add
@@ -104,16 +105,31 @@ def fpn_macs(stages: list[Feature], channels: int) -> tuple[int, list[Feature]]:
     return macs, levels
 
 
-def rpn_head_macs(levels: list[Feature], anchors_per_location: int) -> int:
+def rpn_head_macs(levels: list[Feature], anchors_per_location: int, depth: int = 1, hidden: int | None = None,
+                  logits_per_anchor: int = 1) -> int:
+    """`depth` 3x3 convs of `hidden` channels (default: the level's), then the objectness and delta convs, per level."""
     macs = 0
     for level in levels:
-        hidden, conv_macs = conv(level, level.channels, 3)
-        macs += conv_macs + conv(hidden, anchors_per_location, 1)[1] + conv(hidden, 4 * anchors_per_location, 1)[1]
+        x = level
+        for _ in range(depth):
+            x, conv_macs = conv(x, hidden or level.channels, 3)
+            macs += conv_macs
+        macs += conv(x, logits_per_anchor * anchors_per_location, 1)[1] + conv(x, 4 * anchors_per_location, 1)[1]
     return macs
 
 
-def box_head_macs(rois: int, channels: int, pool: int, fc_dim: int, num_classes: int) -> int:
-    per_roi = channels * pool * pool * fc_dim + fc_dim * fc_dim + fc_dim * num_classes + fc_dim * 4 * num_classes
+def box_head_macs(rois: int, channels: int, pool: int, fc_dim: int, num_classes: int, conv_dims: list[int] = (),
+                  fc_layers: int = 2) -> int:
+    """Per RoI: the 3x3 convs (v2), the FC layers (the first on the flattened pool x pool features), the predictors."""
+    x, per_roi = Feature(pool, pool, channels), 0
+    for dim in conv_dims:
+        x, conv_macs = conv(x, dim, 3)
+        per_roi += conv_macs
+    fin = x.height * x.width * x.channels
+    for _ in range(fc_layers):
+        per_roi += fin * fc_dim
+        fin = fc_dim
+    per_roi += fc_dim * num_classes + fc_dim * 4 * num_classes
     return rois * per_roi
 
 
@@ -149,9 +165,9 @@ def count_flops(config: str | Path | dict, width: int, height: int, detections: 
     macs = {
         "backbone": backbone,
         "fpn": fpn,
-        "rpn_head": rpn_head_macs(levels, len(cfg.anchors.aspect_ratios)),
+        "rpn_head": rpn_head_macs(levels, len(cfg.anchors.aspect_ratios), cfg.rpn.conv_depth, cfg.rpn.conv_channels),
         "box_head": box_head_macs(proposals, channels, cfg.roi_align.box_output_size, cfg.box_head.fc_dim,
-                                  cfg.num_classes),
+                                  cfg.num_classes, cfg.box_head.conv_dims, cfg.box_head.fc_layers),
         "mask_head": mask_head_macs(detections, channels, cfg.roi_align.mask_output_size, cfg.mask_head.conv_dims,
                                     cfg.num_classes, cfg.mask_head.deconvs),
     }

@@ -77,6 +77,8 @@ class AnchorConfig:
 
 @dataclass
 class RPNConfig:
+    conv_depth: int = 1               # 3x3 conv + ReLU layers before the predictors (torchvision v2: 2)
+    conv_channels: int | None = None  # their output channels; null: fpn.channels (the seed's rpn_conv_shared: 512)
     box_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     pre_nms_top_n_test: int = 1000    # per level
     post_nms_top_n_test: int = 1000   # per image
@@ -93,6 +95,9 @@ class RPNConfig:
 
     def validate(self, path: str) -> None:
         require(len(self.box_weights) == 4, path + ".box_weights", "needs 4 values")
+        require(self.conv_depth >= 1, path + ".conv_depth", "must be at least 1")
+        require(self.conv_channels is None or self.conv_channels > 0, path + ".conv_channels",
+                "must be positive (or null: fpn.channels)")
         require(0 < self.nms_threshold <= 1, path + ".nms_threshold", "must be in (0, 1]")
         require(self.pre_nms_top_n_test > 0 and self.post_nms_top_n_test > 0, path, "top_n must be positive")
         require(self.bg_iou_threshold <= self.fg_iou_threshold, path, "bg_iou_threshold > fg_iou_threshold")
@@ -116,6 +121,8 @@ class RoIAlignConfig:
 
 @dataclass
 class BoxHeadConfig:
+    conv_dims: list[int] = field(default_factory=list)  # 3x3 convs + ReLU before the FC layers (torchvision v2: 4 x 256)
+    fc_layers: int = 2           # FC layers of fc_dim + ReLU (v1: fc6, fc7; v2: one)
     fc_dim: int = 1024
     box_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
     score_threshold: float = 0.05
@@ -131,6 +138,8 @@ class BoxHeadConfig:
 
     def validate(self, path: str) -> None:
         require(len(self.box_weights) == 4, path + ".box_weights", "needs 4 values")
+        require(self.fc_layers >= 1, path + ".fc_layers", "must be at least 1")
+        require(all(d > 0 for d in self.conv_dims), path + ".conv_dims", "must be positive")
         require(0 <= self.score_threshold < 1, path + ".score_threshold", "must be in [0, 1)")
         require(self.detections_per_image > 0, path + ".detections_per_image", "must be positive")
         require(self.smooth_l1_beta > 0, path + ".smooth_l1_beta", "must be positive")

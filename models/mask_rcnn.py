@@ -56,9 +56,11 @@ def param_shapes(config: ModelConfig) -> dict[str, tuple]:
     channels = config.fpn.channels
     shapes = backbone_shapes(config.backbone)
     shapes.update(fpn_shapes(stage_channels(config.backbone), channels))
-    shapes.update(rpn_shapes(channels, len(config.anchors.aspect_ratios)))
-    shapes.update(box_head_shapes(channels, config.roi_align.box_output_size, config.box_head.fc_dim,
-                                  config.num_classes))
+    rpn = config.rpn
+    shapes.update(rpn_shapes(channels, len(config.anchors.aspect_ratios), rpn.conv_depth, rpn.conv_channels))
+    bh = config.box_head
+    shapes.update(box_head_shapes(channels, config.roi_align.box_output_size, bh.fc_dim, config.num_classes,
+                                  bh.conv_dims, bh.fc_layers))
     shapes.update(mask_head_shapes(channels, config.mask_head.conv_dims, config.num_classes,
                                    config.mask_head.deconvs))
     return shapes
@@ -187,7 +189,7 @@ class MaskRCNN(tf.Module):
             padded_hw = padded_size(*image_hw, cfg.input.size_divisible)
         x = preprocess.normalize_resize_pad(images, image_hw, padded_hw, cfg.input.mean, cfg.input.std)
         features = pyramid(self.params, x, cfg)
-        logits, deltas = rpn_head(self.params, features)
+        logits, deltas = rpn_head(self.params, features, cfg.rpn.conv_depth)
         logits = [tf.cast(t, tf.float32) for t in logits]
         deltas = [tf.cast(t, tf.float32) for t in deltas]
         anchors = feature_anchors(features, padded_hw, cfg)
@@ -201,7 +203,8 @@ class MaskRCNN(tf.Module):
         class logits (R, K) and box deltas (R, K, 4), float32 (computed in the compute precision)."""
         cfg = self.config
         pooled = pool(pooling, boxes, frame_of_box, image_hw, cfg.roi_align.box_output_size, cfg)
-        class_logits, box_deltas = box_head(self.params, to_compute(pooled, cfg))
+        class_logits, box_deltas = box_head(self.params, to_compute(pooled, cfg), len(cfg.box_head.conv_dims),
+                                            cfg.box_head.fc_layers)
         return tf.cast(class_logits, tf.float32), tf.cast(box_deltas, tf.float32)
 
     def mask_logits(self, pooling: list[tf.Tensor], boxes: tf.Tensor, frame_of_box: tf.Tensor, class_ids: tf.Tensor,

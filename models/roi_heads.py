@@ -1,4 +1,4 @@
-"""RoI heads: the box head (two FC layers, class scores and per-class box refinements), the
+"""RoI heads: the box head (optional 3x3 convs, FC layers (two by default), class scores and per-class box refinements), the
 per-class NMS that turns them into detections, and the mask head (3x3 convs, a 2x transposed
 conv (or several, for larger masks), and a per-class 1x1 conv whose channel of the detected class is the mask).
 
@@ -21,9 +21,18 @@ from .matching import IGNORED, batched_iou, box_regression_loss, match, sample
 from .nms import grouped_nms
 
 
-def box_head_shapes(channels: int, pool: int, fc_dim: int, num_classes: int) -> dict[str, tuple]:
-    shapes = dense_shapes("box_head/fc6", channels * pool * pool, fc_dim)
-    shapes.update(dense_shapes("box_head/fc7", fc_dim, fc_dim))
+def box_head_shapes(channels: int, pool: int, fc_dim: int, num_classes: int, conv_dims: list[int] = (),
+                    fc_layers: int = 2) -> dict[str, tuple]:
+    """3x3 convs `box_head/conv1..` of conv_dims, then FC layers fc6, fc7, ... of fc_dim, then the predictors."""
+    shapes = {}
+    cin = channels
+    for i, dim in enumerate(conv_dims):
+        shapes.update(conv_shapes(f"box_head/conv{i + 1}", 3, cin, dim))
+        cin = dim
+    fin = cin * pool * pool
+    for i in range(fc_layers):
+        shapes.update(dense_shapes(f"box_head/fc{6 + i}", fin, fc_dim))
+        fin = fc_dim
     shapes.update(dense_shapes("box_head/cls_score", fc_dim, num_classes))
     shapes.update(dense_shapes("box_head/bbox_pred", fc_dim, num_classes * 4))
     return shapes
@@ -54,11 +63,15 @@ def nearest_upsampling_kernel(channels: int) -> np.ndarray:
     return np.broadcast_to(np.eye(channels, dtype=np.float32), (2, 2, channels, channels)).copy()
 
 
-def box_head(params: Params, pooled: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """pooled (R, S, S, C) -> class logits (R, K) and box deltas (R, K, 4)."""
-    x = tf.reshape(pooled, [tf.shape(pooled)[0], -1])
-    x = dense(x, params, "box_head/fc6", relu=True)
-    x = dense(x, params, "box_head/fc7", relu=True)
+def box_head(params: Params, pooled: tf.Tensor, num_convs: int = 0, fc_layers: int = 2) -> tuple[tf.Tensor, tf.Tensor]:
+    """pooled (R, S, S, C) -> class logits (R, K) and box deltas (R, K, 4): `num_convs` 3x3 convs, the
+    flattened (S, S, C') features through `fc_layers` FC layers, the two predictors."""
+    x = pooled
+    for i in range(num_convs):
+        x = conv2d(x, params, f"box_head/conv{i + 1}", relu=True)
+    x = tf.reshape(x, [tf.shape(x)[0], -1])
+    for i in range(fc_layers):
+        x = dense(x, params, f"box_head/fc{6 + i}", relu=True)
     logits = dense(x, params, "box_head/cls_score")
     deltas = dense(x, params, "box_head/bbox_pred")
     return logits, tf.reshape(deltas, [tf.shape(x)[0], -1, 4])

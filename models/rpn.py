@@ -17,25 +17,40 @@ from .matching import batched_iou, box_regression_loss, match, sample
 from .nms import grouped_nms
 
 
-def rpn_shapes(channels: int, num_anchors: int) -> dict[str, tuple]:
-    shapes = conv_shapes("rpn/conv", 3, channels, channels)
-    shapes.update(conv_shapes("rpn/objectness", 1, channels, num_anchors))
-    shapes.update(conv_shapes("rpn/deltas", 1, channels, 4 * num_anchors))
+def rpn_conv_name(i: int) -> str:
+    """The i-th (0-based) 3x3 conv of the RPN head: "rpn/conv", then rpn/conv2, ..."""
+    return "rpn/conv" if i == 0 else f"rpn/conv{i + 1}"
+
+
+def rpn_shapes(channels: int, num_anchors: int, depth: int = 1, hidden: int | None = None,
+               logits_per_anchor: int = 1) -> dict[str, tuple]:
+    """`depth` 3x3 convs of `hidden` channels (default: `channels`), then the 1x1 predictors."""
+    hidden = hidden or channels
+    shapes = {}
+    for i in range(depth):
+        shapes.update(conv_shapes(rpn_conv_name(i), 3, channels if i == 0 else hidden, hidden))
+    shapes.update(conv_shapes("rpn/objectness", 1, hidden, logits_per_anchor * num_anchors))
+    shapes.update(conv_shapes("rpn/deltas", 1, hidden, 4 * num_anchors))
     return shapes
 
 
-def rpn_head(params: Params, features: list[tf.Tensor]) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
-    """[P_l (B, H_l, W_l, C)] -> objectness logits [(B, H_l*W_l*A)] and deltas [(B, H_l*W_l*A, 4)].
+def rpn_head(params: Params, features: list[tf.Tensor], depth: int = 1, logits_per_anchor: int = 1
+             ) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+    """[P_l (B, H_l, W_l, C)] -> objectness logits [(B, H_l*W_l*A)] (or [(B, H_l*W_l*A, 2)] with two
+    logits per anchor, background then object) and deltas [(B, H_l*W_l*A, 4)].
 
     The flattening order (location-major, then anchor) matches the anchors'.
     """
     logits, deltas = [], []
     for x in features:
-        t = conv2d(x, params, "rpn/conv", relu=True)
+        t = x
+        for i in range(depth):
+            t = conv2d(t, params, rpn_conv_name(i), relu=True)
         o = conv2d(t, params, "rpn/objectness")
         d = conv2d(t, params, "rpn/deltas")
         batch = tf.shape(x)[0]
-        logits.append(tf.reshape(o, [batch, -1]))
+        logits.append(tf.reshape(o, [batch, -1]) if logits_per_anchor == 1 else
+                      tf.reshape(o, [batch, -1, logits_per_anchor]))
         deltas.append(tf.reshape(d, [batch, -1, 4]))
     return logits, deltas
 

@@ -75,6 +75,18 @@ def test_coco_r50_fpn_at_720p():
     assert result["stages"]["backbone"] / 2 == pytest.approx(4.0868e9 * 768 * 1344 / 224 ** 2, rel=1e-3)
 
 
+def test_v2_counts_the_second_rpn_conv_and_the_conv_box_head():
+    v1 = flops.count_flops(ROOT / "configs" / "coco_r50_fpn.yaml", width=1280, height=720)
+    v2 = flops.count_flops(ROOT / "configs" / "coco_r50_fpn_v2.yaml", width=1280, height=720)
+    assert v2["stages"]["backbone"] == v1["stages"]["backbone"] and v2["stages"]["fpn"] == v1["stages"]["fpn"]
+    # A second 3x3 256->256 conv on every position of P2..P6 (192x336, 96x168, 48x84, 24x42, 12x21).
+    positions = 192 * 336 + 96 * 168 + 48 * 84 + 24 * 42 + 12 * 21
+    assert v2["stages"]["rpn_head"] - v1["stages"]["rpn_head"] == 2 * positions * 256 * 256 * 9
+    # Per RoI: four 3x3 256->256 convs on 7x7, one FC 12544 -> 1024 (no fc7), the same predictors.
+    per_roi = 4 * 49 * 256 * 256 * 9 + 12544 * 1024 + 1024 * 91 + 1024 * 364
+    assert v2["stages"]["box_head"] == 2 * 1000 * per_roi
+
+
 def test_table_lists_every_stage_and_the_floor(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_YAML)
