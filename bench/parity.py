@@ -2,10 +2,11 @@
 seed's own Keras graph, per image.
 
     python bench/parity.py                # the references in tests/data; writes bench/results/parity.json
-    python bench/parity.py --seed-full    # also the seed's ResNet-101 at 1024: regenerates its reference with
-                                          # bench/seed_reference.py --preset full (tf-keras, in its own process,
-                                          # ~10-20 min) in a temporary folder, converts its .h5 with
-                                          # `maskstream convert keras`, compares; writes bench/results/parity_seed_full.json
+    python bench/parity.py --seed-full    # and the seed's ResNet-101 at 1024 (see seed_full)
+
+--seed-full regenerates the seed's full reference with bench/seed_reference.py --preset full (tf-keras, in
+its own process, 10-20 minutes) in a temporary folder, converts its .h5 as `maskstream convert keras` does,
+compares, and writes bench/results/parity_seed_full.json.
 
 The same comparison as the parity tests (models.tools.parity.compare_reference), reported as numbers:
 detections matched one to one (same class, box IoU >= 0.99), the largest score difference, the largest

@@ -1,7 +1,8 @@
 """Region proposal network: a shared 3x3 conv head over P2..P6, the selection of proposals
 (top-k per level by objectness, decode, clip, drop tiny boxes, NMS within each level, best
-`post_nms_top_n` per image), and what trains it: anchors matched to the ground truth, a balanced
-sample of them, the objectness and box losses.
+`post_nms_top_n` per image; or the seed's ProposalLayer, `select_proposals_seed`), and what
+trains it: anchors matched to the ground truth, a balanced sample of them, the objectness and box
+losses.
 
 All tensors keep a static batch dimension; images of one call share one size (the model groups
 frames by size), so the clipping bounds are Python numbers.
@@ -9,6 +10,8 @@ frames by size), so the clipping bounds are Python numbers.
 from __future__ import annotations
 
 import tensorflow as tf
+
+import numpy as np
 
 from . import box_coding
 from .config import RPNConfig
@@ -55,8 +58,37 @@ def rpn_head(params: Params, features: list[tf.Tensor], depth: int = 1, logits_p
     return logits, deltas
 
 
+def objectness_probabilities(logits: tf.Tensor) -> tf.Tensor:
+    """(B, N) logits -> sigmoid, or (B, N, 2) background and object logits -> the object's softmax (B, N)."""
+    return tf.sigmoid(logits) if logits.shape.rank == 2 else tf.nn.softmax(logits, axis=-1)[..., 1]
+
+
+def select_proposals_seed(logits: list[tf.Tensor], deltas: list[tf.Tensor], anchors: list, cfg: RPNConfig,
+                          coding: str = "seed", box_xform_clip: float = 0.0) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The seed's ProposalLayer. Per-level logits (B, N_l[, 2]), deltas (B, N_l, 4), anchors (N_l, 4) in the
+    normalised frame; `coding` and `box_xform_clip` the model's box coding -> proposals (B, P, 4) sorted by
+    objectness, their probabilities (B, P), and (B, P) true: P = post_nms_top_n_test (POST_NMS_ROIS_INFERENCE),
+    short rows padded with zero boxes, which the seed's heads classify like the others.
+
+    All levels together: the top pre_nms_top_n_test (PRE_NMS_LIMIT) probabilities (tf.math.top_k: ties
+    to the lower anchor), their anchors decoded, clipped to [0, 1], one NMS at nms_threshold.
+    """
+    scores = tf.concat([objectness_probabilities(t) for t in logits], axis=1)
+    deltas = tf.concat(deltas, axis=1)
+    anchors = tf.constant(np.concatenate(anchors))
+    k = min(cfg.pre_nms_top_n_test, int(anchors.shape[0]))
+    top_scores, top = tf.math.top_k(scores, k=k, sorted=True)
+    boxes = box_coding.decode_with(coding, tf.gather(deltas, top, batch_dims=1), tf.gather(anchors, top),
+                                   cfg.box_weights, box_xform_clip)
+    boxes = box_coding.clip_to_window(boxes, tf.constant([0.0, 0.0, 1.0, 1.0]))
+    n = cfg.post_nms_top_n_test
+    keep, valid = grouped_nms(boxes, top_scores, n, cfg.nms_threshold)
+    proposals = tf.where(valid[..., None], tf.gather(boxes, keep, batch_dims=1), 0.0)
+    return proposals, tf.where(valid, tf.gather(top_scores, keep, batch_dims=1), 0.0), tf.ones_like(valid)
+
+
 def select_proposals(logits: list[tf.Tensor], deltas: list[tf.Tensor], anchors: list, image_hw: tuple[int, int],
-                     cfg: RPNConfig, box_xform_clip: float, training: bool = False
+                     cfg: RPNConfig, box_xform_clip: float, training: bool = False, coding: str = "torchvision"
                      ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Per-level logits (B, N_l), deltas (B, N_l, 4), anchors (N_l, 4) -> proposals.
 
@@ -72,7 +104,7 @@ def select_proposals(logits: list[tf.Tensor], deltas: list[tf.Tensor], anchors: 
         top_logits, top_idx = tf.math.top_k(tf.stop_gradient(level_logits), k=k, sorted=True)
         top_deltas = tf.gather(tf.stop_gradient(level_deltas), top_idx, batch_dims=1)
         top_anchors = tf.gather(tf.constant(level_anchors), top_idx)
-        boxes = box_coding.decode(top_deltas, top_anchors, cfg.box_weights, box_xform_clip)
+        boxes = box_coding.decode_with(coding, top_deltas, top_anchors, cfg.box_weights, box_xform_clip)
         boxes = box_coding.clip_to_image(boxes, image_hw[0], image_hw[1])
         scores = tf.sigmoid(top_logits)
         # Dropped boxes get a negative score, which the NMS below filters out.

@@ -1,6 +1,7 @@
-"""Weight import from torchvision's Mask R-CNN.
+"""Weight import from torchvision's Mask R-CNN (and, with `keras`, the seed's: models/tools/seed_weights.py).
 
     python -m models.tools.convert torchvision SRC.pth DST.npz [--config configs/coco_r50_fpn.yaml]
+    python -m models.tools.convert keras WEIGHTS.h5 DST.npz [--classes FILE] [--config configs/seed_r101_coco.yaml]
 
 SRC is what `torch.save(model.state_dict(), SRC)` writes for torchvision's
 `maskrcnn_resnet50_fpn` or a Mask R-CNN on `resnet_fpn_backbone` of depth 18, 34, 50 or 101
@@ -212,13 +213,22 @@ def read_torch_state_dict(path: Path) -> dict[str, np.ndarray]:
 @command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maskstream convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("format", choices=["torchvision"], help="the source format")
-    parser.add_argument("src", type=Path, help="torchvision state dict (.pth)")
+    parser.add_argument("format", choices=["torchvision", "keras"],
+                        help="torchvision: a Mask R-CNN state dict (.pth); keras: the seed's or matterport's Keras 2 "
+                             "weights (.h5, written by save_weights or ModelCheckpoint)")
+    parser.add_argument("src", type=Path, help="the weights to convert (.pth or .h5)")
     parser.add_argument("dst", type=Path, help="output weights file (.npz)")
-    parser.add_argument("--config", help="model config the weights are for (default: configs/coco_r50_fpn.yaml, "
+    parser.add_argument("--config", help="model config the weights are for (torchvision: configs/coco_r50_fpn.yaml, "
                         "or configs/coco_r50_fpn_v2.yaml for a maskrcnn_resnet50_fpn_v2 state dict, recognised by "
-                        "its keys); the ResNet depth and class count are taken from the state dict")
+                        "its keys; keras: configs/seed_r50_coco.yaml or seed_r101_coco.yaml by the depth); the "
+                        "depth, widths and class count are taken from the weights")
+    parser.add_argument("--classes", type=Path, help="keras: class names, one per line without the background "
+                        "(the seed's model_data/*_classes.txt); default COCO's when the weights have 81 classes")
     args = parser.parse_args(argv)
+    if args.format == "keras":
+        return convert_keras(args.src, args.dst, args.classes, args.config)
+    if args.classes is not None:
+        parser.error("--classes is for keras weights (torchvision's class names come from --config)")
     from ..mask_rcnn import weights_record
 
     state = read_torch_state_dict(args.src)
@@ -233,6 +243,26 @@ def main(argv: list[str] | None = None) -> int:
     params = convert_state_dict(state, config, str(args.src))
     path = save_weights(args.dst, params, weights_record(config, "conversion"))
     print(f"wrote {path}: ResNet-{config.backbone.depth} FPN, {config.num_classes} classes, {len(params)} tensors")
+    return 0
+
+
+def convert_keras(src: Path, dst: Path, classes: Path | None, config_path: str | None) -> int:
+    """`maskstream convert keras`: the .npz, and beside it DST.yaml when the weights' configuration is not
+    the shipped one (other classes or widths), so that `load_model(DST.yaml, weights=DST.npz)` fits."""
+    import yaml
+
+    from ..mask_rcnn import weights_record
+    from .seed_weights import convert_seed_h5
+
+    config, params = convert_seed_h5(src, classes, config_path)
+    shipped = load_config(config.source)
+    if config.to_dict() != shipped.to_dict():
+        config.source = str(Path(dst).with_suffix(".yaml"))
+        Path(config.source).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.source).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    path = save_weights(dst, params, weights_record(config, "conversion"))
+    print(f"wrote {path}: the seed's ResNet-{config.backbone.depth} (width {config.backbone.width}), "
+          f"{config.num_classes} classes, {len(params)} tensors; its configuration: {config.source}")
     return 0
 
 
