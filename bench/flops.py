@@ -6,12 +6,13 @@ Pure Python: no TensorFlow, no torch. The config is read by `models.config` and 
 from `models.image_size` (both pure Python), so defaults, validation and the resize rule are the
 model's own. FLOPs = 2 x multiply-adds of the convolutions and fully connected layers:
 
-- the frame is resized as the model does (`models.image_size.resized_size`: torchvision's rule) and
-  padded to a multiple of size_divisible: the network runs on the padded size;
+- the frame is resized as the model does (`models.image_size.input_sizes`: torchvision's rule, padded
+  to a multiple of size_divisible, or the seed's square): the network runs on the padded size;
 - backbone: the ResNet stem and every residual block (v1.5: the stride on the 3x3 conv), downsample
   projections included; frozen batch norm is folded into the convs (no multiply-adds of its own);
 - FPN: one 1x1 lateral and one 3x3 output conv per level C2..C5 (P6 is a max-pool: free);
-- RPN head: its 3x3 conv(s) (v2: two) and the 1x1 objectness and delta convs on P2..P6;
+- RPN head: its 3x3 conv(s) (v2: two; the seed's of 512 channels) and the 1x1 objectness (the seed's: two
+  logits per anchor) and delta convs on P2..P6;
 - box head: the 3x3 convs (v2: four), the FC layers (fc6, fc7; v2: one), the classifier and the box
   regressor over rpn.post_nms_top_n_test RoIs;
 - mask head: the 3x3 convs, the 2x2 stride-2 transposed conv and the 1x1 logits conv per detection.
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.config import RESNET_BLOCKS, load_config  # noqa: E402  (pure Python: models/__init__ imports lazily)
-from models.image_size import padded_size, resized_size  # noqa: E402
+from models.image_size import input_sizes  # noqa: E402
 
 STAGES = ("backbone", "fpn", "rpn_head", "box_head", "mask_head")
 
@@ -62,11 +63,13 @@ def halve(x: Feature) -> Feature:
     return Feature((x.height - 1) // 2 + 1, (x.width - 1) // 2 + 1, x.channels)
 
 
-def residual_block(x: Feature, planes: int, stride: int, bottleneck: bool) -> tuple[Feature, int]:
-    """One ResNet block (basic or v1.5 bottleneck), with its projection when the shape changes."""
+def residual_block(x: Feature, planes: int, stride: int, bottleneck: bool,
+                   stride_in_1x1: bool = False) -> tuple[Feature, int]:
+    """One ResNet block (basic, or bottleneck with the stride on the 3x3 (v1.5) or on the first 1x1 (v1,
+    the seed's)), with its projection when the shape changes."""
     if bottleneck:
-        y, m1 = conv(x, planes, 1)
-        y, m2 = conv(y, planes, 3, stride)
+        y, m1 = conv(x, planes, 1, stride if stride_in_1x1 else 1)
+        y, m2 = conv(y, planes, 3, 1 if stride_in_1x1 else stride)
         y, m3 = conv(y, planes * 4, 1)
         macs = m1 + m2 + m3
     else:
@@ -78,7 +81,7 @@ def residual_block(x: Feature, planes: int, stride: int, bottleneck: bool) -> tu
     return y, macs
 
 
-def backbone_macs(image: Feature, depth: int, width: int) -> tuple[int, list[Feature]]:
+def backbone_macs(image: Feature, depth: int, width: int, stride_in_1x1: bool = False) -> tuple[int, list[Feature]]:
     """Multiply-adds of the ResNet and its outputs C2..C5."""
     x, macs = conv(image, width, 7, stride=2)
     x = halve(x)
@@ -86,7 +89,7 @@ def backbone_macs(image: Feature, depth: int, width: int) -> tuple[int, list[Fea
     for stage, count in enumerate(RESNET_BLOCKS[depth]):
         for index in range(count):
             stride = 2 if stage > 0 and index == 0 else 1
-            x, block_macs = residual_block(x, width * 2 ** stage, stride, bottleneck=depth >= 50)
+            x, block_macs = residual_block(x, width * 2 ** stage, stride, depth >= 50, stride_in_1x1)
             macs += block_macs
         outputs.append(x)
     return macs, outputs
@@ -155,17 +158,17 @@ def count_flops(config: str | Path | dict, width: int, height: int, detections: 
              "stages": {stage: FLOPs for each of STAGES}, "total": FLOPs}.
     """
     cfg = load_config(config)
-    resized = resized_size(height, width, cfg.input.min_size, cfg.input.max_size)
-    padded = padded_size(*resized, cfg.input.size_divisible)
+    resized, padded = input_sizes(height, width, cfg.input)
     image = Feature(padded[0], padded[1], 3)
     channels = cfg.fpn.channels
-    backbone, stages = backbone_macs(image, cfg.backbone.depth, cfg.backbone.width)
+    backbone, stages = backbone_macs(image, cfg.backbone.depth, cfg.backbone.width, cfg.backbone.stride_in_1x1)
     fpn, levels = fpn_macs(stages, channels)
     proposals = cfg.rpn.post_nms_top_n_test
     macs = {
         "backbone": backbone,
         "fpn": fpn,
-        "rpn_head": rpn_head_macs(levels, len(cfg.anchors.aspect_ratios), cfg.rpn.conv_depth, cfg.rpn.conv_channels),
+        "rpn_head": rpn_head_macs(levels, len(cfg.anchors.aspect_ratios), cfg.rpn.conv_depth, cfg.rpn.conv_channels,
+                                  2 if cfg.rpn.objectness == "softmax" else 1),
         "box_head": box_head_macs(proposals, channels, cfg.roi_align.box_output_size, cfg.box_head.fc_dim,
                                   cfg.num_classes, cfg.box_head.conv_dims, cfg.box_head.fc_layers),
         "mask_head": mask_head_macs(detections, channels, cfg.roi_align.mask_output_size, cfg.mask_head.conv_dims,

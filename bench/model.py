@@ -10,6 +10,18 @@ Configurations (100 detections kept where the model allows: score threshold 0):
   default       the embedded default model (configs/default_model.yaml + .npz) on 640x360 generated street
                 scenes, at its own input size (short side 360), its own score threshold.
 `--only NAME ...` runs those configurations and replaces just their rows in the JSON written before.
+
+`--compare seed v2` runs only side-by-side comparisons at batch 1 instead, interleaved because the machine is
+shared, and writes bench/results/model_comparisons.json (medians over all calls, and their ratio):
+  seed          configs/seed_r101_coco.yaml (its depth and widths from the .h5) against the seed's own predict
+                graph under tf-keras (bench/seed_reference.py, in this process: the seed extra), the same .h5
+                (--seed-weights: `python bench/seed_reference.py --preset full` writes out/seed_reference_r101_1024.h5),
+                the same stills; one call of each in turn, each as its user runs it: the seed's detect (mold_inputs
+                with scikit-image, get_anchors, model.predict, unmold_detections with full masks) and predict(masks="full");
+  v2            configs/coco_r50_fpn_v2.yaml against torchvision's maskrcnn_resnet50_fpn_v2 (bench/torchvision_speed.py
+                v2_r50_fpn_800 in a subprocess), the weights of tests/data/tv_reference_v2_320.npz at 800/1333, 100
+                detections kept, full-frame masks on both sides; --rounds rounds of --frames calls each, the
+                two sides alternating round by round.
 Per configuration and batch size: one untimed warm-up call, then timed calls; the median seconds per frame
 (wall and this process's CPU time), frames per second, the FLOPs per frame (bench/flops.py, analytic; the mask head over the
 detections the run kept where the configuration does not keep 100) and the fraction of this machine's float32 floor (395 GFLOP/s on 2 cores, DESIGN.md) that the run reaches.
@@ -39,14 +51,14 @@ FLOOR_GFLOPS = 395.0
 STILLS = [ROOT.parent / "shared" / "data" / f"highway_{i}.jpg" for i in range(1, 7)]
 
 
-def reference_model(reference: str, min_size: int, precision: str = "float32"):
+def reference_model(reference: str, min_size: int, precision: str = "float32", config: str = "configs/coco_r50_fpn.yaml"):
     import models
     from models.mask_rcnn import MaskRCNN
     from models.tools.convert import convert_state_dict
     from models.tools.torchvision_weights import reference_state_dict
 
     ref = np.load(ROOT / "tests" / "data" / reference)
-    config = models.load_config("configs/coco_r50_fpn.yaml")
+    config = models.load_config(config)
     config.backbone.depth = int(ref["depth"])
     config.input.min_size = min_size
     config.box_head.score_threshold = 0.0
@@ -103,6 +115,11 @@ def main(argv=None) -> None:
     parser.add_argument("--bf16", action="store_true", help="also run r50_fpn_800 with precision: bfloat16")
     parser.add_argument("--only", nargs="+", help="run only these configurations (implies --skip-torchvision) and "
                         "keep the other rows of --json")
+    parser.add_argument("--compare", nargs="+", choices=sorted(COMPARISONS),
+                        help="run only these side-by-side comparisons (see above)")
+    parser.add_argument("--seed-weights", type=Path, default=ROOT / "out" / "seed_reference_r101_1024.h5",
+                        help="--compare seed: the seed's .h5 (default: what seed_reference.py --preset full writes)")
+    parser.add_argument("--rounds", type=int, default=3, help="--compare v2: rounds per side")
     args = parser.parse_args(argv)
     if args.only:
         args.skip_torchvision = True
@@ -110,6 +127,9 @@ def main(argv=None) -> None:
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(2)
     tf.config.threading.set_inter_op_parallelism_threads(2)
+    if args.compare:
+        run_comparisons(args)
+        return
 
     load_before = os.getloadavg()[0]
     results = {}
@@ -145,6 +165,116 @@ def main(argv=None) -> None:
     print_table(report)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
+
+
+def compare_seed(args) -> dict:
+    """configs/seed_*.yaml against the seed's own graph under tf-keras, one call of each in turn (batch 1)."""
+    if not args.seed_weights.is_file():
+        raise SystemExit(f"{args.seed_weights}: no such file; `python bench/seed_reference.py --preset full` writes "
+                         "the seed's ResNet-101 .h5 (or give --seed-weights)")
+    import seed_reference as seed
+
+    from models.mask_rcnn import MaskRCNN
+    from models.tools.seed_weights import convert_seed_h5
+
+    config, params = convert_seed_h5(args.seed_weights)
+    ours = MaskRCNN(config, params)
+    seed_config = seed.SeedConfig(
+        IMAGES_PER_GPU=1, BACKBONE=f"resnet{config.backbone.depth}", WIDTH_MULTIPLIER=config.backbone.width / 64,
+        TOP_DOWN_PYRAMID_SIZE=config.fpn.channels, FPN_CLASSIF_FC_LAYERS_SIZE=config.box_head.fc_dim,
+        IMAGE_MIN_DIM=config.input.min_size, IMAGE_MAX_DIM=config.input.max_size,
+        DETECTION_MIN_CONFIDENCE=config.box_head.score_threshold)
+    graph = seed.get_predict_model(seed_config)
+    graph.load_weights(str(args.seed_weights), by_name=True)
+    stages = {"mold": [], "predict": [], "unmold": []}
+
+    def seed_detect(frame: np.ndarray) -> int:
+        """The seed's detect_image without drawing: mold_inputs, get_anchors, model.predict, unmold_detections."""
+        t0 = time.perf_counter()
+        molded, metas, windows, _ = seed.mold_inputs(seed_config, [frame])
+        anchors = seed.get_anchors(seed_config, molded[0].shape)
+        t1 = time.perf_counter()
+        detections, _, _, mrcnn_mask, _, _, _ = graph.predict(
+            [molded, metas, np.broadcast_to(anchors, (1,) + anchors.shape)], batch_size=1, verbose=0)
+        t2 = time.perf_counter()
+        result = seed.unmold_detections(detections[0], mrcnn_mask[0], frame.shape, molded[0].shape, windows[0])
+        for stage, seconds in zip(stages, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
+            stages[stage].append(seconds)
+        return len(result["scores"])
+
+    def ours_detect(frame: np.ndarray) -> int:
+        return len(ours.predict([frame], masks="full")[0])
+
+    frames = stills()
+    sides = {"ours": ours_detect, "seed_graph": seed_detect}
+    for detect in sides.values():
+        detect(frames[0])                                    # warm-up: tracing, not timed
+    for stage in stages.values():
+        stage.clear()
+    calls = {name: [] for name in sides}
+    detections = {name: [] for name in sides}
+    for i in range(args.frames):
+        for name, detect in (sides.items() if i % 2 == 0 else reversed(sides.items())):
+            start = time.perf_counter()
+            detections[name].append(detect(frames[i % len(frames)]))
+            calls[name].append(time.perf_counter() - start)
+    result = {name: side_summary(calls[name], detections[name]) for name in sides}
+    result["seed_graph"]["stage_seconds_per_frame"] = {k: statistics.median(v) for k, v in stages.items()}
+    result["ratio"] = result["ours"]["fps"] / result["seed_graph"]["fps"]
+    result["weights"] = str(args.seed_weights)
+    result["model"] = (f"{config.name} ResNet-{config.backbone.depth} width {config.backbone.width} at "
+                       f"{config.input.max_size}, against the seed's graph")
+    result["frame"] = list(frames[0].shape[:2])
+    return result
+
+
+def compare_v2(args) -> dict:
+    """configs/coco_r50_fpn_v2.yaml against torchvision's v2 (a subprocess), rounds alternating (batch 1)."""
+    model = reference_model("tv_reference_v2_320.npz", 800, config="configs/coco_r50_fpn_v2.yaml")
+    frames = stills()
+    model.predict(frames[:1], masks="rle")                     # warm-up: tracing, not timed
+    calls = {"ours": [], "torchvision": []}
+    detections = {"ours": [], "torchvision": []}
+    out = ROOT / "bench" / "results" / "torchvision_speed_v2.json"
+    for _ in range(args.rounds):
+        for frame in (frames[i % len(frames)] for i in range(args.frames)):
+            start = time.perf_counter()
+            detections["ours"].append(len(model.predict([frame], masks="full")[0]))
+            calls["ours"].append(time.perf_counter() - start)
+        subprocess.run([sys.executable, str(ROOT / "bench" / "torchvision_speed.py"), "--configs", "v2_r50_fpn_800",
+                        "--batch-sizes", "1", "--frames", str(args.frames), "--json", str(out)], check=True,
+                       cwd=ROOT / "bench")
+        timing = json.loads(out.read_text())["configs"]["v2_r50_fpn_800"]["batch_sizes"]["1"]
+        calls["torchvision"] += timing["call_seconds"]
+        detections["torchvision"].append(timing["min_detections_per_frame"])
+    result = {name: side_summary(calls[name], detections[name]) for name in calls}
+    result["ratio"] = result["ours"]["fps"] / result["torchvision"]["fps"]
+    result["frame"] = list(frames[0].shape[:2])
+    result["model"] = "coco_r50_fpn_v2 at 800/1333, against torchvision's maskrcnn_resnet50_fpn_v2"
+    return result
+
+
+def side_summary(seconds: list[float], detections: list[int]) -> dict:
+    """Median seconds per call (batch 1: per frame), frames per second, every call, detections per frame."""
+    median = statistics.median(seconds)
+    return {"seconds_per_frame": median, "fps": 1.0 / median, "calls": len(seconds),
+            "call_seconds": [round(s, 4) for s in seconds], "min_detections_per_frame": min(detections)}
+
+
+COMPARISONS = {"seed": compare_seed, "v2": compare_v2}
+
+
+def run_comparisons(args) -> None:
+    out = ROOT / "bench" / "results" / "model_comparisons.json"
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    for name in args.compare:
+        before = os.getloadavg()[0]
+        report[name] = {**COMPARISONS[name](args), "load_average": [before, os.getloadavg()[0]], "batch": 1}
+        other = "seed_graph" if "seed_graph" in report[name] else "torchvision"
+        print(f"{name} ({report[name]['model']}): ours {report[name]['ours']['fps']:.3f} fps, {other} {report[name][other]['fps']:.3f} fps, "
+              f"ratio {report[name]['ratio']:.2f} (load {before:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
 
 
 def flops_for(config, frame: np.ndarray, detections: int) -> float:

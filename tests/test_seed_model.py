@@ -134,3 +134,34 @@ def test_box_coding_seed_is_the_seeds_apply_box_deltas():
     assert ours[0, 2] - ours[0, 0] > 400 * (boxes[0, 2] - boxes[0, 0])
     clamped = decode(deltas[:1], boxes[:1], [10.0, 10.0, 5.0, 5.0], np.log(1000.0 / 16)).numpy()
     assert clamped[0, 2] - clamped[0, 0] < 63 * (boxes[0, 2] - boxes[0, 0])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
+def test_the_seed_configuration_runs_in_a_pipeline_worker(tmp_path, reference, frames):
+    """`maskstream convert keras` output, then a real inference worker on a batch of frames of two sizes:
+    exactly the model's own results (the model run directly with the worker's one thread)."""
+    import ray
+    import yaml
+
+    from models.tools.convert import main as convert
+    from tests.pipeline_helpers import OneThreadModelActor
+    from workers.frames import put_frames
+    from workers.inference import InferenceWorkerActor
+    from workers.results import instance_records
+
+    assert convert(["keras", str(REFERENCE.with_suffix(".h5")), str(tmp_path / "seed.npz")]) == 0
+    config = reference_settings(models.load_config(tmp_path / "seed.yaml"), reference)
+    (tmp_path / "seed.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    batch = [frames[0], np.ascontiguousarray(frames[1][100:460, 200:840])]
+    worker = InferenceWorkerActor.options(num_cpus=1).remote(str(tmp_path / "seed.yaml"), str(tmp_path / "seed.npz"),
+                                                           1.0)
+    assert ray.get(worker.ready.remote())["error"] is None
+    result = ray.get(worker.infer.remote([put_frames(f[None])[0] for f in batch]))
+    ray.kill(worker)
+    direct = OneThreadModelActor.remote(str(tmp_path / "seed.yaml"), str(tmp_path / "seed.npz"))
+    want = ray.get(direct.predict.remote(batch))
+    ray.kill(direct)
+    assert len(want[0]) == len(reference["highway_1/scores"])      # the reference's frame: its 71 detections
+    for got, expected in zip(result.instances, want):
+        assert got == instance_records(expected) and len(got) > 0
