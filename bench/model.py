@@ -12,12 +12,14 @@ Configurations (100 detections kept where the model allows: score threshold 0):
 `--only NAME ...` runs those configurations and replaces just their rows in the JSON written before.
 
 `--compare seed v2` runs only side-by-side comparisons at batch 1 instead, interleaved because the machine is
-shared, and writes bench/results/model_comparisons.json (medians over all calls, and their ratio):
+shared, and writes bench/results/model_comparisons.json (medians over all calls of wall and process CPU seconds,
+and their ratios):
   seed          configs/seed_r101_coco.yaml (its depth and widths from the .h5) against the seed's own predict
                 graph under tf-keras (bench/seed_reference.py, in this process: the seed extra), the same .h5
                 (--seed-weights: `python bench/seed_reference.py --preset full` writes out/seed_reference_r101_1024.h5),
                 the same stills; one call of each in turn, each as its user runs it: the seed's detect (mold_inputs
-                with scikit-image, get_anchors, model.predict, unmold_detections with full masks) and predict(masks="full");
+                with scikit-image, get_anchors, model.predict, unmold_detections with full masks) and
+                predict(masks="full");
   v2            configs/coco_r50_fpn_v2.yaml against torchvision's maskrcnn_resnet50_fpn_v2 (bench/torchvision_speed.py
                 v2_r50_fpn_800 in a subprocess), the weights of tests/data/tv_reference_v2_320.npz at 800/1333, 100
                 detections kept, full-frame masks on both sides; --rounds rounds of --frames calls each, the
@@ -51,7 +53,8 @@ FLOOR_GFLOPS = 395.0
 STILLS = [ROOT.parent / "shared" / "data" / f"highway_{i}.jpg" for i in range(1, 7)]
 
 
-def reference_model(reference: str, min_size: int, precision: str = "float32", config: str = "configs/coco_r50_fpn.yaml"):
+def reference_model(reference: str, min_size: int, precision: str = "float32",
+                    config: str = "configs/coco_r50_fpn.yaml"):
     import models
     from models.mask_rcnn import MaskRCNN
     from models.tools.convert import convert_state_dict
@@ -212,15 +215,18 @@ def compare_seed(args) -> dict:
     for stage in stages.values():
         stage.clear()
     calls = {name: [] for name in sides}
+    cpu = {name: [] for name in sides}
     detections = {name: [] for name in sides}
     for i in range(args.frames):
         for name, detect in (sides.items() if i % 2 == 0 else reversed(sides.items())):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             detections[name].append(detect(frames[i % len(frames)]))
             calls[name].append(time.perf_counter() - start)
-    result = {name: side_summary(calls[name], detections[name]) for name in sides}
+            cpu[name].append(time.process_time() - cpu_start)
+    result = {name: side_summary(calls[name], cpu[name], detections[name]) for name in sides}
     result["seed_graph"]["stage_seconds_per_frame"] = {k: statistics.median(v) for k, v in stages.items()}
     result["ratio"] = result["ours"]["fps"] / result["seed_graph"]["fps"]
+    result["cpu_ratio"] = result["seed_graph"]["cpu_seconds_per_frame"] / result["ours"]["cpu_seconds_per_frame"]
     result["weights"] = str(args.seed_weights)
     result["model"] = (f"{config.name} ResNet-{config.backbone.depth} width {config.backbone.width} at "
                        f"{config.input.max_size}, against the seed's graph")
@@ -234,31 +240,37 @@ def compare_v2(args) -> dict:
     frames = stills()
     model.predict(frames[:1], masks="rle")                     # warm-up: tracing, not timed
     calls = {"ours": [], "torchvision": []}
+    cpu = {"ours": [], "torchvision": []}
     detections = {"ours": [], "torchvision": []}
     out = ROOT / "bench" / "results" / "torchvision_speed_v2.json"
     for _ in range(args.rounds):
         for frame in (frames[i % len(frames)] for i in range(args.frames)):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             detections["ours"].append(len(model.predict([frame], masks="full")[0]))
             calls["ours"].append(time.perf_counter() - start)
+            cpu["ours"].append(time.process_time() - cpu_start)
         subprocess.run([sys.executable, str(ROOT / "bench" / "torchvision_speed.py"), "--configs", "v2_r50_fpn_800",
                         "--batch-sizes", "1", "--frames", str(args.frames), "--json", str(out)], check=True,
                        cwd=ROOT / "bench")
         timing = json.loads(out.read_text())["configs"]["v2_r50_fpn_800"]["batch_sizes"]["1"]
         calls["torchvision"] += timing["call_seconds"]
+        cpu["torchvision"] += [timing["cpu_seconds_per_frame"]] * len(timing["call_seconds"])   # its median per round
         detections["torchvision"].append(timing["min_detections_per_frame"])
-    result = {name: side_summary(calls[name], detections[name]) for name in calls}
+    result = {name: side_summary(calls[name], cpu[name], detections[name]) for name in calls}
     result["ratio"] = result["ours"]["fps"] / result["torchvision"]["fps"]
+    result["cpu_ratio"] = result["torchvision"]["cpu_seconds_per_frame"] / result["ours"]["cpu_seconds_per_frame"]
     result["frame"] = list(frames[0].shape[:2])
     result["model"] = "coco_r50_fpn_v2 at 800/1333, against torchvision's maskrcnn_resnet50_fpn_v2"
     return result
 
 
-def side_summary(seconds: list[float], detections: list[int]) -> dict:
-    """Median seconds per call (batch 1: per frame), frames per second, every call, detections per frame."""
+def side_summary(seconds: list[float], cpu_seconds: list[float], detections: list[int]) -> dict:
+    """Median seconds per call (batch 1: per frame), frames per second, the median CPU seconds of the process
+    (all threads: what a loaded machine distorts least), every call, detections per frame."""
     median = statistics.median(seconds)
-    return {"seconds_per_frame": median, "fps": 1.0 / median, "calls": len(seconds),
-            "call_seconds": [round(s, 4) for s in seconds], "min_detections_per_frame": min(detections)}
+    return {"seconds_per_frame": median, "fps": 1.0 / median, "cpu_seconds_per_frame": statistics.median(cpu_seconds),
+            "calls": len(seconds), "call_seconds": [round(s, 4) for s in seconds],
+            "min_detections_per_frame": min(detections)}
 
 
 COMPARISONS = {"seed": compare_seed, "v2": compare_v2}
@@ -270,9 +282,11 @@ def run_comparisons(args) -> None:
     for name in args.compare:
         before = os.getloadavg()[0]
         report[name] = {**COMPARISONS[name](args), "load_average": [before, os.getloadavg()[0]], "batch": 1}
-        other = "seed_graph" if "seed_graph" in report[name] else "torchvision"
-        print(f"{name} ({report[name]['model']}): ours {report[name]['ours']['fps']:.3f} fps, {other} {report[name][other]['fps']:.3f} fps, "
-              f"ratio {report[name]['ratio']:.2f} (load {before:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+        r = report[name]
+        other = "seed_graph" if "seed_graph" in r else "torchvision"
+        print(f"{name} ({r['model']}): ours {r['ours']['fps']:.3f} fps, {other} {r[other]['fps']:.3f} fps, ratio "
+              f"{r['ratio']:.2f}, in CPU seconds {r['cpu_ratio']:.2f} (load {before:.1f} -> {os.getloadavg()[0]:.1f})",
+              flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
 

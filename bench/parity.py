@@ -10,9 +10,10 @@ compares, and writes bench/results/parity_seed_full.json.
 
 The same comparison as the parity tests (models.tools.parity.compare_reference), reported as numbers:
 detections matched one to one (same class, box IoU >= 0.99), the largest score difference, the largest
-box coordinate difference, the smallest mask IoU over matched pairs whose masks are not empty, and the
-masks that agree only when pasted into the reference's box (a box a few thousandths of a pixel away,
-across the integer the paste truncates or rounds it to: `paste_flips`).
+box coordinate difference, the smallest mask IoU over matched pairs whose masks are not empty, the seed's
+whole-pixel boxes matched as one pixel off where the reference rounded from within 0.05 px of a half
+pixel (`rounding_flips`), and the masks that agree only when pasted into the reference's box (a box a few
+thousandths of a pixel away, across the integer the paste truncates or rounds it to: `paste_flips`).
 """
 from __future__ import annotations
 
@@ -70,18 +71,20 @@ def report(model: MaskRCNN, path: Path) -> dict:
             "max_box_difference_px": max(parity.box_differences_px),
             "min_mask_iou": min(ious), "mean_mask_iou": float(np.mean(ious)), "non_empty_masks": len(ious),
             "differing_mask_pixels": sum(m.differing for m in parity.masks),
-            "mask_failures": parity.mask_failures(), "paste_flips": len(parity.paste_flips())}
+            "mask_failures": parity.mask_failures(), "paste_flips": len(parity.paste_flips()),
+            "rounding_flips": len(parity.rounding_flips)}
     return result
 
 
 def print_table(results: dict) -> None:
     print(f"{'reference':32s} {'image':22s} {'matched':>9s} {'max |dscore|':>12s} {'max |dbox| px':>13s} "
-          f"{'min mask IoU':>12s} {'mean mask IoU':>13s} {'flips':>5s} {'fails':>5s}")
+          f"{'min mask IoU':>12s} {'mean mask IoU':>13s} {'rounded':>7s} {'pasted':>6s} {'fails':>5s}")
     for reference, images in results.items():
         for name, r in images.items():
             print(f"{reference:32s} {name:22s} {r['matched']:>4d}/{r['reference_detections']:<4d} "
                   f"{r['max_score_difference']:12.2e} {r['max_box_difference_px']:13.4f} {r['min_mask_iou']:12.4f} "
-                  f"{r['mean_mask_iou']:13.4f} {r['paste_flips']:5d} {len(r['mask_failures']):5d}")
+                  f"{r['mean_mask_iou']:13.4f} {r['rounding_flips']:7d} {r['paste_flips']:6d} "
+                  f"{len(r['mask_failures']):5d}")
 
 
 def seed_full() -> dict:

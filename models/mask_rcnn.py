@@ -156,13 +156,6 @@ def pool(maps: list[tf.Tensor], boxes: tf.Tensor, box_indices: tf.Tensor, image_
                                 ra.aligned, ra.canonical_scale, ra.canonical_level, ra.level_eps)
 
 
-def normalized_windows(windows: np.ndarray, side: int) -> np.ndarray:
-    """Windows (B, 4) y1 x1 y2 x2 in pixels of the square (y2, x2 exclusive) -> (B, 4) float32 x1 y1 x2 y2 in
-    the seed's normalised frame: its norm_boxes, (y1, x1, y2 - 1, x2 - 1) / (side - 1)."""
-    yx = (np.asarray(windows, np.float64) - np.array([0, 0, 1, 1])) / (side - 1)
-    return yx[:, [1, 0, 3, 2]].astype(np.float32)
-
-
 class FeaturesAndProposals(NamedTuple):
     """What `MaskRCNN.features_and_proposals` gives the heads (and the RPN's losses)."""
     features: list          # [P2..P6] (B, H_l, W_l, C) in the compute precision
@@ -194,7 +187,7 @@ class MaskRCNN(tf.Module):
 
     def graph_for(self, height: int, width: int):
         """The compiled inference graph for frames of one size, any batch size (traced once). With the
-        seed's detection layer it also takes each frame's window, (B, 4) float32 (`normalized_windows`)."""
+        seed's detection layer it also takes each frame's window, (B, 4) float32 (postprocess.normalized_windows)."""
         if (height, width) not in self._graphs:
             specs = [tf.TensorSpec([None, height, width, 3], tf.uint8)]
             if self.config.box_head.detection == "seed":
@@ -348,7 +341,7 @@ class MaskRCNN(tf.Module):
         side = cfg.max_size
         resized = [input_sizes(*frame.shape[:2], cfg)[0] for frame in frames]
         molded = np.stack([preprocess.mold_square(frame, hw, side) for frame, hw in zip(frames, resized)])
-        windows = normalized_windows(np.array([square_window(hw, side) for hw in resized]), side)
+        windows = postprocess.normalized_windows(np.array([square_window(hw, side) for hw in resized]), side)
         yield list(range(len(frames))), (molded, windows), windows
 
     def _frame_detections(self, raw: dict, j: int, frame_hw, geometry, masks: str) -> Detections:

@@ -29,24 +29,36 @@ def rescale_boxes(boxes: np.ndarray, resized_hw: tuple[int, int], original_hw: t
     return (boxes.astype(np.float32) * np.array([ratio_w, ratio_h, ratio_w, ratio_h], np.float32)).astype(np.float32)
 
 
-def unmold_boxes(boxes: np.ndarray, window: np.ndarray, original_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The seed's unmold_detections for boxes: boxes (N, 4) float32 x1 y1 x2 y2 in its normalised frame of the
-    square, window (4,) the frame's place in the square in that frame (x1 y1 x2 y2, float32) -> boxes
-    (N', 4) float32 x1 y1 x2 y2 in whole original pixels (x2, y2 exclusive) and the (N,) bool of the kept
-    ones: zero-area boxes are dropped.
+def normalized_windows(windows: np.ndarray, side: int) -> np.ndarray:
+    """Windows (B, 4) y1 x1 y2 x2 in pixels of the square (y2, x2 exclusive) -> (B, 4) float32 x1 y1 x2 y2 in
+    the seed's normalised frame: its norm_boxes, (y1, x1, y2 - 1, x2 - 1) / (side - 1)."""
+    yx = (np.asarray(windows, np.float64) - np.array([0, 0, 1, 1])) / (side - 1)
+    return yx[:, [1, 0, 3, 2]].astype(np.float32)
+
+
+def unmolded_pixels(boxes: np.ndarray, window: np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
+    """The seed's unmold_detections for boxes, before rounding: boxes (N, 4) float32 x1 y1 x2 y2 in its
+    normalised frame of the square, window (4,) the frame's place in the square in that frame (x1 y1 x2 y2,
+    float32, `normalized_windows`) -> (N, 4) float64 x1 y1 x2 y2 in original pixels (x2, y2 exclusive).
 
     Out of the window: (box - window corner) / window size in float32; then the seed's denorm_boxes,
-    box * (H - 1, W - 1) + (0, 0, 1, 1) in float64, np.around, as integers.
+    box * (H - 1, W - 1) + (0, 0, 1, 1) in float64.
     """
     yx = boxes[:, [1, 0, 3, 2]].astype(np.float32)
     wy1, wx1, wy2, wx2 = np.asarray(window, np.float32)[[1, 0, 3, 2]]
     shift = np.array([wy1, wx1, wy1, wx1], np.float32)
     scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1], np.float32)
     h, w = original_hw
-    pixels = np.around(np.divide(yx - shift, scale) * np.array([h - 1, w - 1, h - 1, w - 1]) +
-                       np.array([0, 0, 1, 1])).astype(np.int32)
+    pixels = np.divide(yx - shift, scale) * np.array([h - 1, w - 1, h - 1, w - 1]) + np.array([0, 0, 1, 1])
+    return pixels[:, [1, 0, 3, 2]]
+
+
+def unmold_boxes(boxes: np.ndarray, window: np.ndarray, original_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """`unmolded_pixels` rounded as the seed does (np.around, to int32) -> boxes (N', 4) float32 x1 y1 x2 y2 in
+    whole original pixels and the (N,) bool of the kept ones: zero-area boxes are dropped."""
+    pixels = np.around(unmolded_pixels(boxes, window, original_hw)).astype(np.int32)
     keep = (pixels[:, 2] - pixels[:, 0]) * (pixels[:, 3] - pixels[:, 1]) > 0
-    return pixels[keep][:, [1, 0, 3, 2]].astype(np.float32), keep
+    return pixels[keep].astype(np.float32), keep
 
 
 def paste_region_seed(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int],

@@ -43,6 +43,11 @@ def test_same_detections_as_the_seeds_own_graph(model, reference, frames):
     names = [str(n) for n in reference["image_names"]]
     parities = compare_reference(model, reference, frames)
     ours = model.predict(frames, masks="none")
+    # Boxes are matched when the same class and IoU >= 0.99, or one pixel off where the seed rounded from
+    # within 0.05 px of a half pixel (its boxes before rounding are in the reference); masks of such boxes
+    # must agree pasted into the seed's box: rare, and counted.
+    matched = sum(len(p.pairs) for p in parities.values())
+    assert sum(len(p.rounding_flips) + len(p.paste_flips()) for p in parities.values()) <= 0.02 * matched
     for name, detections in zip(names, ours):
         ref_scores = reference[f"{name}/scores"]
         assert len(ref_scores) >= 30 and len(np.unique(ref_scores)) == len(ref_scores)

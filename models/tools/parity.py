@@ -21,6 +21,7 @@ MATCH_IOU = 0.99            # box IoU for two detections to be the same one
 LARGE_MASK_PIXELS = 100     # masks of at least this union are compared by IoU, smaller by pixels
 MIN_MASK_IOU = 0.98         # ... and must reach this IoU
 MAX_SMALL_PIXELS = 2        # ... or differ in at most this many pixels
+ROUNDING_MARGIN_PX = 0.05   # a whole-pixel coordinate may round the other way this close to a half pixel
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,17 +33,32 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def rounding_flip(box: np.ndarray, ref_box: np.ndarray, ref_unrounded: np.ndarray) -> bool:
+    """Whether two whole-pixel boxes (4,) differ only by coordinates that the reference rounded from within
+    ROUNDING_MARGIN_PX of a half pixel (its unrounded box (4,)), by one pixel: float rounding in the
+    thousandths of a pixel decides on which side such a coordinate lands."""
+    difference = np.abs(np.asarray(box, np.float64) - ref_box)
+    flipped = difference > 0
+    half = np.abs(ref_unrounded[flipped] - np.floor(ref_unrounded[flipped]) - 0.5)
+    return bool(difference.max() <= 1 and np.all(half <= ROUNDING_MARGIN_PX))
+
+
 def match_detections(boxes: np.ndarray, class_ids: np.ndarray, ref_boxes: np.ndarray, ref_class_ids: np.ndarray,
-                     min_iou: float = MATCH_IOU) -> list[tuple[int, int]]:
+                     min_iou: float = MATCH_IOU, ref_unrounded: np.ndarray | None = None) -> list[tuple[int, int]]:
     """Greedy one-to-one matching in our (score) order: boxes (N, 4), class_ids (N,) against the
-    reference's (M, 4), (M,) -> pairs (i, j) of the same class with box IoU >= min_iou."""
+    reference's (M, 4), (M,) -> pairs (i, j) of the same class with box IoU >= min_iou; or, given the
+    reference's whole-pixel boxes before rounding (ref_unrounded (M, 4)), whose boxes are a `rounding_flip`
+    apart (a small box one pixel off has an IoU well under min_iou)."""
     pairs, used = [], set()
     for i in range(len(boxes)):
         candidates = [(box_iou(boxes[i], ref_boxes[j]), j) for j in range(len(ref_boxes))
                       if j not in used and ref_class_ids[j] == class_ids[i]]
+        if ref_unrounded is not None:
+            candidates = [(iou, j) for iou, j in candidates
+                          if iou >= min_iou or rounding_flip(boxes[i], ref_boxes[j], ref_unrounded[j])]
         if candidates:
             best, j = max(candidates)
-            if best >= min_iou:
+            if best >= min_iou or ref_unrounded is not None:
                 pairs.append((i, j))
                 used.add(j)
     return pairs
@@ -75,6 +91,7 @@ class ImageParity:
     score_differences: list[float] = field(default_factory=list)
     box_differences_px: list[float] = field(default_factory=list)   # largest coordinate difference per pair
     masks: list[MaskPair] = field(default_factory=list)
+    rounding_flips: list[int] = field(default_factory=list)   # ours matched by `rounding_flip`, IoU < MATCH_IOU
 
     @property
     def matched_fraction(self) -> float:
@@ -114,17 +131,21 @@ def mask_pair(rle: dict, ref_counts: str) -> MaskPair:
 
 def compare_image(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, rles: list[dict],
                   ref_boxes: np.ndarray, ref_scores: np.ndarray, ref_class_ids: np.ndarray,
-                  ref_counts, repaste: Callable[[int, np.ndarray], dict] | None = None) -> ImageParity:
+                  ref_counts, repaste: Callable[[int, np.ndarray], dict] | None = None,
+                  ref_unrounded: np.ndarray | None = None) -> ImageParity:
     """Our detections of one image (boxes (N, 4), scores (N,), class ids (N,), N COCO RLE dicts)
     against the reference's (boxes (M, 4), scores (M,), class ids (M,), M RLE count strings of
     masks of the same frame size).
 
     `repaste(i, box)`, if given, pastes our detection i's mask probabilities into `box` (4,) (the
     reference's) and returns its RLE: for the pairs whose masks disagree, to tell a mask that
-    differs from one that moved with its box (`ImageParity.paste_flips`)."""
-    pairs = match_detections(boxes, class_ids, ref_boxes, ref_class_ids)
+    differs from one that moved with its box (`ImageParity.paste_flips`). `ref_unrounded` (M, 4), for a
+    reference of whole-pixel boxes, are those boxes before rounding (see `match_detections`)."""
+    pairs = match_detections(boxes, class_ids, ref_boxes, ref_class_ids, ref_unrounded=ref_unrounded)
     parity = ImageParity(len(scores), len(ref_scores), pairs)
     for i, j in pairs:
+        if box_iou(boxes[i], ref_boxes[j]) < MATCH_IOU:
+            parity.rounding_flips.append(i)
         parity.score_differences.append(float(abs(scores[i] - ref_scores[j])))
         parity.box_differences_px.append(float(np.abs(boxes[i] - ref_boxes[j]).max()))
         pair = mask_pair(rles[i], ref_counts[j])
@@ -182,9 +203,23 @@ def compare_reference(model, reference, frames: list[np.ndarray]) -> dict[str, I
     the reference's box (`ImageParity.paste_flips`)."""
     names = [str(n) for n in reference["image_names"]]
     parities = {}
-    for name, frame, ours in zip(names, frames, model.predict(frames, masks="rle")):
+    for k, (name, frame, ours) in enumerate(zip(names, frames, model.predict(frames, masks="rle"))):
         classes = reference[f"{name}/labels"] if f"{name}/labels" in reference else reference[f"{name}/class_ids"]
         parities[name] = compare_image(ours.boxes, ours.scores, ours.class_ids, ours.rles, reference[f"{name}/boxes"],
                                        reference[f"{name}/scores"], classes, reference[f"{name}/mask_counts"],
-                                       repaster(ours.mask_probs, frame.shape[:2], model.config.mask_head))
+                                       repaster(ours.mask_probs, frame.shape[:2], model.config.mask_head),
+                                       seed_unrounded_boxes(reference, k))
     return parities
+
+
+def seed_unrounded_boxes(reference, k: int) -> np.ndarray | None:
+    """A seed reference's (bench/seed_reference.py) boxes of image k in its original pixels before the seed
+    rounds them, from its boxes_normalized (y1 x1 y2 x2), windows and sizes; None for other references."""
+    from ..postprocess import normalized_windows, unmolded_pixels
+
+    name = str(reference["image_names"][k])
+    if f"{name}/boxes_normalized" not in reference:
+        return None
+    window = normalized_windows(reference["windows"][k:k + 1], int(reference["molded_shape"][0]))[0]
+    return unmolded_pixels(reference[f"{name}/boxes_normalized"][:, [1, 0, 3, 2]], window,
+                           tuple(reference["original_sizes"][k]))
