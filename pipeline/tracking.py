@@ -26,7 +26,8 @@ How a frame is associated (ByteTrack's two stages, with masks where they help):
    whose score dropped keeps its track instead of breaking it.
 4. Confident detections left over that score at least `new_track_score` start tracks. A new
    track gets its id at its `min_hits`-th detection in consecutive frames (before that its
-   detections carry id 0); one missed before then is dropped without an id.
+   detections carry id 0; those of a stream's first frame get theirs at once, as in ByteTrack);
+   one missed before then is dropped without an id.
 
 A track never changes class (only detections of its class are candidates). Ids count from 1
 per tracker, in the order tracks are confirmed, so the same detections give the same ids.
@@ -375,10 +376,11 @@ class StreamTracker:
             self._new_tracks(boxes[fresh], class_ids[fresh], [None if rles is None else rles[d] for d in fresh], pts)
             matched_track[fresh] = np.arange(first, len(self))
 
-        # tracks with enough consecutive detections get their id, in detection order
+        # tracks with enough consecutive detections get their id, in detection order; at a stream's
+        # first frame there is nothing to confirm against, so its tracks get theirs at once
         for d in np.flatnonzero(matched_track >= 0):
             t = matched_track[d]
-            if self.ids[t] == 0 and self.hits[t] >= cfg.min_hits:
+            if self.ids[t] == 0 and (self.hits[t] >= cfg.min_hits or previous_pts is None):
                 self.ids[t] = self.next_id
                 self.next_id += 1
         track_ids = np.where(matched_track >= 0, self.ids[np.maximum(matched_track, 0)] if len(self) else 0, 0)
