@@ -166,20 +166,32 @@ def rle_runs(rles: list[dict]) -> list[np.ndarray]:
     return np.split(runs, np.cumsum(per_mask)[:-1])
 
 
-def shift_runs(runs: np.ndarray, height: int, width: int, dx: int, dy: int) -> dict:
-    """A mask's runs moved dx columns and dy rows -> a COCO compressed RLE. Column-major, so a
-    vertical move wraps pixels within |dy| of the top or bottom edge into the next column (a
-    small error, only for masks touching those edges); what leaves the frame is cut off."""
+def shift_masks(runs: list[np.ndarray], height: int, width: int, offsets: np.ndarray) -> list[dict]:
+    """Masks given by their runs (`rle_runs`) moved by offsets (K, 2) whole pixels (dx, dy) -> COCO
+    compressed RLEs, all in one pass. Column-major, so a vertical move wraps the pixels within
+    |dy| of the top or bottom edge into the next column (a small error, only for masks touching
+    those edges); what leaves the frame is cut off."""
+    if not runs:
+        return []
     area = height * width
-    offset = dx * height + dy
-    counts = np.diff(np.clip(np.cumsum(np.concatenate([[0], runs])) + offset, 0, area)).tolist()
-    counts[0] += min(max(offset, 0), area)          # the runs start with 0s, which fill what moved in
-    rest = area - sum(counts)                       # and 0s fill the end of the frame
-    if len(counts) % 2:
-        counts[-1] += rest
-    else:
-        counts.append(rest)
-    return mask_utils.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
+    lengths = np.array([len(r) for r in runs])
+    first = np.cumsum(lengths) - lengths
+    ends = np.cumsum(np.concatenate(runs))
+    ends -= np.repeat(ends[first] - np.concatenate(runs)[first], lengths)      # each run's end within its mask
+    shift = np.asarray(offsets, np.int64) @ np.array([height, 1])
+    ends = np.clip(ends + np.repeat(shift, lengths), 0, area)
+    counts = np.diff(ends, prepend=0)
+    counts[first] = ends[first]                                                 # each mask starts at 0
+    rest = area - ends[first + lengths - 1]                                     # what is left at the end is 0s
+    odd = lengths % 2 == 1
+    counts[(first + lengths - 1)[odd]] += rest[odd]
+    objects = []
+    for k, part in enumerate(np.split(counts, np.cumsum(lengths)[:-1])):
+        part = part.tolist()
+        if not odd[k]:
+            part.append(int(rest[k]))
+        objects.append({"counts": part, "size": [height, width]})
+    return mask_utils.frPyObjects(objects, height, width)
 
 
 # -- the tracker -------------------------------------------------------------------------------
@@ -201,7 +213,6 @@ class StreamTracker:
         self.hits = np.zeros(0, np.int64)    # detections in consecutive frames so far (capped at min_hits)
         self.masks: list[dict | None] = []   # last mask per track (COCO RLE) or None
         self.mask_centres = np.zeros((0, 2))  # (T, 2) box centre the last mask was seen at
-        self._runs: dict[int, np.ndarray] = {}  # track index -> run lengths of its last mask, decoded once
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -262,8 +273,6 @@ class StreamTracker:
         for name in ("mean", "cov", "updated_pts", "seen_pts", "class_ids", "ids", "hits", "mask_centres"):
             setattr(self, name, getattr(self, name)[keep])
         self.masks = [self.masks[i] for i in old]
-        renumber = {int(o): n for n, o in enumerate(old)}
-        self._runs = {renumber[i]: runs for i, runs in self._runs.items() if i in renumber}
 
     # -- association ------------------------------------------------------------------------------
 
@@ -272,18 +281,14 @@ class StreamTracker:
         masks = [self.masks[i] for i in tracks]
         if self.config.mask_motion == "none":
             return masks
-        todo = [int(i) for i, m in zip(tracks, masks) if m is not None and int(i) not in self._runs]
-        for i, runs in zip(todo, rle_runs([self.masks[i] for i in todo])):
-            self._runs[i] = runs
-        moved = []
-        for i, mask, centre in zip(tracks, masks, centres):
-            if mask is None:
-                moved.append(None)
-                continue
-            dx, dy = np.round(centre - self.mask_centres[i]).astype(int)
-            height, width = mask["size"]
-            moved.append(mask if dx == 0 and dy == 0 else shift_runs(self._runs[int(i)], height, width, dx, dy))
-        return moved
+        offsets = np.round(centres - self.mask_centres[tracks]).astype(np.int64)
+        moving = [k for k, m in enumerate(masks) if m is not None and offsets[k].any()]
+        if moving:
+            height, width = masks[moving[0]]["size"]
+            moved = shift_masks(rle_runs([masks[k] for k in moving]), height, width, offsets[moving])
+            for k, mask in zip(moving, moved):
+                masks[k] = mask
+        return masks
 
     def _affinity(self, tracks: np.ndarray, dets: np.ndarray, predicted: np.ndarray, boxes: np.ndarray,
                   class_ids: np.ndarray, rles: list | None) -> np.ndarray:
@@ -366,7 +371,6 @@ class StreamTracker:
             self.mask_centres[track_index] = self.mean[track_index, :2]
             for t, d in zip(track_index, det_index):
                 self.masks[t] = None if rles is None else rles[d]
-                self._runs.pop(int(t), None)
         # tracks not matched coast: their state stays at their last update, predicted anew each frame
 
         # confident detections left over start tracks

@@ -4,7 +4,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from models.config import ConfigError
-from pipeline.tracking import METHODS, StreamTracker, TrackingConfig, rle_runs, shift_runs, tracking_config
+from pipeline.tracking import METHODS, StreamTracker, TrackingConfig, rle_runs, shift_masks, tracking_config
 
 FPS = 25.0
 H, W = 120, 400
@@ -190,7 +190,7 @@ def test_mask_affinity_separates_boxes_that_overlap():
     assert first.tolist() == [1, 2] and second.tolist() == [2, 1]
 
 
-def test_rle_runs_and_shift_match_pycocotools():
+def test_rle_runs_and_shifted_masks_match_pycocotools():
     rng = np.random.default_rng(0)
     masks = [(rng.random((37, 53)) < 0.3), np.ones((37, 53), bool), np.zeros((37, 53), bool)]
     block = np.zeros((37, 53), bool)
@@ -199,9 +199,10 @@ def test_rle_runs_and_shift_match_pycocotools():
     rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
     for mask, runs, rle in zip(masks, rle_runs(rles), rles):
         assert (np.repeat(np.arange(len(runs)) % 2, runs).reshape(53, 37).T == mask).all()
-    runs = rle_runs([rles[3]])[0]
-    for dx, dy in ((7, 0), (-12, 0), (0, 3), (60, 0), (-3, -2)):
-        moved = mask_utils.decode(shift_runs(runs, 37, 53, dx, dy)).astype(bool)
+    offsets = np.array([(7, 0), (-12, 0), (0, 3), (60, 0), (-3, -2), (0, 0)])
+    moved_all = shift_masks(rle_runs([rles[3]] * len(offsets)), 37, 53, offsets)
+    for (dx, dy), moved in zip(offsets, moved_all):
+        moved = mask_utils.decode(moved).astype(bool)
         expected = np.zeros_like(block)
         expected[max(5 + dy, 0):min(30 + dy, 37), max(10 + dx, 0):min(40 + dx, 53)] = True
         assert (moved == expected).all(), (dx, dy)
