@@ -77,6 +77,8 @@ def library_tracker(name: str):
                                            confidence=scores[index].astype(np.float32),
                                            class_id=np.full(len(index), class_id), data={"index": index})
                 out = tracker.update(detections, timestamp=pts)
+                if len(out) == 0:
+                    continue
                 found = out.tracker_id >= 0
                 # ids unique across the per-class trackers: (library id + 1) * 8 + class
                 ids[out.data["index"][found]] = (out.tracker_id[found].astype(np.int64) + 1) * 8 + class_id

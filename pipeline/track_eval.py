@@ -4,7 +4,7 @@
         --data DIR [--method bytetrack-mask] [--drop 2of3] [--gt-detections] [--set key=value ...] \\
         [--cache DIR] --out results.json
 
-DIR is a data set written with `python -m models.scenes write DIR --images N --seed S
+DIR (or coco:ANNOTATIONS_JSON:IMAGE_DIR) is a data set written with `python -m models.scenes write DIR --images N --seed S
 --frames-per-sequence K` (each annotation keeps its object's track id). The model runs over every
 image (`predict(..., masks="rle")`, at the model config's score threshold, 0.05 for the default
 model), its detections are cached (--cache, default /tmp/maskstream-track-cache), and a
@@ -188,13 +188,13 @@ def model_detections(config_path: str, weights: str | None, data_dir: str, seque
                      progress: bool = True) -> dict[str, list[TrackedFrame]]:
     """The model's detections (track ids 0) per sequence and frame; read from the cache when the
     same config, weights and data were run before, else computed and cached."""
-    from models.data import CocoDataset
+    from models.data import CocoDataset, parse_spec
     from models.evaluate import class_to_category
     from models.mask_rcnn import load_model
     from tqdm import tqdm
 
     key = hashlib.sha1()
-    for path in (config_path, weights, Path(data_dir) / "annotations.json"):
+    for path in (config_path, weights, parse_spec(data_dir)[0]):
         if path is not None:
             key.update(Path(path).read_bytes())
     cache = Path(cache_dir) / f"detections-{key.hexdigest()[:16]}.json.gz" if cache_dir else None
@@ -242,7 +242,7 @@ def load_sequences(data_dir: str) -> tuple[list[Sequence], dict[int, str]]:
 
 
 def evaluate_trackers(sequences: list[Sequence], detections: dict[str, list[TrackedFrame]], trackers: dict,
-                      class_names: dict[int, str], fps: float, drop: str | None = None) -> dict:
+                      class_names: dict[int, str], fps: float, drop: str | None = None, kinds=tuple(KINDS)) -> dict:
     """Run each tracker (name -> a factory of `update` callables, one per sequence) over the
     detections (of the frames kept by `drop`) and score it with TrackEval."""
     ground_truth, results = {}, {name: {} for name in trackers}
@@ -252,7 +252,7 @@ def evaluate_trackers(sequences: list[Sequence], detections: dict[str, list[Trac
         pts = [seq.frame_indices[i] / fps for i in keep]
         for name, factory in trackers.items():
             results[name][seq.name] = track_sequence([detections[seq.name][i] for i in keep], pts, factory())
-    return trackeval_scores(ground_truth, results, class_names)
+    return trackeval_scores(ground_truth, results, class_names, kinds)
 
 
 def parse_overrides(assignments: list[str]) -> dict:

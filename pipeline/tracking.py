@@ -69,6 +69,9 @@ class TrackingConfig:
     """Stage 2 (weak detections): the least affinity of a match."""
     mask_weight: float = 0.5
     """`bytetrack-mask`: affinity = (1 - mask_weight) * box IoU + mask_weight * mask IoU where boxes overlap."""
+    mask_gate: float = 0.1
+    """`bytetrack-mask`: mask IoU counts for the pairs whose box IoU reaches this (overlapping boxes:
+    crowds, occlusion); the others keep box IoU alone, and cost nothing more."""
     mask_motion: str = "shift"
     """`bytetrack-mask`: a track's expected mask is its last mask moved by the predicted box motion
     (`shift`) or its last mask where it was (`none`)."""
@@ -94,6 +97,7 @@ class TrackingConfig:
         require(0 < self.match_threshold <= 1, "match_threshold", "must be in (0, 1]")
         require(0 < self.low_match_threshold <= 1, "low_match_threshold", "must be in (0, 1]")
         require(0 <= self.mask_weight <= 1, "mask_weight", "must be in [0, 1]")
+        require(0 <= self.mask_gate <= 1, "mask_gate", "must be in [0, 1]")
         require(self.mask_motion in MASK_MOTIONS, "mask_motion", f"must be one of {', '.join(MASK_MOTIONS)}")
         require(self.max_age_s >= 0, "max_age_s", "must be >= 0")
         require(self.min_hits >= 1, "min_hits", "must be >= 1")
@@ -296,17 +300,23 @@ class StreamTracker:
         pred_boxes = state_to_boxes(predicted[tracks, :4])
         affinity = box_iou(pred_boxes, boxes[dets])
         affinity *= self.class_ids[tracks][:, None] == class_ids[dets][None, :]
-        if self.config.method == "bytetrack-mask" and rles is not None and affinity.any() \
-                and self.config.mask_weight > 0:
-            rows = np.flatnonzero(affinity.any(axis=1))
-            expected = self._expected_masks(tracks[rows], predicted[tracks[rows], :2])
-            have = [k for k, m in enumerate(expected) if m is not None]
-            if have:
-                mask_iou = np.asarray(mask_utils.iou([expected[k] for k in have], [rles[d] for d in dets],
-                                                     [0] * len(dets))).reshape(len(have), len(dets))
-                sub = affinity[rows[have]]
-                w = self.config.mask_weight
-                affinity[rows[have]] = np.where(sub > 0, (1 - w) * sub + w * mask_iou, 0.0)
+        cfg = self.config
+        gated = affinity >= max(cfg.mask_gate, 1e-9)
+        if cfg.method != "bytetrack-mask" or rles is None or cfg.mask_weight == 0 or not gated.any():
+            return affinity
+        # mask IoU only for the pairs whose boxes overlap enough to be worth it, one call per class
+        rows = np.flatnonzero(gated.any(axis=1))
+        expected = dict(zip(rows.tolist(), self._expected_masks(tracks[rows], predicted[tracks[rows], :2])))
+        for class_id in np.unique(self.class_ids[tracks[rows]]):
+            r = [k for k in rows.tolist() if self.class_ids[tracks[k]] == class_id and expected[k] is not None]
+            c = np.flatnonzero(gated[r].any(axis=0)) if r else []
+            if len(c) == 0:
+                continue
+            mask_iou = np.asarray(mask_utils.iou([expected[k] for k in r], [rles[dets[j]] for j in c],
+                                                 [0] * len(c))).reshape(len(r), len(c))
+            block = np.ix_(r, c)
+            affinity[block] = np.where(gated[block], (1 - cfg.mask_weight) * affinity[block]
+                                       + cfg.mask_weight * mask_iou, affinity[block])
         return affinity
 
     @staticmethod
