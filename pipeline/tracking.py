@@ -57,16 +57,19 @@ class TrackingConfig:
     method: str = "bytetrack-mask"
     """Association: `bytetrack-mask` (two stages, box and mask IoU), `bytetrack-box` (two stages,
     box IoU only) or `sort` (one stage over the confident detections, box IoU)."""
-    high_score: float = 0.5
+    high_score: float = 0.6
     """Detections scoring at least this are confident: matched first, and may start tracks."""
     low_score: float = 0.1
     """Detections in [low_score, high_score) only continue tracks (stage 2); lower ones are ignored."""
-    new_track_score: float = 0.6
+    new_track_score: float = 0.7
     """A confident detection left unmatched starts a track if it scores at least this."""
     match_threshold: float = 0.2
     """Stage 1 (and unconfirmed tracks): the least affinity (IoU-like, 0-1) of a match."""
-    low_match_threshold: float = 0.4
+    low_match_threshold: float = 0.5
     """Stage 2 (weak detections): the least affinity of a match."""
+    fuse_score: bool = True
+    """Confident detections: weigh a pair's affinity by the detection's score (ByteTrack's fuse_score),
+    so that of two similar candidates the surer one wins."""
     mask_weight: float = 0.5
     """`bytetrack-mask`: affinity = (1 - mask_weight) * box IoU + mask_weight * mask IoU where boxes overlap."""
     mask_gate: float = 0.1
@@ -79,6 +82,11 @@ class TrackingConfig:
     """A track unseen for more than this many seconds ends; within it, a re-found object keeps its id."""
     min_hits: int = 2
     """Detections in consecutive frames before a new track gets an id (1: at once)."""
+    recover_lost: bool = True
+    """A fourth stage: confident detections left over against lost tracks at their last seen box."""
+    motion_gate: float = 0.0
+    """Pairs whose box lies further from the track's prediction than this squared Mahalanobis
+    distance (over cx, cy, w, h; 9.49 is chi-square's 95% for 4 values) are not matched; 0: no gate."""
     measurement_noise: float = 0.05
     """Kalman filter: std of a detected box's centre and size, as a fraction of the box's size."""
     acceleration_noise: float = 4.0
@@ -101,6 +109,7 @@ class TrackingConfig:
         require(self.mask_motion in MASK_MOTIONS, "mask_motion", f"must be one of {', '.join(MASK_MOTIONS)}")
         require(self.max_age_s >= 0, "max_age_s", "must be >= 0")
         require(self.min_hits >= 1, "min_hits", "must be >= 1")
+        require(self.motion_gate >= 0, "motion_gate", "must be >= 0 (0: no gate)")
         require(self.measurement_noise > 0, "measurement_noise", "must be positive")
         require(self.acceleration_noise >= 0, "acceleration_noise", "must be >= 0")
         require(self.initial_velocity_std >= 0, "initial_velocity_std", "must be >= 0")
@@ -240,6 +249,12 @@ class StreamTracker:
                         vv + accel * dt ** 2], axis=-1)
         return mean, cov
 
+    def _last_seen(self) -> np.ndarray:
+        """(T, 8) every track's state where it was last updated, without motion since."""
+        state = self.mean.copy()
+        state[:, :2] = self.mask_centres
+        return state
+
     def _measure(self, index: np.ndarray, mean: np.ndarray, cov: np.ndarray, boxes: np.ndarray) -> None:
         """Kalman update of tracks `index` (predicted `mean`, `cov` of those tracks) with `boxes`."""
         measured = boxes_to_state(boxes)
@@ -294,13 +309,17 @@ class StreamTracker:
                 masks[k] = mask
         return masks
 
-    def _affinity(self, tracks: np.ndarray, dets: np.ndarray, predicted: np.ndarray, boxes: np.ndarray,
-                  class_ids: np.ndarray, rles: list | None) -> np.ndarray:
+    def _affinity(self, tracks: np.ndarray, dets: np.ndarray, predicted: np.ndarray, predicted_cov: np.ndarray,
+                  boxes: np.ndarray, class_ids: np.ndarray, rles: list | None) -> np.ndarray:
         """(K, D) affinity in [0, 1] of tracks (K,) and detections (D,); 0 across classes."""
         pred_boxes = state_to_boxes(predicted[tracks, :4])
         affinity = box_iou(pred_boxes, boxes[dets])
         affinity *= self.class_ids[tracks][:, None] == class_ids[dets][None, :]
         cfg = self.config
+        if cfg.motion_gate > 0:     # squared Mahalanobis distance of each box to each prediction
+            variance = predicted_cov[tracks, :, 0] + (cfg.measurement_noise * self._noise_scale(predicted[tracks])) ** 2
+            residual = boxes_to_state(boxes[dets])[None, :, :] - predicted[tracks, None, :4]
+            affinity[np.sum(residual ** 2 / variance[:, None, :], axis=2) > cfg.motion_gate] = 0.0
         gated = affinity >= max(cfg.mask_gate, 1e-9)
         if cfg.method != "bytetrack-mask" or rles is None or cfg.mask_weight == 0 or not gated.any():
             return affinity
@@ -353,21 +372,29 @@ class StreamTracker:
         predicted, predicted_cov = self._predicted(pts)
         matched_track = np.full(n, -1, np.int64)           # per detection: the track index it continues
         high = np.flatnonzero(scores >= cfg.high_score)
-        tracks = np.arange(len(self))
-        if cfg.method == "sort":
-            stages = [(high, tracks, cfg.match_threshold)]
-        else:
-            low = np.flatnonzero((scores >= cfg.low_score) & (scores < cfg.high_score))
-            stages = [(high, tracks, cfg.match_threshold), (low, None, cfg.low_match_threshold)]
-        for dets, candidates, threshold in stages:
-            if candidates is None:      # stage 2: tracks still free that were seen in the previous frame
-                taken = np.zeros(len(self), bool)
-                taken[matched_track[matched_track >= 0]] = True
-                candidates = np.flatnonzero(~taken & (self.seen_pts == previous_pts))
+        low = np.flatnonzero((scores >= cfg.low_score) & (scores < cfg.high_score))
+        confirmed = self.ids > 0
+        recent = self.seen_pts == previous_pts
+        # (detections, tracks, least affinity, weigh by score, where tracks are); `sort` has one stage
+        stages = ([(high, np.ones(len(self), bool), cfg.match_threshold, False, "predicted")] if cfg.method == "sort" else
+                  [(high, confirmed, cfg.match_threshold, cfg.fuse_score, "predicted"),     # confident: every confirmed track
+                   (low, confirmed & recent, cfg.low_match_threshold, False, "predicted"),  # weak: those seen just before
+                   (high, ~confirmed, cfg.match_threshold, cfg.fuse_score, "predicted")])   # confident left: unconfirmed
+        if cfg.recover_lost and cfg.method != "sort":
+            # confident detections left against the lost tracks where they were last seen (OC-SORT's
+            # observation-centric recovery): a stopped or turned object is not where its velocity said
+            stages.append((high, confirmed & ~recent, cfg.match_threshold, cfg.fuse_score, "last"))
+        taken = np.zeros(len(self), bool)
+        for dets, eligible, threshold, fuse, where in stages:
+            dets = dets[matched_track[dets] < 0]
+            candidates = np.flatnonzero(eligible & ~taken)
             if len(dets) == 0 or len(candidates) == 0:
                 continue
-            rows, cols = self._assign(self._affinity(candidates, dets, predicted, boxes, class_ids, rles), threshold)
+            state, state_cov = (predicted, predicted_cov) if where == "predicted" else (self._last_seen(), self.cov)
+            affinity = self._affinity(candidates, dets, state, state_cov, boxes, class_ids, rles)
+            rows, cols = self._assign(affinity * scores[dets][None, :] if fuse else affinity, threshold)
             matched_track[dets[cols]] = candidates[rows]
+            taken[candidates[rows]] = True
 
         # matched tracks take their detection
         det_index = np.flatnonzero(matched_track >= 0)
