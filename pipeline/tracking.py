@@ -11,19 +11,24 @@ Inputs per frame: boxes (N, 4) float x1 y1 x2 y2 in pixels, scores (N,), class_i
 rles N COCO compressed RLE dicts (`{"size": [H, W], "counts": str}`) or None, pts the frame's
 presentation time in seconds (strictly increasing frames; equal pts predict no motion).
 
-How a frame is associated (ByteTrack's two stages, with masks where they help):
+How a frame is associated (ByteTrack's stages, with masks where boxes overlap):
 1. Every track's box is predicted to `pts` by a constant-velocity Kalman filter on
    (cx, cy, w, h) whose step is the time since the track's last update: a frame dropped in
    live mode is a longer step, not a teleport. Tracks unseen for more than `max_age_s` end first.
-2. Stage 1: confident detections (score >= `high_score`) against every track of the same class.
-   Affinity: box IoU of the predicted box (`bytetrack-box`, `sort`), or with `bytetrack-mask`
-   a mix of box IoU and mask IoU (the track's last mask, shifted by its predicted box motion
-   with `mask_motion: shift`) wherever the boxes overlap, which separates people and cars whose
-   boxes overlap in crowds and occlusion. Optimal assignment (`linear_sum_assignment`) of the
-   pairs whose affinity reaches `match_threshold`.
-3. Stage 2 (not `sort`): weak detections (`low_score` <= score < `high_score`) against the tracks
-   left that were seen in the previous frame, at `low_match_threshold`: a partly hidden object
-   whose score dropped keeps its track instead of breaking it.
+2. Affinity of a track and a detection of the same class (0 across classes): box IoU of the
+   predicted box (`bytetrack-box`, `sort`); with `bytetrack-mask`, where that box IoU reaches
+   `mask_gate` (overlapping boxes: crowds, occlusion), a mix of it and the mask IoU of the
+   track's last mask (moved by the predicted motion with `mask_motion: shift`) and the
+   detection's. `motion_gate` can also rule out pairs far from the prediction (Mahalanobis).
+   Each stage is an optimal assignment (`linear_sum_assignment`) of the pairs whose affinity
+   (times the detection's score where `fuse_score`) reaches the stage's threshold.
+3. Stages (`sort`: the first alone, over every track): confident detections (score >=
+   `high_score`) against the confirmed tracks, lost ones included, at `match_threshold`; weak
+   detections (`low_score` <= score < `high_score`) against the confirmed tracks left that were
+   seen in the previous frame, at `low_match_threshold` (a partly hidden object whose score
+   dropped keeps its track); the confident detections left against the unconfirmed tracks; with
+   `recover_lost`, those still left against the lost tracks where they were last seen (OC-SORT's
+   observation-centric recovery: an object that stopped is not where its velocity said).
 4. Confident detections left over that score at least `new_track_score` start tracks. A new
    track gets its id at its `min_hits`-th detection in consecutive frames (before that its
    detections carry id 0; those of a stream's first frame get theirs at once, as in ByteTrack);
@@ -46,6 +51,7 @@ from models.config import ConfigError, from_dict
 METHODS = ("bytetrack-mask", "bytetrack-box", "sort")
 MASK_MOTIONS = ("shift", "none")
 _NO_MATCH = 1e6          # assignment cost of a pair below its threshold
+SHIFT_FRACTION = 0.05    # mask_motion shift: masks move when the prediction moved more than this of the box
 
 
 @dataclass
@@ -57,11 +63,11 @@ class TrackingConfig:
     method: str = "bytetrack-mask"
     """Association: `bytetrack-mask` (two stages, box and mask IoU), `bytetrack-box` (two stages,
     box IoU only) or `sort` (one stage over the confident detections, box IoU)."""
-    high_score: float = 0.6
+    high_score: float = 0.7
     """Detections scoring at least this are confident: matched first, and may start tracks."""
     low_score: float = 0.1
     """Detections in [low_score, high_score) only continue tracks (stage 2); lower ones are ignored."""
-    new_track_score: float = 0.7
+    new_track_score: float = 0.8
     """A confident detection left unmatched starts a track if it scores at least this."""
     match_threshold: float = 0.2
     """Stage 1 (and unconfirmed tracks): the least affinity (IoU-like, 0-1) of a match."""
@@ -70,14 +76,15 @@ class TrackingConfig:
     fuse_score: bool = True
     """Confident detections: weigh a pair's affinity by the detection's score (ByteTrack's fuse_score),
     so that of two similar candidates the surer one wins."""
-    mask_weight: float = 0.5
+    mask_weight: float = 0.8
     """`bytetrack-mask`: affinity = (1 - mask_weight) * box IoU + mask_weight * mask IoU where boxes overlap."""
     mask_gate: float = 0.1
     """`bytetrack-mask`: mask IoU counts for the pairs whose box IoU reaches this (overlapping boxes:
     crowds, occlusion); the others keep box IoU alone, and cost nothing more."""
     mask_motion: str = "shift"
     """`bytetrack-mask`: a track's expected mask is its last mask moved by the predicted box motion
-    (`shift`) or its last mask where it was (`none`)."""
+    (`shift`; moves under 5% of the box are left out, they change mask IoU little) or its last mask
+    where it was (`none`)."""
     max_age_s: float = 1.0
     """A track unseen for more than this many seconds ends; within it, a re-found object keeps its id."""
     min_hits: int = 2
@@ -301,7 +308,9 @@ class StreamTracker:
         if self.config.mask_motion == "none":
             return masks
         offsets = np.round(centres - self.mask_centres[tracks]).astype(np.int64)
-        moving = [k for k, m in enumerate(masks) if m is not None and offsets[k].any()]
+        # a move under SHIFT_FRACTION of the box changes mask IoU little: those masks stay as they are
+        far = (np.abs(offsets) > SHIFT_FRACTION * self.mean[tracks, 2:4]).any(axis=1)
+        moving = [k for k, m in enumerate(masks) if m is not None and far[k]]
         if moving:
             height, width = masks[moving[0]]["size"]
             moved = shift_masks(rle_runs([masks[k] for k in moving]), height, width, offsets[moving])
