@@ -170,19 +170,20 @@ def rle_runs(rles: list[dict]) -> list[np.ndarray]:
     values = np.add.reduceat((chars & 0x1F) << shift, value_start)
     negative = (chars[last_char] & 0x10) != 0
     values[negative] -= np.left_shift(1, shift[last_char][negative] + 5)
-    # values past the third are differences to the value two before: a running sum per (mask, parity)
+    # from the fourth value of a mask on, each is the difference to the value two before it: a
+    # running sum along each mask's odd values and along its even ones from the third
     per_mask = np.add.reduceat(last_char, np.concatenate([[0], np.cumsum([len(s) for s in strings])[:-1]]))
     mask_of_value = np.repeat(np.arange(len(strings)), per_mask)
     index = np.arange(values.size) - np.repeat(np.cumsum(per_mask) - per_mask, per_mask)
-    chain = np.where(index == 0, -1 - np.arange(values.size), mask_of_value * 2 + index % 2)
-    order = np.lexsort((index, chain))
-    sums = np.cumsum(values[order])
-    chain_sorted = chain[order]
-    first = np.concatenate([[True], chain_sorted[1:] != chain_sorted[:-1]])
-    starts = np.flatnonzero(first)
-    before = np.repeat(sums[starts] - values[order][starts], np.diff(np.append(starts, values.size)))
-    runs = np.empty_like(values)
-    runs[order] = sums - before
+    runs = values.copy()
+    for parity, first in ((0, 2), (1, 1)):
+        chain = np.flatnonzero((index % 2 == parity) & (index >= first))
+        if chain.size == 0:
+            continue
+        sums = np.cumsum(values[chain])
+        owner = mask_of_value[chain]
+        starts = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]]))
+        runs[chain] = sums - np.repeat(sums[starts] - values[chain[starts]], np.diff(np.append(starts, chain.size)))
     return np.split(runs, np.cumsum(per_mask)[:-1])
 
 
