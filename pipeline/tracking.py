@@ -330,22 +330,26 @@ class StreamTracker:
             variance = predicted_cov[tracks, :, 0] + (cfg.measurement_noise * self._noise_scale(predicted[tracks])) ** 2
             residual = boxes_to_state(boxes[dets])[None, :, :] - predicted[tracks, None, :4]
             affinity[np.sum(residual ** 2 / variance[:, None, :], axis=2) > cfg.motion_gate] = 0.0
-        gated = affinity >= max(cfg.mask_gate, 1e-9)
-        if cfg.method != "bytetrack-mask" or rles is None or cfg.mask_weight == 0 or not gated.any():
+        overlap = affinity >= max(cfg.mask_gate, 1e-9)
+        # masks decide where boxes leave a choice: pairs of a track with two or more detections whose
+        # boxes overlap it (or of a detection with two or more tracks); a lone pair keeps its box IoU,
+        # so a mask that changed shape since it was seen (a walker's legs, a car growing as it nears,
+        # over a gap of dropped frames) does not break a track that has no rival
+        contested = overlap & ((overlap.sum(axis=1) > 1)[:, None] | (overlap.sum(axis=0) > 1)[None, :])
+        if cfg.method != "bytetrack-mask" or rles is None or cfg.mask_weight == 0 or not contested.any():
             return affinity
-        # mask IoU only for the pairs whose boxes overlap enough to be worth it, one call per class
-        rows = np.flatnonzero(gated.any(axis=1))
+        rows = np.flatnonzero(contested.any(axis=1))
         expected = dict(zip(rows.tolist(), self._expected_masks(tracks[rows], predicted[tracks[rows], :2])))
-        for class_id in np.unique(self.class_ids[tracks[rows]]):
+        for class_id in np.unique(self.class_ids[tracks[rows]]):     # one mask IoU call per class
             r = [k for k in rows.tolist() if self.class_ids[tracks[k]] == class_id and expected[k] is not None]
-            c = np.flatnonzero(gated[r].any(axis=0)) if r else []
+            c = np.flatnonzero(contested[r].any(axis=0)) if r else []
             if len(c) == 0:
                 continue
             mask_iou = np.asarray(mask_utils.iou([expected[k] for k in r], [rles[dets[j]] for j in c],
                                                  [0] * len(c))).reshape(len(r), len(c))
             block = np.ix_(r, c)
-            affinity[block] = np.where(gated[block], (1 - cfg.mask_weight) * affinity[block]
-                                       + cfg.mask_weight * mask_iou, affinity[block])
+            mixed = (1 - cfg.mask_weight) * affinity[block] + cfg.mask_weight * mask_iou
+            affinity[block] = np.where(contested[block], mixed, affinity[block])
         return affinity
 
     @staticmethod

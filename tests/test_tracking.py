@@ -222,3 +222,23 @@ def test_config_is_validated_with_the_key_named():
         tracker = StreamTracker()
         step(tracker, [], 1.0)
         step(tracker, [], 0.5)
+
+
+def test_a_lone_track_whose_mask_changed_shape_keeps_its_id():
+    """A walker seen again after a gap with a mask of another shape (its legs swung): with no
+    rival detection near it, its box decides and it keeps its id; the mask would have broken it."""
+    def frame_mask(box, hollow):
+        m = np.zeros((H, W), np.uint8)
+        x1, y1, x2, y2 = (int(v) for v in box)
+        m[y1:y2, x1:x2] = 1
+        if hollow:
+            m[y1 + 3:y2 - 3, x1 + 3:x2 - 3] = 0
+        r = mask_utils.encode(np.asfortranarray(m))
+        return {"size": [H, W], "counts": r["counts"].decode("ascii")}
+    a = walker(50, 3.0)
+    tracker = StreamTracker(TrackingConfig(method="bytetrack-mask"))
+    ids = []
+    for f in list(range(6)) + [9, 12]:
+        box = np.array([a(f)])
+        ids += tracker.update(box, [0.9], [PERSON], [frame_mask(box[0], f >= 9)], f / FPS).track_ids.tolist()
+    assert ids == [1] * 8
