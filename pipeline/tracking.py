@@ -16,10 +16,12 @@ How a frame is associated (ByteTrack's stages, with masks where boxes overlap):
    (cx, cy, w, h) whose step is the time since the track's last update: a frame dropped in
    live mode is a longer step, not a teleport. Tracks unseen for more than `max_age_s` end first.
 2. Affinity of a track and a detection of the same class (0 across classes): box IoU of the
-   predicted box (`bytetrack-box`, `sort`); with `bytetrack-mask`, where that box IoU reaches
-   `mask_gate` (overlapping boxes: crowds, occlusion), a mix of it and the mask IoU of the
-   track's last mask (moved by the predicted motion with `mask_motion: shift`) and the
-   detection's. `motion_gate` can also rule out pairs far from the prediction (Mahalanobis).
+   predicted box (`bytetrack-box`, `sort`); with `bytetrack-mask`, for contested pairs (a track
+   with two or more detections whose box IoU with it reaches `mask_gate`, or a detection with
+   two or more such tracks: crowds, occlusion) a mix of it and the mask IoU of the track's last
+   mask (moved by the predicted motion with `mask_motion: shift`) and the detection's; a lone
+   pair keeps its box IoU, so a mask that changed shape over a gap does not break its track.
+   `motion_gate` can also rule out pairs far from the prediction (Mahalanobis).
    Each stage is an optimal assignment (`linear_sum_assignment`) of the pairs whose affinity
    (times the detection's score where `fuse_score`) reaches the stage's threshold.
 3. Stages (`sort`: the first alone, over every track): confident detections (score >=
@@ -77,10 +79,10 @@ class TrackingConfig:
     """Confident detections: weigh a pair's affinity by the detection's score (ByteTrack's fuse_score),
     so that of two similar candidates the surer one wins."""
     mask_weight: float = 0.8
-    """`bytetrack-mask`: affinity = (1 - mask_weight) * box IoU + mask_weight * mask IoU where boxes overlap."""
+    """`bytetrack-mask`: affinity of a contested pair = (1 - mask_weight) * box IoU + mask_weight * mask IoU."""
     mask_gate: float = 0.1
-    """`bytetrack-mask`: mask IoU counts for the pairs whose box IoU reaches this (overlapping boxes:
-    crowds, occlusion); the others keep box IoU alone, and cost nothing more."""
+    """`bytetrack-mask`: boxes overlapping with at least this IoU are rivals; where a track or a
+    detection has two or more, mask IoU joins box IoU for those pairs (the others keep box IoU alone)."""
     mask_motion: str = "shift"
     """`bytetrack-mask`: a track's expected mask is its last mask moved by the predicted box motion
     (`shift`; moves under 5% of the box are left out, they change mask IoU little) or its last mask

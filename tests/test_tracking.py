@@ -227,12 +227,13 @@ def test_config_is_validated_with_the_key_named():
 def test_a_lone_track_whose_mask_changed_shape_keeps_its_id():
     """A walker seen again after a gap with a mask of another shape (its legs swung): with no
     rival detection near it, its box decides and it keeps its id; the mask would have broken it."""
-    def frame_mask(box, hollow):
+    def frame_mask(box, right_half):
         m = np.zeros((H, W), np.uint8)
         x1, y1, x2, y2 = (int(v) for v in box)
-        m[y1:y2, x1:x2] = 1
-        if hollow:
-            m[y1 + 3:y2 - 3, x1 + 3:x2 - 3] = 0
+        middle = (x1 + x2) // 2
+        m[y1:y2, middle:x2] = 1
+        if not right_half:
+            m[y1:y2, x1:x2] = 1 - m[y1:y2, x1:x2]
         r = mask_utils.encode(np.asfortranarray(m))
         return {"size": [H, W], "counts": r["counts"].decode("ascii")}
     a = walker(50, 3.0)
