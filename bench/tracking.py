@@ -13,8 +13,8 @@ pts, and its output (the detections it gives a confirmed track id) is scored per
 TrackEval on masks (MOTS Challenge path; each frame's masks made non-overlapping by score) and
 on boxes (MOTChallenge 2D box path): HOTA, DetA, AssA, IDF1, MOTA, IDSW.
 
-Trackers: ours (pipeline/tracking.py; methods bytetrack-mask, the default, bytetrack-box and
-sort, default TrackingConfig otherwise) and the library's SORT, ByteTrack, OC-SORT and McByte in
+Trackers: ours (pipeline/tracking.py; methods bytetrack-box, the default, marked *,
+bytetrack-mask and sort, default TrackingConfig otherwise) and the library's SORT, ByteTrack, OC-SORT and McByte in
 box mode (no mask manager, no camera motion compensation: it would need the frames), each with
 its defaults, frame_rate 25 and a lost-track buffer of 1 s (ours: max_age_s 1). The library's
 trackers ignore classes; each runs as one tracker per class, so that they too never give a car's
@@ -92,7 +92,9 @@ def library_tracker(name: str):
 
 
 def run_conditions(sequences, class_names, model_detections, mask_classes=("car", "person")) -> dict:
-    trackers = {f"ours {m}": (lambda m=m: track_eval.our_tracker(TrackingConfig(method=m))) for m in METHODS}
+    default = TrackingConfig().method
+    trackers = {f"ours {m}{'*' if m == default else ''}": (lambda m=m: track_eval.our_tracker(TrackingConfig(method=m)))
+                for m in METHODS}
     trackers |= {f"trackers {name}": library_tracker(name) for name in ("SORT", "ByteTrack", "OC-SORT", "McByte")}
     gt_detections = track_eval.ground_truth_detections(sequences)
     out = {}
