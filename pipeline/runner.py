@@ -112,7 +112,8 @@ def connect_ray(config: PipelineConfig) -> bool:
     if ray.is_initialized():
         return False
     env = {} if config.verbose else {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    ray.init(address=config.ray_address, log_to_driver=config.verbose, include_dashboard=False,
+    # "local": a new Ray of this machine's own, not whichever cluster another program left running here.
+    ray.init(address=config.ray_address or "local", log_to_driver=config.verbose, include_dashboard=False,
              logging_level=logging.INFO if config.verbose else logging.ERROR,
              runtime_env={"env_vars": env})
     return True
