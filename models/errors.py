@@ -52,3 +52,7 @@ class ConsumerError(MaskstreamError, ValueError):
 
 class CurveKeyError(MaskstreamError, ValueError):
     """A CURVE key directory that is missing, incomplete or would be overwritten."""
+
+
+class ViewError(MaskstreamError, RuntimeError):
+    """The live view cannot start: its port is taken or the endpoint cannot be used."""

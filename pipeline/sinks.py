@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .overlay import draw_instances
+from .overlay import render_frame
 from .protocol import encode_header
 
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG"}
@@ -102,14 +102,10 @@ class OverlayVideoSink:
         if size != self._size:
             raise ValueError(f"overlay video {self._path}: frame seq {header['seq']} is "
                              f"{size[0]}x{size[1]}, the video is {self._size[0]}x{self._size[1]}")
-        if image_rgb is None:
-            canvas = np.zeros((size[1], size[0], 3), np.uint8)
-        elif image_rgb.shape != (size[1], size[0], 3):
+        if image_rgb is not None and image_rgb.shape != (size[1], size[0], 3):
             raise ValueError(f"overlay video {self._path}: frame seq {header['seq']} pixels are "
                              f"{image_rgb.shape}, its header says {size[0]}x{size[1]} RGB")
-        else:
-            canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-        self._writer.write(draw_instances(canvas, header["instances"]))
+        self._writer.write(render_frame(*size, header["instances"], image_rgb))
 
     def _open(self, size: tuple[int, int]) -> None:
         fourcc = cv2.VideoWriter_fourcc(*FOURCC_BY_SUFFIX[self._path.suffix.lower()])
