@@ -13,11 +13,14 @@ to the pipeline's endpoint throughout; the pipeline runs offline (as fast as it 
   the view draws and sends a JPEG for each frame it can.
 
 frames/s is the run's published frames over its seconds (after warm-up). Also counted: frames the
-view received of those published (its subscriber kept up), frames sent to the pages. Prints a
-table and writes bench/results/view.json. Times vary with the machine's load.
+view received of those published (its subscriber kept up), frames sent to the page (stalled: the
+most the view sent it, sampled; reading: the frames it got) and how long the page stayed open
+(the view closes a page that answers no ping for 45 s: a stalled page is let go). Prints a table
+and writes bench/results/view.json. Times vary with the machine's load.
 """
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -40,6 +43,7 @@ from pipeline.view import unpack_frame  # noqa: E402
 RESULTS = REPO / "bench" / "results" / "view.json"
 PORT = 5583
 CONDITIONS = ("none", "stalled", "reading")
+SAMPLE_S = 0.5
 WAIT_LIMIT = 1000  # polls of the view's state; a guard against a page that never opens
 SOURCE = "synthetic:seed=5,width=640,height=360,frames={frames}"
 
@@ -153,29 +157,51 @@ def start_view(endpoint: str) -> tuple[subprocess.Popen, str]:
     return process, line.split()[1]
 
 
+class ViewSampler:
+    """Samples the view's /state.json every SAMPLE_S during a run: the most frames sent to a page,
+    and how long a page stayed open (the view drops a page that answers no ping for 45 s)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.most_frames_sent = 0
+        self.page_open_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        began = time.monotonic()
+        while not self._stop.wait(SAMPLE_S):
+            viewers = view_state(self.url)["viewers"]
+            if viewers:
+                self.most_frames_sent = max([self.most_frames_sent] + [v["frames_sent"] for v in viewers])
+                self.page_open_s = time.monotonic() - began
+
+    def __enter__(self) -> "ViewSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def one_run(config, condition: str, url: str) -> dict:
     """One pipeline run with the view's page in ``condition``; its frames/s and the view's counts."""
     from pipeline.runner import run
 
-    if condition == "none":
-        summary = run(config)
-        page_frames = None
-    elif condition == "stalled":
-        with StalledViewer(url):
+    with contextlib.ExitStack() as pages:
+        if condition == "stalled":
+            pages.enter_context(StalledViewer(url))
             wait_for_viewers(url, 1)
-            summary = run(config)
-            state = view_state(url)
-        page_frames = sum(viewer["frames_sent"] for viewer in state["viewers"])
-    else:
-        with ReadingViewerProcess(url) as page:
-            summary = run(config)
-        page_frames = page.frames
+        reading = pages.enter_context(ReadingViewerProcess(url)) if condition == "reading" else None
+        sampler = pages.enter_context(ViewSampler(url))
+        summary = run(config)
     received = {s["stream"]: s["frames"] for s in view_state(url)["streams"]}
     stream = next(iter(summary.streams))
     return {"condition": condition, "fps": summary.published / summary.seconds, "published": summary.published,
             "seconds": summary.seconds, "view_received": received.get(stream, 0),
-            "page_frames": page_frames}
-
+            "page_frames": reading.frames if reading else sampler.most_frames_sent if condition == "stalled" else None,
+            "page_open_s": round(sampler.page_open_s, 1) if condition != "none" else None}
 
 def main() -> None:
     if sys.argv[1:2] == ["--read"]:
@@ -207,17 +233,19 @@ def main() -> None:
                 runs.append(one_run(config, condition, url))
                 last = runs[-1]
                 print(f"run {repeat + 1}/{args.repeats} {condition:<8} {last['fps']:6.2f} frames/s, view received "
-                      f"{last['view_received']}/{last['published']}, page frames {last['page_frames']}", flush=True)
+                      f"{last['view_received']}/{last['published']}, page frames {last['page_frames']}, "
+                      f"page open {last['page_open_s']} s", flush=True)
     finally:
         view.terminate()
         view.wait()
         ray.shutdown()
     table = summarise(runs)
-    print(f"\n{'page':<10} {'frames/s median':>16} {'min':>7} {'max':>7} {'vs none':>8} {'view received':>14} "
-          f"{'page frames':>12}")
+    print(f"\n{'page':<10} {'frames/s median':>16} {'min':>7} {'max':>7} {'vs none':>8}  {'view received':<22} "
+          f"{'frames to the page':<20} page open s")
     for condition, row in table.items():
         print(f"{condition:<10} {row['fps_median']:>16.2f} {row['fps_min']:>7.2f} {row['fps_max']:>7.2f} "
-              f"{row['ratio_to_none']:>8.3f} {row['view_received']:>14} {str(row['page_frames']):>12}")
+              f"{row['ratio_to_none']:>8.3f}  {row['view_received']:<22} {str(row['page_frames']):<20} "
+              f"{row['page_open_s']}")
     report = {"machine": {"cores": cores, "platform": platform.platform(), "load_average": os.getloadavg()},
               "model": os.path.relpath(args.model, REPO), "weights": args.weights,
               "source": SOURCE.format(frames=args.frames), "repeats": args.repeats, "conditions": table, "runs": runs}
@@ -232,9 +260,10 @@ def summarise(runs: list[dict]) -> dict:
     for condition in CONDITIONS:
         fps = [r["fps"] for r in runs if r["condition"] == condition]
         table[condition] = {"fps_median": statistics.median(fps), "fps_min": min(fps), "fps_max": max(fps),
-                            "view_received": "/".join(f"{r['view_received']}/{r['published']}" for r in runs
+                            "view_received": " ".join(f"{r['view_received']}/{r['published']}" for r in runs
                                                       if r["condition"] == condition),
-                            "page_frames": [r["page_frames"] for r in runs if r["condition"] == condition]}
+                            "page_frames": [r["page_frames"] for r in runs if r["condition"] == condition],
+                            "page_open_s": [r["page_open_s"] for r in runs if r["condition"] == condition]}
     for row in table.values():
         row["ratio_to_none"] = row["fps_median"] / table["none"]["fps_median"]
     return table

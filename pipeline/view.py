@@ -4,7 +4,8 @@
 
 then open http://127.0.0.1:8080/: one tile per stream heard, the frame with its instances drawn
 (``pipeline.overlay``: masks, boxes, labels, scores, track ids) and its figures: frames/s,
-latency (now - captured_at, and published_at - captured_at), dropped frames (the sum of
+latency (its arrival here - captured_at: clocks of two machines may differ; and published_at -
+captured_at), dropped frames (the sum of
 ``dropped_before``), instances per frame; a stream that ended says so. Until the wire carries
 frame images, the instances are drawn on a black canvas of the frame's size.
 
@@ -17,7 +18,12 @@ One job per part:
 - ``Renderer``: draws a stream's newest frame into a JPEG, on one thread, once per frame
   whatever the number of viewers, and only when a viewer is ready for it.
 - the web app (aiohttp): ``/`` the page (``view_static/``: HTML, JS, CSS, nothing fetched from
-  elsewhere), ``/ws`` a WebSocket per open page, ``/state.json`` the status and figures.
+  elsewhere), ``/ws`` a WebSocket per open page, ``/state.json`` the status and figures and,
+  per open page, the frames sent to it and the streams whose last frame it has not acknowledged.
+
+Drawing is done here, not in the page, so that ``pipeline.overlay`` (COCO RLE decoding included)
+is the one drawing code; one WebSocket per page, not an MJPEG connection per stream, because
+browsers open at most six connections per host.
 
 The WebSocket carries text messages, the state (``Board.state``) twice a second, and binary
 frame messages: a 4-byte big-endian length, that many bytes of JSON ``{"stream", "seq"}``, then
@@ -121,8 +127,8 @@ class _StreamState:
     dropped: int = 0                # sum of dropped_before
     ended_after: int | None = None  # the frame count of its EOS, once received
     last_arrival: float = 0.0       # time.monotonic()
-    window: deque = field(default_factory=lambda: deque(maxlen=WINDOW_FRAMES))  # (arrived monotonic,
-    #   latency ms, publish ms, instances) of its last frames
+    # (arrived monotonic, latency ms, publish ms, instances) of its last frames
+    window: deque = field(default_factory=lambda: deque(maxlen=WINDOW_FRAMES))
 
 
 class Board:
@@ -198,17 +204,17 @@ def _trim(window: deque, now: float) -> None:
 def _figures(stream: str, state: _StreamState, now: float) -> dict:
     """One stream's figures over its last frames (WINDOW_S, WINDOW_FRAMES)."""
     _trim(state.window, now)
-    count = len(state.window)
-    ended = state.ended_after is not None
-    span = state.window[-1][0] - state.window[0][0] if count >= 2 else 0.0
-    fps = (count - 1) / span if span > 0 and not ended else 0.0
-    mean = (lambda column: float(np.mean([entry[column] for entry in state.window]))) if count else (lambda column: None)
-    frame = state.frame
+    frame, window, ended = state.frame, state.window, state.ended_after is not None
+    span = window[-1][0] - window[0][0] if len(window) >= 2 else 0.0
+    _, latency_ms, publish_ms, instances = (np.array(column, float) for column in zip(*window)) if window else [None] * 4
     return {"stream": stream, "state": "ended" if ended else "live",
             "seq": frame.seq if frame else None, "frames": state.frames,
             "width": frame.width if frame else None, "height": frame.height if frame else None,
-            "fps": fps, "latency_ms": mean(1), "publish_latency_ms": mean(2),
-            "dropped": state.dropped, "instances": mean(3) if count else (len(frame.instances) if frame else None),
+            "fps": (len(window) - 1) / span if span > 0 and not ended else 0.0,
+            "latency_ms": float(latency_ms.mean()) if window else None,
+            "publish_latency_ms": float(publish_ms.mean()) if window else None,
+            "dropped": state.dropped,
+            "instances": float(instances.mean()) if window else (len(frame.instances) if frame else None),
             "idle_s": now - state.last_arrival if frame else None, "ended_after": state.ended_after}
 
 
