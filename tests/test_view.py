@@ -167,6 +167,8 @@ def test_page_draws_known_masks_in_their_class_colours(page):
 
 
 # -- the page during a real run ------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.usefixtures("pipeline_ray")
 def test_page_shows_every_stream_of_a_real_run_live(page):
     config = config_for("sources.uris=['a=synthetic:seed=1,width=320,height=240,fps=10,frames=100', "
                         "'b=synthetic:seed=2,width=320,height=240,fps=10,frames=30']",
