@@ -6,11 +6,11 @@ and so are the view's ZeroMQ subscriber, its web server and the command line.
 """
 import asyncio
 import importlib.util
-import json
 import os
 import queue
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -326,38 +326,47 @@ class ViewProcess:
     def __init__(self, endpoint: str, *args: str):
         self.process = subprocess.Popen([sys.executable, "-m", "pipeline.view", endpoint, "--port", "0", *args],
                                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines = queue.Queue()
-        self.errors = []  # stderr lines read so far
+        self._lines = queue.Queue()
+        self.output = {"out": [], "err": []}  # the lines read so far, per pipe
         for pipe, name in ((self.process.stdout, "out"), (self.process.stderr, "err")):
             threading.Thread(target=self._read, args=(pipe, name), daemon=True).start()
         self.url = self.wait_for("out", "view: http").split()[1]
 
+    @property
+    def errors(self) -> list[str]:
+        return self.output["err"]
+
     def _read(self, pipe, name: str) -> None:
         for line in pipe:
-            self.lines.put((name, line))
-        self.lines.put((name, None))
+            self._lines.put((name, line))
+        self._lines.put((name, None))
 
     def wait_for(self, pipe: str, text: str) -> str:
-        """The next line of ``pipe`` containing ``text`` (lines before it are kept in ``errors``)."""
+        """The first line of ``pipe`` ("out" or "err") containing ``text``, once it has come."""
         while True:
-            name, line = self.lines.get(timeout=LINE_LIMIT_S)
-            if name == "err" and line is not None:
-                self.errors.append(line)
-            if line is None and name == pipe:
-                raise AssertionError(f"the view's {pipe} ended before {text!r}: {self.errors}")
-            if name == pipe and text in line:
-                return line
+            found = [line for line in self.output[pipe] if text in line]
+            if found:
+                return found[0]
+            try:
+                name, line = self._lines.get(timeout=LINE_LIMIT_S)
+            except queue.Empty:
+                raise AssertionError(f"the view said no {text!r} in {LINE_LIMIT_S} s: {self.output}") from None
+            if line is None:
+                if name == pipe:
+                    raise AssertionError(f"the view's std{pipe} ended before {text!r}: {self.output}")
+                continue
+            self.output[name].append(line)
 
     def __enter__(self) -> "ViewProcess":
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.process.send_signal(2)  # Ctrl-C: the view stops cleanly
+        self.process.send_signal(signal.SIGINT)  # Ctrl-C: the view stops cleanly
         self.process.wait(timeout=LINE_LIMIT_S)
-        while not self.lines.empty():
-            name, line = self.lines.get()
-            if name == "err" and line is not None:
-                self.errors.append(line)
+        while not self._lines.empty():
+            name, line = self._lines.get()
+            if line is not None:
+                self.output[name].append(line)
 
 
 def test_unreachable_endpoint_is_one_line_in_the_terminal_and_on_the_page(page):
