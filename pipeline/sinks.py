@@ -24,7 +24,7 @@ import numpy as np
 
 from models.errors import SinkError
 
-from .overlay import draw_instances
+from .overlay import render_frame
 from .protocol import FrameRecord, encode_header
 
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG"}
@@ -115,14 +115,10 @@ class OverlayVideoSink:
         if size != self._size:
             raise SinkError(f"overlay video {self._path}: frame seq {record.seq} is "
                             f"{size[0]}x{size[1]}, the video is {self._size[0]}x{self._size[1]}")
-        if image_rgb is None:
-            canvas = np.zeros((size[1], size[0], 3), np.uint8)
-        elif image_rgb.shape != (size[1], size[0], 3):
+        if image_rgb is not None and image_rgb.shape != (size[1], size[0], 3):
             raise SinkError(f"overlay video {self._path}: frame seq {record.seq} pixels are "
                             f"{image_rgb.shape}, its record says {size[0]}x{size[1]} RGB")
-        else:
-            canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-        self._writer.write(draw_instances(canvas, record.instances))
+        self._writer.write(render_frame(*size, record.instances, image_rgb))
 
     def _open(self, size: tuple[int, int]) -> None:
         fourcc = cv2.VideoWriter_fourcc(*FOURCC_BY_SUFFIX[self._path.suffix.lower()])
