@@ -24,13 +24,14 @@ from pycocotools import mask as mask_utils
 
 from models.errors import ViewError
 from pipeline import keys
-from pipeline.consumer import Consumer, EndOfStream
+from pipeline.config import PublishSection
 from pipeline.overlay import MASK_OPACITY, caption, class_colour, render_frame, track_colour
+from pipeline.protocol import EndOfStream, FrameRecord, InstanceRecord
 from pipeline.publisher import Publisher
 from pipeline.view import ViewServer, check_endpoint
 from tests.pipeline_helpers import free_port
 from tests.test_pipeline_e2e import RECEIVE_LIMIT_S, BackgroundRun, config_for
-from tests.wire_helpers import WARM_UP_LIMIT, encode_rle
+from tests.wire_helpers import ANY_PORT, WARM_UP_LIMIT, Consumer, encode_rle
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -98,9 +99,10 @@ def rectangle(width: int, height: int, rows: slice, cols: slice) -> tuple[dict, 
     return encode_rle(mask), [float(cols.start), float(rows.start), float(cols.stop), float(rows.stop)]
 
 
-def instance(class_id: int, label: str, rows: slice, cols: slice, width=320, height=240, **extra) -> dict:
+def instance(class_id: int, label: str, rows: slice, cols: slice, width=320, height=240,
+             track_id: int | None = None) -> InstanceRecord:
     rle, box = rectangle(width, height, rows, cols)
-    return {"class_id": class_id, "label": label, "score": 0.9, "box": box, "mask": rle, **extra}
+    return InstanceRecord(class_id, label, 0.9, tuple(box), rle, track_id)
 
 
 def test_instances_take_their_tracks_colour_when_they_have_one():
@@ -129,9 +131,14 @@ def test_frame_image_is_drawn_under_the_masks_at_the_frames_size():
 KNOWN = [instance(1, "person", slice(60, 180), slice(40, 140)), instance(3, "car", slice(100, 220), slice(180, 300))]
 
 
-def known_record(stream: str, seq: int) -> dict:
-    return {"stream": stream, "seq": seq, "frame_index": seq, "pts": seq / 25, "captured_at": 1.7e9,
-            "width": 320, "height": 240, "dropped_before": 1, "timing_ms": {}, "instances": KNOWN}
+def known_record(stream: str, seq: int) -> FrameRecord:
+    return FrameRecord(stream, seq, seq, seq / 25, 1.7e9, None, 320, 240, dropped_before=1, timing_ms={},
+                       instances=tuple(KNOWN))
+
+
+def plain_publisher(**publish) -> Publisher:
+    """A publisher (no actor) on a free port of 127.0.0.1; ``publish``: PublishSection fields."""
+    return Publisher(PublishSection(**{"endpoint": ANY_PORT, **publish}))
 
 
 def publish_until_shown(publisher: Publisher, page, stream: str) -> int:
@@ -145,7 +152,7 @@ def publish_until_shown(publisher: Publisher, page, stream: str) -> int:
 
 
 def test_page_draws_known_masks_in_their_class_colours(page):
-    publisher = Publisher({"endpoint": "tcp://127.0.0.1:*"})
+    publisher = plain_publisher()
     try:
         with ViewServer(publisher.ready(), port=0) as view:
             page.goto(view.url)
@@ -168,7 +175,7 @@ def test_page_draws_known_masks_in_their_class_colours(page):
 
 # -- the page during a real run ------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.usefixtures("pipeline_ray")
+@pytest.mark.usefixtures("ray_cluster")
 def test_page_shows_every_stream_of_a_real_run_live(page):
     config = config_for("sources.uris=['a=synthetic:seed=1,width=320,height=240,fps=10,frames=100', "
                         "'b=synthetic:seed=2,width=320,height=240,fps=10,frames=30']",
@@ -198,9 +205,9 @@ def test_page_shows_every_stream_of_a_real_run_live(page):
     assert summary.errors == [] and names == ["a", "b"] and fps > 0
     assert badges == [f"ended after {ends['a']} frames", f"ended after {ends['b']} frames"]
     # b's last frame as the browser shows it: its instances' masks in their colours where the publisher put them
-    header = next(m.header for m in received if m.stream == "b" and getattr(m, "seq", None) == ends["b"] - 1)
-    expected = render_frame(320, 240, header["instances"])
-    inside = mask_utils.decode([inst["mask"] for inst in header["instances"]]).any(axis=2)  # (H, W)
+    last_b = next(m for m in received if m.stream == "b" and getattr(m, "seq", None) == ends["b"] - 1)
+    expected = render_frame(320, 240, last_b.instances)
+    inside = mask_utils.decode([inst.rle for inst in last_b.instances]).any(axis=2)  # (H, W)
     assert inside.sum() >= 200 and expected[inside].max(axis=1).mean() > 60  # masks there, drawn in colour
     # Thin masks, box lines and captions: compare after a blur that JPEG's and the browser's
     # resampling errors do not survive, but a missing or miscoloured mask does (its difference is ~100+).
@@ -216,15 +223,14 @@ def striped_record(stream: str, seq: int) -> dict:
         mask = np.zeros((480, 640), bool)
         mask[(index * 40):(index * 40 + 40), :] = (np.arange(640) // 3 + seq) % 2 == 0
         rle = encode_rle(mask)
-        found.append({"class_id": 1 + index % 3, "label": "person", "score": 0.5, "box": [0, index * 40, 640, index * 40 + 40],
-                      "mask": rle})
-    return {"stream": stream, "seq": seq, "frame_index": seq, "pts": seq / 25, "captured_at": 1.7e9,
-            "width": 640, "height": 480, "dropped_before": 0, "timing_ms": {}, "instances": found}
+        found.append(InstanceRecord(1 + index % 3, "person", 0.5, (0.0, index * 40.0, 640.0, index * 40.0 + 40), rle))
+    return FrameRecord(stream, seq, seq, seq / 25, 1.7e9, None, 640, 480, dropped_before=0, timing_ms={},
+                       instances=tuple(found))
 
 
 def test_a_page_that_stops_reading_holds_back_nothing():
     frames = 150
-    publisher = Publisher({"endpoint": "tcp://127.0.0.1:*"})
+    publisher = plain_publisher()
     try:
         with ViewServer(publisher.ready(), port=0) as view:
             for seq in range(WARM_UP_LIMIT):  # until the view's subscription is in place
@@ -376,7 +382,7 @@ def test_unreachable_endpoint_is_one_line_in_the_terminal_and_on_the_page(page):
         page.goto(view.url)
         page.wait_for_function("() => document.getElementById('status').textContent.includes('nothing answers')")
         status, level = page.locator("#status").inner_text(), page.locator("#status").get_attribute("data-level")
-        publisher = Publisher({"endpoint": endpoint})  # the pipeline comes up: the view connects by itself
+        publisher = plain_publisher(endpoint=endpoint)  # the pipeline comes up: the view connects by itself
         try:
             connected = view.wait_for("err", "connected to")
         finally:
@@ -405,7 +411,7 @@ def test_wrong_or_missing_curve_keys_are_one_line_in_the_terminal_and_on_the_pag
     listed = consumer_keys(tmp_path, "alice", server / "server.key", server / "clients")
     unlisted = consumer_keys(tmp_path, "mallory", server / "server.key", None)
     wrong_server = consumer_keys(tmp_path, "eve", other / "server.key", server / "clients")
-    publisher = Publisher({"endpoint": "tcp://127.0.0.1:*", "curve_keys": str(server)})
+    publisher = plain_publisher(curve_keys=str(server))
     endpoint = publisher.ready()
     cases = [((), f"{endpoint}: the publisher refused the handshake: it is encrypted (run the view with --curve-keys DIR"),
              (("--curve-keys", str(unlisted)), f"{endpoint}: the publisher refused this viewer's CURVE key"),
