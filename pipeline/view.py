@@ -6,13 +6,13 @@ then open http://127.0.0.1:8080/: one tile per stream heard, the frame with its 
 (``pipeline.overlay``: masks, boxes, labels, scores, track ids) and its figures: frames/s,
 latency (its arrival here - captured_at: clocks of two machines may differ; and published_at -
 captured_at), dropped frames (the sum of
-``dropped_before``), instances per frame; a stream that ended says so. Until the wire carries
-frame images, the instances are drawn on a black canvas of the frame's size.
+``dropped_before``), instances per frame; a stream that ended says so. The instances are drawn
+on the frame's own picture when the publisher sends images (``publish.images: jpeg``; ``maskstream
+run --view`` turns them on), else on a black canvas of the frame's size.
 
 One job per part:
 
-- ``Subscriber``: a thread that receives every stream (the consumer SDK, through the adapter
-  below) and keeps on the ``Board`` only each stream's newest frame and its figures. It never
+- ``Subscriber``: a thread that receives every stream (the consumer SDK) and keeps on the ``Board`` only each stream's newest frame and its figures. It never
   waits for a viewer. A ZeroMQ socket monitor turns connection and CURVE handshake events into
   one status line (``ConnectionWatch``), printed in the terminal and shown on the page.
 - ``Renderer``: draws a stream's newest frame into a JPEG, on one thread, once per frame
@@ -62,7 +62,7 @@ from models.errors import ProtocolError, ViewError, command
 
 from .consumer import Consumer
 from .overlay import render_frame
-from .protocol import EndOfStream, FrameRecord, InstanceRecord
+from .protocol import EndOfStream, FrameRecord
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -77,38 +77,6 @@ HEARTBEAT_S = 30.0         # a page that answers no ping for half of this is dis
 CLOSE_TIMEOUT_S = 1.0      # wait for a page's close handshake at most this long
 STOP_TIMEOUT_S = 5.0
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-# -- the consumer SDK as the view uses it: a new frame record changes only this block ---------
-class _MonitoredConsumer(Consumer):
-    """A consumer whose socket reports its connection and handshake events on ``monitor``."""
-
-    def _connect(self, curve_keys) -> None:
-        # Monitor first, so that no early event (a refused CURVE key) happens unseen.
-        self.monitor = self._socket.get_monitor_socket()
-        self.monitor.linger = 0
-        super()._connect(curve_keys)
-
-    @property
-    def socket(self) -> zmq.Socket:
-        return self._socket
-
-    def close(self) -> None:
-        if getattr(self, "monitor", None) is not None:
-            self._socket.disable_monitor()
-            self.monitor.close()
-        super().close()
-
-
-def frame_instances(frame: FrameRecord) -> tuple[InstanceRecord, ...]:
-    """The frame's instances (what ``pipeline.overlay`` draws)."""
-    return frame.instances
-
-
-def frame_image(frame: FrameRecord) -> np.ndarray | None:
-    """The frame's pixels, (h, w, 3) uint8 RGB, when its message carries them, else None."""
-    return getattr(frame, "image", None)
-# ----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -289,6 +257,20 @@ def check_endpoint(endpoint: str) -> None:
         raise ViewError(f"endpoint {endpoint}: host {host!r} not found ({error.strerror})") from None
 
 
+def connect_address(endpoint: str) -> str:
+    """Where a subscriber on this machine reaches a publisher bound at ``endpoint``: a wildcard
+    host (``*``, 0.0.0.0, ``::``) is this machine's loopback; a one-line ViewError when the port
+    is a wildcard, known only once the publisher has bound it."""
+    scheme, sep, address = endpoint.partition("://")
+    if scheme != "tcp":
+        return endpoint
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise ViewError(f"publish endpoint {endpoint}: the view needs its port number (e.g. tcp://127.0.0.1:5555)")
+    host = {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+    return f"tcp://{host}:{port}"
+
+
 class Subscriber:
     """Receives every stream of ``endpoint`` on its own thread into ``board``.
 
@@ -296,12 +278,12 @@ class Subscriber:
     ``start`` starts the thread, ``stop`` ends it and closes the socket.
     """
 
-    def __init__(self, endpoint: str, curve_keys: str | Path | None, board: Board):
+    def __init__(self, endpoint: str, curve_keys: str | Path | tuple[bytes, bytes, bytes] | None, board: Board):
         check_endpoint(endpoint)
         self.board = board
         self._watch = ConnectionWatch(endpoint, curve_keys is not None)
         try:
-            self._consumer = _MonitoredConsumer(endpoint, curve_keys=curve_keys)
+            self._consumer = Consumer(endpoint, curve_keys=curve_keys, monitor=True)
         except zmq.ZMQError as error:  # any other transport the consumer does not check
             raise ViewError(f"endpoint {endpoint}: {error.strerror}") from None
         self._stop = threading.Event()
@@ -354,7 +336,7 @@ class Subscriber:
 
 def frame_jpeg(frame: FrameRecord, quality: int = JPEG_QUALITY) -> bytes:
     """The frame with its instances drawn, as JPEG bytes."""
-    bgr = render_frame(frame.width, frame.height, frame_instances(frame), frame_image(frame))
+    bgr = render_frame(frame.width, frame.height, frame.instances, frame.image)
     ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError(f"stream {frame.stream} seq {frame.seq}: JPEG encoding failed")
@@ -516,12 +498,13 @@ class ViewServer:
             print(view.url, view.board.state())
 
     ``start`` raises a one-line MaskstreamError (ViewError, ConsumerError, CurveKeyError) for a
-    bad endpoint, key directory or a port in use. ``on_status(Status)`` hears every new status
-    line, on the subscriber's thread.
+    bad endpoint, key directory or a port in use. ``curve_keys``: a consumer key directory or
+    the keys themselves (see ``Consumer``). ``on_status(Status)`` hears every new status line,
+    on the subscriber's thread.
     """
 
     def __init__(self, endpoint: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 curve_keys: str | Path | None = None, on_status=None):
+                 curve_keys: str | Path | tuple[bytes, bytes, bytes] | None = None, on_status=None):
         self.endpoint, self.host, self.port, self.curve_keys = endpoint, host, port, curve_keys
         self.board = Board(endpoint, on_status=on_status)
         self._subscriber = self._loop = self._thread = self._runner = self._renderer = None
@@ -557,7 +540,7 @@ class ViewServer:
         except OSError as error:
             reason = os.strerror(error.errno).lower() if error.errno else str(error)
             raise ViewError(f"view address {self.host}:{self.port}: {reason}"
-                            + (" (choose another --port)" if error.errno == errno.EADDRINUSE else "")) from None
+                            + (" (choose another port)" if error.errno == errno.EADDRINUSE else "")) from None
         self.port = self._runner.addresses[0][1]
 
     def stop(self) -> None:

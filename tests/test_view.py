@@ -5,7 +5,9 @@ Publishers are real (the pipeline itself, or ``Publisher`` fed records whose mas
 and so are the view's ZeroMQ subscriber, its web server and the command line.
 """
 import asyncio
+import dataclasses
 import importlib.util
+import json
 import os
 import queue
 import re
@@ -22,16 +24,19 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from models.data.scenes import StreetScene
 from models.errors import ViewError
 from pipeline import keys
-from pipeline.config import PublishSection
+from pipeline import run as run_command
+from pipeline.config import PublishSection, load_pipeline_config
 from pipeline.overlay import MASK_OPACITY, caption, class_colour, render_frame, track_colour
 from pipeline.protocol import EndOfStream, FrameRecord, InstanceRecord
 from pipeline.publisher import Publisher
 from pipeline.view import ViewServer, check_endpoint
 from tests.pipeline_helpers import free_port
-from tests.test_pipeline_e2e import RECEIVE_LIMIT_S, BackgroundRun, config_for
+from tests.test_pipeline_e2e import RECEIVE_LIMIT_S, TINY, BackgroundRun, config_for
 from tests.wire_helpers import ANY_PORT, WARM_UP_LIMIT, Consumer, encode_rle
+from workers.frames import put_frames
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -141,10 +146,11 @@ def plain_publisher(**publish) -> Publisher:
     return Publisher(PublishSection(**{"endpoint": ANY_PORT, **publish}))
 
 
-def publish_until_shown(publisher: Publisher, page, stream: str) -> int:
-    """Publishes ``stream``'s frames until its tile shows one (ZeroMQ's slow joiner); the next seq."""
+def publish_until_shown(publisher: Publisher, page, stream: str, make_record=known_record) -> int:
+    """Publishes ``stream``'s frames (``make_record(stream, seq)``) until its tile shows one
+    (ZeroMQ's slow joiner); the next seq."""
     for seq in range(WARM_UP_LIMIT):
-        publisher.publish(known_record(stream, seq))
+        publisher.publish(make_record(stream, seq))
         page.wait_for_timeout(50)
         if page.locator(f"{tile(stream)}[data-seq]").count():
             return seq + 1
@@ -173,13 +179,56 @@ def test_page_draws_known_masks_in_their_class_colours(page):
     assert shot[200:230, 10:30].max() <= JPEG_TOLERANCE  # the black canvas outside every instance
 
 
+TOP, BOTTOM = (200, 60, 20), (20, 120, 200)  # RGB halves of the known picture
+
+
+def known_picture_record(pixels) -> callable:
+    """``known_record``s whose pixels (in the object store) are the known picture."""
+    return lambda stream, seq: dataclasses.replace(known_record(stream, seq), pixels=pixels)
+
+
+def blend(rgb: tuple[int, int, int], bgr: tuple[int, int, int]) -> np.ndarray:
+    """A mask of colour ``bgr`` drawn over a pixel of colour ``rgb``: BGR."""
+    return (np.array(rgb[::-1]) * (1 - MASK_OPACITY) + np.array(bgr) * MASK_OPACITY).astype(np.uint8)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_page_draws_the_frames_picture_under_its_masks_when_the_wire_carries_it(page):
+    """Images on the wire, downscaled to half the frame (image_max_side 160): the page shows the
+    picture back at the frame's size, the masks blended over it."""
+    picture = np.zeros((240, 320, 3), np.uint8)
+    picture[:120], picture[120:] = TOP, BOTTOM
+    make = known_picture_record(put_frames(picture[None])[0])
+    publisher = plain_publisher(images="jpeg", image_max_side=160)
+    try:
+        with ViewServer(publisher.ready(), port=0) as view:
+            page.goto(view.url)
+            last = publish_until_shown(publisher, page, "pictured", make)
+            publisher.publish(make("pictured", last))
+            publisher.end_stream("pictured", last + 1)
+            wait_shown(page, "pictured", last, "ended")
+            shot = shown_frame(page, "pictured", 320, 240)
+            sent = view.board.newest()["pictured"][1]
+    finally:
+        publisher.close()
+    assert sent.image.shape == (120, 160, 3)  # it travelled at half size
+    # Outside every instance: the picture, not the black canvas (away from the halves' border and the captions)
+    assert np.abs(shot[20:40, 160:300].astype(int) - TOP[::-1]).max() <= JPEG_TOLERANCE
+    assert np.abs(shot[200:230, 10:30].astype(int) - BOTTOM[::-1]).max() <= JPEG_TOLERANCE
+    # The person's mask spans both halves: its colour over each
+    person = class_colour(1)
+    assert np.abs(shot[85:105, 70:110].astype(int) - blend(TOP, person)).max() <= JPEG_TOLERANCE
+    assert np.abs(shot[140:170, 70:110].astype(int) - blend(BOTTOM, person)).max() <= JPEG_TOLERANCE
+    assert np.abs(shot[150:170, 230:250].astype(int) - blend(BOTTOM, class_colour(3))).max() <= JPEG_TOLERANCE
+
+
 # -- the page during a real run ------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_page_shows_every_stream_of_a_real_run_live(page):
     config = config_for("sources.uris=['a=synthetic:seed=1,width=320,height=240,fps=10,frames=100', "
                         "'b=synthetic:seed=2,width=320,height=240,fps=10,frames=30']",
-                        "sources.mode=live", "workers.count=1", "model.score_threshold=0")
+                        "sources.mode=live", "workers.count=1", "model.score_threshold=0", "publish.images=jpeg")
     endpoint = config.publish.endpoint
     with ViewServer(endpoint, port=0) as view, Consumer(endpoint, ["a", "b"], timeout=RECEIVE_LIMIT_S) as consumer:
         page.goto(view.url)
@@ -204,15 +253,26 @@ def test_page_shows_every_stream_of_a_real_run_live(page):
         shot = shown_frame(page, "b", 320, 240)
     assert summary.errors == [] and names == ["a", "b"] and fps > 0
     assert badges == [f"ended after {ends['a']} frames", f"ended after {ends['b']} frames"]
-    # b's last frame as the browser shows it: its instances' masks in their colours where the publisher put them
+    # b's last frame came with its picture: the one the source made for that frame
     last_b = next(m for m in received if m.stream == "b" and getattr(m, "seq", None) == ends["b"] - 1)
-    expected = render_frame(320, 240, last_b.instances)
+    scene = StreetScene(seed=2, width=320, height=240)
+    source_rgb, previous_rgb = (scene.frame(last_b.frame_index - back)[0] for back in (0, 1))
+    error, previous_error = (np.abs(last_b.image.astype(int) - rgb).mean() for rgb in (source_rgb, previous_rgb))
+    assert last_b.image.shape == (240, 320, 3) and error <= 5 and error < previous_error / 2  # JPEG's noise only
+    # ... and the browser shows it, its instances' masks in their colours where the publisher put them
+    expected = render_frame(320, 240, last_b.instances, source_rgb)
+    source_bgr = cv2.cvtColor(source_rgb, cv2.COLOR_RGB2BGR)
     inside = mask_utils.decode([inst.rle for inst in last_b.instances]).any(axis=2)  # (H, W)
-    assert inside.sum() >= 200 and expected[inside].max(axis=1).mean() > 60  # masks there, drawn in colour
+    drawn = np.abs(expected[inside].astype(int) - source_bgr[inside]).max(axis=1)
+    assert inside.sum() >= 200 and drawn.mean() > 30  # masks there, their colour over the picture
     # Thin masks, box lines and captions: compare after a blur that JPEG's and the browser's
     # resampling errors do not survive, but a missing or miscoloured mask does (its difference is ~100+).
     blurred_shot, blurred_expected = (cv2.GaussianBlur(image, (7, 7), 2).astype(int) for image in (shot, expected))
     assert np.median(np.abs(blurred_shot[inside] - blurred_expected[inside]).max(axis=1)) <= JPEG_TOLERANCE
+    # Where nothing is drawn (a margin off every mask, line and caption): the frame's own pixels
+    untouched = cv2.erode((expected == source_bgr).all(axis=2).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    assert untouched.sum() >= 2000 and source_bgr[untouched].max(axis=1).mean() > 40  # a picture, not black
+    assert np.median(np.abs(blurred_shot[untouched] - blurred_expected[untouched]).max(axis=1)) <= JPEG_TOLERANCE
 
 
 # -- a page that stops reading -------------------------------------------------------------------
@@ -320,18 +380,20 @@ def test_port_in_use_and_missing_keys_are_one_line(tmp_path):
         port = taken.getsockname()[1]
         result = run_view("tcp://127.0.0.1:5555", "--port", str(port))
     assert result.returncode == 2
-    assert result.stderr == f"error: view address 127.0.0.1:{port}: address already in use (choose another --port)\n"
+    assert result.stderr == f"error: view address 127.0.0.1:{port}: address already in use (choose another port)\n"
     result = run_view("tcp://127.0.0.1:5555", "--port", "0", "--curve-keys", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and result.stderr.startswith(f"error: curve keys {tmp_path / 'nowhere'}: no such directory")
     assert result.stderr.count("\n") == 1
 
 
 class ViewProcess:
-    """``python -m pipeline.view ENDPOINT --port 0 ...`` as a user runs it; its lines read as they come."""
+    """``python -m pipeline.view ENDPOINT --port 0 ...`` as a user runs it (or, given ``command``,
+    ``python COMMAND...``, which starts a view); its lines read as they come, its URL once printed."""
 
-    def __init__(self, endpoint: str, *args: str):
-        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.view", endpoint, "--port", "0", *args],
-                                        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def __init__(self, endpoint: str | None, *args: str, command: tuple[str, ...] = ()):
+        command = command or ("-m", "pipeline.view", endpoint, "--port", "0", *args)
+        self.process = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
         self._lines = queue.Queue()
         self.output = {"out": [], "err": []}  # the lines read so far, per pipe
         for pipe, name in ((self.process.stdout, "out"), (self.process.stderr, "err")):
@@ -367,7 +429,8 @@ class ViewProcess:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.process.send_signal(signal.SIGINT)  # Ctrl-C: the view stops cleanly
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # Ctrl-C: the view stops cleanly
         self.process.wait(timeout=LINE_LIMIT_S)
         while not self._lines.empty():
             name, line = self._lines.get()
@@ -432,3 +495,59 @@ def test_wrong_or_missing_curve_keys_are_one_line_in_the_terminal_and_on_the_pag
         publisher.close()
     assert status == f"{endpoint}: the publisher refused this viewer's CURVE key (ZAP status 400): " \
                      f"copy its public <name>.key into the publisher's clients/ and restart the view"
+
+
+# -- maskstream run --view -----------------------------------------------------------------------
+def test_run_view_flag_serves_the_view_with_the_frames_pictures():
+    args = run_command.parse_args(["--view"])
+    assert args.view == 8080 and load_pipeline_config(None, run_command.overrides(args)).publish.images == "jpeg"
+    assert run_command.parse_args(["--view", "0"]).view == 0 and run_command.parse_args([]).view is None
+    assert load_pipeline_config(None, run_command.overrides(run_command.parse_args([]))).publish.images == "none"
+    kept_off = run_command.parse_args(["--view", "9000", "--set", "publish.images=none"])
+    assert load_pipeline_config(None, run_command.overrides(kept_off)).publish.images == "none"
+
+
+def test_run_view_on_a_port_in_use_or_without_a_publish_port_is_one_line_before_the_run(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert run_command.main(["--view", str(port), "--publish", f"tcp://127.0.0.1:{free_port()}"]) == 2
+    assert capsys.readouterr().err == f"error: view address 127.0.0.1:{port}: address already in use (choose another port)\n"
+    assert run_command.main(["--view", "0", "--publish", "tcp://127.0.0.1:*"]) == 2
+    assert capsys.readouterr().err == ("error: publish endpoint tcp://127.0.0.1:*: the view needs its port number "
+                                       "(e.g. tcp://127.0.0.1:5555)\n")
+
+
+@pytest.mark.slow
+def test_run_with_view_prints_its_address_and_the_page_shows_the_encrypted_run(tmp_path, page):
+    """``run_pipeline.py --view 0`` with CURVE on, as a user runs it: the page connects with the
+    publisher's own key pair and shows the stream's frames, pictures and masks, as the run's own
+    files record them."""
+    server = tmp_path / "server"
+    keys.make_key_pair(server, "server")
+    consumer_keys(tmp_path, "alice", server / "server.key", server / "clients")
+    endpoint, out = f"tcp://127.0.0.1:{free_port()}", tmp_path / "out"
+    settings = [f"model.config={TINY}", "model.weights=null", "workers.cpus=1", "progress=false"]
+    command = ["run_pipeline.py", "--source", "cam=synthetic:seed=3,width=320,height=240,frames=40",
+               "--publish", endpoint, "--curve-keys", str(server), "--out", str(out), "--view", "0",
+               *(arg for setting in settings for arg in ("--set", setting))]
+    with ViewProcess(None, command=tuple(command)) as run:
+        page.goto(run.url)
+        page.wait_for_function("sel => document.querySelector(sel) !== null", arg=f"{tile('cam')}[data-seq]")
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('(CURVE)')")
+        status = page.locator("#status").inner_text()
+        run.process.wait(timeout=RECEIVE_LIMIT_S)  # the run ends; the page keeps its last frame
+    address = run.wait_for("out", "view: http")
+    assert address == f"view: {run.url} shows this run ({endpoint})\n" and run.url.startswith("http://127.0.0.1:")
+    assert run.process.returncode == 0 and not any("Traceback" in line or "view:" in line for line in run.errors)
+    assert status == f"connected to {endpoint} (CURVE)"
+    seq = int(page.locator(tile("cam")).get_attribute("data-seq"))
+    shot = shown_frame(page, "cam", 320, 240)
+    header = json.loads((out / "cam.jsonl").read_text().splitlines()[seq])
+    frame = FrameRecord.from_wire({k: v for k, v in header.items() if k != "image"})
+    assert header["seq"] == seq and header["image"] == {"format": "jpeg", "width": 320, "height": 240}
+    source_rgb = StreetScene(seed=3, width=320, height=240).frame(frame.frame_index)[0]
+    expected = render_frame(320, 240, frame.instances, source_rgb)
+    blurred_shot, blurred_expected = (cv2.GaussianBlur(image, (7, 7), 2).astype(int) for image in (shot, expected))
+    assert np.median(np.abs(blurred_shot - blurred_expected).max(axis=2)) <= JPEG_TOLERANCE  # picture and masks
