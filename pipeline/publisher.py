@@ -223,7 +223,9 @@ class Publisher:
         config = self.publish_section
         images = config.images == "jpeg"
         pixels = _pixels(record) if images or (stream.sinks is not None and stream.sinks.wants_pixels) else None
-        image = encode_jpeg(pixels, config.jpeg_quality, config.image_max_side) if images and pixels is not None else None
+        image = None
+        if images and pixels is not None:  # a record published without pixels goes without
+            image = encode_jpeg(pixels, config.jpeg_quality, config.image_max_side)
         sent = replace(record, published_at=time.time(), encoded_image=image,
                        timing_ms={**record.timing_ms, "publish": (time.perf_counter() - arrived) * 1e3})
         self._socket.send_multipart(encode_message(sent))

@@ -12,10 +12,26 @@ import jsonschema
 import numpy as np
 import pytest
 
-from models.errors import ProtocolError
+from models.errors import ProtocolError, SinkError
 from pipeline.images import EncodedImage, encode_jpeg, scaled_size
-from pipeline.protocol import FRAME_SCHEMA, EndOfStream, FrameRecord, decode_message, encode_message
-from tests.wire_helpers import HEIGHT, VALIDATORS, WIDTH, Consumer, make_record, start_publisher, stop_publisher, warm_up
+from pipeline.protocol import (
+    FRAME_SCHEMA,
+    EndOfStream,
+    FrameRecord,
+    decode_message,
+    encode_message,
+)
+from pipeline.sinks import OverlayVideoSink
+from tests.wire_helpers import (
+    HEIGHT,
+    VALIDATORS,
+    WIDTH,
+    Consumer,
+    make_record,
+    start_publisher,
+    stop_publisher,
+    warm_up,
+)
 from workers.frames import put_frames
 
 FRAMES = 4
@@ -138,3 +154,19 @@ def test_scaled_size_keeps_the_aspect_and_never_enlarges():
     assert scaled_size(720, 1280, 320) == (180, 320)
     assert scaled_size(64, 48, None) == scaled_size(64, 48, 64) == scaled_size(64, 48, 1000) == (64, 48)
     assert scaled_size(10, 1000, 7) == (1, 7)
+
+
+def test_an_overlay_video_draws_on_a_downscaled_picture_at_the_frames_size(tmp_path):
+    """What ``maskstream consume --video`` does with frames whose messages carry a smaller picture."""
+    record = make_record("cam1", 0, instances=0)
+    half = cv2.resize(picture(1), (WIDTH // 2, HEIGHT // 2), interpolation=cv2.INTER_AREA)
+    video = OverlayVideoSink(tmp_path / "cam1.avi", 25)
+    video.write(record, half)
+    with pytest.raises(SinkError, match=r"frame seq 0 pixels are \(96, 128, 3\), its record says 64x48 RGB"):
+        video.write(record, picture(1, WIDTH * 2, HEIGHT * 2))
+    video.close()
+    capture = cv2.VideoCapture(str(tmp_path / "cam1.avi"))
+    ok, bgr = capture.read()
+    capture.release()
+    assert ok and bgr.shape == (HEIGHT, WIDTH, 3)
+    assert mean_error(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), picture(1)) <= 2 * MEAN_ERROR  # MJPEG's loss too

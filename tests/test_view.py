@@ -513,7 +513,8 @@ def test_run_view_on_a_port_in_use_or_without_a_publish_port_is_one_line_before_
         taken.listen()
         port = taken.getsockname()[1]
         assert run_command.main(["--view", str(port), "--publish", f"tcp://127.0.0.1:{free_port()}"]) == 2
-    assert capsys.readouterr().err == f"error: view address 127.0.0.1:{port}: address already in use (choose another port)\n"
+    in_use = f"error: view address 127.0.0.1:{port}: address already in use (choose another port)\n"
+    assert capsys.readouterr().err == in_use
     assert run_command.main(["--view", "0", "--publish", "tcp://127.0.0.1:*"]) == 2
     assert capsys.readouterr().err == ("error: publish endpoint tcp://127.0.0.1:*: the view needs its port number "
                                        "(e.g. tcp://127.0.0.1:5555)\n")
