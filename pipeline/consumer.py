@@ -59,7 +59,7 @@ class Consumer:
             self.close()
             raise
 
-    def _connect(self, curve_keys: str | Path | None) -> None:
+    def _connect(self, curve_keys: str | Path | tuple[bytes, bytes, bytes] | None) -> None:
         if curve_keys is not None:
             public, secret, server_public = (curve_keys if isinstance(curve_keys, tuple)
                                              else load_client_keys(curve_keys))

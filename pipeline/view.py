@@ -1,20 +1,22 @@
 """The live view: every stream of a publisher in the browser, masks drawn, as it happens.
 
-    python -m pipeline.view tcp://127.0.0.1:5555 [--port 8080] [--host 127.0.0.1] [--curve-keys DIR]
+    maskstream view tcp://127.0.0.1:5555 [--port 8080] [--host 127.0.0.1] [--curve-keys DIR]
+    maskstream run --view [PORT]        # the same beside a run (pipeline.run.live_view)
 
 then open http://127.0.0.1:8080/: one tile per stream heard, the frame with its instances drawn
 (``pipeline.overlay``: masks, boxes, labels, scores, track ids) and its figures: frames/s,
 latency (its arrival here - captured_at: clocks of two machines may differ; and published_at -
-captured_at), dropped frames (the sum of
-``dropped_before``), instances per frame; a stream that ended says so. The instances are drawn
-on the frame's own picture when the publisher sends images (``publish.images: jpeg``; ``maskstream
-run --view`` turns them on), else on a black canvas of the frame's size.
+captured_at), dropped frames (the sum of ``dropped_before``), instances per frame; a stream
+that ended says so. The instances are drawn on the frame's own picture when the publisher sends
+images (``publish.images: jpeg``; ``maskstream run --view`` turns them on), else on a black
+canvas of the frame's size.
 
 One job per part:
 
-- ``Subscriber``: a thread that receives every stream (the consumer SDK) and keeps on the ``Board`` only each stream's newest frame and its figures. It never
-  waits for a viewer. A ZeroMQ socket monitor turns connection and CURVE handshake events into
-  one status line (``ConnectionWatch``), printed in the terminal and shown on the page.
+- ``Subscriber``: a thread that receives every stream (the consumer SDK) and keeps on the
+  ``Board`` only each stream's newest frame and its figures. It never waits for a viewer. A
+  ZeroMQ socket monitor (``Consumer(monitor=True)``) turns connection and CURVE handshake events
+  into one status line (``ConnectionWatch``), printed in the terminal and shown on the page.
 - ``Renderer``: draws a stream's newest frame into a JPEG, on one thread, once per frame
   whatever the number of viewers, and only when a viewer is ready for it.
 - the web app (aiohttp): ``/`` the page (``view_static/``: HTML, JS, CSS, nothing fetched from
