@@ -5,7 +5,8 @@ and a reading page open on the live view, side by side in one run.
 
 One Ray instance and one view process (``python -m pipeline.view``, as a user runs it) subscribed
 to the pipeline's endpoint throughout; the pipeline runs offline (as fast as it can) on a generated
-640x360 clip, `repeats` times per condition, the conditions interleaved:
+640x360 clip and sends each frame's picture (``publish.images: jpeg``, as ``maskstream run --view``
+does), `repeats` times per condition, the conditions interleaved:
 
 - none: the view subscribed, no page open;
 - stalled: a page that opens the WebSocket and never reads a byte (``StalledViewer``);
@@ -222,8 +223,8 @@ def main() -> None:
     config = load_pipeline_config(None, [
         f"publish.endpoint={endpoint}", "progress=false", f"sources.uris=['{SOURCE.format(frames=args.frames)}']",
         f"model.config={args.model}", f"model.weights={json.dumps(args.weights)}", "workers.count=1",
-        f"workers.cpus={cores}"])
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+        f"workers.cpus={cores}", "publish.images=jpeg"])
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
     view, url = start_view(endpoint)
     runs = []
@@ -247,8 +248,10 @@ def main() -> None:
               f"{row['ratio_to_none']:>8.3f}  {row['view_received']:<22} {str(row['page_frames']):<20} "
               f"{row['page_open_s']}")
     report = {"machine": {"cores": cores, "platform": platform.platform(), "load_average": os.getloadavg()},
-              "model": os.path.relpath(args.model, REPO), "weights": args.weights,
-              "source": SOURCE.format(frames=args.frames), "repeats": args.repeats, "conditions": table, "runs": runs}
+              "model": os.path.relpath(args.model, REPO),
+              "weights": args.weights and os.path.relpath(args.weights, REPO),
+              "source": SOURCE.format(frames=args.frames), "images": "jpeg", "repeats": args.repeats,
+              "conditions": table, "runs": runs}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"load average {os.getloadavg()[0]:.1f} on {cores} cores; wrote {RESULTS.relative_to(REPO)}")
