@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="run only these parts")
     args = parser.parse_args()
     cores = os.cpu_count()
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
     model_overrides = [f"model.config={args.model}", f"model.weights={json.dumps(args.weights)}",
                        "workers.count=1", f"workers.cpus={cores}", f"batching.max_batch={args.max_batch}"]
