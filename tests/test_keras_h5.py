@@ -278,6 +278,26 @@ def make_other_architecture(path: Path) -> Path:
     return path / "other.h5"
 
 
+def make_imagenet_resnet50(path: Path) -> Path:
+    """Keras's ImageNet ResNet-50 classifier (resnet50_weights_tf_dim_ordering_tf_kernels.h5, the file
+    matterport's code starts training from): the same backbone layer names, fc1000 instead of the heads."""
+    arch = SeedArchitecture(depth=50, num_classes=81, stem_width=8)
+    shapes = {layer: fields for layer, fields in seed_weight_shapes(arch).items()
+              if layer.startswith(("conv1", "bn", "res"))}
+    shapes["fc1000"] = {"kernel": (256, 1000), "bias": (1000,)}
+    write_keras2_h5(path / "resnet50_weights_tf_dim_ordering_tf_kernels.h5", keras2_groups(shapes))
+    return path / "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+
+
+def make_mis_shaped(path: Path) -> Path:
+    """The seed's graph with a mask head of 28 classes beside a box head of 81."""
+    shapes = seed_weight_shapes(SeedArchitecture(depth=50, num_classes=81, stem_width=8, fpn_channels=8,
+                                                 rpn_channels=8, fc_dim=8, mask_channels=8))
+    shapes["mrcnn_mask"] = {"kernel": (1, 1, 8, 28), "bias": (28,)}
+    write_keras2_h5(path / "mixed.h5", keras2_groups(shapes))
+    return path / "mixed.h5"
+
+
 def make_config_only(path: Path) -> Path:
     make_without_weights(path / "model_only.h5")
     return path / "model_only.h5"
@@ -288,6 +308,9 @@ def make_config_only(path: Path) -> Path:
     (make_genuine_keras3, "a Keras 3 weights file (layers/.../vars layout)"),
     (make_tensorflow_checkpoint, "a TensorFlow checkpoint (model.ckpt.index + .data-*)"),
     (make_other_architecture, "no mrcnn_mask_deconv/kernel: not a Mask R-CNN of the seed's (matterport's) graph"),
+    (make_imagenet_resnet50, "no rpn_class_raw/kernel: not a Mask R-CNN of the seed's (matterport's) graph"),
+    (make_mis_shaped, "mrcnn_mask/kernel has shape (1, 1, 8, 28), the seed's ResNet-50 graph with 81 classes "
+                      "needs (1, 1, 8, 81)"),
 ])
 def test_convert_keras_bad_input_is_one_line(tmp_path, capsys, make, problem):
     src = make(tmp_path)
