@@ -19,7 +19,9 @@ and their ratios):
                 (--seed-weights: `python bench/seed_reference.py --preset full` writes out/seed_reference_r101_1024.h5),
                 the same stills; one call of each in turn, each as its user runs it: the seed's detect (mold_inputs
                 with scikit-image, get_anchors, model.predict, unmold_detections with full masks) and
-                predict(masks="full");
+                predict(masks="full"); with --bf16 also ours in precision bfloat16 (not the seed's numbers any more);
+  seed_stages   where each side of `seed` spends its time: both graphs cut after each stage (backbone and FPN, RPN
+                head, proposals, heads), on one molded frame, --rounds rounds; CPU seconds per stage;
   v2            configs/coco_r50_fpn_v2.yaml against torchvision's maskrcnn_resnet50_fpn_v2 (bench/torchvision_speed.py
                 v2_r50_fpn_800 in a subprocess), the weights of tests/data/tv_reference_v2_320.npz at 800/1333, 100
                 detections kept, full-frame masks on both sides; --rounds rounds of --frames calls each, the
@@ -32,6 +34,7 @@ Prints a table and writes bench/results/model.json; the README quotes it.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -115,14 +118,15 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--skip-torchvision", action="store_true", help="reuse bench/results/torchvision_speed.json")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "model.json")
-    parser.add_argument("--bf16", action="store_true", help="also run r50_fpn_800 with precision: bfloat16")
+    parser.add_argument("--bf16", action="store_true", help="also run r50_fpn_800 (and, with --compare seed, the seed "
+                        "configuration) with precision: bfloat16")
     parser.add_argument("--only", nargs="+", help="run only these configurations (implies --skip-torchvision) and "
                         "keep the other rows of --json")
     parser.add_argument("--compare", nargs="+", choices=sorted(COMPARISONS),
                         help="run only these side-by-side comparisons (see above)")
     parser.add_argument("--seed-weights", type=Path, default=ROOT / "out" / "seed_reference_r101_1024.h5",
                         help="--compare seed: the seed's .h5 (default: what seed_reference.py --preset full writes)")
-    parser.add_argument("--rounds", type=int, default=3, help="--compare v2: rounds per side")
+    parser.add_argument("--rounds", type=int, default=3, help="--compare v2 and seed_stages: rounds per side")
     args = parser.parse_args(argv)
     if args.only:
         args.skip_torchvision = True
@@ -170,8 +174,9 @@ def main(argv=None) -> None:
     args.json.write_text(json.dumps(report, indent=2))
 
 
-def compare_seed(args) -> dict:
-    """configs/seed_*.yaml against the seed's own graph under tf-keras, one call of each in turn (batch 1)."""
+def seed_sides(args):
+    """Both sides of the seed comparison from --seed-weights: (our MaskRCNN of configs/seed_*.yaml, the
+    bench/seed_reference module, its SeedConfig at batch 1, the seed's predict graph with the .h5 loaded)."""
     if not args.seed_weights.is_file():
         raise SystemExit(f"{args.seed_weights}: no such file; `python bench/seed_reference.py --preset full` writes "
                          "the seed's ResNet-101 .h5 (or give --seed-weights)")
@@ -181,7 +186,6 @@ def compare_seed(args) -> dict:
     from models.tools.seed_weights import convert_seed_h5
 
     config, params = convert_seed_h5(args.seed_weights)
-    ours = MaskRCNN(config, params)
     seed_config = seed.SeedConfig(
         IMAGES_PER_GPU=1, BACKBONE=f"resnet{config.backbone.depth}", WIDTH_MULTIPLIER=config.backbone.width / 64,
         TOP_DOWN_PYRAMID_SIZE=config.fpn.channels, FPN_CLASSIF_FC_LAYERS_SIZE=config.box_head.fc_dim,
@@ -189,6 +193,16 @@ def compare_seed(args) -> dict:
         DETECTION_MIN_CONFIDENCE=config.box_head.score_threshold)
     graph = seed.get_predict_model(seed_config)
     graph.load_weights(str(args.seed_weights), by_name=True)
+    return MaskRCNN(config, params), seed, seed_config, graph
+
+
+def compare_seed(args) -> dict:
+    """configs/seed_*.yaml against the seed's own graph under tf-keras, one call of each in turn (batch 1);
+    with --bf16 also ours in precision bfloat16 (the same weights: faster, no longer exactly the seed's)."""
+    from models.mask_rcnn import MaskRCNN
+
+    ours, seed, seed_config, graph = seed_sides(args)
+    config = ours.config
     stages = {"mold": [], "predict": [], "unmold": []}
 
     def seed_detect(frame: np.ndarray) -> int:
@@ -205,11 +219,15 @@ def compare_seed(args) -> dict:
             stages[stage].append(seconds)
         return len(result["scores"])
 
-    def ours_detect(frame: np.ndarray) -> int:
-        return len(ours.predict([frame], masks="full")[0])
+    def detector(model):
+        return lambda frame: len(model.predict([frame], masks="full")[0])
 
     frames = stills()
-    sides = {"ours": ours_detect, "seed_graph": seed_detect}
+    sides = {"ours": detector(ours), "seed_graph": seed_detect}
+    if args.bf16:
+        config16 = copy.deepcopy(config)
+        config16.precision = "bfloat16"
+        sides["ours_bfloat16"] = detector(MaskRCNN(config16, {n: v.numpy() for n, v in ours.params.items()}))
     for detect in sides.values():
         detect(frames[0])                                    # warm-up: tracing, not timed
     for stage in stages.values():
@@ -227,10 +245,83 @@ def compare_seed(args) -> dict:
     result["seed_graph"]["stage_seconds_per_frame"] = {k: statistics.median(v) for k, v in stages.items()}
     result["ratio"] = result["ours"]["fps"] / result["seed_graph"]["fps"]
     result["cpu_ratio"] = result["seed_graph"]["cpu_seconds_per_frame"] / result["ours"]["cpu_seconds_per_frame"]
+    if "ours_bfloat16" in result:
+        result["bfloat16_ratio"] = result["ours_bfloat16"]["fps"] / result["seed_graph"]["fps"]
+        result["bfloat16_cpu_ratio"] = (result["seed_graph"]["cpu_seconds_per_frame"]
+                                        / result["ours_bfloat16"]["cpu_seconds_per_frame"])
+        result["bfloat16_detections"] = detections["ours_bfloat16"]
+        result["float32_detections"] = detections["ours"]
     result["weights"] = str(args.seed_weights)
     result["model"] = (f"{config.name} ResNet-{config.backbone.depth} width {config.backbone.width} at "
                        f"{config.input.max_size}, against the seed's graph")
     result["frame"] = list(frames[0].shape[:2])
+    return result
+
+
+def compare_seed_stages(args) -> dict:
+    """Where the time of each side of `compare_seed` goes: the graph cut after each stage, on the same molded
+    frame (highway_1), the cuts called in turn round by round (--rounds); the median CPU and wall seconds of
+    each cut, and each stage's as the difference of consecutive cuts. The seed's cuts are Keras models on its
+    layers' outputs (fpn_p2..fpn_p6, rpn_class + rpn_bbox, ROI, mrcnn_detection), called with predict_on_batch;
+    ours are tf.functions of the same stage functions the graph runs (pyramid, rpn_head,
+    features_and_proposals). Our heads (box head, detection, mask head on the valid detections) are one
+    stage; the seed's are split: box head and detection layer, then the mask head on all
+    DETECTION_MAX_INSTANCES slots."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from models import preprocess
+    from models.mask_rcnn import logits_per_anchor, pyramid
+    from models.rpn import rpn_head
+
+    ours, seed, seed_config, graph = seed_sides(args)
+    cfg = ours.config
+    frame = stills()[0]
+    (_, inputs, _), = list(ours._graph_calls([frame]))
+    molded, windows = [tf.constant(x) for x in inputs]
+
+    def features(images):
+        return pyramid(ours.params, preprocess.normalize(images, cfg.input.mean, cfg.input.std,
+                                                         cfg.input.pixel_scale), cfg)
+    ours_cuts = {"backbone_fpn": tf.function(features),
+                 "rpn_head": tf.function(lambda x: rpn_head(ours.params, features(x), cfg.rpn.conv_depth,
+                                                            logits_per_anchor(cfg))),
+                 "proposals": tf.function(lambda x: ours.features_and_proposals(x).proposals),
+                 "heads": lambda x: ours.graph_for(*x.shape[1:3])(x, windows)}
+    molded_seed, metas, _, _ = seed.mold_inputs(seed_config, [frame])
+    anchors = seed.get_anchors(seed_config, molded_seed[0].shape)
+    seed_inputs = [molded_seed, metas, np.broadcast_to(anchors, (1,) + anchors.shape)]
+
+    def cut(*names):
+        return keras.Model(graph.inputs, [graph.get_layer(n).output for n in names]).predict_on_batch
+    seed_cuts = {"backbone_fpn": cut("fpn_p2", "fpn_p3", "fpn_p4", "fpn_p5", "fpn_p6"),
+                 "rpn_head": cut("rpn_class", "rpn_bbox"), "proposals": cut("ROI"),
+                 "box_head_detection": cut("mrcnn_detection"), "mask_head": graph.predict_on_batch}
+    calls = [(("ours", name), lambda f=f: f(molded)) for name, f in ours_cuts.items()]
+    calls += [(("seed_graph", name), lambda f=f: f(seed_inputs)) for name, f in seed_cuts.items()]
+    for _, call in calls:
+        call()                                               # warm-up: tracing, not timed
+    wall = {key: [] for key, _ in calls}
+    cpu = {key: [] for key, _ in calls}
+    for _ in range(args.rounds):
+        for key, call in calls:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            call()
+            wall[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - cpu_start)
+    result = {}
+    for side in ("ours", "seed_graph"):
+        names = [name for s, name in wall if s == side]
+        cum_cpu = [statistics.median(cpu[side, n]) for n in names]
+        cum_wall = [statistics.median(wall[side, n]) for n in names]
+        result[side] = {
+            "cumulative_cpu_seconds": dict(zip(names, cum_cpu)), "cumulative_seconds": dict(zip(names, cum_wall)),
+            "stage_cpu_seconds": {n: c - p for n, c, p in zip(names, cum_cpu, [0.0] + cum_cpu[:-1])}}
+    result["cpu_ratio"] = (result["seed_graph"]["cumulative_cpu_seconds"]["mask_head"]
+                           / result["ours"]["cumulative_cpu_seconds"]["heads"])
+    result["rounds"] = args.rounds
+    result["frame"] = list(frame.shape[:2])
+    result["model"] = f"{cfg.name} ResNet-{cfg.backbone.depth} at {cfg.input.max_size}: each side's graph cut after each stage"
     return result
 
 
@@ -273,7 +364,7 @@ def side_summary(seconds: list[float], cpu_seconds: list[float], detections: lis
             "min_detections_per_frame": min(detections)}
 
 
-COMPARISONS = {"seed": compare_seed, "v2": compare_v2}
+COMPARISONS = {"seed": compare_seed, "seed_stages": compare_seed_stages, "v2": compare_v2}
 
 
 def run_comparisons(args) -> None:
@@ -284,6 +375,12 @@ def run_comparisons(args) -> None:
         report[name] = {**COMPARISONS[name](args), "load_average": [before, os.getloadavg()[0]], "batch": 1}
         r = report[name]
         other = "seed_graph" if "seed_graph" in r else "torchvision"
+        if "stage_cpu_seconds" in r["ours"]:
+            for side in ("ours", other):
+                print(f"{name} {side}: CPU seconds per stage " + ", ".join(
+                    f"{stage} {seconds:.2f}" for stage, seconds in r[side]["stage_cpu_seconds"].items()), flush=True)
+            print(f"{name}: whole graph in CPU seconds, {other} / ours {r['cpu_ratio']:.2f}", flush=True)
+            continue
         print(f"{name} ({r['model']}): ours {r['ours']['fps']:.3f} fps, {other} {r[other]['fps']:.3f} fps, ratio "
               f"{r['ratio']:.2f}, in CPU seconds {r['cpu_ratio']:.2f} (load {before:.1f} -> {os.getloadavg()[0]:.1f})",
               flush=True)

@@ -32,7 +32,11 @@ import numpy as np  # noqa: E402
 import models  # noqa: E402
 from models.mask_rcnn import MaskRCNN  # noqa: E402
 from models.tools.convert import convert_state_dict  # noqa: E402
-from models.tools.parity import compare_reference, read_reference_frames  # noqa: E402
+from models.tools.parity import (  # noqa: E402
+    LARGE_MASK_PIXELS,
+    compare_reference,
+    read_reference_frames,
+)
 from models.tools.torchvision_weights import reference_state_dict  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -72,8 +76,20 @@ def report(model: MaskRCNN, path: Path) -> dict:
             "min_mask_iou": min(ious), "mean_mask_iou": float(np.mean(ious)), "non_empty_masks": len(ious),
             "differing_mask_pixels": sum(m.differing for m in parity.masks),
             "mask_failures": parity.mask_failures(), "paste_flips": len(parity.paste_flips()),
-            "rounding_flips": len(parity.rounding_flips)}
+            "rounding_flips": len(parity.rounding_flips), "lowest_iou_mask": lowest_iou_mask(parity)}
     return result
+
+
+def lowest_iou_mask(parity) -> dict:
+    """The matched pair with the lowest mask IoU: its union in pixels (under LARGE_MASK_PIXELS the comparison
+    counts differing pixels instead), the pixels that differ, and whether it is a paste flip (agrees pasted into
+    the reference's box) or a rounding flip (a box rounded to the other whole pixel)."""
+    k = min((k for k, m in enumerate(parity.masks) if m.union), key=lambda k: parity.masks[k].iou)
+    i, m = parity.pairs[k][0], parity.masks[k]
+    return {"iou": m.iou, "union_pixels": m.union, "differing_pixels": m.differing, "compared_by_iou":
+            m.union >= LARGE_MASK_PIXELS, "paste_flip": i in parity.paste_flips(),
+            "rounding_flip": i in parity.rounding_flips,
+            "iou_in_reference_box": None if m.in_reference_box is None else m.in_reference_box.iou}
 
 
 def print_table(results: dict) -> None:
