@@ -18,6 +18,17 @@ around it, on Ray refs:
   its batches, which go back to the head of the queue for another worker, and is probed before
   reuse. Both count as re-runs in the summary. The publisher drops a seq it has already sent,
   so every frame is published exactly once.
+- An ingest actor that dies is restarted by Ray (`sources.max_restarts`) and told to resume at
+  the first frame not accepted; the frames already accepted are safe, since their pixels are
+  take()'s return values, owned here. Once its restarts are used up its stream ends (EOS, reason
+  `error`).
+- The publisher's answers say which seqs are out; a record is kept here until they do. When the
+  publisher dies, Ray restarts it (`publish.max_restarts`), it is told where each stream stands
+  (`resume`), and every record it had not confirmed is sent again (a consumer drops the frames it
+  already has). Offline, a publisher waiting for a slow subscriber holds its answers back, and
+  the loop stops taking frames once PUBLISH_BACKLOG calls wait: back-pressure reaches the readers.
+- Each stream's EOS says why it ended: `end`, `stopped` (the run was stopped) or `error` (its
+  source failed, or its ingest died for good), with the problem in one line.
 """
 from __future__ import annotations
 
@@ -34,7 +45,7 @@ from workers.inference import BatchResult
 
 from .batching import Accepted, DynamicBatcher
 from .config import BatchingSection
-from .ingest import Taken
+from .ingest import Taken, with_pixels
 from .metrics import RunStats
 
 log = logging.getLogger(__name__)
@@ -63,6 +74,16 @@ class StreamState:
     reading: bool = True           # more frames may come from the ingest
     ended: bool = False            # end_stream sent
     error: str | None = None
+    fps: float | None = None       # the source's frame rate (a restarted publisher reopens its files with it)
+    next_index: int = 0            # the first frame index not accepted: where a restarted ingest resumes
+    read: int = 0                  # frames read as seen here: accepted, and dropped before them
+    dropped: int = 0
+    last_captured_at: float | None = None
+    restarts: int = 0              # of its ingest actor
+    unconfirmed: dict = field(default_factory=dict)  # seq -> FrameRecord handed to the publisher, not yet sent
+    confirmed: int = 0             # the first seq the publisher has not said it sent
+    eos: tuple | None = None       # the end_stream arguments (frames, reason, error), once called
+    eos_confirmed: bool = False
 
 
 @dataclass
@@ -83,6 +104,7 @@ class _Pending:
     frames: list[Accepted] = field(default_factory=list)
     requested: int = 0
     pid: int | None = None         # batch: the worker's process when the batch was sent
+    pixels: object = None          # take: the ObjectRef of the frames' pixels (take's second answer)
 
 
 class Scheduler:
@@ -95,9 +117,14 @@ class Scheduler:
 
     def __init__(self, streams: dict[str, object], workers: dict[str, object], placement: list[dict],
                  publisher, batching: BatchingSection, *, live: bool, live_queue: int, overlay: bool,
-                 stats: RunStats):
+                 stats: RunStats, stream_fps: dict[str, float] | None = None, endpoint: str | None = None,
+                 ingest_restarts: int = 0, publisher_restarts: int = 0):
+        """`stream_fps`: each source's frame rate; `endpoint`: the one the publisher bound;
+        `ingest_restarts`, `publisher_restarts`: how often Ray restarts those actors (see the
+        module docstring)."""
         pids = {answer["name"]: answer["pid"] for answer in placement}
-        self.streams = {sid: StreamState(sid, handle) for sid, handle in streams.items()}
+        self.streams = {sid: StreamState(sid, handle, fps=(stream_fps or {}).get(sid))
+                        for sid, handle in streams.items()}
         self.workers = [WorkerState(handle, name, pids[name]) for name, handle in workers.items()]
         self.publisher = publisher
         self.live = live
@@ -111,9 +138,15 @@ class Scheduler:
         self.overlay = overlay
         self.stats = stats
         self._pending: dict[object, _Pending] = {}
-        self._publishing: list = []
+        self._publishing: list = []    # (ref, epoch) of publisher calls not answered yet, oldest first
         self._in_flight = 0            # accepted, not yet published
         self._stopping = False
+        self.endpoint = endpoint
+        self.ingest_restarts = ingest_restarts
+        self.publisher_restarts = publisher_restarts
+        self._publisher_epoch = 0      # one more at each publisher restart: older calls' failures are known
+        self._publisher_incarnation = None
+        self.peak_unsent = 0           # most frames accepted and not yet sent by the publisher, at any time
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -136,7 +169,9 @@ class Scheduler:
             ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=self._wait_timeout())
             for ref in ready:
                 self._handle(ref, self._pending.pop(ref))
-        self._wait_for_publisher(len(self._publishing))
+            self._collect_publisher()
+        while self._publishing:
+            self._collect_publisher(len(self._publishing))
 
     def _wait_timeout(self) -> float:
         """Wake for the batcher's deadline if a worker could take the batch (else only a result
@@ -167,21 +202,26 @@ class Scheduler:
             else:
                 wanted = min(self.take_size, self.max_in_flight - self._in_flight - requested)
             if wanted > 0:
-                ref = stream.ingest.take.remote(wanted, TAKE_TIMEOUT_S, self.take_fill_s)
-                self._pending[ref] = _Pending("take", stream=stream, requested=wanted)
+                ref, pixels = stream.ingest.take.remote(wanted, TAKE_TIMEOUT_S, self.take_fill_s)
+                self._pending[ref] = _Pending("take", stream=stream, requested=wanted, pixels=pixels)
                 requested += wanted
 
-    def _accept(self, stream: StreamState, taken: Taken) -> None:
+    def _accept(self, stream: StreamState, taken: Taken, pixels) -> None:
         for event in taken.events:
             log.warning("%s", event)
         if self._stopping:
             return  # frames read after the stop are not published; they get no seq
         now = time.monotonic()
-        for frame in taken.frames:
+        for frame in with_pixels(taken, pixels):
             self.batcher.add(Accepted(replace(frame, seq=stream.next_seq), now))
             stream.next_seq += 1
+            stream.next_index = frame.frame_index + 1
+            stream.read += 1 + frame.dropped_before
+            stream.dropped += frame.dropped_before
+            stream.last_captured_at = frame.captured_at
             self._in_flight += 1
             self.stats.accepted(stream.stream_id, frame.dropped_before)
+        self.peak_unsent = max(self.peak_unsent, sum(s.next_seq - s.confirmed for s in self.streams.values()))
         if taken.done:
             stream.reading = False
             stream.error = taken.error
@@ -209,11 +249,13 @@ class Scheduler:
     def _handle(self, ref, pending: _Pending) -> None:
         if pending.kind == "take":
             try:
-                self._accept(pending.stream, ray.get(ref))
+                taken = ray.get(ref)
             except RayActorError:
-                pending.stream.reading = False
-                pending.stream.error = f"{pending.stream.stream_id}: its ingest actor died"
-                log.error("%s", pending.stream.error)
+                self._ingest_lost(pending.stream)
+            else:
+                self._accept(pending.stream, taken, pending.pixels)
+        elif pending.kind == "resume":
+            self._ingest_resumed(pending.stream, ref)
         elif pending.kind == "batch":
             pending.worker.batches -= 1
             try:
@@ -228,7 +270,8 @@ class Scheduler:
         else:
             pending.worker.probing = False
             try:
-                ray.get(ref)
+                pending.worker.pid = ray.get(ref)["pid"]
+                self.stats.restart("worker")
                 log.warning("%s: restarted, back in service", pending.worker.name)
             except RayActorError:
                 pending.worker.alive = False
@@ -260,6 +303,35 @@ class Scheduler:
             log.warning("%s: restarted (pid %d, was %d); its batches re-ran there",
                         pending.worker.name, result.pid, pending.worker.pid)
             pending.worker.pid = result.pid
+            self.stats.restart("worker")
+
+    # -- ingest restarts --------------------------------------------------------------------
+
+    def _ingest_lost(self, stream: StreamState) -> None:
+        """Its ingest actor died: have the restarted one resume, or end the stream with the error."""
+        stream.restarts += 1
+        if self._stopping or stream.restarts > self.ingest_restarts:
+            stream.reading = False
+            stream.error = (f"{stream.stream_id}: its ingest actor died"
+                            + (f" ({stream.restarts - 1} restart(s) used up)" if self.ingest_restarts else ""))
+            log.error("%s", stream.error)
+            return
+        self.stats.restart("ingest")
+        log.warning("%s: its ingest actor died; restarting it at frame %d", stream.stream_id, stream.next_index)
+        ref = stream.ingest.resume.remote(stream.next_index, {"read": stream.read, "dropped": stream.dropped},
+                                          stream.last_captured_at)
+        self._pending[ref] = _Pending("resume", stream=stream)
+
+    def _ingest_resumed(self, stream: StreamState, ref) -> None:
+        try:
+            opened = ray.get(ref)
+        except RayActorError:
+            self._ingest_lost(stream)
+            return
+        if opened.error:
+            stream.reading = False
+            stream.error = opened.error
+            log.error("%s", stream.error)
 
     # -- results out ------------------------------------------------------------------------
 
@@ -270,26 +342,92 @@ class Scheduler:
                              instances=instances,
                              pixels=item.record.pixels if self.overlay else None)  # only the overlay draws on them
             records.append(record)
-            self.streams[record.stream].published += 1
+            stream = self.streams[record.stream]
+            stream.published += 1
+            stream.unconfirmed[record.seq] = record
             self._in_flight -= 1
             self.stats.published(record)
-        self._publishing.append(self.publisher.publish_many.remote(records))  # one call per batch
-        if len(self._publishing) > PUBLISH_BACKLOG:
-            # Keeps memory bounded if the publisher falls behind.
-            self._wait_for_publisher(len(self._publishing) // 2)
+        self._call_publisher("publish_many", records)  # one call per batch
+        # Keeps memory bounded if the publisher falls behind (offline: a slow subscriber).
+        self._collect_publisher(len(self._publishing) - PUBLISH_BACKLOG)
 
-    def _wait_for_publisher(self, calls: int) -> None:
-        """Wait for the oldest `calls` publisher calls; a publisher error stops the run in one line."""
+    def _call_publisher(self, method: str, *args) -> None:
+        self._publishing.append((getattr(self.publisher, method).remote(*args), self._publisher_epoch))
+
+    def _collect_publisher(self, wait_for: int = 0) -> None:
+        """Take in the publisher's answers that are there, waiting for the oldest `wait_for`."""
+        while self._publishing:
+            ref, epoch = self._publishing[0]
+            if wait_for <= 0 and not ray.wait([ref], timeout=0)[0]:
+                return
+            del self._publishing[0]
+            wait_for -= 1
+            try:
+                progress = ray.get(ref)
+            except RayActorError:
+                if epoch == self._publisher_epoch:
+                    self._recover_publisher()
+                continue
+            except RayTaskError as error:
+                raise PipelineError(f"publisher: {error_line(error)}") from None
+            self._apply_progress(progress)
+            restarted = progress["incarnation"] != self._publisher_incarnation or not progress["resumed"]
+            if epoch == self._publisher_epoch and self._publisher_incarnation is not None and restarted:
+                self._recover_publisher()  # it died between two calls: this one ran on its successor
+
+    def _apply_progress(self, progress: dict) -> None:
+        """What the publisher says is out: forget those records; log its notices."""
+        if self._publisher_incarnation is None:
+            self._publisher_incarnation = progress["incarnation"]
+        for stream_id, sent in progress["sent"].items():
+            stream = self.streams.get(stream_id)
+            if stream is None or sent <= stream.confirmed:
+                continue
+            for seq in range(stream.confirmed, sent):
+                stream.unconfirmed.pop(seq, None)
+            stream.confirmed = sent
+        for stream_id in progress["ended"]:
+            if stream_id in self.streams:
+                self.streams[stream_id].eos_confirmed = True
+        for event in progress["events"]:
+            log.warning("%s", event)
+        self.stats.delivery(progress["delivery"])
+        unsent = sum(s.next_seq - s.confirmed for s in self.streams.values())
+        self.peak_unsent = max(self.peak_unsent, unsent)
+
+    def _recover_publisher(self) -> None:
+        """The publisher died: have its restarted self resume where each stream stands, and send
+        it again every record and end it had not confirmed."""
+        self._publisher_epoch += 1
+        self.stats.restart("publisher")
+        if self._publisher_epoch > self.publisher_restarts:
+            raise PipelineError(f"the publisher died {self._publisher_epoch} time(s); "
+                                f"{self.publisher_restarts} restart(s) allowed (publish.max_restarts)")
+        log.warning("publisher: died; restarting it and sending again what it had not confirmed sent")
+        state = {sid: {"fps": s.fps, "next_seq": s.confirmed, "ended": s.eos_confirmed}
+                 for sid, s in self.streams.items()}
         try:
-            ray.get(self._publishing[:calls])
+            progress = ray.get(self.publisher.resume.remote(self.endpoint, state))
+        except RayActorError:
+            self._recover_publisher()  # died again
+            return
         except RayTaskError as error:
             raise PipelineError(f"publisher: {error_line(error)}") from None
-        del self._publishing[:calls]
+        self._publisher_incarnation = progress["incarnation"]
+        self._apply_progress(progress)
+        for stream in self.streams.values():
+            records = [stream.unconfirmed[seq] for seq in sorted(stream.unconfirmed)]
+            for start in range(0, len(records), self.batcher.max_batch):
+                self._call_publisher("publish_many", records[start:start + self.batcher.max_batch])
+            if stream.eos is not None and not stream.eos_confirmed:
+                self._call_publisher("end_stream", stream.stream_id, *stream.eos)
 
     def _end_finished_streams(self) -> None:
         for stream in self.streams.values():
             if not stream.ended and not stream.reading and stream.published == stream.next_seq \
                     and not any(p.stream is stream for p in self._pending.values()):
-                self._publishing.append(self.publisher.end_stream.remote(stream.stream_id, stream.next_seq))
+                reason = "error" if stream.error else "stopped" if self._stopping else "end"
+                stream.eos = (stream.next_seq, reason, stream.error)
+                self._call_publisher("end_stream", stream.stream_id, *stream.eos)
                 stream.ended = True
                 self.stats.ended(stream.stream_id, stream.next_seq)

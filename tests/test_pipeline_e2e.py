@@ -81,10 +81,10 @@ def receive(consumer) -> dict[str, list]:
     return by_stream
 
 
-def assert_complete_in_order(messages: list, frames: int):
-    """Seqs 0..frames-1 exactly once and in order, then EOS counting them."""
+def assert_complete_in_order(messages: list, frames: int, reason: str = "end"):
+    """Seqs 0..frames-1 exactly once and in order, then EOS counting them and saying why it ended."""
     *published, eos = messages
-    assert eos == EndOfStream(published[0].stream, frames)
+    assert eos == EndOfStream(published[0].stream, frames, reason)
     assert [m.seq for m in published] == list(range(frames))
 
 
@@ -211,7 +211,7 @@ def test_network_camera_read_live_and_resumed_after_its_server_restarts():
     finally:
         camera.stop()
     frames = before + [after] + rest[:-1]
-    assert rest[-1] == EndOfStream("door", frames[-1].seq + 1)
+    assert rest[-1] == EndOfStream("door", frames[-1].seq + 1, "stopped")
     assert [f.seq for f in frames] == sorted(set(f.seq for f in frames))
     assert after.frame_index > before[-1].frame_index and (after.width, after.height) == (160, 120)
     assert summary.streams["door"].published == rest[-1].frames
@@ -293,7 +293,7 @@ def test_ctrl_c_finishes_the_frames_in_flight_and_sends_eos():
         rest = receive(consumer)["synthetic"]
         stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
-    assert_complete_in_order([first, *rest], rest[-1].frames)
+    assert_complete_in_order([first, *rest], rest[-1].frames, "stopped")
     assert stderr.startswith("stopping: finishing the frames in flight")
     summary_row = next(line.split() for line in stderr.splitlines() if line.startswith("synthetic"))
     assert int(summary_row[2]) == rest[-1].frames  # published, as the summary says
