@@ -69,7 +69,8 @@ class WorkersSection:
     cpus: float = 1.0                  # CPUs reserved per worker; also its TensorFlow thread count
     precision: str = "model"           # model: as the model config says
     max_restarts: int = 2              # Ray restarts a crashed worker this often
-    max_task_retries: int = 1          # and re-runs its unfinished batch this often
+    max_task_retries: int = 0          # Ray re-runs a crashed worker's batch there this often; 0: the scheduler
+                                       # re-runs it at once on any live worker (a lost node's restart may never come)
 
     def validate(self, path: str) -> None:
         require(self.count >= 0, path + ".count", "must be >= 0 (0 picks one per GPU, else 1)")
@@ -97,6 +98,7 @@ class BatchingSection:
 class PublishSection:
     endpoint: str = "tcp://127.0.0.1:5555"
     hwm: int = 1000                    # messages queued per subscriber before ZeroMQ drops (0: no limit)
+    sndbuf: int = 0                    # bytes of TCP send buffer per subscriber; 0: the OS's (megabytes, beyond hwm)
     curve_keys: str | None = None      # key directory (maskstream keys); none: plain TCP
     linger_ms: int = 1000              # at the end, how long unsent messages may still go out (-1: until sent)
     wait_subscribers: int = 0          # hold each stream's first frame until this many subscribers cover it
@@ -107,6 +109,7 @@ class PublishSection:
     def validate(self, path: str) -> None:
         require("://" in self.endpoint, path + ".endpoint", "must look like tcp://HOST:PORT")
         require(self.hwm >= 0, path + ".hwm", "must be >= 0")
+        require(self.sndbuf >= 0, path + ".sndbuf", "must be >= 0 (0: the operating system's default)")
         require(self.linger_ms >= -1, path + ".linger_ms", "must be >= 0, or -1 to wait until sent")
         require(self.wait_subscribers >= 0, path + ".wait_subscribers", "must be >= 0")
         require(self.wait_timeout_s > 0, path + ".wait_timeout_s", "must be positive")

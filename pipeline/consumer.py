@@ -22,7 +22,8 @@ ended before it) is a `Gap`, which ``messages()`` yields in its place and which 
 a well-formed v1 message (wrong parts, not UTF-8 JSON, an unknown schema, a field of the wrong
 type, a mask that does not decode to the frame's size, an absurd size) is skipped, counted
 (``malformed``) and logged once; a message larger than ``max_message_bytes`` never reaches
-memory (ZeroMQ drops the connection that sends it, which reconnects).
+memory: ZeroMQ drops the connection that sends it, and the consumer connects again (counted in
+``reconnects``, logged once; what was sent meanwhile shows as a gap).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+import zmq.utils.monitor
 
 from models.errors import ConsumerError, ProtocolError
 
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 gap_log = logging.getLogger(__name__ + ".gaps")  # a caller that shows Gap events itself can quiet this one
 
 MAX_MESSAGE_BYTES = 256 << 20   # per message part: a header or an image of a 16384 x 8192 frame fits
+RECONNECT_CHECK_S = 1.0         # a dropped connection ZeroMQ has not retried by then is made again here
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,12 @@ class Consumer:
     ``curve_keys``: a consumer key directory (see ``pipeline.keys``) for an encrypted publisher.
     ``timeout``: iteration ends after this many seconds without a message (None: wait on).
     ``max_message_bytes``: the largest message part accepted (see the module docstring).
+    ``hwm``: messages queued in this process before the publisher waits (offline) or drops (live).
     """
 
     def __init__(self, endpoint: str, streams: list[str] | None = None,
                  curve_keys: str | Path | None = None, timeout: float | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, hwm: int = 1000):
         self.endpoint = endpoint
         self.streams = set(streams) if streams else None
         self.timeout = timeout
@@ -82,12 +86,14 @@ class Consumer:
         self.gaps: list[Gap] = []
         self.duplicates = 0          # frames (and EOS) received again, dropped
         self.malformed = 0           # messages skipped as not v1
+        self.reconnects = 0          # connections dropped under it (an oversized message) and made again
         self._next_seq: dict[str, int] = {}  # stream -> the seq expected next
         self._ready: deque = deque()  # messages decided on, not yet returned (a gap before its frame)
+        self._options = {"linger": 0, "maxmsgsize": max_message_bytes, "rcvhwm": hwm}
+        self._curve_keys = curve_keys
+        self._lost_at: float | None = None  # when the connection dropped, while ZeroMQ has not retried it
         self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.SUB)
-        self._socket.linger = 0
-        self._socket.maxmsgsize = max_message_bytes
+        self._socket = self._monitor = None
         try:
             self._connect(curve_keys)
         except Exception:
@@ -95,6 +101,15 @@ class Consumer:
             raise
 
     def _connect(self, curve_keys: str | Path | None) -> None:
+        self._socket = self._context.socket(zmq.SUB)
+        for name, value in self._options.items():
+            setattr(self._socket, name, value)
+        # ZeroMQ does not reconnect after a protocol error (a message beyond maxmsgsize): watch for it.
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         if curve_keys is not None:
             public, secret, server_public = load_client_keys(curve_keys)
             self._socket.curve_publickey = public
@@ -121,10 +136,34 @@ class Consumer:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._ready:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._socket.poll(None if left is None else int(left * 1000)):
+            if self._lost_at is not None:
+                left = RECONNECT_CHECK_S if left is None else min(left, RECONNECT_CHECK_S)
+            ready = dict(self._poller.poll(None if left is None else int(left * 1000)))
+            if self._monitor in ready or self._lost_at is not None:
+                self._watch_connection()
+            if self._socket in ready:
+                self._accept(self._receive_parts())
+            elif not ready and deadline is not None and time.monotonic() >= deadline:
                 return None
-            self._accept(self._receive_parts())
         return self._ready.popleft()
+
+    def _watch_connection(self) -> None:
+        """Follow the connection's events; one dropped and not retried by ZeroMQ within
+        RECONNECT_CHECK_S (after a message beyond max_message_bytes) is made again on a new socket."""
+        while self._monitor.poll(0):
+            event = zmq.utils.monitor.parse_monitor_message(self._monitor.recv_multipart())["event"]
+            self._lost_at = time.monotonic() if event == zmq.EVENT_DISCONNECTED else None
+        if self._lost_at is None or time.monotonic() - self._lost_at < RECONNECT_CHECK_S:
+            return
+        self._lost_at = None
+        self.reconnects += 1
+        if self.reconnects == 1:
+            log.warning("%s: the connection dropped and ZeroMQ did not retry it (a message beyond "
+                        "max_message_bytes?); connecting again", self.endpoint)
+        while self._socket.poll(0):  # the messages already here are not lost with the old socket
+            self._accept(self._receive_parts())
+        self._close_socket()
+        self._connect(self._curve_keys)
 
     def _receive_parts(self) -> list[bytes]:
         """The next multipart message as it came off the socket."""
@@ -186,8 +225,15 @@ class Consumer:
         """Frames only, with the same ending as ``messages`` (gaps: see ``gaps``)."""
         return (message for message in self.messages() if isinstance(message, FrameRecord))
 
+    def _close_socket(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+        if self._socket is not None:
+            self._socket.close()
+
     def close(self) -> None:
-        self._socket.close()
+        self._close_socket()
         self._context.term()
 
     def __enter__(self) -> Consumer:

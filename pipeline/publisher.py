@@ -39,9 +39,13 @@ Delivery (the socket is an XPUB, which sees each subscription come and go):
 - Offline (``live=False``) a send never drops: ZeroMQ's ``XPUB_NODROP`` makes a send to a
   subscriber whose queue (``publish.hwm``) is full fail, and the publisher waits until it has room,
   so a slow subscriber slows the pipeline (the scheduler and the readers wait behind this call).
-  If nothing could be sent for ``publish.stall_timeout_s`` (a subscriber stopped reading but did
-  not disconnect), the publisher stops waiting: it says so in one line and sends on, ZeroMQ
-  dropping for the full queue only, until a subscriber leaves (then it waits again).
+  A subscriber that vanished or froze (it answers no ping for ``publish.stall_timeout_s``) is
+  disconnected, and its queue with it. If nothing could be sent for ``publish.stall_timeout_s``
+  (a subscriber alive but not reading), the publisher disconnects the connections that still
+  hold unsent bytes in their kernel queue (after that long without a send, a subscriber that
+  reads has emptied its own), says so in one line and goes on losslessly for the others; the
+  one cut off may connect again and sees gaps. Where it cannot tell (no such connection found),
+  it sends on with ZeroMQ dropping for full queues only, until a subscriber leaves.
 - Live (``live=True``) a send never waits: a frame that could not be queued for every subscriber
   (one's queue was full) goes to the others and is counted as ``undelivered``.
 - Each ``publish``/``publish_many``/``end_stream`` call answers ``progress()``: the first seq not
@@ -52,8 +56,11 @@ Delivery (the socket is an XPUB, which sees each subscription come and go):
 ``PublisherActor`` asks for no CPU (it is light and must not queue behind inference workers);
 place it on the node whose address the endpoint names.
 """
+import fcntl
 import logging
 import os
+import socket
+import termios
 import time
 import uuid
 from collections import deque
@@ -63,6 +70,7 @@ from pathlib import Path
 import numpy as np
 import ray
 import zmq
+import zmq.utils.monitor
 from zmq.auth.thread import ThreadAuthenticator
 
 from models.errors import PublisherError
@@ -76,6 +84,7 @@ from .sources import FALLBACK_FPS
 
 LATENCY_SAMPLES = 10_000  # per stage and stream: recent enough, bounded memory
 SEND_RETRY_S = 0.005      # offline, a full subscriber queue is tried again this often
+HEARTBEAT_MS = 1000       # ZeroMQ pings each subscriber this often
 BIND_RETRY_S = 10.0       # a restarted publisher tries this long to bind the endpoint its predecessor held
 
 log = logging.getLogger(__name__)
@@ -151,9 +160,15 @@ class Publisher:
     def _bind(self) -> None:
         config = self.publish_section
         self._socket.sndhwm = config.hwm
+        if config.sndbuf:
+            self._socket.sndbuf = config.sndbuf
         self._socket.linger = config.linger_ms
         self._socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # every subscription and its end, not only the first
         self._socket.setsockopt(zmq.XPUB_NODROP, 1)
+        # A subscriber that vanished or froze (no answer to pings) is disconnected after the stall
+        # timeout: its queue goes away with it and holds nobody back.
+        self._socket.heartbeat_ivl = HEARTBEAT_MS
+        self._socket.heartbeat_timeout = int(config.stall_timeout_s * 1000)
         if config.curve_keys:
             public, secret, clients = load_server_keys(config.curve_keys)
             # The authenticator must run before the socket binds, or handshakes skip it.
@@ -163,6 +178,7 @@ class Publisher:
             self._socket.curve_server = True
             self._socket.curve_publickey = public
             self._socket.curve_secretkey = secret
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         try:
             self._socket.bind(config.endpoint)
         except zmq.ZMQError as error:
@@ -236,6 +252,7 @@ class Publisher:
         stopped, or failed with ``error``), closes everything; final stats."""
         if self._closed:
             return self.stats()
+        self._covered.update(self._streams)  # what is left goes out to whoever is there: no more waiting
         if self._held is None:
             for stream in self._streams.values():
                 for seq in sorted(stream.waiting):
@@ -299,6 +316,9 @@ class Publisher:
         self._wait_deadline: float | None = None
         self._blocked_since: float | None = None  # offline: when sends began to find a full queue
         self._dropping = False                    # offline: gave up waiting for a stalled subscriber
+        self._cut_off = False                     # stalled connections cut off during this wait
+        self._connections: set[int] = set()       # the file descriptors of the subscribers' connections
+        self._monitor = None
         self._events: list[str] = []
         self._counters = {"undelivered": 0, "stalls": 0, "blocked_s": 0.0}
 
@@ -352,6 +372,12 @@ class Publisher:
         """Take in the subscriptions and their ends that the XPUB socket has seen."""
         if self._held is not None or self._closed:
             return
+        while self._monitor.poll(0):
+            event = zmq.utils.monitor.parse_monitor_message(self._monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self._connections.add(event["value"])
+            else:
+                self._connections.discard(event["value"])
         while True:
             try:
                 message = self._socket.recv(zmq.NOBLOCK)
@@ -411,13 +437,36 @@ class Publisher:
             if self._blocked_since is None:
                 self._blocked_since = now
             elif now - self._blocked_since >= self.publish_section.stall_timeout_s:
-                self._give_up_on_stalled()
+                if self._cut_off or not self._cut_off_stalled():
+                    self._give_up_on_stalled()
+                self._blocked_since = time.monotonic()
                 continue
             self._drain_subscriptions()
             time.sleep(SEND_RETRY_S)
         if self._blocked_since is not None:
             self._counters["blocked_s"] += time.monotonic() - self._blocked_since
             self._blocked_since = None
+        self._cut_off = False
+
+    def _cut_off_stalled(self) -> bool:
+        """Disconnect the subscribers that took nothing for stall_timeout_s: the connections with
+        bytes still waiting in their kernel send queue. True if there were any."""
+        self._drain_subscriptions()
+        stalled = [fd for fd in self._connections if _unsent_bytes(fd) > 0]
+        for fd in stalled:
+            connection = socket.socket(fileno=fd)
+            try:
+                connection.shutdown(socket.SHUT_RDWR)  # ZeroMQ sees the end and drops its queue
+            finally:
+                connection.detach()  # the descriptor stays ZeroMQ's
+        if stalled:
+            self._cut_off = True
+            self._counters["stalls"] += len(stalled)
+            message = (f"{len(stalled)} subscriber(s) on {self._endpoint} took nothing for "
+                       f"{self.publish_section.stall_timeout_s:g} s: disconnected (frames go on to the others)")
+            self._events.append(message)
+            log.warning("%s", message)
+        return bool(stalled)
 
     def _give_up_on_stalled(self) -> None:
         """A subscriber took nothing for stall_timeout_s: send on, ZeroMQ dropping for its full queue."""
@@ -430,10 +479,21 @@ class Publisher:
         log.warning("%s", message)
 
     def _close_zmq(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
         self._socket.close()
         if self._authenticator is not None:
             self._authenticator.stop()
         self._context.term()
+
+
+def _unsent_bytes(fd: int) -> int:
+    """Bytes waiting in a connection's kernel send queue; 0 if it cannot be told."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"), "little", signed=True)
+    except OSError:
+        return 0
 
 
 def _reconstructed_actor() -> bool:

@@ -12,12 +12,13 @@ around it, on Ray refs:
   taken only when a worker is free, so the frame taken is the newest the camera has.
 - `seq` is assigned when a frame is accepted, so it is gap-free over published frames even
   though live streams drop frames before that point.
-- A batch whose worker dies is re-run: Ray restarts a crashed worker and retries its batches
-  there (`workers.max_restarts`, `workers.max_task_retries`), which the scheduler sees as a
-  result from another process than the one it sent the batch to; a worker killed for good fails
-  its batches, which go back to the head of the queue for another worker, and is probed before
-  reuse. Both count as re-runs in the summary. The publisher drops a seq it has already sent,
-  so every frame is published exactly once.
+- A batch whose worker dies is re-run: by default (`workers.max_task_retries` 0) its batches
+  fail at once and go back to the head of the queue for any live worker, while Ray restarts the
+  worker (`workers.max_restarts`), which is probed before reuse; so a lost node's batches run on
+  the nodes left even if its workers' restarts cannot be placed. With retries, Ray re-runs them
+  on the restarted worker, which the scheduler sees as a result from another process than the
+  one it sent the batch to. Both count as re-runs in the summary. The publisher drops a seq it
+  has already sent, so every frame is published exactly once.
 - An ingest actor that dies is restarted by Ray (`sources.max_restarts`) and told to resume at
   the first frame not accepted; the frames already accepted are safe, since their pixels are
   take()'s return values, owned here. Once its restarts are used up its stream ends (EOS, reason
