@@ -85,6 +85,7 @@ from .sources import FALLBACK_FPS
 LATENCY_SAMPLES = 10_000  # per stage and stream: recent enough, bounded memory
 SEND_RETRY_S = 0.005      # offline, a full subscriber queue is tried again this often
 HEARTBEAT_MS = 1000       # ZeroMQ pings each subscriber this often
+FLUSH_POLL_S = 0.05       # offline, at the end, how often the subscribers' queues are looked at
 BIND_RETRY_S = 10.0       # a restarted publisher tries this long to bind the endpoint its predecessor held
 
 log = logging.getLogger(__name__)
@@ -261,6 +262,8 @@ class Publisher:
                 if not stream.ended:
                     stream.end = stream.end or (reason, error)
                     self._send_eos(stream)
+        if not self.live and self._held is None:
+            self._flush()
         self._closed = True
         self._close_zmq()
         return self.stats()
@@ -341,9 +344,10 @@ class Publisher:
 
     def resume(self, endpoint: str, streams: dict[str, dict]) -> dict:
         """After a restart: bind ``endpoint`` (the one the crashed publisher had bound) and take
-        up each stream where the caller knows it stands, ``{stream: {"fps", "next_seq", "ended"}}``
-        (``next_seq``: the first seq not confirmed sent; the caller sends those again, and a
-        consumer drops what it already has). Then the calls held since the restart run."""
+        up each stream where the caller says, ``{stream: {"fps", "next_seq"}}`` (``next_seq``:
+        the first seq the caller sends again: those not confirmed sent, and those the crashed
+        publisher's queues may have held; a consumer drops what it already has). Its files are
+        cut back to that seq. Then the calls held since the restart run."""
         if self._held is None:
             return self.progress()
         self._endpoint = endpoint
@@ -358,10 +362,7 @@ class Publisher:
                     raise
                 time.sleep(0.1)
         for stream_id, state in streams.items():
-            if state.get("ended"):
-                self._streams[stream_id] = _Stream(stream_id, None, next_seq=state["next_seq"], ended=True)
-            else:
-                self._stream(stream_id, state.get("fps"), resume_at=state["next_seq"])
+            self._stream(stream_id, state.get("fps"), resume_at=state["next_seq"])
         held, self._held = self._held, None
         self._events.append(f"publisher restarted; resumed {len(streams)} stream(s) on {endpoint}")
         for method, args in held:
@@ -447,6 +448,19 @@ class Publisher:
             self._counters["blocked_s"] += time.monotonic() - self._blocked_since
             self._blocked_since = None
         self._cut_off = False
+
+    def _flush(self) -> None:
+        """Offline, before closing: wait while the subscribers still take what was sent (their
+        connections' kernel queues empty out), up to stall_timeout_s without progress; then the
+        socket's linger (publish.linger_ms) covers what ZeroMQ itself still holds."""
+        last, progress_at, empty = None, time.monotonic(), 0
+        while empty < 2 and time.monotonic() - progress_at < self.publish_section.stall_timeout_s:
+            self._drain_subscriptions()
+            unsent = sum(_unsent_bytes(fd) for fd in self._connections)
+            empty = empty + 1 if unsent == 0 else 0
+            if unsent != last:
+                last, progress_at = unsent, time.monotonic()
+            time.sleep(FLUSH_POLL_S)
 
     def _cut_off_stalled(self) -> bool:
         """Disconnect the subscribers that took nothing for stall_timeout_s: the connections with

@@ -80,7 +80,8 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
                                       live_queue=config.sources.live_queue, overlay=config.output.overlay,
                                       stats=stats, stream_fps={sid: answer.fps for sid, answer in opened.items()},
                                       endpoint=endpoint, ingest_restarts=config.sources.max_restarts,
-                                      publisher_restarts=config.publish.max_restarts)
+                                      publisher_restarts=config.publish.max_restarts,
+                                      publisher_hwm=config.publish.hwm)
                 with stop_on_sigint(stop):
                     scheduler.run(stop)
                 errors.update({s.stream_id: s.error for s in scheduler.streams.values() if s.error})

@@ -23,10 +23,12 @@ around it, on Ray refs:
   the first frame not accepted; the frames already accepted are safe, since their pixels are
   take()'s return values, owned here. Once its restarts are used up its stream ends (EOS, reason
   `error`).
-- The publisher's answers say which seqs are out; a record is kept here until they do. When the
-  publisher dies, Ray restarts it (`publish.max_restarts`), it is told where each stream stands
-  (`resume`), and every record it had not confirmed is sent again (a consumer drops the frames it
-  already has). Offline, a publisher waiting for a slow subscriber holds its answers back, and
+- The publisher's answers say which seqs are out; a record is kept here until they do, and a
+  while longer: a message sent is still in the dead publisher's queues (ZeroMQ's, up to
+  `publish.hwm`, and the kernel's) when it dies, so the last RESEND_MARGIN + hwm records of each
+  stream are kept too (without their pixels). When the publisher dies, Ray restarts it
+  (`publish.max_restarts`), it is told to resume each stream at its oldest record kept here
+  (`resume`), and those records are sent again: a consumer drops the frames it already has. Offline, a publisher waiting for a slow subscriber holds its answers back, and
   the loop stops taking frames once PUBLISH_BACKLOG calls wait: back-pressure reaches the readers.
 - Each stream's EOS says why it ended: `end`, `stopped` (the run was stopped) or `error` (its
   source failed, or its ingest died for good), with the problem in one line.
@@ -56,6 +58,7 @@ TAKE_TIMEOUT_S = 0.5       # an ingest's take() returns empty-handed after this,
 POLL_S = 0.1               # the loop wakes at least this often to notice a stop request
 MAX_ATTEMPTS = 3           # a frame whose batch killed this many workers is poison: the run stops
 PUBLISH_BACKLOG = 64       # publish calls (one per batch) in flight before waiting: bounds memory only
+RESEND_MARGIN = 256        # records kept beyond publish.hwm after they were sent: what kernel buffers may hold
 
 
 def error_line(error: Exception) -> str:
@@ -81,7 +84,7 @@ class StreamState:
     dropped: int = 0
     last_captured_at: float | None = None
     restarts: int = 0              # of its ingest actor
-    unconfirmed: dict = field(default_factory=dict)  # seq -> FrameRecord handed to the publisher, not yet sent
+    kept: dict = field(default_factory=dict)  # seq -> FrameRecord handed to the publisher: not yet sent, or lately
     confirmed: int = 0             # the first seq the publisher has not said it sent
     eos: tuple | None = None       # the end_stream arguments (frames, reason, error), once called
     eos_confirmed: bool = False
@@ -119,10 +122,10 @@ class Scheduler:
     def __init__(self, streams: dict[str, object], workers: dict[str, object], placement: list[dict],
                  publisher, batching: BatchingSection, *, live: bool, live_queue: int, overlay: bool,
                  stats: RunStats, stream_fps: dict[str, float] | None = None, endpoint: str | None = None,
-                 ingest_restarts: int = 0, publisher_restarts: int = 0):
+                 ingest_restarts: int = 0, publisher_restarts: int = 0, publisher_hwm: int = 0):
         """`stream_fps`: each source's frame rate; `endpoint`: the one the publisher bound;
-        `ingest_restarts`, `publisher_restarts`: how often Ray restarts those actors (see the
-        module docstring)."""
+        `ingest_restarts`, `publisher_restarts`: how often Ray restarts those actors;
+        `publisher_hwm`: its publish.hwm (see the module docstring)."""
         pids = {answer["name"]: answer["pid"] for answer in placement}
         self.streams = {sid: StreamState(sid, handle, fps=(stream_fps or {}).get(sid))
                         for sid, handle in streams.items()}
@@ -148,6 +151,7 @@ class Scheduler:
         self._publisher_epoch = 0      # one more at each publisher restart: older calls' failures are known
         self._publisher_incarnation = None
         self.peak_unsent = 0           # most frames accepted and not yet sent by the publisher, at any time
+        self.resend_window = publisher_hwm + RESEND_MARGIN
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -345,7 +349,7 @@ class Scheduler:
             records.append(record)
             stream = self.streams[record.stream]
             stream.published += 1
-            stream.unconfirmed[record.seq] = record
+            stream.kept[record.seq] = record
             self._in_flight -= 1
             self.stats.published(record)
         self._call_publisher("publish_many", records)  # one call per batch
@@ -384,8 +388,11 @@ class Scheduler:
             stream = self.streams.get(stream_id)
             if stream is None or sent <= stream.confirmed:
                 continue
-            for seq in range(stream.confirmed, sent):
-                stream.unconfirmed.pop(seq, None)
+            for seq in range(max(0, stream.confirmed - self.resend_window), sent - self.resend_window):
+                stream.kept.pop(seq, None)
+            for seq in range(stream.confirmed, sent):  # sent: only a resend after a crash needs them, if any
+                if seq in stream.kept and stream.kept[seq].pixels is not None:
+                    stream.kept[seq] = replace(stream.kept[seq], pixels=None)
             stream.confirmed = sent
         for stream_id in progress["ended"]:
             if stream_id in self.streams:
@@ -405,8 +412,8 @@ class Scheduler:
             raise PipelineError(f"the publisher died {self._publisher_epoch} time(s); "
                                 f"{self.publisher_restarts} restart(s) allowed (publish.max_restarts)")
         log.warning("publisher: died; restarting it and sending again what it had not confirmed sent")
-        state = {sid: {"fps": s.fps, "next_seq": s.confirmed, "ended": s.eos_confirmed}
-                 for sid, s in self.streams.items()}
+        # An ended stream too: its EOS may have died in the publisher's queues (a consumer drops a repeat).
+        state = {sid: {"fps": s.fps, "next_seq": min(s.kept, default=s.confirmed)} for sid, s in self.streams.items()}
         try:
             progress = ray.get(self.publisher.resume.remote(self.endpoint, state))
         except RayActorError:
@@ -417,7 +424,9 @@ class Scheduler:
         self._publisher_incarnation = progress["incarnation"]
         self._apply_progress(progress)
         for stream in self.streams.values():
-            records = [stream.unconfirmed[seq] for seq in sorted(stream.unconfirmed)]
+            stream.confirmed = min(stream.kept, default=stream.confirmed)
+            stream.eos_confirmed = False
+            records = [stream.kept[seq] for seq in sorted(stream.kept)]
             for start in range(0, len(records), self.batcher.max_batch):
                 self._call_publisher("publish_many", records[start:start + self.batcher.max_batch])
             if stream.eos is not None and not stream.eos_confirmed:

@@ -7,6 +7,7 @@ endless multipart JPEG stream on 127.0.0.1:PORT, as many IP cameras do.
 import socket
 import subprocess
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,7 +16,11 @@ import cv2
 import numpy as np
 import ray
 
+from pipeline.config import load_pipeline_config
+from pipeline.runner import run
+
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+TINY = str(Path(__file__).resolve().parent.parent / "configs" / "test_tiny.yaml")
 PEDESTRIANS = DATA / "pedestrians_720p.avi"
 HIGHWAY = DATA / "highway_720p_38f.mp4"
 SERVER_START_LIMIT = 30.0  # seconds; a guard against a server that never listens, not a timing
@@ -26,6 +31,45 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def config_for(*overrides: str):
+    """A test config: the tiny model, CPU workers of one thread, a free port, no progress bars."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    return load_pipeline_config(None, [f"model.config={TINY}", "model.weights=null", "model.score_threshold=null",
+                                       "workers.cpus=1", "progress=false",
+                                       f"publish.endpoint={endpoint}", *overrides])
+
+
+class BackgroundRun:
+    """`run(config)` in a thread, so that the test can subscribe, watch and interfere meanwhile."""
+
+    def __init__(self, config, model_factory=None):
+        self.config = config
+        self.model_factory = model_factory
+        self.stop = threading.Event()
+        self.summary = self.error = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.summary = run(self.config, self.model_factory, stop=self.stop)
+        except Exception as error:  # re-raised in the test by result()
+            self.error = error
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop.set()
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.summary
 
 
 class OneThreadModel:
@@ -135,3 +179,19 @@ class BrightPixelsModel:
 def bright_pixels_model(config, weights):
     """A ModelFactory (workers.inference) for BrightPixelsModel."""
     return BrightPixelsModel()
+
+
+def actor_pid(class_name: str) -> int:
+    """The process id of the one running Ray actor of `class_name` (Ray titles an actor's
+    process `ray::<Class>` or `ray::<Class>.<method>`), for tests that kill it with SIGKILL."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            if title == f"ray::{class_name}" or title.startswith(f"ray::{class_name}."):
+                found.append(int(entry.name))
+    assert len(found) == 1, f"{len(found)} processes of ray::{class_name}: {found}"
+    return found[0]
