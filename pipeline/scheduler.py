@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from models.errors import PipelineError
 from workers.inference import BatchResult
@@ -273,12 +273,15 @@ class Scheduler:
                 self._note_restart(pending, result)
                 self._publish(pending.frames, result)
         else:
-            pending.worker.probing = False
             try:
                 pending.worker.pid = ray.get(ref)["pid"]
+                pending.worker.probing = False
                 self.stats.restart("worker")
                 log.warning("%s: restarted, back in service", pending.worker.name)
+            except ActorUnavailableError:  # still restarting: ask again
+                self._pending[pending.worker.handle.ready.remote()] = pending
             except RayActorError:
+                pending.worker.probing = False
                 pending.worker.alive = False
                 log.warning("%s: gone", pending.worker.name)
                 if not any(w.alive for w in self.workers):
@@ -314,24 +317,33 @@ class Scheduler:
 
     def _ingest_lost(self, stream: StreamState) -> None:
         """Its ingest actor died: have the restarted one resume, or end the stream with the error."""
-        stream.restarts += 1
-        if self._stopping or stream.restarts > self.ingest_restarts:
-            stream.reading = False
-            stream.error = (f"{stream.stream_id}: its ingest actor died"
-                            + (f" ({stream.restarts - 1} restart(s) used up)" if self.ingest_restarts else ""))
-            log.error("%s", stream.error)
+        if self._stopping or stream.restarts >= self.ingest_restarts:
+            self._ingest_gone(stream)
             return
+        stream.restarts += 1
         self.stats.restart("ingest")
         log.warning("%s: its ingest actor died; restarting it at frame %d", stream.stream_id, stream.next_index)
+        self._resume_ingest(stream)
+
+    def _resume_ingest(self, stream: StreamState) -> None:
         ref = stream.ingest.resume.remote(stream.next_index, {"read": stream.read, "dropped": stream.dropped},
                                           stream.last_captured_at)
         self._pending[ref] = _Pending("resume", stream=stream)
 
+    def _ingest_gone(self, stream: StreamState) -> None:
+        stream.reading = False
+        stream.error = (f"{stream.stream_id}: its ingest actor died"
+                        + (f" ({stream.restarts} restart(s) used up)" if self.ingest_restarts else ""))
+        log.error("%s", stream.error)
+
     def _ingest_resumed(self, stream: StreamState, ref) -> None:
         try:
             opened = ray.get(ref)
+        except ActorUnavailableError:  # still restarting: ask again
+            self._resume_ingest(stream)
+            return
         except RayActorError:
-            self._ingest_lost(stream)
+            self._ingest_gone(stream)
             return
         if opened.error:
             stream.reading = False
@@ -414,13 +426,17 @@ class Scheduler:
         log.warning("publisher: died; restarting it and sending again what it had not confirmed sent")
         # An ended stream too: its EOS may have died in the publisher's queues (a consumer drops a repeat).
         state = {sid: {"fps": s.fps, "next_seq": min(s.kept, default=s.confirmed)} for sid, s in self.streams.items()}
-        try:
-            progress = ray.get(self.publisher.resume.remote(self.endpoint, state))
-        except RayActorError:
-            self._recover_publisher()  # died again
-            return
-        except RayTaskError as error:
-            raise PipelineError(f"publisher: {error_line(error)}") from None
+        while True:
+            try:
+                progress = ray.get(self.publisher.resume.remote(self.endpoint, state))
+                break
+            except ActorUnavailableError:  # still restarting
+                time.sleep(POLL_S)
+            except RayActorError:
+                raise PipelineError(f"the publisher died; its {self.publisher_restarts} restart(s) are used up "
+                                    "(publish.max_restarts)") from None
+            except RayTaskError as error:
+                raise PipelineError(f"publisher: {error_line(error)}") from None
         self._publisher_incarnation = progress["incarnation"]
         self._apply_progress(progress)
         for stream in self.streams.values():

@@ -163,7 +163,8 @@ NODE_LOST = textwrap.dedent("""
     import json, sys, threading, time
     import ray
     from ray.cluster_utils import Cluster
-        from pipeline.consumer import Consumer
+    from pipeline.config import load_pipeline_config
+    from pipeline.consumer import Consumer
     from pipeline.runner import run
     from tests.pipeline_helpers import bright_pixels_model
 
