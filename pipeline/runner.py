@@ -130,7 +130,26 @@ def connect_ray(config: PipelineConfig) -> bool:
     ray.init(address=config.ray_address, log_to_driver=config.verbose, include_dashboard=False,
              logging_level=logging.INFO if config.verbose else logging.ERROR,
              runtime_env={"env_vars": env})
+    if not config.verbose:
+        quiet_crash_reports()
     return True
+
+
+def quiet_crash_reports() -> None:
+    """Ray's driver prints a paragraph to stdout for every actor process that crashes (about the
+    OOM killer), log_to_driver or not; the run reports each crash itself, in one line."""
+    import ray._private.worker as ray_worker
+
+    print_report = getattr(ray_worker, "print_to_stdstream", None)
+    if print_report is None or getattr(print_report, "quieted", False):
+        return
+
+    def without_crash_reports(data, ignore_prefix):
+        if data.get("pid") != "raylet":
+            print_report(data, ignore_prefix)
+
+    without_crash_reports.quieted = True
+    ray_worker.print_to_stdstream = without_crash_reports
 
 
 def check_model_inputs(config: PipelineConfig) -> ModelConfig:

@@ -182,16 +182,21 @@ def bright_pixels_model(config, weights):
 
 
 def actor_pid(class_name: str) -> int:
-    """The process id of the one running Ray actor of `class_name` (Ray titles an actor's
-    process `ray::<Class>` or `ray::<Class>.<method>`), for tests that kill it with SIGKILL."""
+    """The process id of the one Ray actor of `class_name` running under this process's Ray node
+    (other Ray instances may share the machine). Ray titles an actor's process `ray::<Class>` or
+    `ray::<Class>.<method>`; its parent is the node's raylet. For tests that kill it with SIGKILL."""
+    from ray._private import ray_constants
+
+    raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            except OSError:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-            if title == f"ray::{class_name}" or title.startswith(f"ray::{class_name}."):
+            if parent == raylet and (title == f"ray::{class_name}" or title.startswith(f"ray::{class_name}.")):
                 found.append(int(entry.name))
-    assert len(found) == 1, f"{len(found)} processes of ray::{class_name}: {found}"
+    assert len(found) == 1, f"{len(found)} processes of ray::{class_name} under raylet {raylet}: {found}"
     return found[0]

@@ -17,13 +17,23 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 from pycocotools.coco import COCO
 
 from pipeline.consumer import Consumer
 from pipeline.protocol import EndOfStream, FrameRecord
 from pipeline.scheduler import PUBLISH_BACKLOG
 from pipeline.sources import open_source, parse_source
-from tests.pipeline_helpers import HIGHWAY, BackgroundRun, actor_pid, bright_pixels_model, config_for, free_port
+from tests.pipeline_helpers import (
+    HIGHWAY,
+    PEDESTRIANS,
+    TINY,
+    BackgroundRun,
+    actor_pid,
+    bright_pixels_model,
+    config_for,
+    free_port,
+)
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
@@ -206,3 +216,29 @@ def test_a_lost_worker_node_has_its_batches_run_on_the_nodes_left():
     assert report["seqs"] == list(range(200)) and report["gaps"] == 0 and report["published"] == 200
     assert report["reruns"] >= 1 and report["errors"] == []  # its batches ran again on the node left
 
+
+
+def test_an_ingest_that_dies_for_good_ends_its_stream_saying_so_and_the_run_in_one_line():
+    """The issue's report: a killed ingest looked like a clip of four frames, and the run ended in
+    a traceback. With no restart allowed, its EOS says error and why, the consume CLI shows it,
+    and `maskstream run` ends with its summary and that one line."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    consume = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "consume", endpoint, "--stream", "ped",
+                                "--timeout", str(RECEIVE_LIMIT_S)], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    pipeline = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--ray-address", ray.get_runtime_context().gcs_address,
+         "--set", f"model.config={TINY}", "--set", "model.weights=null", "--set", "workers.cpus=1",
+         "--source", f"ped={PEDESTRIANS}", "--publish", endpoint, "--wait-subscribers", "1", "--max-batch", "2",
+         "--set", "sources.max_restarts=0", "--set", "publish.hwm=4", "--set", "publish.sndbuf=16384"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = consume.stdout.readline()  # a frame went through: the ingest is mid-clip
+    os.kill(actor_pid("Ingest"), signal.SIGKILL)
+    consumed, consume_errors = consume.communicate(timeout=600)
+    output, errors = pipeline.communicate(timeout=600)
+    assert first.startswith("ped seq=0 ")
+    last = consumed.splitlines()[-1]
+    assert last.startswith("ped ended after ") and last.endswith(" frames (error: ped: its ingest actor died)")
+    assert consume.returncode == 1, consume_errors  # the stream ended with an error
+    assert pipeline.returncode == 1 and output == "" and "Traceback" not in errors
+    assert errors.splitlines()[-1] == "error: ped: its ingest actor died"
