@@ -9,7 +9,7 @@ gives the end-of-run `RunSummary`. With a metrics port it serves, from its own r
 - `maskstream_actor_restarts_total{actor}`: ingest, publisher and worker actors restarted after a crash;
 - `maskstream_publish_subscriptions`: subscriptions the publisher sees now;
   `maskstream_publish_undelivered_total` (live: frames not queued for every subscriber),
-  `maskstream_publish_stalls_total` (offline: stalled subscribers given up on),
+  `maskstream_publish_stalls_total` (offline: stalled subscribers cut off or given up on),
   `maskstream_publish_blocked_seconds_total` (offline: time spent waiting for slow subscribers);
 - `maskstream_stage_latency_seconds{stage}`: a histogram per stage;
 - `maskstream_stage_latency_ms{stage, quantile}`: p50, p95 and p99 over recent frames, as in
@@ -100,8 +100,8 @@ class RunSummary:
         if self.delivery.get("blocked_s"):
             lines.append(f"publisher waited {self.delivery['blocked_s']:.1f} s in all for slow subscribers")
         if self.delivery.get("stalls"):
-            lines.append(f"publisher gave up waiting for a stalled subscriber {self.delivery['stalls']} time(s): "
-                         "it missed frames")
+            lines.append(f"publisher stopped waiting for a stalled subscriber {self.delivery['stalls']} time(s) "
+                         "(cut off): it missed frames")
         if self.delivery.get("undelivered"):
             lines.append(f"publisher could not queue {self.delivery['undelivered']} frame(s) for every subscriber "
                          "(a subscriber's queue was full)")
