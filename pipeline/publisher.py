@@ -324,6 +324,7 @@ class Publisher:
         self._monitor = None
         self._events: list[str] = []
         self._counters = {"undelivered": 0, "stalls": 0, "blocked_s": 0.0}
+        self._rejoin: tuple[int, float] | None = None  # after a restart: (subscriptions, until when) to wait for
 
     def progress(self) -> dict:
         """What is out: ``{"incarnation", "resumed", "sent": {stream: first seq not yet sent},
@@ -342,14 +343,18 @@ class Publisher:
         self._drain_subscriptions()
         return {"subscriptions": len(self._subscriptions), **self._counters}
 
-    def resume(self, endpoint: str, streams: dict[str, dict]) -> dict:
+    def resume(self, endpoint: str, streams: dict[str, dict], subscriptions: int = 0) -> dict:
         """After a restart: bind ``endpoint`` (the one the crashed publisher had bound) and take
         up each stream where the caller says, ``{stream: {"fps", "next_seq"}}`` (``next_seq``:
         the first seq the caller sends again: those not confirmed sent, and those the crashed
         publisher's queues may have held; a consumer drops what it already has). Its files are
-        cut back to that seq. Then the calls held since the restart run."""
+        cut back to that seq. Offline, nothing is sent until the ``subscriptions`` the crashed
+        publisher last saw are back (their subscribers reconnect by themselves), or for at most
+        stall_timeout_s. Then the calls held since the restart run."""
         if self._held is None:
             return self.progress()
+        if not self.live and subscriptions:
+            self._rejoin = (subscriptions, time.monotonic() + self.publish_section.stall_timeout_s)
         self._endpoint = endpoint
         self.publish_section = replace(self.publish_section, endpoint=endpoint)
         deadline = time.monotonic() + BIND_RETRY_S
@@ -416,8 +421,21 @@ class Publisher:
                                      f"of stream {stream.stream_id} on {self._endpoint}: {count} came")
             self._socket.poll(min(left, 0.1) * 1000, zmq.POLLIN)
 
+    def _await_rejoin(self) -> None:
+        """After a restart, offline: wait for the subscribers the crashed publisher had."""
+        wanted, deadline = self._rejoin
+        while len(self._subscriptions) < wanted and time.monotonic() < deadline:
+            self._socket.poll(100, zmq.POLLIN)
+            self._drain_subscriptions()
+        if len(self._subscriptions) < wanted:
+            self._events.append(f"after the restart {len(self._subscriptions)} of {wanted} subscription(s) came back "
+                                f"within {self.publish_section.stall_timeout_s:g} s; going on")
+        self._rejoin = None
+
     def _send(self, stream: _Stream, parts: list[bytes]) -> None:
         """Send one message: offline waiting while a subscriber's queue is full, live never."""
+        if self._rejoin is not None:
+            self._await_rejoin()
         self._await_subscribers(stream)
         if self.live:
             try:

@@ -150,6 +150,7 @@ class Scheduler:
         self.publisher_restarts = publisher_restarts
         self._publisher_epoch = 0      # one more at each publisher restart: older calls' failures are known
         self._publisher_incarnation = None
+        self._subscriptions = 0        # as the publisher last said: a restarted one waits for them to come back
         self.peak_unsent = 0           # most frames accepted and not yet sent by the publisher, at any time
         self.resend_window = publisher_hwm + RESEND_MARGIN
 
@@ -412,6 +413,8 @@ class Scheduler:
         for event in progress["events"]:
             log.warning("%s", event)
         self.stats.delivery(progress["delivery"])
+        if progress["resumed"]:
+            self._subscriptions = progress["delivery"]["subscriptions"]
         unsent = sum(s.next_seq - s.confirmed for s in self.streams.values())
         self.peak_unsent = max(self.peak_unsent, unsent)
 
@@ -428,7 +431,7 @@ class Scheduler:
         state = {sid: {"fps": s.fps, "next_seq": min(s.kept, default=s.confirmed)} for sid, s in self.streams.items()}
         while True:
             try:
-                progress = ray.get(self.publisher.resume.remote(self.endpoint, state))
+                progress = ray.get(self.publisher.resume.remote(self.endpoint, state, self._subscriptions))
                 break
             except ActorUnavailableError:  # still restarting
                 time.sleep(POLL_S)

@@ -92,16 +92,19 @@ def test_a_late_subscriber_ten_times_slower_gets_every_frame_once_and_the_reader
 
 
 def test_ingest_then_publisher_killed_mid_run_every_frame_once_and_the_files_whole(tmp_path):
+    """As above, the subscriber there first and nobody waited for at the start
+    (wait_subscribers 0): the restarted publisher waits for the subscriptions it had to come
+    back before it sends again."""
     out = tmp_path / "out"
-    config = delivery_config(f"output.dir={out}")
+    config = delivery_config(f"output.dir={out}", "publish.wait_subscribers=0")
     kills = {150: "Ingest", 350: "Publisher"}
 
     def kill(frames: int) -> None:
         if frames in kills:
             os.kill(actor_pid(kills[frames]), signal.SIGKILL)
 
-    with BackgroundRun(config, bright_pixels_model) as background:
-        with subscriber(config) as consumer:
+    with subscriber(config) as consumer:
+        with BackgroundRun(config, bright_pixels_model) as background:
             messages = read(consumer, 0.01, kill)
         summary = background.result()
     assert_every_frame_once_in_order(consumer, messages, FRAMES)
