@@ -26,7 +26,8 @@ around it, on Ray refs:
 - The publisher's answers say which seqs are out; a record is kept here until they do, and a
   while longer: a message sent is still in the dead publisher's queues (ZeroMQ's, up to
   `publish.hwm`, and the kernel's) when it dies, so the last RESEND_MARGIN + hwm records of each
-  stream are kept too (without their pixels). When the publisher dies, Ray restarts it
+  stream are kept too (without their pixels; offline only: live, a frame lost there is a gap
+  rather than a frame sent again late). When the publisher dies, Ray restarts it
   (`publish.max_restarts`), it is told to resume each stream at its oldest record kept here
   (`resume`), and those records are sent again: a consumer drops the frames it already has. Offline, a publisher waiting for a slow subscriber holds its answers back, and
   the loop stops taking frames once PUBLISH_BACKLOG calls wait: back-pressure reaches the readers.
@@ -152,7 +153,8 @@ class Scheduler:
         self._publisher_incarnation = None
         self._subscriptions = 0        # as the publisher last said: a restarted one waits for them to come back
         self.peak_unsent = 0           # most frames accepted and not yet sent by the publisher, at any time
-        self.resend_window = publisher_hwm + RESEND_MARGIN
+        # Live, a frame lost in a crashed publisher's queues is a gap, not sent again late.
+        self.resend_window = 0 if live else publisher_hwm + RESEND_MARGIN
 
     # -- the loop ---------------------------------------------------------------------------
 
