@@ -216,7 +216,7 @@ def decode_header(parts: list[bytes]) -> dict:
         header = json.loads(bytes(parts[1]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:  # ValueError: JSON, huge integers
         raise ProtocolError(f"{where}: header is not UTF-8 JSON ({str(error)[:80]})") from None
-    if not isinstance(header, dict) or header.get("schema") not in MESSAGE_TYPES:
+    if not isinstance(header, dict) or not isinstance(header.get("schema"), str) or header["schema"] not in MESSAGE_TYPES:
         schema = header.get("schema") if isinstance(header, dict) else None
         raise ProtocolError(f"{where}: unknown schema {str(schema)[:40]!r}")
     stream = header.get("stream")

@@ -48,7 +48,8 @@ Delivery (the socket is an XPUB, which sees each subscription come and go):
   one cut off may connect again and sees gaps. Where it cannot tell (no such connection found),
   it sends on with ZeroMQ dropping for full queues only, until a subscriber leaves.
 - Live (``live=True``) a send never waits: a frame that could not be queued for every subscriber
-  (one's queue was full) goes to the others and is counted as ``undelivered``.
+  (one's queue was full) goes to the others and is counted as ``undelivered``; only a stream's
+  EOS waits, up to ``stall_timeout_s``, so that a subscriber that is merely behind learns the end.
 - Each ``publish``/``publish_many``/``end_stream`` call answers ``progress()``: the first seq not
   yet sent per stream and the streams whose EOS went out, so that the caller can keep what is
   not sent yet. A publisher restarted by Ray (after a crash) binds nothing and holds every call
@@ -316,7 +317,7 @@ class Publisher:
         if stream.sinks is not None:
             stream.sinks.close()
         reason, error = stream.end or ("end", None)
-        self._send(stream, encode_message(EndOfStream(stream.stream_id, stream.next_seq, reason, error)))
+        self._send(stream, encode_message(EndOfStream(stream.stream_id, stream.next_seq, reason, error)), final=True)
         stream.ended = True
 
     # -- delivery: subscribers, back-pressure, restarts (see the module docstring) ----------------
@@ -443,19 +444,28 @@ class Publisher:
                                 f"within {self.publish_section.stall_timeout_s:g} s; going on")
         self._rejoin = None
 
-    def _send(self, stream: _Stream, parts: list[bytes]) -> None:
-        """Send one message: offline waiting while a subscriber's queue is full, live never."""
+    def _send(self, stream: _Stream, parts: list[bytes], final: bool = False) -> None:
+        """Send one message: offline waiting while a subscriber's queue is full; live never, except
+        for a stream's ``final`` message (its EOS), which waits up to stall_timeout_s for a full
+        queue to make room, so that a subscriber that is only behind still learns the stream ended."""
         if self._rejoin is not None:
             self._await_rejoin()
         self._await_subscribers(stream)
         if self.live:
-            try:
-                self._socket.send_multipart(parts, zmq.NOBLOCK)
-            except zmq.Again:  # a subscriber's queue is full: the others get it, that one does not
-                self._counters["undelivered"] += 1
-                self._socket.setsockopt(zmq.XPUB_NODROP, 0)
-                self._socket.send_multipart(parts)
-                self._socket.setsockopt(zmq.XPUB_NODROP, 1)
+            deadline = time.monotonic() + (self.publish_section.stall_timeout_s if final else 0.0)
+            while True:
+                try:
+                    self._socket.send_multipart(parts, zmq.NOBLOCK)
+                    return
+                except zmq.Again:
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(SEND_RETRY_S)
+            # A subscriber's queue is full: the others get it, that one does not.
+            self._counters["undelivered"] += 1
+            self._socket.setsockopt(zmq.XPUB_NODROP, 0)
+            self._socket.send_multipart(parts)
+            self._socket.setsockopt(zmq.XPUB_NODROP, 1)
             return
         while True:
             try:
