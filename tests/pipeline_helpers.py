@@ -4,6 +4,7 @@ the model run directly as a worker would run it.
 Run as a script, this module is that camera: `python pipeline_helpers.py PORT FPS` serves an
 endless multipart JPEG stream on 127.0.0.1:PORT, as many IP cameras do.
 """
+import os
 import socket
 import subprocess
 import sys
@@ -105,7 +106,10 @@ class MjpegCamera:
         self.process = None
 
     def start(self) -> "MjpegCamera":
-        self.process = subprocess.Popen([sys.executable, __file__, str(self.port), str(self.fps)])
+        # The repository on the path: this file imports the project, installed or not.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                            os.environ.get("PYTHONPATH", "")])}
+        self.process = subprocess.Popen([sys.executable, __file__, str(self.port), str(self.fps)], env=env)
         deadline = time.monotonic() + SERVER_START_LIMIT
         while time.monotonic() < deadline:
             try:
