@@ -36,10 +36,11 @@ RECEIVE_LIMIT_S = 180  # a consumer idle this long gives up: a guard against a h
 
 
 def config_for(*overrides: str):
-    """A test config: the tiny model, CPU workers of one thread, a free port, no progress bars."""
+    """A test config: the tiny model, CPU workers of one thread in the model's own precision (float32,
+    as the references are computed), a free port, no progress bars."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     return load_pipeline_config(None, [f"model.config={TINY}", "model.weights=null", "model.score_threshold=null",
-                                       "workers.cpus=1", "progress=false",
+                                       "workers.cpus=1", "workers.precision=model", "progress=false",
                                        f"publish.endpoint={endpoint}", *overrides])
 
 
@@ -253,7 +254,7 @@ MASKSTREAM_RUN = (sys.executable, "-m", "pipeline.cli", "run")  # what the `mask
 def cli(*args: str, command=RUN_PIPELINE) -> list[str]:
     return [*command, "--ray-address", ray.get_runtime_context().gcs_address,
             "--set", f"model.config={TINY}", "--set", "model.weights=null", "--set", "model.score_threshold=null",
-            "--set", "workers.cpus=1", *args]
+            "--set", "workers.cpus=1", "--set", "workers.precision=model", *args]
 
 
 @pytest.mark.slow
