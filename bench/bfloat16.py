@@ -25,14 +25,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))   # after the repository: bench/pipeline.py is not the pipeline package
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import clips  # noqa: E402
 import numpy as np  # noqa: E402
 from model import reference_model, stills  # noqa: E402
 from pycocotools import mask as mask_utils  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = clips.DATA
 CLIP_FRAMES = {"pedestrians_720p.avi": [0, 100, 200, 300], "highway_720p_38f.mp4": [0, 18, 36]}
 MATCH_IOU = 0.9
 CONFIDENT = 0.5
@@ -40,17 +41,7 @@ QUANTILES = (1, 10, 50, 90, 99)
 
 
 def clip_frames() -> list[np.ndarray]:
-    from pipeline.sources import open_source, parse_source
-    frames = []
-    for name, wanted in CLIP_FRAMES.items():
-        source = open_source(parse_source(str(DATA / name)))
-        index = 0
-        while (frame := source.read()) is not None and index <= max(wanted):
-            if index in wanted:
-                frames.append(frame.rgb.copy())
-            index += 1
-        source.close()
-    return frames
+    return [frame for name, indices in CLIP_FRAMES.items() for frame in clips.decode(DATA / name, indices=indices)]
 
 
 def detections(precision: str, frames: list[np.ndarray]) -> list:

@@ -1,6 +1,7 @@
 """Where a frame's time goes: the model's stages timed one by one, beside torchvision's.
 
     python bench/stage_profile.py [--config r50_fpn_800|default] [--batch 1] [--calls 5] [--precision float32]
+                                  [--clip] [--score-threshold T]
 
 Each stage runs as its own compiled function on the previous stage's outputs (computed once), so
 its time is its own: preprocess (normalise, resize, pad), backbone, FPN, RPN head, proposal
@@ -11,7 +12,9 @@ RLE (outside the graph, per detection). `whole graph` is the one compiled call `
 after one warm-up; on a shared machine the shares are what counts. torchvision's per-stage times at
 the same batch size come from bench/results/torchvision_speed.json (bench/torchvision_speed.py; its
 "rpn" is head and selection together, its "box" RoIAlign (both poolings), the box head and the
-per-class NMS). Prints a table and writes bench/results/profile_<config>.json.
+per-class NMS). The reference model runs on the 1280x720 stills and the default model on its
+640x360 scenes, as in bench/model.py; `--clip` runs either on the 1280x720 pedestrian clip the
+pipeline benchmark uses, `--score-threshold` sets the model's (the pipeline's is 0.5). Prints a table and writes bench/results/profile_<config>.json.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))   # after the repository: bench/pipeline.py is not the pipeline package
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
@@ -132,6 +135,8 @@ def main(argv=None) -> None:
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--clip", action="store_true", help="frames of ../shared/data/pedestrians_720p.avi")
+    parser.add_argument("--score-threshold", type=float)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     import tensorflow as tf
@@ -143,6 +148,11 @@ def main(argv=None) -> None:
     else:
         model, frames = default_model(), scenes(8)
         model.config.precision = args.precision
+    if args.clip:
+        from clips import PEDESTRIANS, decode
+        frames = decode(PEDESTRIANS, 8)
+    if args.score_threshold is not None:
+        model.config.box_head.score_threshold = args.score_threshold
     batch = [frames[i % len(frames)] for i in range(args.batch)]
     load = os.getloadavg()[0]
     seconds = profile(model, batch, args.calls)

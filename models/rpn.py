@@ -27,13 +27,17 @@ def rpn_shapes(channels: int, num_anchors: int) -> dict[str, tuple]:
 def rpn_head(params: Params, features: list[tf.Tensor]) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
     """[P_l (B, H_l, W_l, C)] -> objectness logits [(B, H_l*W_l*A)] and deltas [(B, H_l*W_l*A, 4)].
 
-    The flattening order (location-major, then anchor) matches the anchors'.
+    The flattening order (location-major, then anchor) matches the anchors'. The objectness and
+    delta 1x1 convs run as one conv of their concatenated kernels (one pass over each level's
+    features instead of two; the same values: each output channel is its own dot product).
     """
+    num_anchors = params["rpn/objectness/kernel"].shape[-1]
+    outputs = {"rpn/outputs/kernel": tf.concat([params["rpn/objectness/kernel"], params["rpn/deltas/kernel"]], -1),
+               "rpn/outputs/bias": tf.concat([params["rpn/objectness/bias"], params["rpn/deltas/bias"]], 0)}
     logits, deltas = [], []
     for x in features:
         t = conv2d(x, params, "rpn/conv", relu=True)
-        o = conv2d(t, params, "rpn/objectness")
-        d = conv2d(t, params, "rpn/deltas")
+        o, d = tf.split(conv2d(t, outputs, "rpn/outputs"), [num_anchors, 4 * num_anchors], axis=-1)
         batch = tf.shape(x)[0]
         logits.append(tf.reshape(o, [batch, -1]))
         deltas.append(tf.reshape(d, [batch, -1, 4]))
