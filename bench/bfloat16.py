@@ -2,14 +2,16 @@
 
     python bench/bfloat16.py [--skip-agreement] [--skip-ap] [--scenes /tmp/eval777]
 
-1. Agreement, with the parity reference's weights (configs/coco_r50_fpn.yaml, ResNet-50 FPN at
-   800/1333, the conditioned weights of tests/data/tv_reference_r50.npz): real frames (the six
-   1280x720 highway stills, frames 0/100/200/300 of the pedestrian clip, frames 0/18/36 of the
-   highway clip), the model's own score threshold (0.05) and 100 detections at most. Each
-   float32 detection is matched one to one with a bfloat16 one (greedily in float32's score order,
-   same class, box IoU >= 0.9: models/tools/parity.py); reported: the share of float32's detections
-   matched (all of them, and those scoring >= 0.5), the distribution of |score difference| and of
-   the pasted masks' IoU over the matched pairs.
+1. Agreement on the same frames: (a) the parity reference's weights (configs/coco_r50_fpn.yaml,
+   ResNet-50 FPN at 800/1333, the seeded and conditioned, untrained weights of
+   tests/data/tv_reference_r50.npz; its own score threshold 0.05, 100 detections at most) on real
+   frames (the six 1280x720 highway stills, frames 0/100/200/300 of the pedestrian clip, frames
+   0/18/36 of the highway clip); (b) the default model (trained; its own threshold 0.05) on the
+   same real frames and (c) on the first 30 unseen scenes. Each float32 detection is matched one
+   to one with a bfloat16 one (greedily in float32's score order, same class, box IoU >= 0.9:
+   models/tools/parity.py); reported: the share of float32's detections matched (all of them, and
+   those scoring >= 0.5), the distribution of |score difference| and of the pasted masks' IoU over
+   the matched pairs.
 2. Mask and box AP of the default model on generated scenes it never saw (`maskstream scenes
    write DIR --images 100 --seed 777777`, the set of bench/results/default_model_eval.json) in both
    precisions (models/tools/evaluate.py).
@@ -30,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import clips  # noqa: E402
 import numpy as np  # noqa: E402
-from model import reference_model, stills  # noqa: E402
+from model import default_model, reference_model, stills  # noqa: E402
 from pycocotools import mask as mask_utils  # noqa: E402
 
 DATA = clips.DATA
@@ -38,23 +40,27 @@ CLIP_FRAMES = {"pedestrians_720p.avi": [0, 100, 200, 300], "highway_720p_38f.mp4
 MATCH_IOU = 0.9
 CONFIDENT = 0.5
 QUANTILES = (1, 10, 50, 90, 99)
+SCENES_COMPARED = 30
+MATCH_IOU_TEXT = f"one to one, same class, box IoU >= {MATCH_IOU}"
 
 
 def clip_frames() -> list[np.ndarray]:
     return [frame for name, indices in CLIP_FRAMES.items() for frame in clips.decode(DATA / name, indices=indices)]
 
 
-def detections(precision: str, frames: list[np.ndarray]) -> list:
+def reference(precision: str):
     model = reference_model("tv_reference_r50.npz", 800, precision)
     model.config.box_head.score_threshold = 0.05   # the model's own (bench/model.py keeps every box)
-    return [model.predict([frame], masks="rle")[0] for frame in frames]
+    return model
 
 
-def agreement(frames: list[np.ndarray]) -> dict:
-    """float32 against bfloat16 detections on the same frames (see the module docstring)."""
+def agreement(build, frames: list[np.ndarray]) -> dict:
+    """float32 against bfloat16 detections of the model `build(precision)` gives, on the same
+    frames (see the module docstring)."""
     from models.tools.parity import match_detections
 
-    f32, bf16 = detections("float32", frames), detections("bfloat16", frames)
+    f32, bf16 = ([build(precision).predict([frame], masks="rle")[0] for frame in frames]
+                 for precision in ("float32", "bfloat16"))
     totals = {"all": [0, 0], "confident": [0, 0]}   # [float32 detections, matched]
     score_diffs, mask_ious, bf16_count = [], [], 0
     for a, b in zip(f32, bf16):
@@ -78,7 +84,15 @@ def agreement(frames: list[np.ndarray]) -> dict:
             "score_difference": quantiles(score_diffs), "mask_iou": quantiles(mask_ious)}
 
 
+def scene_frames(scenes: str, count: int) -> list[np.ndarray]:
+    from models.data.coco import CocoDataset
+    data = CocoDataset(scenes)
+    return [data.load_image(i) for i in data.image_ids[:count]]
+
+
 def quantiles(values: list[float]) -> dict:
+    if not values:
+        return {f"p{q}": float("nan") for q in QUANTILES} | {"mean": float("nan")}
     return {f"p{q}": float(np.percentile(values, q)) for q in QUANTILES} | {"mean": float(np.mean(values))}
 
 
@@ -111,22 +125,28 @@ def main(argv=None) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count())
 
     report = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    if not (Path(args.scenes) / "annotations.json").is_file():
+        parser.error(f"{args.scenes}: no scenes; make them: maskstream scenes write {args.scenes} --images 100 "
+                     "--seed 777777")
     if not args.skip_agreement:
-        report["agreement"] = agreement(stills() + clip_frames())
+        real = stills() + clip_frames()
+        report["agreement"] = {
+            "reference weights, real frames": agreement(reference, real),
+            "default model, real frames": agreement(default_model, real),
+            f"default model, {SCENES_COMPARED} unseen scenes": agreement(default_model,
+                                                                        scene_frames(args.scenes, SCENES_COMPARED))}
     if not args.skip_ap:
-        if not (Path(args.scenes) / "annotations.json").is_file():
-            parser.error(f"{args.scenes}: no scenes; make them: maskstream scenes write {args.scenes} --images 100 "
-                         "--seed 777777")
         report["default_model"] = default_model_ap(args.scenes)
     if "agreement" in report:
-        a = report["agreement"]
-        print(f"reference weights, {a['frames']} real frames: bfloat16 matches {a['matched']} of "
-              f"{a['float32_detections']} float32 detections ({a['matched_share']:.1%}; {a['match']}), "
-              f"{a['confident_matched']} of {a['confident_float32_detections']} scoring >= {CONFIDENT} "
-              f"({a['confident_matched_share']:.1%})")
-        print(f"{'matched pairs':<16}" + "".join(f"{k:>9}" for k in a["score_difference"]))
-        for name in ("score_difference", "mask_iou"):
-            print(f"{name:<16}" + "".join(f"{v:9.4f}" for v in a[name].values()))
+        print(f"bfloat16 against float32 ({MATCH_IOU_TEXT}); |score difference| and mask IoU over the matched pairs")
+        print(f"{'':<34} {'frames':>6} {'matched':>14} {'score >= 0.5':>14} {'|dscore| p50':>12} {'p99':>7} "
+              f"{'mask IoU p1':>11} {'p10':>7} {'p50':>7}")
+        for name, a in report["agreement"].items():
+            print(f"{name:<34} {a['frames']:>6} {a['matched']:>5}/{a['float32_detections']:<4} {a['matched_share']:>4.0%}"
+                  f" {a['confident_matched']:>5}/{a['confident_float32_detections']:<4} "
+                  f"{a['confident_matched_share']:>4.0%} {a['score_difference']['p50']:12.4f} "
+                  f"{a['score_difference']['p99']:7.4f} {a['mask_iou']['p1']:11.3f} {a['mask_iou']['p10']:7.3f} "
+                  f"{a['mask_iou']['p50']:7.3f}")
     if "default_model" in report:
         d = report["default_model"]
         print(f"{'default model':<16}{'mask AP':>9}{'AP50':>9}{'box AP':>9}")

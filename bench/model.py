@@ -1,6 +1,6 @@
 """Model speed: the TensorFlow Mask R-CNN beside torchvision's, same weights, same frames.
 
-    python bench/model.py [--frames 8] [--batch-sizes 1 2 4] [--skip-torchvision] [--only NAME ...]
+    python bench/model.py [--frames 8] [--batch-sizes 1 2 4] [--bf16] [--skip-torchvision] [--only NAME ...]
 
 Configurations (100 detections kept where the model allows: score threshold 0):
   r50_fpn_800   configs/coco_r50_fpn.yaml with the parity reference's weights (tests/data/tv_reference_r50.npz),
@@ -38,6 +38,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from floor import matmul_rate  # noqa: E402
 from flops import count_flops  # noqa: E402
+TORCHVISION_CONFIGS = ("r50_fpn_800", "r18_fpn_512")   # what bench/torchvision_speed.py runs beside ours
 STILLS = [ROOT.parent / "shared" / "data" / f"highway_{i}.jpg" for i in range(1, 7)]
 
 
@@ -90,10 +91,14 @@ def time_model(model, frames: list[np.ndarray], batch: int, total_frames: int) -
             "detections_per_frame": statistics.mean(detections), "calls": calls}
 
 
-def torchvision_results(args) -> dict:
-    out = ROOT / "bench" / "results" / "torchvision_speed.json"
+def torchvision_results(args, names: list[str]) -> dict:
+    out = args.torchvision_json
+    configs = sorted({name.removesuffix("_bf16") for name in names} & set(TORCHVISION_CONFIGS))
+    if not configs:
+        return {}
     cmd = [sys.executable, str(ROOT / "bench" / "torchvision_speed.py"), "--json", str(out), "--frames",
-           str(args.frames), "--batch-sizes", *map(str, args.batch_sizes), "--threads", str(args.threads)]
+           str(args.frames), "--batch-sizes", *map(str, args.batch_sizes), "--threads", str(args.threads),
+           "--configs", *configs]
     subprocess.run(cmd, check=True, cwd=ROOT / "bench")
     return json.loads(out.read_text())
 
@@ -107,11 +112,10 @@ def main(argv=None) -> None:
     parser.add_argument("--bf16", action="store_true", help="also run r50_fpn_800 and default with precision: bfloat16")
     parser.add_argument("--floor-gflops", type=float, help="the float32 floor in GFLOP/s (default: measured here)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="TensorFlow's intra- and inter-op threads")
-    parser.add_argument("--only", nargs="+", help="run only these configurations (implies --skip-torchvision) and "
-                        "keep the other rows of --json")
+    parser.add_argument("--only", nargs="+", help="run only these configurations (and torchvision only beside them) "
+                        "and keep the other rows of --json")
+    parser.add_argument("--torchvision-json", type=Path, default=ROOT / "bench" / "results" / "torchvision_speed.json")
     args = parser.parse_args(argv)
-    if args.only:
-        args.skip_torchvision = True
 
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -157,8 +161,8 @@ def main(argv=None) -> None:
             r = results[name]
             b["floor_fraction"] = r["flops_per_frame"] / b["seconds_per_frame"] / (floor["gflops_per_second"] * 1e9)
             b["cpu_floor_fraction"] = b["gflops_per_cpu_second"] / floor["gflops_per_cpu_second"]
-    torchvision = (json.loads((ROOT / "bench" / "results" / "torchvision_speed.json").read_text())
-                   if args.skip_torchvision else torchvision_results(args))
+    torchvision = (json.loads(args.torchvision_json.read_text())
+                   if args.skip_torchvision else torchvision_results(args, [name for name, *_ in runs]))
     report = {"tensorflow": results, "torchvision": torchvision, "load_average_before": load_before,
               "load_average_after": os.getloadavg()[0], "threads": args.threads, "floor": floor}
     print_table(report)
