@@ -9,7 +9,8 @@ selection (top-k, decoding, NMS per level), box head and NMS (RoIAlign 7x7, the 
 decoding and NMS), mask head (RoIAlign 14x14 of the detections kept, the mask head) and paste and
 RLE (outside the graph, per detection). `whole graph` is the one compiled call `predict` makes
 (every stage but paste and RLE), `predict` the full call. Medians over `--calls` timed calls
-after one warm-up; on a shared machine the shares are what counts. torchvision's per-stage times at
+after one warm-up, wall and this process's CPU seconds; on a shared machine the shares, and the
+CPU seconds more than the wall ones, are what counts. torchvision's per-stage times at
 the same batch size come from bench/results/torchvision_speed.json (bench/torchvision_speed.py; its
 "rpn" is head and selection together, its "box" RoIAlign (both poolings), the box head and the
 per-class NMS). The reference model runs on the 1280x720 stills and the default model on its
@@ -41,21 +42,22 @@ TORCHVISION = {"preprocess": ["preprocess"], "backbone": ["backbone"], "fpn": ["
                "paste_rle": ["paste"]}
 
 
-def timed(fn, calls: int) -> tuple[float, object]:
-    """Median seconds of `calls` calls of fn() after one warm-up, and the last result."""
+def timed(fn, calls: int) -> tuple[tuple[float, float], object]:
+    """Median (wall, this process's CPU) seconds of `calls` calls of fn() after one warm-up, and the last result."""
     out = fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(calls):
-        began = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         if hasattr(out, "numpy"):
             out.numpy()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times), out
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return (statistics.median(wall), statistics.median(cpu)), out
 
 
-def profile(model, frames: list[np.ndarray], calls: int) -> dict[str, float]:
-    """Seconds per call of each stage (and of the whole graph and predict) on one batch of frames."""
+def profile(model, frames: list[np.ndarray], calls: int) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds per call of each stage (and of the whole graph and predict) on one batch of frames."""
     import tensorflow as tf
 
     from models import anchors as anchor_lib
@@ -156,20 +158,23 @@ def main(argv=None) -> None:
     batch = [frames[i % len(frames)] for i in range(args.batch)]
     load = os.getloadavg()[0]
     seconds = profile(model, batch, args.calls)
-    per_frame = {k: v / args.batch for k, v in seconds.items()}
+    per_frame = {k: v[0] / args.batch for k, v in seconds.items()}
+    cpu_per_frame = {k: v[1] / args.batch for k, v in seconds.items()}
     tv = torchvision_stages(args.config, args.batch) if args.precision == "float32" else None
-    staged = sum(per_frame[s] for s in STAGES)
+    staged, staged_cpu = sum(per_frame[s] for s in STAGES), sum(cpu_per_frame[s] for s in STAGES)
     print(f"{args.config}, batch {args.batch}, {args.precision}, {args.threads} threads, load {load:.1f}")
-    print(f"{'stage':<14} {'s/frame':>8} {'share':>6} {'torchvision':>12}")
+    print(f"{'stage':<14} {'s/frame':>8} {'share':>6} {'CPU s':>8} {'share':>6} {'torchvision':>12}")
     for name in STAGES + ["whole graph", "predict"]:
         share = f"{per_frame[name] / staged * 100:5.0f}%" if name in STAGES else ""
+        cpu_share = f"{cpu_per_frame[name] / staged_cpu * 100:5.0f}%" if name in STAGES else ""
         theirs = f"{tv[name]:12.3f}" if tv and name in tv and (name == "predict" or TORCHVISION[name]) else ""
-        print(f"{name:<14} {per_frame[name]:8.3f} {share:>6} {theirs:>12}")
-    print(f"{'sum of stages':<14} {staged:8.3f}")
+        print(f"{name:<14} {per_frame[name]:8.3f} {share:>6} {cpu_per_frame[name]:8.3f} {cpu_share:>6} {theirs:>12}")
+    print(f"{'sum of stages':<14} {staged:8.3f} {'':>6} {staged_cpu:8.3f}")
     out = args.json or ROOT / "bench" / "results" / f"profile_{args.config}.json"
     report = {"config": args.config, "batch": args.batch, "precision": args.precision, "threads": args.threads,
               "calls": args.calls, "load_average_before": load, "load_average_after": os.getloadavg()[0],
-              "seconds_per_frame": per_frame, "torchvision_seconds_per_frame": tv}
+              "seconds_per_frame": per_frame, "cpu_seconds_per_frame": cpu_per_frame,
+              "torchvision_seconds_per_frame": tv}
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -192,6 +192,8 @@ def plan_workers(config: PipelineConfig, streams: int = 1) -> tuple[list[WorkerS
     if use_gpus and count > gpus:
         raise PipelineError(f"{count} GPU workers need {count} GPUs; the Ray cluster has {gpus}")
     if config.workers.cpus == "auto":
+        if not use_gpus and cpus == 0:
+            raise PipelineError("the Ray cluster has no CPU for the inference workers")
         nodes = {node["NodeID"]: node["Resources"] for node in ray.nodes() if node["Alive"]}
         host = ray.get_runtime_context().get_node_id()
         return auto_slots(nodes, count, use_gpus, host, streams), use_gpus
