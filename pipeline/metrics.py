@@ -72,7 +72,7 @@ class RunSummary:
         for stage, p in self.latency_ms.items():
             lines.append(f"{stage:<20} {p['p50']:>9.1f} {p['p95']:>9.1f} {p['p99']:>9.1f} {p['count']:>7}")
         for w in self.workers:
-            lines.append(f"worker {w['name']}: {w['device']}, {w['threads']} threads, {w.get('precision') or '-'}")
+            lines.append(f"worker {w['name']}: {w['device']}, threads {w['threads']}, {w.get('precision') or '-'}")
         if self.reruns:
             lines.append(f"re-run after a worker died: {self.reruns} batch(es)")
         return "\n".join(lines + [f"error: {e}" for e in self.errors])
