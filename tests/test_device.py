@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from models.errors import ConfigError
+from pipeline.config import load_pipeline_config
 from pipeline.runner import INGEST_CORES_PER_STREAM, WorkerSlot, auto_slots
 from workers.device import cpu_flags, model_precision, native_bfloat16
 
@@ -87,3 +89,10 @@ def test_precision_auto_is_bfloat16_only_on_a_cpu_with_native_bfloat16(tmp_path)
                        "processor\t: 1\nflags\t\t: fpu sse avx512f avx512_bf16\n")
     assert cpu_flags(cpuinfo) == {"fpu", "sse", "avx512f", "avx512_bf16"} and native_bfloat16(cpu_flags(cpuinfo))
     assert cpu_flags(tmp_path / "missing") == set() and not native_bfloat16(set())
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many", "[2]"])
+def test_workers_cpus_is_auto_or_a_positive_number(value):
+    with pytest.raises(ConfigError, match=r"^config\.workers\.cpus: "):
+        load_pipeline_config(None, [f"workers.cpus={value}"])
+    assert load_pipeline_config().workers.cpus == "auto" and load_pipeline_config(None, ["workers.cpus=3"]).workers.cpus == 3
