@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=720)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     rows = []
     for count in INSTANCE_COUNTS:
         instances = make_instances(count, args.width, args.height, rng)

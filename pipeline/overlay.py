@@ -1,6 +1,7 @@
-"""Drawing a frame's instances (coloured masks, boxes, labels, scores) onto an image.
+"""Drawing a frame's instances (coloured masks, boxes, labels, scores, track ids) onto an image.
 
-Shared by the publisher's overlay-video sink and ``maskstream consume --video``.
+Shared by the publisher's overlay-video sink, ``maskstream consume --video`` and the live view
+(``pipeline.view``).
 """
 import colorsys
 from collections.abc import Sequence
@@ -13,17 +14,40 @@ from workers.results import InstanceRecord
 
 MASK_OPACITY = 0.5
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895
+CLASS_SATURATION = 0.85
+TRACK_SATURATION = 0.6  # tracks of one class still differ from each other and from class colours
 
 
-def class_colour(class_id: int) -> tuple[int, int, int]:
-    """A BGR colour per class; hues step by the golden ratio so neighbouring ids differ."""
-    hue = (class_id * GOLDEN_RATIO_CONJUGATE) % 1.0
-    red, green, blue = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
+def _stepped_colour(index: int, saturation: float) -> tuple[int, int, int]:
+    """A BGR colour for ``index``; hues step by the golden ratio so neighbouring indices differ."""
+    hue = (index * GOLDEN_RATIO_CONJUGATE) % 1.0
+    red, green, blue = colorsys.hsv_to_rgb(hue, saturation, 1.0)
     return int(blue * 255), int(green * 255), int(red * 255)
 
 
+def class_colour(class_id: int) -> tuple[int, int, int]:
+    """A BGR colour per class."""
+    return _stepped_colour(class_id, CLASS_SATURATION)
+
+
+def track_colour(track_id: int) -> tuple[int, int, int]:
+    """A BGR colour per track: the same object keeps its colour from frame to frame."""
+    return _stepped_colour(track_id, TRACK_SATURATION)
+
+
+def instance_colour(inst: InstanceRecord) -> tuple[int, int, int]:
+    """The colour of an instance: its track's when it has a ``track_id``, else its class's."""
+    return class_colour(inst.class_id) if inst.track_id is None else track_colour(inst.track_id)
+
+
+def caption(inst: InstanceRecord) -> str:
+    """``label score``, led by ``#track_id`` when the instance has one."""
+    text = f"{inst.label} {inst.score:.2f}"
+    return text if inst.track_id is None else f"#{inst.track_id} {text}"
+
+
 def draw_instances(image: np.ndarray, instances: Sequence[InstanceRecord]) -> np.ndarray:
-    """Draws instances onto ``image`` (H, W, 3) uint8 BGR, in place, and returns it.
+    """Draws wire-format instances onto ``image`` (H, W, 3) uint8 BGR, in place, and returns it.
 
     Masks are COCO RLE of the image's size; boxes are [x1, y1, x2, y2] pixels.
     """
@@ -31,14 +55,30 @@ def draw_instances(image: np.ndarray, instances: Sequence[InstanceRecord]) -> np
         return image
     masks = mask_utils.decode([inst.rle for inst in instances])  # (H, W, N) uint8
     for index, inst in enumerate(instances):
-        colour = class_colour(inst.class_id)
+        colour = instance_colour(inst)
         inside = masks[:, :, index].astype(bool)
         image[inside] = (image[inside] * (1 - MASK_OPACITY)
                          + np.array(colour) * MASK_OPACITY).astype(np.uint8)
         x1, y1, x2, y2 = (int(round(v)) for v in inst.box)
         cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
-        _draw_caption(image, f"{inst.label} {inst.score:.2f}", (x1, y1), colour)
+        _draw_caption(image, caption(inst), (x1, y1), colour)
     return image
+
+
+def render_frame(width: int, height: int, instances: Sequence[InstanceRecord],
+                 image_rgb: np.ndarray | None = None) -> np.ndarray:
+    """A frame with its instances drawn: (height, width, 3) uint8 BGR.
+
+    ``image_rgb``: the frame's pixels, (h, w, 3) uint8 RGB, resized to width x height when it
+    was sent smaller; without it the instances are drawn on a black canvas of the frame's size.
+    """
+    if image_rgb is None:
+        canvas = np.zeros((height, width, 3), np.uint8)
+    else:
+        canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+        if canvas.shape[:2] != (height, width):
+            canvas = cv2.resize(canvas, (width, height), interpolation=cv2.INTER_LINEAR)
+    return draw_instances(canvas, instances)
 
 
 def _draw_caption(image: np.ndarray, text: str, corner: tuple[int, int],

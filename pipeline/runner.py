@@ -87,7 +87,8 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
                                     f"{error.strerror}") from None
             try:
                 scheduler = Scheduler(ingests, workers, placement, publisher, config.batching, live=live,
-                                      live_queue=config.sources.live_queue, overlay=config.output.overlay,
+                                      live_queue=config.sources.live_queue,
+                                      keep_pixels=config.output.overlay or config.publish.images != "none",
                                       stats=stats)
                 with stop_on_sigint(stop):
                     scheduler.run(stop)
@@ -129,7 +130,8 @@ def connect_ray(config: PipelineConfig) -> bool:
     if ray.is_initialized():
         return False
     env = {} if config.verbose else {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    ray.init(address=config.ray_address, log_to_driver=config.verbose, include_dashboard=False,
+    # "local": a new Ray of this machine's own, not whichever cluster another program left running here.
+    ray.init(address=config.ray_address or "local", log_to_driver=config.verbose, include_dashboard=False,
              logging_level=logging.INFO if config.verbose else logging.ERROR,
              runtime_env={"env_vars": env})
     return True

@@ -12,7 +12,7 @@ def ray_cluster():
     """
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
     yield
     if started:

@@ -1,0 +1,459 @@
+"""Object identities across frames: a per-stream multi-object tracker over Mask R-CNN's detections.
+
+    tracker = StreamTracker(TrackingConfig())            # one per stream
+    for frame in frames_in_seq_order:
+        step = tracker.update(boxes, scores, class_ids, rles, pts)
+        step.track_ids      # (N,) int64, one per detection; 0: not (yet) part of a track
+        step.ended          # (E,) int64, ids of tracks that ended at this frame
+    tracker.finish()        # (E,) int64, the tracks still alive when the stream ends
+
+Inputs per frame: boxes (N, 4) float x1 y1 x2 y2 in pixels, scores (N,), class_ids (N,) ints,
+rles N COCO compressed RLE dicts (`{"size": [H, W], "counts": str}`) or None, pts the frame's
+presentation time in seconds (strictly increasing frames; equal pts predict no motion).
+
+How a frame is associated (ByteTrack's stages, with masks where boxes overlap):
+1. Every track's box is predicted to `pts` by a constant-velocity Kalman filter on
+   (cx, cy, w, h) whose step is the time since the track's last update: a frame dropped in
+   live mode is a longer step, not a teleport. Tracks unseen for more than `max_age_s` end first.
+2. Affinity of a track and a detection of the same class (0 across classes): box IoU of the
+   predicted box (`bytetrack-box`, `sort`); with `bytetrack-mask`, for contested pairs (a track
+   with two or more detections whose box IoU with it reaches `mask_gate`, or a detection with
+   two or more such tracks: crowds, occlusion) a mix of it and the mask IoU of the track's last
+   mask (moved by the predicted motion with `mask_motion: shift`) and the detection's; a lone
+   pair keeps its box IoU, so a mask that changed shape over a gap does not break its track.
+   `motion_gate` can also rule out pairs far from the prediction (Mahalanobis).
+   Each stage is an optimal assignment (`linear_sum_assignment`) of the pairs whose affinity
+   (times the detection's score where `fuse_score`) reaches the stage's threshold.
+3. Stages (`sort`: the first alone, over every track): confident detections (score >=
+   `high_score`) against the confirmed tracks, lost ones included, at `match_threshold`; weak
+   detections (`low_score` <= score < `high_score`) against the confirmed tracks left that were
+   seen in the previous frame, at `low_match_threshold` (a partly hidden object whose score
+   dropped keeps its track); the confident detections left against the unconfirmed tracks; with
+   `recover_lost`, those still left against the lost tracks where they were last seen (OC-SORT's
+   observation-centric recovery: an object that stopped is not where its velocity said).
+4. Confident detections left over that score at least `new_track_score` start tracks. A new
+   track gets its id at its `min_hits`-th detection in consecutive frames (before that its
+   detections carry id 0; those of a stream's first frame get theirs at once, as in ByteTrack);
+   one missed before then is dropped without an id.
+
+A track never changes class (only detections of its class are candidates). Ids count from 1
+per tracker, in the order tracks are confirmed, so the same detections give the same ids.
+Pure numpy, scipy and pycocotools: no Ray, no ZeroMQ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from scipy.optimize import linear_sum_assignment
+
+from models.config import ConfigError, from_dict
+
+METHODS = ("bytetrack-mask", "bytetrack-box", "sort")
+MASK_MOTIONS = ("shift", "none")
+_NO_MATCH = 1e6          # assignment cost of a pair below its threshold
+SHIFT_FRACTION = 0.05    # mask_motion shift: masks move when the prediction moved more than this of the box
+
+
+@dataclass
+class TrackingConfig:
+    """The tracker's settings: the pipeline config's `tracking:` section."""
+
+    enabled: bool = True
+    """Give every published instance a track id; false publishes exactly what an untracked run does."""
+    method: str = "bytetrack-box"
+    """Association: `bytetrack-box` (ByteTrack's stages, box IoU), `bytetrack-mask` (the same, with
+    mask IoU deciding between overlapping boxes) or `sort` (one stage over the confident detections,
+    box IoU). bench/tracking.py measured box as good as mask on model detections and better on
+    exact masks and dropped frames (a thin or half-hidden mask changes shape between frames)."""
+    high_score: float = 0.7
+    """Detections scoring at least this are confident: matched first, and may start tracks."""
+    low_score: float = 0.1
+    """Detections in [low_score, high_score) only continue tracks (stage 2); lower ones are ignored."""
+    new_track_score: float = 0.8
+    """A confident detection left unmatched starts a track if it scores at least this."""
+    match_threshold: float = 0.2
+    """Stage 1 (and unconfirmed tracks): the least affinity (IoU-like, 0-1) of a match."""
+    low_match_threshold: float = 0.5
+    """Stage 2 (weak detections): the least affinity of a match."""
+    fuse_score: bool = True
+    """Confident detections: weigh a pair's affinity by the detection's score (ByteTrack's fuse_score),
+    so that of two similar candidates the surer one wins."""
+    mask_weight: float = 0.8
+    """`bytetrack-mask`: affinity of a contested pair = (1 - mask_weight) * box IoU + mask_weight * mask IoU."""
+    mask_gate: float = 0.1
+    """`bytetrack-mask`: boxes overlapping with at least this IoU are rivals; where a track or a
+    detection has two or more, mask IoU joins box IoU for those pairs (the others keep box IoU alone)."""
+    mask_motion: str = "shift"
+    """`bytetrack-mask`: a track's expected mask is its last mask moved by the predicted box motion
+    (`shift`; moves under 5% of the box are left out, they change mask IoU little) or its last mask
+    where it was (`none`)."""
+    max_age_s: float = 1.0
+    """A track unseen for more than this many seconds ends; within it, a re-found object keeps its id."""
+    min_hits: int = 2
+    """Detections in consecutive frames before a new track gets an id (1: at once)."""
+    recover_lost: bool = True
+    """A fourth stage: confident detections left over against lost tracks at their last seen box."""
+    motion_gate: float = 0.0
+    """Pairs whose box lies further from the track's prediction than this squared Mahalanobis
+    distance (over cx, cy, w, h; 9.49 is chi-square's 95% for 4 values) are not matched; 0: no gate."""
+    measurement_noise: float = 0.05
+    """Kalman filter: std of a detected box's centre and size, as a fraction of the box's size."""
+    acceleration_noise: float = 4.0
+    """Kalman filter: std of the change of velocity, in box sizes per second squared."""
+    initial_velocity_std: float = 1.5
+    """Kalman filter: std of a new track's unknown velocity, in box sizes per second."""
+
+    def validate(self, path: str = "tracking") -> None:
+        """Raise ConfigError naming the first key with a bad value."""
+        def require(ok: bool, key: str, problem: str) -> None:
+            if not ok:
+                raise ConfigError(f"{path}.{key}: {problem}")
+        require(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}")
+        require(0 <= self.low_score <= self.high_score <= 1, "low_score", "need 0 <= low_score <= high_score <= 1")
+        require(0 <= self.new_track_score <= 1, "new_track_score", "must be in [0, 1]")
+        require(0 < self.match_threshold <= 1, "match_threshold", "must be in (0, 1]")
+        require(0 < self.low_match_threshold <= 1, "low_match_threshold", "must be in (0, 1]")
+        require(0 <= self.mask_weight <= 1, "mask_weight", "must be in [0, 1]")
+        require(0 <= self.mask_gate <= 1, "mask_gate", "must be in [0, 1]")
+        require(self.mask_motion in MASK_MOTIONS, "mask_motion", f"must be one of {', '.join(MASK_MOTIONS)}")
+        require(self.max_age_s >= 0, "max_age_s", "must be >= 0")
+        require(self.min_hits >= 1, "min_hits", "must be >= 1")
+        require(self.motion_gate >= 0, "motion_gate", "must be >= 0 (0: no gate)")
+        require(self.measurement_noise > 0, "measurement_noise", "must be positive")
+        require(self.acceleration_noise >= 0, "acceleration_noise", "must be >= 0")
+        require(self.initial_velocity_std >= 0, "initial_velocity_std", "must be >= 0")
+
+
+@dataclass
+class TrackStep:
+    """What one frame did to the tracks."""
+    track_ids: np.ndarray      # (N,) int64 per detection of the frame, 0 where it belongs to no confirmed track
+    ended: np.ndarray          # (E,) int64 ids of tracks that ended at this frame, ascending
+
+
+# -- geometry ----------------------------------------------------------------------------------
+
+def boxes_to_state(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) x1 y1 x2 y2 -> (N, 4) cx cy w h."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    size = np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0)
+    return np.concatenate([boxes[:, :2] + size / 2, size], axis=1)
+
+
+def state_to_boxes(state: np.ndarray) -> np.ndarray:
+    """(N, 4) cx cy w h -> (N, 4) x1 y1 x2 y2 (sizes at least one pixel)."""
+    half = np.maximum(state[:, 2:], 1.0) / 2
+    return np.concatenate([state[:, :2] - half, state[:, :2] + half], axis=1)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(A, 4) and (B, 4) x1 y1 x2 y2 -> (A, B) IoU."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+# -- COCO RLE runs -----------------------------------------------------------------------------
+
+def rle_runs(rles: list[dict]) -> list[np.ndarray]:
+    """COCO compressed RLEs -> their run lengths (alternating 0s and 1s, column-major, from 0s),
+    each (R,) int64; decoded for all masks at once (pycocotools' rleFrString, vectorised)."""
+    strings = [r["counts"].encode("ascii") if isinstance(r["counts"], str) else bytes(r["counts"]) for r in rles]
+    if not strings:
+        return []
+    chars = np.frombuffer(b"".join(strings), np.uint8).astype(np.int64) - 48
+    last_char = (chars & 0x20) == 0                         # a value's last character has no continuation bit
+    value_start = np.flatnonzero(np.concatenate([[True], last_char[:-1]]))
+    value_of_char = np.cumsum(np.concatenate([[0], last_char[:-1]]))
+    shift = 5 * (np.arange(chars.size) - value_start[value_of_char])
+    values = np.add.reduceat((chars & 0x1F) << shift, value_start)
+    negative = (chars[last_char] & 0x10) != 0
+    values[negative] -= np.left_shift(1, shift[last_char][negative] + 5)
+    # from the fourth value of a mask on, each is the difference to the value two before it: a
+    # running sum along each mask's odd values and along its even ones from the third
+    per_mask = np.add.reduceat(last_char, np.concatenate([[0], np.cumsum([len(s) for s in strings])[:-1]]))
+    mask_of_value = np.repeat(np.arange(len(strings)), per_mask)
+    index = np.arange(values.size) - np.repeat(np.cumsum(per_mask) - per_mask, per_mask)
+    runs = values.copy()
+    for parity, first in ((0, 2), (1, 1)):
+        chain = np.flatnonzero((index % 2 == parity) & (index >= first))
+        if chain.size == 0:
+            continue
+        sums = np.cumsum(values[chain])
+        owner = mask_of_value[chain]
+        starts = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]]))
+        runs[chain] = sums - np.repeat(sums[starts] - values[chain[starts]], np.diff(np.append(starts, chain.size)))
+    return np.split(runs, np.cumsum(per_mask)[:-1])
+
+
+def shift_masks(runs: list[np.ndarray], height: int, width: int, offsets: np.ndarray) -> list[dict]:
+    """Masks given by their runs (`rle_runs`) moved by offsets (K, 2) whole pixels (dx, dy) -> COCO
+    compressed RLEs, all in one pass. Column-major, so a vertical move wraps the pixels within
+    |dy| of the top or bottom edge into the next column (a small error, only for masks touching
+    those edges); what leaves the frame is cut off."""
+    if not runs:
+        return []
+    area = height * width
+    lengths = np.array([len(r) for r in runs])
+    first = np.cumsum(lengths) - lengths
+    ends = np.cumsum(np.concatenate(runs))
+    ends -= np.repeat(ends[first] - np.concatenate(runs)[first], lengths)      # each run's end within its mask
+    shift = np.asarray(offsets, np.int64) @ np.array([height, 1])
+    ends = np.clip(ends + np.repeat(shift, lengths), 0, area)
+    counts = np.diff(ends, prepend=0)
+    counts[first] = ends[first]                                                 # each mask starts at 0
+    rest = area - ends[first + lengths - 1]                                     # what is left at the end is 0s
+    odd = lengths % 2 == 1
+    counts[(first + lengths - 1)[odd]] += rest[odd]
+    objects = []
+    for k, part in enumerate(np.split(counts, np.cumsum(lengths)[:-1])):
+        part = part.tolist()
+        if not odd[k]:
+            part.append(int(rest[k]))
+        objects.append({"counts": part, "size": [height, width]})
+    return mask_utils.frPyObjects(objects, height, width)
+
+
+# -- the tracker -------------------------------------------------------------------------------
+
+class StreamTracker:
+    """Tracks of one stream. Feed its frames in order with `update`; see the module docstring."""
+
+    def __init__(self, config: TrackingConfig | None = None):
+        self.config = config if config is not None else TrackingConfig()
+        self.config.validate()
+        self.next_id = 1
+        self.last_pts: float | None = None
+        self.mean = np.zeros((0, 8))         # (T, 8) cx cy w h and their velocities (pixels, pixels/s)
+        self.cov = np.zeros((0, 4, 3))       # (T, 4, 3) per coordinate: var(pos), cov(pos, vel), var(vel)
+        self.updated_pts = np.zeros(0)       # (T,) pts of the last update (where `mean` was measured)
+        self.seen_pts = np.zeros(0)          # (T,) pts of the last detection
+        self.class_ids = np.zeros(0, np.int64)
+        self.ids = np.zeros(0, np.int64)     # 0 while unconfirmed
+        self.hits = np.zeros(0, np.int64)    # detections in consecutive frames so far (capped at min_hits)
+        self.masks: list[dict | None] = []   # last mask per track (COCO RLE) or None
+        self.mask_centres = np.zeros((0, 2))  # (T, 2) box centre the last mask was seen at
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # -- motion ---------------------------------------------------------------------------------
+
+    def _noise_scale(self, mean: np.ndarray) -> np.ndarray:
+        """(T, 8) -> (T, 4) the size each coordinate's noise scales with: w for cx and w, h for cy and h."""
+        size = np.maximum(mean[:, 2:4], 1.0)
+        return np.concatenate([size, size], axis=1)
+
+    def _predicted(self, pts: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every track's state and covariance moved to time pts: ((T, 8), (T, 4, 3))."""
+        dt = np.maximum(pts - self.updated_pts, 0.0)[:, None]                 # (T, 1)
+        mean = self.mean.copy()
+        mean[:, :4] += dt * mean[:, 4:]
+        accel = (self.config.acceleration_noise * self._noise_scale(self.mean)) ** 2
+        pp, pv, vv = self.cov[..., 0], self.cov[..., 1], self.cov[..., 2]
+        cov = np.stack([pp + 2 * dt * pv + dt ** 2 * vv + accel * dt ** 4 / 4,
+                        pv + dt * vv + accel * dt ** 3 / 2,
+                        vv + accel * dt ** 2], axis=-1)
+        return mean, cov
+
+    def _last_seen(self) -> np.ndarray:
+        """(T, 8) every track's state where it was last updated, without motion since."""
+        state = self.mean.copy()
+        state[:, :2] = self.mask_centres
+        return state
+
+    def _measure(self, index: np.ndarray, mean: np.ndarray, cov: np.ndarray, boxes: np.ndarray) -> None:
+        """Kalman update of tracks `index` (predicted `mean`, `cov` of those tracks) with `boxes`."""
+        measured = boxes_to_state(boxes)
+        noise = (self.config.measurement_noise * self._noise_scale(mean)) ** 2
+        pp, pv, vv = cov[..., 0], cov[..., 1], cov[..., 2]
+        s = pp + noise
+        gain_p, gain_v = pp / s, pv / s
+        residual = measured - mean[:, :4]
+        mean = mean.copy()
+        mean[:, :4] += gain_p * residual
+        mean[:, 4:] += gain_v * residual
+        mean[:, 2:4] = np.maximum(mean[:, 2:4], 1.0)
+        self.mean[index] = mean
+        self.cov[index] = np.stack([(1 - gain_p) * pp, (1 - gain_p) * pv, vv - gain_v * pv], axis=-1)
+
+    def _new_tracks(self, boxes: np.ndarray, class_ids: np.ndarray, masks: list, pts: float) -> None:
+        state = boxes_to_state(boxes)
+        scale = self._noise_scale(np.concatenate([state, np.zeros_like(state)], axis=1))
+        cov = np.stack([(self.config.measurement_noise * scale) ** 2, np.zeros_like(scale),
+                        (self.config.initial_velocity_std * scale) ** 2], axis=-1)
+        n = len(boxes)
+        self.mean = np.concatenate([self.mean, np.concatenate([state, np.zeros_like(state)], axis=1)])
+        self.cov = np.concatenate([self.cov, cov])
+        self.updated_pts = np.concatenate([self.updated_pts, np.full(n, pts)])
+        self.seen_pts = np.concatenate([self.seen_pts, np.full(n, pts)])
+        self.class_ids = np.concatenate([self.class_ids, class_ids.astype(np.int64)])
+        self.ids = np.concatenate([self.ids, np.zeros(n, np.int64)])
+        self.hits = np.concatenate([self.hits, np.ones(n, np.int64)])
+        self.masks += masks
+        self.mask_centres = np.concatenate([self.mask_centres, state[:, :2]])
+
+    def _keep(self, keep: np.ndarray) -> None:
+        """Keep only tracks where keep (T,) bool is true."""
+        old = np.flatnonzero(keep)
+        for name in ("mean", "cov", "updated_pts", "seen_pts", "class_ids", "ids", "hits", "mask_centres"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.masks = [self.masks[i] for i in old]
+
+    # -- association ------------------------------------------------------------------------------
+
+    def _expected_masks(self, tracks: np.ndarray, centres: np.ndarray) -> list[dict | None]:
+        """The masks tracks (K,) are expected to show with predicted box centres (K, 2)."""
+        masks = [self.masks[i] for i in tracks]
+        if self.config.mask_motion == "none":
+            return masks
+        offsets = np.round(centres - self.mask_centres[tracks]).astype(np.int64)
+        # a move under SHIFT_FRACTION of the box changes mask IoU little: those masks stay as they are
+        far = (np.abs(offsets) > SHIFT_FRACTION * self.mean[tracks, 2:4]).any(axis=1)
+        moving = [k for k, m in enumerate(masks) if m is not None and far[k]]
+        if moving:
+            height, width = masks[moving[0]]["size"]
+            moved = shift_masks(rle_runs([masks[k] for k in moving]), height, width, offsets[moving])
+            for k, mask in zip(moving, moved):
+                masks[k] = mask
+        return masks
+
+    def _affinity(self, tracks: np.ndarray, dets: np.ndarray, predicted: np.ndarray, predicted_cov: np.ndarray,
+                  boxes: np.ndarray, class_ids: np.ndarray, rles: list | None) -> np.ndarray:
+        """(K, D) affinity in [0, 1] of tracks (K,) and detections (D,); 0 across classes."""
+        pred_boxes = state_to_boxes(predicted[tracks, :4])
+        affinity = box_iou(pred_boxes, boxes[dets])
+        affinity *= self.class_ids[tracks][:, None] == class_ids[dets][None, :]
+        cfg = self.config
+        if cfg.motion_gate > 0:     # squared Mahalanobis distance of each box to each prediction
+            variance = predicted_cov[tracks, :, 0] + (cfg.measurement_noise * self._noise_scale(predicted[tracks])) ** 2
+            residual = boxes_to_state(boxes[dets])[None, :, :] - predicted[tracks, None, :4]
+            affinity[np.sum(residual ** 2 / variance[:, None, :], axis=2) > cfg.motion_gate] = 0.0
+        overlap = affinity >= max(cfg.mask_gate, 1e-9)
+        # masks decide where boxes leave a choice: pairs of a track with two or more detections whose
+        # boxes overlap it (or of a detection with two or more tracks); a lone pair keeps its box IoU,
+        # so a mask that changed shape since it was seen (a walker's legs, a car growing as it nears,
+        # over a gap of dropped frames) does not break a track that has no rival
+        contested = overlap & ((overlap.sum(axis=1) > 1)[:, None] | (overlap.sum(axis=0) > 1)[None, :])
+        if cfg.method != "bytetrack-mask" or rles is None or cfg.mask_weight == 0 or not contested.any():
+            return affinity
+        rows = np.flatnonzero(contested.any(axis=1))
+        expected = dict(zip(rows.tolist(), self._expected_masks(tracks[rows], predicted[tracks[rows], :2])))
+        for class_id in np.unique(self.class_ids[tracks[rows]]):     # one mask IoU call per class
+            r = [k for k in rows.tolist() if self.class_ids[tracks[k]] == class_id and expected[k] is not None]
+            c = np.flatnonzero(contested[r].any(axis=0)) if r else []
+            if len(c) == 0:
+                continue
+            mask_iou = np.asarray(mask_utils.iou([expected[k] for k in r], [rles[dets[j]] for j in c],
+                                                 [0] * len(c))).reshape(len(r), len(c))
+            block = np.ix_(r, c)
+            mixed = (1 - cfg.mask_weight) * affinity[block] + cfg.mask_weight * mask_iou
+            affinity[block] = np.where(contested[block], mixed, affinity[block])
+        return affinity
+
+    @staticmethod
+    def _assign(affinity: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Optimal one-to-one matching of rows and columns with affinity >= threshold: (rows, cols)."""
+        if affinity.size == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        cost = np.where(affinity >= threshold, 1.0 - affinity, _NO_MATCH)
+        rows, cols = linear_sum_assignment(cost)
+        ok = cost[rows, cols] < _NO_MATCH
+        return rows[ok].astype(np.int64), cols[ok].astype(np.int64)
+
+    def update(self, boxes, scores, class_ids, rles: list[dict] | None, pts: float) -> TrackStep:
+        """One frame's detections (N,) at time pts -> their track ids and the tracks that ended."""
+        cfg = self.config
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        scores = np.asarray(scores, np.float64).reshape(-1)
+        class_ids = np.asarray(class_ids, np.int64).reshape(-1)
+        n = len(scores)
+        if len(boxes) != n or len(class_ids) != n or (rles is not None and len(rles) != n):
+            raise ValueError(f"StreamTracker.update: {len(boxes)} boxes, {n} scores, {len(class_ids)} class ids"
+                             + ("" if rles is None else f", {len(rles)} masks") + ": expected as many of each")
+        pts = float(pts)
+        if self.last_pts is not None and pts < self.last_pts:
+            raise ValueError(f"StreamTracker.update: pts {pts} before the previous frame's {self.last_pts}")
+        previous_pts, self.last_pts = self.last_pts, pts
+
+        # tracks unseen too long end; unconfirmed ones missed in the previous frame are dropped
+        expired = (pts - self.seen_pts > cfg.max_age_s) | ((self.ids == 0) & (self.seen_pts != previous_pts))
+        ended = np.sort(self.ids[expired & (self.ids > 0)])
+        if expired.any():
+            self._keep(~expired)
+
+        predicted, predicted_cov = self._predicted(pts)
+        matched_track = np.full(n, -1, np.int64)           # per detection: the track index it continues
+        high = np.flatnonzero(scores >= cfg.high_score)
+        low = np.flatnonzero((scores >= cfg.low_score) & (scores < cfg.high_score))
+        confirmed = self.ids > 0
+        recent = self.seen_pts == previous_pts
+        # (detections, tracks, least affinity, weigh by score, where tracks are); `sort` has one stage
+        stages = ([(high, np.ones(len(self), bool), cfg.match_threshold, False, "predicted")] if cfg.method == "sort" else
+                  [(high, confirmed, cfg.match_threshold, cfg.fuse_score, "predicted"),     # confident: every confirmed track
+                   (low, confirmed & recent, cfg.low_match_threshold, False, "predicted"),  # weak: those seen just before
+                   (high, ~confirmed, cfg.match_threshold, cfg.fuse_score, "predicted")])   # confident left: unconfirmed
+        if cfg.recover_lost and cfg.method != "sort":
+            # confident detections left against the lost tracks where they were last seen (OC-SORT's
+            # observation-centric recovery): a stopped or turned object is not where its velocity said
+            stages.append((high, confirmed & ~recent, cfg.match_threshold, cfg.fuse_score, "last"))
+        taken = np.zeros(len(self), bool)
+        for dets, eligible, threshold, fuse, where in stages:
+            dets = dets[matched_track[dets] < 0]
+            candidates = np.flatnonzero(eligible & ~taken)
+            if len(dets) == 0 or len(candidates) == 0:
+                continue
+            state, state_cov = (predicted, predicted_cov) if where == "predicted" else (self._last_seen(), self.cov)
+            affinity = self._affinity(candidates, dets, state, state_cov, boxes, class_ids, rles)
+            rows, cols = self._assign(affinity * scores[dets][None, :] if fuse else affinity, threshold)
+            matched_track[dets[cols]] = candidates[rows]
+            taken[candidates[rows]] = True
+
+        # matched tracks take their detection
+        det_index = np.flatnonzero(matched_track >= 0)
+        track_index = matched_track[det_index]
+        if len(det_index):
+            self._measure(track_index, predicted[track_index], predicted_cov[track_index], boxes[det_index])
+            consecutive = self.seen_pts[track_index] == previous_pts
+            self.hits[track_index] = np.where(consecutive, np.minimum(self.hits[track_index] + 1, cfg.min_hits), 1)
+            self.updated_pts[track_index] = pts
+            self.seen_pts[track_index] = pts
+            self.mask_centres[track_index] = self.mean[track_index, :2]
+            for t, d in zip(track_index, det_index):
+                self.masks[t] = None if rles is None else rles[d]
+        # tracks not matched coast: their state stays at their last update, predicted anew each frame
+
+        # confident detections left over start tracks
+        fresh = [d for d in high if matched_track[d] < 0 and scores[d] >= cfg.new_track_score]
+        first = len(self)
+        if fresh:
+            self._new_tracks(boxes[fresh], class_ids[fresh], [None if rles is None else rles[d] for d in fresh], pts)
+            matched_track[fresh] = np.arange(first, len(self))
+
+        # tracks with enough consecutive detections get their id, in detection order; at a stream's
+        # first frame there is nothing to confirm against, so its tracks get theirs at once
+        for d in np.flatnonzero(matched_track >= 0):
+            t = matched_track[d]
+            if self.ids[t] == 0 and (self.hits[t] >= cfg.min_hits or previous_pts is None):
+                self.ids[t] = self.next_id
+                self.next_id += 1
+        track_ids = np.where(matched_track >= 0, self.ids[np.maximum(matched_track, 0)] if len(self) else 0, 0)
+        return TrackStep(track_ids.astype(np.int64), ended.astype(np.int64))
+
+    def finish(self) -> np.ndarray:
+        """End every track (the stream ended): their ids (E,) int64, ascending."""
+        ended = np.sort(self.ids[self.ids > 0]).astype(np.int64)
+        self._keep(np.zeros(len(self), bool))
+        return ended
+
+
+def tracking_config(data: dict | None, path: str = "tracking") -> TrackingConfig:
+    """A validated TrackingConfig from a mapping (a YAML `tracking:` section); ConfigError on a mistake."""
+    config = from_dict(TrackingConfig, data or {}, path)
+    config.validate(path)
+    return config
