@@ -74,8 +74,15 @@ def test_numpy_and_bytes_values_become_plain_json():
 
 def test_eos_round_trip():
     parts = encode_message(EndOfStream("cam10", 42))
-    assert parts == [b"maskstream/cam10/", b'{"schema":"maskstream.eos/1","stream":"cam10","frames":42}']
+    assert parts == [b"maskstream/cam10/",
+                     b'{"schema":"maskstream.eos/1","stream":"cam10","frames":42,"reason":"end"}']
     assert decode_message(parts) == EndOfStream("cam10", 42)
+    failed = EndOfStream("ped", 4, "error", "ped: its ingest actor died")
+    assert decode_message(encode_message(failed)) == failed
+    assert failed.describe() == "ped ended after 4 frames (error: ped: its ingest actor died)"
+    # a publisher from before the reason existed: its EOS reads as an end
+    old = [b"maskstream/cam10/", b'{"schema":"maskstream.eos/1","stream":"cam10","frames":42}']
+    assert decode_message(old) == EndOfStream("cam10", 42, "end")
 
 
 def test_a_header_missing_fields_gets_one_line_naming_them():
@@ -100,6 +107,7 @@ def test_the_publisher_side_check_names_what_cannot_be_published():
      "header names stream 'cam2'"),
     ([b"maskstream/cam1/", b"\xff not json"], "not UTF-8 JSON"),
     ([b"maskstream/cam1/"], "1 parts"),
+    ([b"maskstream/cam1/", b"{}", b"", b""], "4 parts"),
 ])
 def test_decoder_refuses_what_is_not_v1(parts, problem):
     with pytest.raises(ProtocolError, match=problem):
@@ -119,6 +127,7 @@ def test_json_schemas_are_valid_and_accept_what_the_publisher_sends():
     VALIDATORS[FRAME_SCHEMA].validate(json.loads(V1_FRAME_BYTES))
     VALIDATORS[FRAME_SCHEMA].validate(published(make_record("cam1", 0, instances=0)).to_wire())
     VALIDATORS[EOS_SCHEMA].validate(EndOfStream("cam1", 0).to_wire())
+    VALIDATORS[EOS_SCHEMA].validate(EndOfStream("cam1", 0, "error", "cam1: no such file").to_wire())
 
 
 @pytest.mark.parametrize("change, path", [

@@ -28,7 +28,8 @@ def test_the_scheduler_sleeps_past_an_overdue_batch_while_every_worker_is_busy()
 
 
 class TakeRecorder:
-    """Stands in for an ingest actor's handle: records the take() calls the scheduler makes."""
+    """Stands in for an ingest actor's handle: records the take() calls the scheduler makes
+    (take has two answers, the Taken and the pixels: IngestActor.take)."""
 
     def __init__(self):
         self.calls = []
@@ -36,7 +37,7 @@ class TakeRecorder:
 
     def remote(self, *args):
         self.calls.append(args)
-        return object()
+        return object(), object()
 
 
 def test_live_takes_no_frame_while_one_of_its_stream_waits_and_sends_a_lone_frame_at_once():

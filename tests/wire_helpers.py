@@ -79,9 +79,9 @@ def make_record(stream: str, seq: int, instances: int = 2, **overrides) -> Frame
     return FrameRecord(**{**fields, **overrides})
 
 
-def start_publisher(output: OutputSection | None = None, class_names=None, **publish) -> tuple:
+def start_publisher(output: OutputSection | None = None, class_names=None, live: bool = False, **publish) -> tuple:
     """A publisher actor on a free port and the endpoint it bound; ``publish``: PublishSection fields."""
-    publisher = PublisherActor.remote(PublishSection(**{"endpoint": ANY_PORT, **publish}), output, class_names)
+    publisher = PublisherActor.remote(PublishSection(**{"endpoint": ANY_PORT, **publish}), output, class_names, live)
     return publisher, ray.get(publisher.ready.remote())
 
 
