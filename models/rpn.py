@@ -42,15 +42,19 @@ def rpn_head(params: Params, features: list[tf.Tensor], depth: int = 1, logits_p
     """[P_l (B, H_l, W_l, C)] -> objectness logits [(B, H_l*W_l*A)] (or [(B, H_l*W_l*A, 2)] with two
     logits per anchor, background then object) and deltas [(B, H_l*W_l*A, 4)].
 
-    The flattening order (location-major, then anchor) matches the anchors'.
+    The flattening order (location-major, then anchor) matches the anchors'. The objectness and
+    delta 1x1 convs run as one conv of their concatenated kernels (one pass over each level's
+    features instead of two; the same values: each output channel is its own dot product).
     """
+    objectness_channels = params["rpn/objectness/kernel"].shape[-1]     # A, or 2A with two logits per anchor
+    outputs = {"rpn/outputs/kernel": tf.concat([params["rpn/objectness/kernel"], params["rpn/deltas/kernel"]], -1),
+               "rpn/outputs/bias": tf.concat([params["rpn/objectness/bias"], params["rpn/deltas/bias"]], 0)}
     logits, deltas = [], []
     for x in features:
         t = x
         for i in range(depth):
             t = conv2d(t, params, rpn_conv_name(i), relu=True)
-        o = conv2d(t, params, "rpn/objectness")
-        d = conv2d(t, params, "rpn/deltas")
+        o, d = tf.split(conv2d(t, outputs, "rpn/outputs"), [objectness_channels, -1], axis=-1)
         batch = tf.shape(x)[0]
         logits.append(tf.reshape(o, [batch, -1]) if logits_per_anchor == 1 else
                       tf.reshape(o, [batch, -1, logits_per_anchor]))
