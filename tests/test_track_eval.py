@@ -38,7 +38,8 @@ def test_sequences_and_ground_truth_files(sequences, tmp_path):
     assert (decoded == mask_utils.decode(first.rles[0])).all()
     box_line = (tmp_path / "seq-0000.mot.txt").read_text().splitlines()[0].split(",")
     x1, y1, x2, y2 = first.boxes[0]
-    assert box_line[:2] == ["1", str(first.track_ids[0])] and box_line[6:] == ["1", str(first.class_ids[0]), "1"]
+    assert box_line[:2] == ["1", str(first.track_ids[0])] and box_line[6:8] == ["1", str(first.class_ids[0])]
+    assert float(box_line[8]) == pytest.approx(first.visibility[0], abs=1e-3)      # MOT's visibility column
     assert np.allclose([float(v) for v in box_line[2:6]], [x1, y1, x2 - x1, y2 - y1], atol=0.01)
     # ids persist: a scene object keeps its track id from frame to frame
     assert len(set(seq.ground_truth[0].track_ids) & set(seq.ground_truth[1].track_ids)) >= len(seq.ground_truth[0]) - 2
