@@ -12,8 +12,10 @@ One ZeroMQ multipart message per frame on a PUB socket (docs/protocol.md has the
 1. topic ``maskstream/<stream_id>/``: the trailing slash keeps a ``cam1`` subscription from
    matching ``cam10``, since ZeroMQ subscriptions are byte prefixes;
 2. header: compact UTF-8 JSON with ``"schema": "maskstream.frame/1"`` and the fields of
-   ``FRAME_FIELDS``, in that order;
-3. at the end of a stream, instead of a frame: ``{"schema": "maskstream.eos/1", "stream", "frames"}``.
+   ``FRAME_FIELDS``, in that order (with tracking, each instance's ``track_id`` and the frame's
+   ``tracks_ended`` too: ``OPTIONAL_FIELDS``, absent without tracking);
+3. at the end of a stream, instead of a frame: ``{"schema": "maskstream.eos/1", "stream", "frames"}``
+   (with tracking, ``tracks_ended``: the tracks still in view at the end).
 
 The JSON Schemas of both headers ship with the package (``json_schema(FRAME_SCHEMA)``, files in
 pipeline/schema/). Fields may be added within version 1: consumers ignore what they do not know.
@@ -59,6 +61,7 @@ class FrameRecord:
     dropped_before: int           # frames of this stream dropped since the last one published
     timing_ms: dict[str, float]   # milliseconds per stage: decode, queue, fetch, inference, publish
     instances: tuple[InstanceRecord, ...] = ()
+    tracks_ended: tuple[int, ...] | None = None  # with tracking: ids of the tracks that ended at this frame
     pixels: FrameRef | None = field(default=None, compare=False, repr=False)  # never on the wire
 
     @cached_property
@@ -83,13 +86,16 @@ class FrameRecord:
 
     def to_wire(self) -> dict:
         """The v1 header: plain JSON types (numpy scalars become numbers), fields in order."""
-        return {"schema": FRAME_SCHEMA, "stream": self.stream, "seq": int(self.seq),
-                "frame_index": int(self.frame_index), "pts": float(self.pts),
-                "captured_at": float(self.captured_at), "published_at": float(self.published_at),
-                "width": int(self.width), "height": int(self.height),
-                "dropped_before": int(self.dropped_before),
-                "timing_ms": {stage: float(ms) for stage, ms in self.timing_ms.items()},
-                "instances": [inst.to_wire() for inst in self.instances]}
+        header = {"schema": FRAME_SCHEMA, "stream": self.stream, "seq": int(self.seq),
+                  "frame_index": int(self.frame_index), "pts": float(self.pts),
+                  "captured_at": float(self.captured_at), "published_at": float(self.published_at),
+                  "width": int(self.width), "height": int(self.height),
+                  "dropped_before": int(self.dropped_before),
+                  "timing_ms": {stage: float(ms) for stage, ms in self.timing_ms.items()},
+                  "instances": [inst.to_wire() for inst in self.instances]}
+        if self.tracks_ended is not None:
+            header["tracks_ended"] = [int(i) for i in self.tracks_ended]
+        return header
 
     @classmethod
     def from_wire(cls, header: dict) -> FrameRecord:
@@ -102,26 +108,35 @@ class FrameRecord:
             instances = tuple(InstanceRecord.from_wire(inst) for inst in header["instances"])
         except (KeyError, TypeError) as error:
             raise ProtocolError(f"{where}: malformed instance ({type(error).__name__}: {error})") from None
-        return cls(**{name: header[name] for name in FRAME_FIELDS if name != "instances"}, instances=instances)
+        ended = header.get("tracks_ended")
+        return cls(**{name: header[name] for name in FRAME_FIELDS if name != "instances"},
+                   instances=instances, tracks_ended=None if ended is None else tuple(ended))
 
 
-FRAME_FIELDS = tuple(f.name for f in dataclasses.fields(FrameRecord) if f.name != "pixels")
+OPTIONAL_FIELDS = ("tracks_ended",)   # after the others, only with tracking: headers without are v1 too
+FRAME_FIELDS = tuple(f.name for f in dataclasses.fields(FrameRecord) if f.name not in ("pixels", *OPTIONAL_FIELDS))
 
 
 @dataclass(frozen=True)
 class EndOfStream:
-    """A stream's end: it published ``frames`` frames, seq 0..frames-1."""
+    """A stream's end: it published ``frames`` frames, seq 0..frames-1; with tracking,
+    ``tracks_ended`` are the ids of the tracks still alive then (they end with the stream)."""
     stream: str
     frames: int
+    tracks_ended: tuple[int, ...] | None = None
 
     def to_wire(self) -> dict:
-        return {"schema": EOS_SCHEMA, "stream": self.stream, "frames": int(self.frames)}
+        header = {"schema": EOS_SCHEMA, "stream": self.stream, "frames": int(self.frames)}
+        if self.tracks_ended is not None:
+            header["tracks_ended"] = [int(i) for i in self.tracks_ended]
+        return header
 
     @classmethod
     def from_wire(cls, header: dict) -> EndOfStream:
         if "frames" not in header:
             raise ProtocolError(f"end of stream {header.get('stream')!r}: missing frames")
-        return cls(header["stream"], header["frames"])
+        ended = header.get("tracks_ended")
+        return cls(header["stream"], header["frames"], None if ended is None else tuple(ended))
 
 
 MESSAGE_TYPES = {FRAME_SCHEMA: FrameRecord, EOS_SCHEMA: EndOfStream}

@@ -2,7 +2,8 @@
 
 Interface with the pipeline core::
 
-    publisher = PublisherActor.options(...).remote(PublishSection(...), OutputSection(...), class_names)
+    publisher = PublisherActor.options(...).remote(PublishSection(...), OutputSection(...), class_names,
+                                                   TrackingConfig(...), publish_score)
     endpoint = ray.get(publisher.ready.remote())  # the bound endpoint; bind and key errors show here
     publisher.open_stream.remote(stream_id, fps)  # before its frames: the source's frame rate
     publisher.publish.remote(record)              # a FrameRecord, any order; sent in seq order per stream
@@ -26,6 +27,12 @@ instead of resolving it).
 - ``end_stream(stream_id, frames)``: once seqs 0..frames-1 are out, closes that stream's files
   and sends EOS. ``close()`` sends what is waiting, EOS for every stream not yet ended, closes
   the socket and files, and returns ``stats()``.
+- With a ``TrackingConfig`` whose ``enabled`` is true, each stream has a
+  ``pipeline.tracking.TrackingStage`` that every frame passes, in seq order and exactly once,
+  just before it is sent: it sets the instances' ``track_id`` and the frame's ``tracks_ended``
+  and keeps the instances to publish (those scoring above ``publish_score``, and weaker ones
+  continuing a track); EOS carries the tracks still alive. A publisher started again starts
+  its trackers afresh: give it ``first_track_id`` above the ids already sent to keep them unique.
 - ``stats()``: ``{"endpoint", "streams": {id: {published, duplicates_dropped, last_seq, waiting,
   dropped_before, missing, ended, latency_ms: {stage: {count, p50, p95, p99}}}}}``, where the
   stages are the records' ``timing_ms`` stages, ``publish`` and ``end_to_end`` (capture to publish).
@@ -51,6 +58,7 @@ from .keys import load_server_keys
 from .protocol import EndOfStream, FrameRecord, check_stream_id, encode_message
 from .sinks import StreamSinks
 from .sources import FALLBACK_FPS
+from .tracking import TrackingConfig, TrackingStage
 
 LATENCY_SAMPLES = 10_000  # per stage and stream: recent enough, bounded memory
 
@@ -60,6 +68,7 @@ class _Stream:
     """What the publisher keeps per stream."""
     stream_id: str
     sinks: StreamSinks | None
+    tracking: TrackingStage | None = None
     next_seq: int = 0
     waiting: dict = field(default_factory=dict)  # seq -> (FrameRecord, arrival perf_counter)
     frames: int | None = None  # known once end_stream is called
@@ -96,12 +105,19 @@ class Publisher:
     """The publisher's logic; ``PublisherActor`` runs it as a Ray actor (see the module docstring)."""
 
     def __init__(self, publish: PublishSection, output: OutputSection | None = None,
-                 class_names: list[str] | None = None):
-        """``class_names[class_id]``: labels for the COCO files' categories, also those never detected."""
+                 class_names: list[str] | None = None, tracking: TrackingConfig | None = None,
+                 publish_score: float = 0.0, first_track_id: int = 1):
+        """``class_names[class_id]``: labels for the COCO files' categories, also those never detected.
+        ``tracking``: track ids per stream (None or not enabled: none); ``publish_score``: see the
+        module docstring."""
         output = output or OutputSection()
         publish.validate("publish")
         output.validate("output")
         self.publish_section, self.output, self.class_names = publish, output, class_names
+        self.tracking = tracking if tracking is not None and tracking.enabled else None
+        if self.tracking is not None:
+            self.tracking.validate("tracking")
+        self.publish_score, self.first_track_id = publish_score, first_track_id
         if output.dir:
             _make_out_dir(output.dir)
         self._context = zmq.Context()
@@ -204,8 +220,11 @@ class Publisher:
             sinks = None
             if self.output.dir:
                 overlay_fps = (self.output.overlay_fps or source_fps or FALLBACK_FPS) if self.output.overlay else None
-                sinks = StreamSinks(self.output.dir, stream_id, self.class_names, overlay_fps)
-            self._streams[stream_id] = _Stream(stream_id, sinks)
+                sinks = StreamSinks(self.output.dir, stream_id, self.class_names, overlay_fps,
+                                    tracks=self.tracking is not None)
+            tracking = (TrackingStage(self.tracking, self.publish_score, self.first_track_id)
+                        if self.tracking is not None else None)
+            self._streams[stream_id] = _Stream(stream_id, sinks, tracking)
         return self._streams[stream_id]
 
     def _send_in_order(self, stream: _Stream) -> None:
@@ -215,6 +234,8 @@ class Publisher:
             self._send_eos(stream)
 
     def _send_frame(self, stream: _Stream, record: FrameRecord, arrived: float) -> None:
+        if stream.tracking is not None:
+            record = stream.tracking.apply(record)
         sent = replace(record, published_at=time.time(),
                        timing_ms={**record.timing_ms, "publish": (time.perf_counter() - arrived) * 1e3})
         self._socket.send_multipart(encode_message(sent))
@@ -228,7 +249,8 @@ class Publisher:
         # Files first: a consumer that sees EOS may read them at once.
         if stream.sinks is not None:
             stream.sinks.close()
-        self._socket.send_multipart(encode_message(EndOfStream(stream.stream_id, stream.next_seq)))
+        ended = stream.tracking.finish() if stream.tracking is not None else None
+        self._socket.send_multipart(encode_message(EndOfStream(stream.stream_id, stream.next_seq, ended)))
         stream.ended = True
 
     def _close_zmq(self) -> None:

@@ -45,13 +45,14 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
     specs = parse_sources(config.sources.uris)
     live = resolve_live(config.sources.mode, specs)
     model_config = check_model_inputs(config)
+    publish_score, model_config.box_head.score_threshold = score_thresholds(config, model_config)
     stop = stop or threading.Event()
     started_ray = connect_ray(config)
     actors = []
     try:
         count, use_gpus = plan_workers(config)
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        publisher = start_publisher(config, list(model_config.class_names), here)
+        publisher = start_publisher(config, list(model_config.class_names), publish_score, here)
         actors.append(publisher)
         try:
             ingests, opened, errors = start_ingests(specs, config, live, here)
@@ -131,10 +132,18 @@ def check_model_inputs(config: PipelineConfig) -> ModelConfig:
     return model_config
 
 
-def start_publisher(config: PipelineConfig, class_names: list[str], placement) -> object:
+def score_thresholds(config: PipelineConfig, model_config: ModelConfig) -> tuple[float, float]:
+    """(publish, workers'): instances scoring above the first are published as without tracking
+    (the model's threshold as configured); with tracking on, the workers keep detections down to
+    `tracking.low_score`, so that weak ones can continue tracks (pipeline/tracking.py TrackingStage)."""
+    publish = model_config.box_head.score_threshold
+    return publish, min(publish, config.tracking.low_score) if config.tracking.enabled else publish
+
+
+def start_publisher(config: PipelineConfig, class_names: list[str], publish_score: float, placement) -> object:
     """The publisher actor, bound to its endpoint; PipelineError if it cannot bind."""
     publisher = PublisherActor.options(scheduling_strategy=placement).remote(
-        config.publish, config.output, class_names)
+        config.publish, config.output, class_names, config.tracking, publish_score)
     try:
         ray.get(publisher.ready.remote())
     except ray.exceptions.RayError as error:

@@ -17,12 +17,15 @@ from pycocotools import mask as mask_utils
 @dataclass(frozen=True)
 class InstanceRecord:
     """One detected instance: ``box`` is (x1, y1, x2, y2) in pixels, ``rle`` the mask in COCO
-    compressed RLE ({"size": [height, width], "counts": str}; "mask" on the wire)."""
+    compressed RLE ({"size": [height, width], "counts": str}; "mask" on the wire), ``track_id``
+    the object's identity in its stream (set by the pipeline's tracking stage, 0 for an instance
+    in no confirmed track; None, and not on the wire, without tracking)."""
     class_id: int
     label: str
     score: float
     box: tuple[float, float, float, float]
     rle: dict = field(repr=False)
+    track_id: int | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -32,14 +35,18 @@ class InstanceRecord:
     def to_wire(self) -> dict:
         """The instance in the header, plain JSON types, in the protocol's field order."""
         counts = self.rle["counts"]
-        return {"class_id": int(self.class_id), "label": str(self.label), "score": float(self.score),
+        wire = {"class_id": int(self.class_id), "label": str(self.label), "score": float(self.score),
                 "box": [float(v) for v in self.box],
                 "mask": {"size": [int(v) for v in self.rle["size"]],
                          "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}}
+        if self.track_id is not None:
+            wire["track_id"] = int(self.track_id)
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict) -> InstanceRecord:
-        return cls(data["class_id"], data["label"], data["score"], tuple(data["box"]), data["mask"])
+        return cls(data["class_id"], data["label"], data["score"], tuple(data["box"]), data["mask"],
+                   data.get("track_id"))
 
 
 def instance_records(detections) -> tuple[InstanceRecord, ...]:
