@@ -69,6 +69,10 @@ class SinkError(MaskstreamError, ValueError):
     """An output file (JSON lines, COCO results, overlay video) that cannot be written."""
 
 
+class ViewError(MaskstreamError, RuntimeError):
+    """The live view cannot start: its port is taken or the endpoint cannot be used."""
+
+
 def command(main):
     """Decorate a command's `main(argv) -> int`: a MaskstreamError it raises is printed on stderr as
     `error: <the one line>` and the command returns 2; any other exception is a bug and keeps its

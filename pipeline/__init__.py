@@ -6,7 +6,8 @@
     print(summary.table())
 
 Modules, in the order frames flow: config, sources, ingest, batching (the rule) and scheduler
-(the loop onto the workers), publisher (protocol: the frame record and the wire messages; sinks,
-overlay, keys), consumer; metrics and runner around them; cli (`maskstream`), run, consume and
-keys are the command lines.
+(the loop onto the workers), publisher (protocol: the frame record and the wire messages, images:
+their optional JPEG part; sinks, overlay, keys), consumer, view (the live view in a browser);
+metrics and runner around them; cli (`maskstream`), run, consume, view and keys are the command
+lines.
 """

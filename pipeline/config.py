@@ -23,6 +23,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.y
 MODES = ("auto", "offline", "live")
 DEVICES = ("auto", "gpu", "cpu")
 PRECISIONS = ("model", "float32", "bfloat16")
+IMAGES = ("none", "jpeg")
 
 
 @dataclass
@@ -100,11 +101,18 @@ class PublishSection:
     hwm: int = 1000                    # messages queued per subscriber before ZeroMQ drops (0: no limit)
     curve_keys: str | None = None      # key directory (maskstream keys); none: plain TCP
     linger_ms: int = 1000              # at the end, how long unsent messages may still go out (-1: until sent)
+    images: str = "none"               # jpeg: each frame's pixels travel as a third message part
+    jpeg_quality: int = 85             # of those JPEGs, 1-100
+    image_max_side: int | None = None  # shrink them so the longer side is at most this; none: frame size
 
     def validate(self, path: str) -> None:
         require("://" in self.endpoint, path + ".endpoint", "must look like tcp://HOST:PORT")
         require(self.hwm >= 0, path + ".hwm", "must be >= 0")
         require(self.linger_ms >= -1, path + ".linger_ms", "must be >= 0, or -1 to wait until sent")
+        require(self.images in IMAGES, path + ".images", f"must be one of {', '.join(IMAGES)}")
+        require(1 <= self.jpeg_quality <= 100, path + ".jpeg_quality", "must be 1-100")
+        require(self.image_max_side is None or self.image_max_side >= 1, path + ".image_max_side",
+                "must be >= 1 (or null: the frame's own size)")
 
 
 @dataclass

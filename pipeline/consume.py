@@ -44,9 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jsonl", metavar="FILE",
                         help="write each frame's header, as received, as one JSON line")
     parser.add_argument("--video", metavar="FILE",
-                        help="render masks, boxes, labels and scores into FILE (.mp4 or .avi) on a "
-                             "black canvas of the frame size: the wire carries no pixels (the "
-                             "pipeline's --out overlay has them); needs exactly one --stream")
+                        help="render masks, boxes, labels and scores into FILE (.mp4 or .avi) on the "
+                             "frame's picture when the publisher sends images (publish.images: jpeg), "
+                             "else on a black canvas of the frame size; needs exactly one --stream")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate of --video (default 25)")
     parser.add_argument("--curve-keys", metavar="DIR",
                         help="consumer key directory for an encrypted publisher (see maskstream keys)")
@@ -112,7 +112,7 @@ def consume(consumer: Consumer, jsonl: JsonlSink | None, video: OverlayVideoSink
         if jsonl:
             jsonl.write(message)
         if video:
-            video.write(message)
+            video.write(message, message.image)
 
 
 if __name__ == "__main__":

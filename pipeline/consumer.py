@@ -10,6 +10,9 @@
 Frames are `pipeline.protocol.FrameRecord`s (instances: `InstanceRecord`s, whose `mask` is the
 decoded (height, width) bool array); a stream's end is an `EndOfStream`.
 
+A frame's ``image`` is its pixels, (h, w, 3) uint8 RGB, when the publisher sends images
+(``publish.images: jpeg``), else None; the masks keep the frame's own size either way.
+
 Without ``streams`` it subscribes to every stream and ends once every stream it has seen has
 sent EOS. A consumer that connects late starts at the next frame published; ZeroMQ drops frames
 for a consumer that falls behind its high-water mark (the publisher's file sinks are lossless).
@@ -27,12 +30,17 @@ from .protocol import TOPIC_ROOT, EndOfStream, FrameRecord, decode_message, topi
 class Consumer:
     """A ZeroMQ subscriber to one, several or all streams of a publisher.
 
-    ``curve_keys``: a consumer key directory (see ``pipeline.keys``) for an encrypted publisher.
+    ``curve_keys``: a consumer key directory (see ``pipeline.keys``) for an encrypted publisher,
+    or its keys themselves (public, secret, the publisher's public key).
     ``timeout``: iteration ends after this many seconds without a message (None: wait on).
+    ``monitor``: also open ``self.monitor``, a socket of the subscriber's connection and
+    handshake events (``zmq.utils.monitor``), before connecting, so that none goes unseen;
+    ``self.socket`` is the subscriber itself, to poll the two together.
     """
 
     def __init__(self, endpoint: str, streams: list[str] | None = None,
-                 curve_keys: str | Path | None = None, timeout: float | None = None):
+                 curve_keys: str | Path | tuple[bytes, bytes, bytes] | None = None,
+                 timeout: float | None = None, monitor: bool = False):
         self.endpoint = endpoint
         self.streams = set(streams) if streams else None
         self.timeout = timeout
@@ -41,15 +49,20 @@ class Consumer:
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.SUB)
         self._socket.linger = 0
+        self.monitor: zmq.Socket | None = None
         try:
+            if monitor:
+                self.monitor = self._socket.get_monitor_socket()
+                self.monitor.linger = 0
             self._connect(curve_keys)
         except Exception:
             self.close()
             raise
 
-    def _connect(self, curve_keys: str | Path | None) -> None:
+    def _connect(self, curve_keys: str | Path | tuple[bytes, bytes, bytes] | None) -> None:
         if curve_keys is not None:
-            public, secret, server_public = load_client_keys(curve_keys)
+            public, secret, server_public = (curve_keys if isinstance(curve_keys, tuple)
+                                             else load_client_keys(curve_keys))
             self._socket.curve_publickey = public
             self._socket.curve_secretkey = secret
             self._socket.curve_serverkey = server_public
@@ -61,6 +74,11 @@ class Consumer:
             self._socket.connect(self.endpoint)
         except zmq.ZMQError as error:
             raise ConsumerError(f"consumer endpoint {self.endpoint}: {error.strerror}") from None
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The SUB socket (to poll it beside ``monitor``; read messages with ``receive``)."""
+        return self._socket
 
     @property
     def finished(self) -> bool:
@@ -95,6 +113,9 @@ class Consumer:
         return (message for message in self.messages() if isinstance(message, FrameRecord))
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self._socket.disable_monitor()
+            self.monitor.close()
         self._socket.close()
         self._context.term()
 

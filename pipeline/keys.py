@@ -49,6 +49,14 @@ def load_client_keys(key_dir: str | Path) -> tuple[bytes, bytes, bytes]:
     return public, secret, server_public
 
 
+def own_client_keys(key_dir: str | Path) -> tuple[bytes, bytes, bytes]:
+    """The publisher's own key pair as a consumer's keys (public, secret, publisher's public key):
+    the publisher allows it besides its clients/, so that the view a run starts beside itself
+    (``maskstream run --view``) needs no key of its own."""
+    public, secret, _ = load_server_keys(key_dir)
+    return public, secret, public
+
+
 def _existing_dir(key_dir: str | Path) -> Path:
     key_dir = Path(key_dir)
     if not key_dir.is_dir():

@@ -1,7 +1,7 @@
-"""Drawing a frame's instances (coloured masks, boxes, labels, scores) onto an image: a colour
-per class, or with tracking a colour per track, captioned with its ``#id``.
+"""Drawing a frame's instances (coloured masks, boxes, labels, scores, track ids) onto an image.
 
-Shared by the publisher's overlay-video sink and ``maskstream consume --video``.
+Shared by the publisher's overlay-video sink, ``maskstream consume --video`` and the live view
+(``pipeline.view``).
 """
 import colorsys
 from collections.abc import Sequence
@@ -14,27 +14,40 @@ from workers.results import InstanceRecord
 
 MASK_OPACITY = 0.5
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895
+CLASS_SATURATION = 0.85
+TRACK_SATURATION = 0.6  # tracks of one class still differ from each other and from class colours
 
 
-def class_colour(class_id: int) -> tuple[int, int, int]:
-    """A BGR colour per class (or per track id); hues step by the golden ratio so neighbouring ids differ."""
-    hue = (class_id * GOLDEN_RATIO_CONJUGATE) % 1.0
-    red, green, blue = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
+def _stepped_colour(index: int, saturation: float) -> tuple[int, int, int]:
+    """A BGR colour for ``index``; hues step by the golden ratio so neighbouring indices differ."""
+    hue = (index * GOLDEN_RATIO_CONJUGATE) % 1.0
+    red, green, blue = colorsys.hsv_to_rgb(hue, saturation, 1.0)
     return int(blue * 255), int(green * 255), int(red * 255)
 
 
+def class_colour(class_id: int) -> tuple[int, int, int]:
+    """A BGR colour per class."""
+    return _stepped_colour(class_id, CLASS_SATURATION)
+
+
+def track_colour(track_id: int) -> tuple[int, int, int]:
+    """A BGR colour per track: the same object keeps its colour from frame to frame."""
+    return _stepped_colour(track_id, TRACK_SATURATION)
+
+
 def instance_colour(inst: InstanceRecord) -> tuple[int, int, int]:
-    """Its track's colour where it is in a track (the same in every frame), else its class's."""
-    return class_colour(inst.track_id) if inst.track_id else class_colour(inst.class_id)
+    """The colour of an instance: its track's when it has a ``track_id`` (0: in no track yet), else its class's."""
+    return track_colour(inst.track_id) if inst.track_id else class_colour(inst.class_id)
 
 
 def caption(inst: InstanceRecord) -> str:
-    """`label score`, after `#id` where it is in a track."""
-    return (f"#{inst.track_id} " if inst.track_id else "") + f"{inst.label} {inst.score:.2f}"
+    """``label score``, led by ``#track_id`` when the instance has one."""
+    text = f"{inst.label} {inst.score:.2f}"
+    return f"#{inst.track_id} {text}" if inst.track_id else text
 
 
 def draw_instances(image: np.ndarray, instances: Sequence[InstanceRecord]) -> np.ndarray:
-    """Draws instances onto ``image`` (H, W, 3) uint8 BGR, in place, and returns it.
+    """Draws wire-format instances onto ``image`` (H, W, 3) uint8 BGR, in place, and returns it.
 
     Masks are COCO RLE of the image's size; boxes are [x1, y1, x2, y2] pixels.
     """
@@ -50,6 +63,22 @@ def draw_instances(image: np.ndarray, instances: Sequence[InstanceRecord]) -> np
         cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
         _draw_caption(image, caption(inst), (x1, y1), colour)
     return image
+
+
+def render_frame(width: int, height: int, instances: Sequence[InstanceRecord],
+                 image_rgb: np.ndarray | None = None) -> np.ndarray:
+    """A frame with its instances drawn: (height, width, 3) uint8 BGR.
+
+    ``image_rgb``: the frame's pixels, (h, w, 3) uint8 RGB, resized to width x height when it
+    was sent smaller; without it the instances are drawn on a black canvas of the frame's size.
+    """
+    if image_rgb is None:
+        canvas = np.zeros((height, width, 3), np.uint8)
+    else:
+        canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+        if canvas.shape[:2] != (height, width):
+            canvas = cv2.resize(canvas, (width, height), interpolation=cv2.INTER_LINEAR)
+    return draw_instances(canvas, instances)
 
 
 def _draw_caption(image: np.ndarray, text: str, corner: tuple[int, int],

@@ -13,9 +13,13 @@ One ZeroMQ multipart message per frame on a PUB socket (docs/protocol.md has the
    matching ``cam10``, since ZeroMQ subscriptions are byte prefixes;
 2. header: compact UTF-8 JSON with ``"schema": "maskstream.frame/1"`` and the fields of
    ``FRAME_FIELDS``, in that order (with tracking, each instance's ``track_id`` and the frame's
-   ``tracks_ended`` too: ``OPTIONAL_FIELDS``, absent without tracking);
-3. at the end of a stream, instead of a frame: ``{"schema": "maskstream.eos/1", "stream", "frames"}``
-   (with tracking, ``tracks_ended``: the tracks still in view at the end).
+   ``tracks_ended`` too: ``OPTIONAL_FIELDS``, absent without tracking; then ``image`` when a
+   third part follows);
+3. only when the publisher sends images (``publish.images: jpeg``): the frame's pixels as a JPEG
+   (``pipeline.images``), which the header's ``image`` field describes;
+
+and at the end of a stream, instead of a frame: ``{"schema": "maskstream.eos/1", "stream", "frames"}``
+(with tracking, ``tracks_ended``: the tracks still in view at the end).
 
 The JSON Schemas of both headers ship with the package (``json_schema(FRAME_SCHEMA)``, files in
 pipeline/schema/). Fields may be added within version 1: consumers ignore what they do not know.
@@ -35,6 +39,8 @@ from pycocotools import mask as mask_utils
 from models.errors import ProtocolError
 from workers.results import InstanceRecord
 
+from .images import EncodedImage
+
 if TYPE_CHECKING:  # the consumer SDK reads records without Ray
     from workers.frames import FrameRef
 
@@ -49,6 +55,8 @@ class FrameRecord:
 
     The fields before ``pixels`` are the wire header's, in its order. Before the publisher,
     ``seq`` is None until the scheduler accepts the frame and ``published_at`` is None.
+    ``encoded_image`` is the message's optional third part (the header's ``image`` field says
+    its size); ``image`` decodes it.
     """
     stream: str
     seq: int | None               # per stream from 0, gap-free over published frames
@@ -63,6 +71,7 @@ class FrameRecord:
     instances: tuple[InstanceRecord, ...] = ()
     tracks_ended: tuple[int, ...] | None = None  # with tracking: ids of the tracks that ended at this frame
     pixels: FrameRef | None = field(default=None, compare=False, repr=False)  # never on the wire
+    encoded_image: EncodedImage | None = field(default=None, compare=False, repr=False)  # the JPEG part
 
     @cached_property
     def masks(self) -> np.ndarray:
@@ -71,6 +80,15 @@ class FrameRecord:
             return np.zeros((0, self.height, self.width), bool)
         decoded = mask_utils.decode([inst.rle for inst in self.instances])  # (H, W, N)
         return np.moveaxis(decoded, -1, 0).astype(bool)
+
+    @cached_property
+    def image(self) -> np.ndarray | None:
+        """The frame's pixels, (h, w, 3) uint8 RGB, decoded once from the message's JPEG part: the
+        frame's size, or smaller when the publisher downscales (``publish.image_max_side``; the
+        masks keep the frame's size). None when the message carries no image."""
+        if self.encoded_image is None:
+            return None
+        return self.encoded_image.decode(f"frame of stream {self.stream!r} seq {self.seq}")
 
     def check(self) -> None:
         """Raises a one-line ProtocolError if the record cannot be published: a bad stream id, no
@@ -95,11 +113,14 @@ class FrameRecord:
                   "instances": [inst.to_wire() for inst in self.instances]}
         if self.tracks_ended is not None:
             header["tracks_ended"] = [int(i) for i in self.tracks_ended]
+        if self.encoded_image is not None:
+            header["image"] = self.encoded_image.to_wire()
         return header
 
     @classmethod
-    def from_wire(cls, header: dict) -> FrameRecord:
-        """The record of a v1 header; a one-line ProtocolError naming what is missing or malformed."""
+    def from_wire(cls, header: dict, image: bytes | None = None) -> FrameRecord:
+        """The record of a v1 header (and ``image``, the message's third part, which the header's
+        ``image`` field describes); a one-line ProtocolError naming what is missing or malformed."""
         missing = [name for name in FRAME_FIELDS if name not in header]
         where = f"frame header of stream {header.get('stream')!r} seq {header.get('seq')!r}"
         if missing:
@@ -108,13 +129,18 @@ class FrameRecord:
             instances = tuple(InstanceRecord.from_wire(inst) for inst in header["instances"])
         except (KeyError, TypeError) as error:
             raise ProtocolError(f"{where}: malformed instance ({type(error).__name__}: {error})") from None
+        if ("image" in header) != (image is not None):
+            raise ProtocolError(f"{where}: an image field without an image part" if image is None
+                                else f"{where}: an image part the header does not describe")
+        encoded_image = None if image is None else EncodedImage.from_wire(header["image"], image, where)
         ended = header.get("tracks_ended")
-        return cls(**{name: header[name] for name in FRAME_FIELDS if name != "instances"},
-                   instances=instances, tracks_ended=None if ended is None else tuple(ended))
+        return cls(**{name: header[name] for name in FRAME_FIELDS if name != "instances"}, instances=instances,
+                   tracks_ended=None if ended is None else tuple(ended), encoded_image=encoded_image)
 
 
 OPTIONAL_FIELDS = ("tracks_ended",)   # after the others, only with tracking: headers without are v1 too
-FRAME_FIELDS = tuple(f.name for f in dataclasses.fields(FrameRecord) if f.name not in ("pixels", *OPTIONAL_FIELDS))
+FRAME_FIELDS = tuple(f.name for f in dataclasses.fields(FrameRecord)
+                     if f.name not in ("pixels", "encoded_image", *OPTIONAL_FIELDS))
 
 
 @dataclass(frozen=True)
@@ -160,14 +186,18 @@ def encode_header(message: FrameRecord | EndOfStream) -> bytes:
 
 
 def encode_message(message: FrameRecord | EndOfStream) -> list[bytes]:
-    """The multipart message [topic, header] of a frame or an end of stream."""
-    return [topic(message.stream), encode_header(message)]
+    """The multipart message [topic, header] of a frame or an end of stream; [topic, header, JPEG]
+    for a frame that carries its image."""
+    image = getattr(message, "encoded_image", None)
+    return [topic(message.stream), encode_header(message)] + ([] if image is None else [image.data])
 
 
 def decode_header(parts: list[bytes]) -> dict:
-    """The JSON header of a received [topic, header] message, checked against its topic and schema."""
-    if len(parts) != 2:
-        raise ProtocolError(f"message of {len(parts)} parts: v1 messages have 2 (topic, header)")
+    """The JSON header of a received [topic, header] or [topic, header, image] message, checked
+    against its topic and schema."""
+    if len(parts) not in (2, 3):
+        raise ProtocolError(f"message of {len(parts)} parts: v1 messages have 2 (topic, header) "
+                            f"or 3 (topic, header, image)")
     try:
         header = json.loads(parts[1])
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -181,9 +211,13 @@ def decode_header(parts: list[bytes]) -> dict:
 
 
 def decode_message(parts: list[bytes]) -> FrameRecord | EndOfStream:
-    """The frame record or end of stream of a received [topic, header] message."""
+    """The frame record or end of stream of a received message (see ``decode_header``)."""
     header = decode_header(parts)
-    return MESSAGE_TYPES[header["schema"]].from_wire(header)
+    if header["schema"] == FRAME_SCHEMA:
+        return FrameRecord.from_wire(header, parts[2] if len(parts) == 3 else None)
+    if len(parts) == 3:
+        raise ProtocolError(f"message on {parts[0]!r}: an end of stream has no third part")
+    return EndOfStream.from_wire(header)
 
 
 def json_schema(schema: str) -> dict:

@@ -13,8 +13,9 @@ Interface with the pipeline core::
     ray.get(publisher.close.remote())             # at the end or on Ctrl-C; returns the final stats
 
 ``record`` is a ``pipeline.protocol.FrameRecord``; its ``pixels`` (a FrameRef into the object
-store) are read only when the overlay video is on (inside a record Ray passes the reference on
-instead of resolving it).
+store) are read only when the overlay video or the images on the wire are on (inside a record
+Ray passes the reference on instead of resolving it). With ``publish.images: jpeg`` each frame
+whose record has pixels goes out with them as a JPEG third part (``pipeline.images``).
 
 - ``seq`` must run 0, 1, 2, ... per stream: a missing seq holds back later frames until it
   arrives (or until ``close``, which sends what is waiting). A seq seen before (a batch retried
@@ -54,6 +55,7 @@ from models.errors import PublisherError
 from workers.frames import fetch_frames
 
 from .config import OutputSection, PublishSection
+from .images import encode_jpeg
 from .keys import load_server_keys
 from .protocol import EndOfStream, FrameRecord, check_stream_id, encode_message
 from .sinks import StreamSinks
@@ -141,6 +143,9 @@ class Publisher:
             self._authenticator = ThreadAuthenticator(self._context)
             self._authenticator.start()
             self._authenticator.configure_curve(domain="*", location=str(clients))
+            # Its own key pair may subscribe too: only the publisher holds its secret key, and the
+            # view a run starts beside itself (maskstream run --view) connects with it.
+            self._authenticator.certs.setdefault("*", {})[public] = True
             self._socket.curve_server = True
             self._socket.curve_publickey = public
             self._socket.curve_secretkey = secret
@@ -236,14 +241,20 @@ class Publisher:
     def _send_frame(self, stream: _Stream, record: FrameRecord, arrived: float) -> None:
         if stream.tracking is not None:
             record = stream.tracking.apply(record)
-        sent = replace(record, published_at=time.time(),
+        config = self.publish_section
+        images = config.images == "jpeg"
+        pixels = _pixels(record) if images or (stream.sinks is not None and stream.sinks.wants_pixels) else None
+        image = None
+        if images and pixels is not None:  # a record published without pixels goes without
+            image = encode_jpeg(pixels, config.jpeg_quality, config.image_max_side)
+        sent = replace(record, published_at=time.time(), encoded_image=image,
                        timing_ms={**record.timing_ms, "publish": (time.perf_counter() - arrived) * 1e3})
         self._socket.send_multipart(encode_message(sent))
         stream.next_seq = int(sent.seq) + 1
         stream.dropped_before += sent.dropped_before
         stream.add_latencies(sent)
         if stream.sinks is not None:
-            stream.sinks.write(sent, _pixels(sent) if stream.sinks.wants_pixels else None)
+            stream.sinks.write(sent, pixels)
 
     def _send_eos(self, stream: _Stream) -> None:
         # Files first: a consumer that sees EOS may read them at once.

@@ -3,6 +3,7 @@
     maskstream run                                      # the embedded default (configs/default.yaml)
     maskstream run --source ../shared/data/pedestrians_720p.avi --out runs/ped
     maskstream run --config my.yaml --source cam=0 --source rtsp://host/stream --workers 2
+    maskstream run --view                               # and watch it at http://127.0.0.1:8080/
 
 Every config value can be overridden with --set section.key=value (see pipeline/config.py).
 Prints the run's summary at the end; exits 0, 1 if an input failed (the others ran), 2 on a
@@ -16,6 +17,10 @@ import sys
 from contextlib import contextmanager
 
 from models.errors import command
+
+from .keys import own_client_keys
+from .view import DEFAULT_PORT as VIEW_PORT
+from .view import ViewServer, connect_address
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,12 +43,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", metavar="DIR", help="write JSON lines and COCO results per stream here")
     parser.add_argument("--overlay", "--video", action="store_true", help="also write an overlay video per stream (with --out)")
     parser.add_argument("--curve-keys", metavar="DIR", help="encrypt with CURVE; keys from maskstream keys DIR")
+    parser.add_argument("--view", nargs="?", type=int, const=VIEW_PORT, metavar="PORT",
+                        help=f"watch the run in a browser: the live view (maskstream view) on "
+                             f"http://127.0.0.1:PORT/ (default {VIEW_PORT}; 0: any free port), "
+                             f"with the frames' pictures (publish.images=jpeg unless --set says otherwise)")
     parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
     parser.add_argument("--ray-address", metavar="ADDRESS", help="join this Ray cluster instead of starting one")
     parser.add_argument("--verbose", action="store_true", help="detailed logs, Ray's and TensorFlow's included")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config value, e.g. --set sources.max_frames=100; repeatable")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.view is not None and not 0 <= args.view < 65536:
+        parser.error(f"--view {args.view}: must be a port, 0-65535")
+    return args
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -62,6 +74,8 @@ def overrides(args: argparse.Namespace) -> list[str]:
         pairs.append(("output.overlay", True))
     if args.verbose:
         pairs.append(("verbose", True))
+    if args.view is not None:
+        pairs.append(("publish.images", "jpeg"))
     # JSON is YAML: lists, numbers and strings with any characters read back exactly.
     return [f"{key}={json.dumps(value)}" for key, value in pairs] + args.set
 
@@ -95,13 +109,39 @@ def main(argv: list[str] | None = None) -> int:
         from .config import load_pipeline_config
         from .runner import run
 
+    config = load_pipeline_config(args.config, overrides(args))
     try:
-        summary = run(load_pipeline_config(args.config, overrides(args)))
+        with live_view(config, args.view):
+            summary = run(config)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     print(summary.table(), file=sys.stderr)
     return 1 if summary.errors else 0
+
+
+@contextmanager
+def live_view(config, port: int | None):
+    """The live view of this run's publisher on http://127.0.0.1:PORT/ while the run goes on, its
+    address printed (nothing when ``port`` is None). It starts first, so that a port in use stops
+    the run before it starts, and connects once the publisher is up; with CURVE it uses the
+    publisher's own key pair, which the publisher allows (``pipeline.keys.own_client_keys``)."""
+    if port is None:
+        yield
+        return
+
+    def say(status) -> None:
+        if status.level == "error":  # the rest (connecting, connected) shows on the page
+            print(f"view: {status.text}", file=sys.stderr, flush=True)
+
+    endpoint = connect_address(config.publish.endpoint)
+    keys = own_client_keys(config.publish.curve_keys) if config.publish.curve_keys else None
+    view = ViewServer(endpoint, port=port, curve_keys=keys, on_status=say).start()
+    print(f"view: {view.url} shows this run ({endpoint})", flush=True)
+    try:
+        yield
+    finally:
+        view.stop()
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
                                     f"{error.strerror}") from None
             try:
                 scheduler = Scheduler(ingests, workers, placement, publisher, config.batching, live=live,
-                                      live_queue=config.sources.live_queue, overlay=config.output.overlay,
+                                      live_queue=config.sources.live_queue,
+                                      keep_pixels=config.output.overlay or config.publish.images != "none",
                                       stats=stats)
                 with stop_on_sigint(stop):
                     scheduler.run(stop)

@@ -90,11 +90,12 @@ class Scheduler:
 
     `streams`: {stream id: IngestActor}; `workers`: {name: InferenceWorkerActor}, with their
     ready() answers in `placement`; `live_queue`: the sources section's, how many frames a live
-    take() may carry.
+    take() may carry; `keep_pixels`: records reach the publisher with their pixels (the overlay
+    video or images on the wire need them), else without.
     """
 
     def __init__(self, streams: dict[str, object], workers: dict[str, object], placement: list[dict],
-                 publisher, batching: BatchingSection, *, live: bool, live_queue: int, overlay: bool,
+                 publisher, batching: BatchingSection, *, live: bool, live_queue: int, keep_pixels: bool,
                  stats: RunStats):
         pids = {answer["name"]: answer["pid"] for answer in placement}
         self.streams = {sid: StreamState(sid, handle) for sid, handle in streams.items()}
@@ -108,7 +109,7 @@ class Scheduler:
         self.take_size = live_queue if live else batching.max_batch
         # Offline, a take() waits up to max_wait_ms for a whole batch, as the batcher would.
         self.take_fill_s = 0.0 if live else batching.max_wait_ms / 1e3
-        self.overlay = overlay
+        self.keep_pixels = keep_pixels  # the publisher draws or sends the frames' pixels
         self.stats = stats
         self._pending: dict[object, _Pending] = {}
         self._publishing: list = []
@@ -268,7 +269,7 @@ class Scheduler:
         for item, instances in zip(batch, result.instances):
             record = replace(item.record, timing_ms={**item.record.timing_ms, **result.timing_ms},
                              instances=instances,
-                             pixels=item.record.pixels if self.overlay else None)  # only the overlay draws on them
+                             pixels=item.record.pixels if self.keep_pixels else None)
             records.append(record)
             self.streams[record.stream].published += 1
             self._in_flight -= 1

@@ -31,7 +31,7 @@ import numpy as np
 from models.data.mots import TrackedFrame, mot_lines, mots_lines, without_overlaps
 from models.errors import SinkError
 
-from .overlay import draw_instances
+from .overlay import render_frame
 from .protocol import FrameRecord, encode_header
 
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG"}
@@ -130,8 +130,9 @@ class TrackFilesSink:
 class OverlayVideoSink:
     """Renders frames with their instances into a video (``.mp4`` or ``.avi``).
 
-    Opened on the first frame, at that frame's size. Without the frame's pixels the instances
-    are drawn on a black canvas of the frame's size.
+    Opened on the first frame, at that frame's size. The frame's pixels may come smaller (a
+    downscaled image from the wire) and are scaled up; without them the instances are drawn on a
+    black canvas of the frame's size.
     """
 
     def __init__(self, path: str | Path, fps: float):
@@ -149,14 +150,11 @@ class OverlayVideoSink:
         if size != self._size:
             raise SinkError(f"overlay video {self._path}: frame seq {record.seq} is "
                             f"{size[0]}x{size[1]}, the video is {self._size[0]}x{self._size[1]}")
-        if image_rgb is None:
-            canvas = np.zeros((size[1], size[0], 3), np.uint8)
-        elif image_rgb.shape != (size[1], size[0], 3):
+        if image_rgb is not None and (image_rgb.shape[2:] != (3,) or image_rgb.shape[0] > size[1]
+                                      or image_rgb.shape[1] > size[0]):
             raise SinkError(f"overlay video {self._path}: frame seq {record.seq} pixels are "
                             f"{image_rgb.shape}, its record says {size[0]}x{size[1]} RGB")
-        else:
-            canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-        self._writer.write(draw_instances(canvas, record.instances))
+        self._writer.write(render_frame(*size, record.instances, image_rgb))
 
     def _open(self, size: tuple[int, int]) -> None:
         fourcc = cv2.VideoWriter_fourcc(*FOURCC_BY_SUFFIX[self._path.suffix.lower()])

@@ -37,7 +37,7 @@ def test_help_lists_every_command_with_its_line():
     listed = {line.split()[0]: line.split(None, 1)[1] for line in done.stdout.split("commands:\n")[1].splitlines()
               if line.startswith("  ")}
     assert listed == {name: summary for name, (_, summary) in cli.COMMANDS.items()}
-    assert set(listed) == {"run", "consume", "keys", "convert", "train", "evaluate", "scenes", "track-eval"}
+    assert set(listed) == {"run", "consume", "keys", "view", "convert", "train", "evaluate", "scenes", "track-eval"}
 
 
 def test_version_is_the_package_version(capsys):

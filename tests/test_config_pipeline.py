@@ -88,6 +88,9 @@ def test_set_overrides_are_read_as_yaml():
     (["version=2"], "config.version: is 2; this maskstream reads version 1 configurations"),
     (["output.overlay_fps=0"], "config.output.overlay_fps: must be positive"),
     (["publish.linger_ms=-5"], "config.publish.linger_ms: must be >= 0, or -1"),
+    (["publish.images=png"], "config.publish.images: must be one of none, jpeg"),
+    (["publish.jpeg_quality=0"], "config.publish.jpeg_quality: must be 1-100"),
+    (["publish.image_max_side=0"], "config.publish.image_max_side: must be >= 1"),
 ])
 def test_mistakes_are_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:

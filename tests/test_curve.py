@@ -23,6 +23,16 @@ def make_consumer_keys(key_root, name: str, server_dir, listed: bool):
     return consumer_dir
 
 
+def publish_cam1(publisher, consumer: Consumer, frames: int) -> list[int]:
+    """Publishes ``frames`` frames of cam1 once ``consumer`` receives; the seqs it received."""
+    warm_frames = warm_up(publisher, [consumer])
+    for seq in range(frames):
+        publisher.publish.remote(make_record("cam1", seq))
+    publisher.end_stream.remote("cam1", frames)
+    publisher.end_stream.remote("warmup", warm_frames)
+    return [frame.seq for frame in consumer if frame.stream == "cam1"]
+
+
 def test_only_listed_consumers_receive(tmp_path, capsys):
     server_dir = tmp_path / "server"
     assert keys.main([str(server_dir)]) == 0
@@ -33,12 +43,7 @@ def test_only_listed_consumers_receive(tmp_path, capsys):
     publisher, endpoint = start_publisher(curve_keys=str(server_dir))
     with Consumer(endpoint, curve_keys=alice, timeout=30) as listed, \
             Consumer(endpoint, curve_keys=mallory) as unlisted, Consumer(endpoint) as plain:
-        warm_frames = warm_up(publisher, [listed])
-        for seq in range(5):
-            publisher.publish.remote(make_record("cam1", seq))
-        publisher.end_stream.remote("cam1", 5)
-        publisher.end_stream.remote("warmup", warm_frames)
-        received = [frame.seq for frame in listed if frame.stream == "cam1"]
+        received = publish_cam1(publisher, listed, 5)
         assert unlisted.receive(timeout=SILENCE_S) is None
         assert plain.receive(timeout=SILENCE_S) is None
     stop_publisher(publisher)
@@ -70,3 +75,21 @@ def test_keys_cli_never_overwrites(tmp_path, capsys):
     assert keys.main([str(tmp_path)]) == 2
     assert "already exists, not overwriting it" in capsys.readouterr().err
     assert (tmp_path / "server.key_secret").read_bytes() == before
+
+
+def test_the_publishers_own_key_pair_may_subscribe_and_no_other_unlisted_one(tmp_path):
+    """What the view of `maskstream run --view` connects with: the publisher allows its own key
+    pair besides its clients/ (only the publisher holds its secret key)."""
+    server_dir = tmp_path / "server"
+    keys.main([str(server_dir)])
+    make_consumer_keys(tmp_path, "alice", server_dir, listed=True)  # a publisher needs one listed consumer
+    mallory = make_consumer_keys(tmp_path, "mallory", server_dir, listed=False)
+    own = keys.own_client_keys(server_dir)
+    assert own[0] == own[2]  # its own public key, as its client key and as the server's
+
+    publisher, endpoint = start_publisher(curve_keys=str(server_dir))
+    with Consumer(endpoint, curve_keys=own, timeout=30) as itself, Consumer(endpoint, curve_keys=mallory) as unlisted:
+        received = publish_cam1(publisher, itself, 3)
+        assert unlisted.receive(timeout=SILENCE_S) is None
+    stop_publisher(publisher)
+    assert received == [0, 1, 2]

@@ -3,6 +3,7 @@
 Every message the tests receive is checked against the protocol's JSON Schema (wire_helpers.Consumer).
 """
 import json
+from dataclasses import replace
 
 import cv2
 import pytest
@@ -10,7 +11,7 @@ import ray
 
 from models.errors import ConfigError
 from pipeline.config import OutputSection, PublishSection
-from pipeline.protocol import EndOfStream, FrameRecord
+from pipeline.protocol import EndOfStream, FrameRecord, encode_header
 from pipeline.publisher import Publisher, PublisherActor, PublisherError
 from pipeline.sources import FALLBACK_FPS
 from pipeline.tracking import TrackingConfig
@@ -210,16 +211,21 @@ def test_with_tracking_every_frame_carries_track_ids_and_eos_the_tracks_still_al
 
 
 def test_without_tracking_nothing_of_it_is_on_the_wire_or_in_the_files(tmp_path):
-    publisher, endpoint = start_publisher(OutputSection(dir=str(tmp_path)), tracking=TrackingConfig(enabled=False))
+    """tracking.enabled false: each header is byte for byte the record as given (the untracked
+    output: no instance dropped, no field added), but for the publisher's own timing fields."""
+    publisher, endpoint = start_publisher(OutputSection(dir=str(tmp_path)), tracking=TrackingConfig(enabled=False),
+                                          publish_score=0.99)
+    records = [make_record("cam1", seq) for seq in range(3)]
     with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
         publisher.end_stream.remote("warmup", warm_up(publisher, [consumer]))
-        publisher.publish.remote(make_record("cam1", 0))
-        publisher.end_stream.remote("cam1", 1)
+        publisher.publish_many.remote(records)
+        publisher.end_stream.remote("cam1", 3)
         received = messages_of(consumer, "cam1")
         raw = consumer.frame_bytes("cam1")
     stop_publisher(publisher)
-    assert received[-1] == EndOfStream("cam1", 1) and received[0].tracks_ended is None
-    header = json.loads(raw[0])
-    assert "tracks_ended" not in header and all("track_id" not in i for i in header["instances"])
-    assert set(header["timing_ms"]) == {"infer", "publish"}
+    assert received[-1] == EndOfStream("cam1", 3) and received[0].tracks_ended is None
+    for record, header in zip(records, raw, strict=True):
+        sent = json.loads(header)
+        assert header == encode_header(replace(record, published_at=sent["published_at"], timing_ms=sent["timing_ms"]))
+    assert set(json.loads(raw[0])["timing_ms"]) == {"infer", "publish"}
     assert sorted(p.name for p in tmp_path.glob("cam1.*")) == ["cam1.coco_images.json", "cam1.coco_results.json", "cam1.jsonl"]

@@ -18,7 +18,7 @@ def test_the_scheduler_sleeps_past_an_overdue_batch_while_every_worker_is_busy()
     worker busy the loop waits for a result (a timeout of 0 here would spin at 100% CPU)."""
     scheduler = Scheduler({}, {"w0": object()}, [{"name": "w0", "pid": 1}], publisher=None,
                           batching=BatchingSection(max_batch=4, max_wait_ms=10.0, batches_per_worker=2),
-                          live=False, live_queue=1, overlay=False, stats=None)
+                          live=False, live_queue=1, keep_pixels=False, stats=None)
     assert scheduler.max_in_flight == 12              # max_in_flight 0: 3 batches per worker
     for seq in (0, 1):                                 # long overdue
         scheduler.batcher.add(Accepted(make_record("a", seq, instances=0), ready_at=0.0))

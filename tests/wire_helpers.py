@@ -21,10 +21,12 @@ VALIDATORS = {schema: jsonschema.Draft202012Validator(json_schema(schema)) for s
 
 class Consumer(consumer.Consumer):
     """The SDK's consumer, which also validates every message it receives against the JSON
-    Schema that ships with the package, and keeps the frame headers' bytes as they came."""
+    Schema that ships with the package, and keeps the frame headers' bytes as they came and
+    how many parts each frame message had."""
 
     def __init__(self, *args, **kwargs):
         self._frame_bytes: list[tuple[str, bytes]] = []  # (stream, header)
+        self._frame_parts: list[tuple[str, int]] = []  # (stream, parts of its message)
         super().__init__(*args, **kwargs)
 
     def _receive_parts(self) -> list[bytes]:
@@ -33,11 +35,16 @@ class Consumer(consumer.Consumer):
         VALIDATORS[header["schema"]].validate(header)
         if header["schema"] == FRAME_SCHEMA:
             self._frame_bytes.append((header["stream"], parts[1]))
+            self._frame_parts.append((header["stream"], len(parts)))
         return parts
 
     def frame_bytes(self, stream: str) -> list[bytes]:
         """The headers of ``stream``'s frames received so far, byte for byte."""
         return [header for name, header in self._frame_bytes if name == stream]
+
+    def part_counts(self, stream: str) -> list[int]:
+        """How many parts each of ``stream``'s frame messages had: 2, or 3 with an image."""
+        return [count for name, count in self._frame_parts if name == stream]
 
 
 def rectangle_mask(seq: int, index: int) -> tuple[np.ndarray, list[float]]:
