@@ -303,3 +303,34 @@ def test_tracking_stage_starts_over_when_pts_runs_backwards_and_ids_stay_unique(
     again = stage.apply(record_of([(a(3), 0.9)], 0.0, seq=3))
     assert ids == [1, 1, 1] and again.tracks_ended == (1,) and again.instances[0].track_id == 2
     assert stage.finish() == (2,)
+
+
+def width_after_a_cut(hider_mask) -> float:
+    """A parked car's track, 80 px wide, after a frame where only its left 30 px are detected and
+    another object's box (whose mask is hider_mask) covers the rest: the track's width."""
+    tracker = StreamTracker(TrackingConfig())
+    car, hider = (100, 40, 180, 80), (130, 30, 200, 90)
+    for f in range(5):
+        tracker.update(np.array([car], float), [0.9], [CAR], [rect_rle(car)], f / FPS)
+    tracker.update(np.array([(100, 40, 130, 80), hider], float), [0.9, 0.9], [CAR, 3],
+                   [rect_rle((100, 40, 130, 80)), hider_mask(hider)], 5 / FPS)
+    (index,) = np.flatnonzero(tracker.class_ids == CAR)
+    return float(tracker.mean[index, 2])
+
+
+def thin_line_rle(box) -> dict:
+    """A painted line: a 2 px diagonal across box, its mask filling a few percent of the box."""
+    mask = np.zeros((H, W), np.uint8)
+    x1, y1, x2, y2 = box
+    for x in range(x1, x2):
+        y = y1 + (x - x1) * (y2 - y1) // (x2 - x1)
+        mask[y:y + 2, x] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": [H, W], "counts": rle["counts"].decode("ascii")}
+
+
+def test_only_solid_shapes_hide_a_track_a_painted_lines_long_box_does_not():
+    """Occlusion: a detection cut short where a solid object stands leaves its track coasting at
+    its size; cut short where only a thin line's box lies, the detection is taken as it is."""
+    assert width_after_a_cut(rect_rle) == pytest.approx(80, abs=1)
+    assert width_after_a_cut(thin_line_rle) < 60
