@@ -51,6 +51,7 @@ class SourcesSection:
     reconnect_max_s: float = 10.0      # live: back-off doubles up to this
     read_ahead: int = 8                # offline: decoded frames waiting per stream (reader blocks beyond)
     live_queue: int = 1                # live: newest frames kept per stream while inference is busy
+    max_restarts: int = 2              # Ray restarts a crashed ingest actor this often (it resumes the stream)
 
     def validate(self, path: str) -> None:
         require(len(self.uris) > 0, path + ".uris", "needs at least one source")
@@ -62,6 +63,7 @@ class SourcesSection:
                  "need 0 < reconnect_initial_s <= reconnect_max_s")
         require(self.read_ahead >= 1, path + ".read_ahead", "must be >= 1")
         require(self.live_queue >= 1, path + ".live_queue", "must be >= 1")
+        require(self.max_restarts >= 0, path + ".max_restarts", "must be >= 0")
 
 
 @dataclass
@@ -71,7 +73,8 @@ class WorkersSection:
     cpus: float = 1.0                  # CPUs reserved per worker; also its TensorFlow thread count
     precision: str = "model"           # model: as the model config says
     max_restarts: int = 2              # Ray restarts a crashed worker this often
-    max_task_retries: int = 1          # and re-runs its unfinished batch this often
+    max_task_retries: int = 0          # Ray re-runs a crashed worker's batch there this often; 0: the scheduler
+                                       # re-runs it at once on any live worker (a lost node's restart may never come)
 
     def validate(self, path: str) -> None:
         require(self.count >= 0, path + ".count", "must be >= 0 (0 picks one per GPU, else 1)")
@@ -99,20 +102,30 @@ class BatchingSection:
 class PublishSection:
     endpoint: str = "tcp://127.0.0.1:5555"
     hwm: int = 1000                    # messages queued per subscriber before ZeroMQ drops (0: no limit)
+    sndbuf: int = 0                    # bytes of TCP send buffer per subscriber; 0: the OS's (megabytes, beyond hwm)
     curve_keys: str | None = None      # key directory (maskstream keys); none: plain TCP
     linger_ms: int = 1000              # at the end, how long unsent messages may still go out (-1: until sent)
     images: str = "none"               # jpeg: each frame's pixels travel as a third message part
     jpeg_quality: int = 85             # of those JPEGs, 1-100
     image_max_side: int | None = None  # shrink them so the longer side is at most this; none: frame size
+    wait_subscribers: int = 0          # hold each stream's first frame until this many subscribers cover it
+    wait_timeout_s: float = 60.0       # ...and stop the run if they have not come by then
+    stall_timeout_s: float = 30.0      # offline: a subscriber that takes nothing this long is dropped for
+    max_restarts: int = 2              # Ray restarts a crashed publisher this often (it resumes where it was)
 
     def validate(self, path: str) -> None:
         require("://" in self.endpoint, path + ".endpoint", "must look like tcp://HOST:PORT")
         require(self.hwm >= 0, path + ".hwm", "must be >= 0")
+        require(self.sndbuf >= 0, path + ".sndbuf", "must be >= 0 (0: the operating system's default)")
         require(self.linger_ms >= -1, path + ".linger_ms", "must be >= 0, or -1 to wait until sent")
         require(self.images in IMAGES, path + ".images", f"must be one of {', '.join(IMAGES)}")
         require(1 <= self.jpeg_quality <= 100, path + ".jpeg_quality", "must be 1-100")
         require(self.image_max_side is None or self.image_max_side >= 1, path + ".image_max_side",
                 "must be >= 1 (or null: the frame's own size)")
+        require(self.wait_subscribers >= 0, path + ".wait_subscribers", "must be >= 0")
+        require(self.wait_timeout_s > 0, path + ".wait_timeout_s", "must be positive")
+        require(self.stall_timeout_s > 0, path + ".stall_timeout_s", "must be positive")
+        require(self.max_restarts >= 0, path + ".max_restarts", "must be >= 0")
 
 
 @dataclass
@@ -138,7 +151,7 @@ class PipelineConfig:
     output: OutputSection = field(default_factory=OutputSection)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # object identities (pipeline/tracking.py)
     metrics_port: int | None = None    # serve Prometheus metrics on this port
-    metrics_host: str = "0.0.0.0"      # the address the metrics are served on (127.0.0.1: this machine only)
+    metrics_host: str = "127.0.0.1"    # the address the metrics are served on (0.0.0.0: every interface)
     ray_address: str | None = None     # join this Ray cluster; none: start a local one
     verbose: bool = False
     progress: bool = True              # progress bars for offline streams (on a terminal)

@@ -1,19 +1,22 @@
 """``maskstream consume ENDPOINT``: print, record or render a publisher's frames.
 
+Prints a line per frame, a line per gap (frames it never received, see pipeline.consumer.Gap)
+and a line per end of stream saying why it ended; at the end, on stderr, how many duplicate and
+malformed messages were passed over. Exits 0 once every expected stream has ended normally, 1 on
+a timeout or a stream that ended with an error, 2 on bad input (one line), 130 on Ctrl-C.
+
 With tracking, each instance is shown with its ``#track_id``, and a stream's end line says how
 many tracks started (distinct ids seen) and ended (``tracks_ended`` of its frames and its EOS).
-
-Exits 0 once every expected stream has sent EOS, 1 on a timeout, 2 on bad input (one line),
-130 on Ctrl-C.
 """
 import argparse
 import contextlib
+import logging
 import sys
 import time
 
 from models.errors import command
 
-from .consumer import Consumer
+from .consumer import Consumer, Gap, gap_log
 from .overlay import caption
 from .protocol import EndOfStream, FrameRecord
 from .sinks import JsonlSink, OverlayVideoSink
@@ -61,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    gap_log.setLevel(logging.ERROR)  # printed below, in their place among the frames
     with contextlib.ExitStack() as closing:
         consumer = closing.enter_context(Consumer(args.endpoint, args.stream, args.curve_keys, args.timeout))
         jsonl = closing.enter_context(contextlib.closing(JsonlSink(args.jsonl))) if args.jsonl else None
@@ -70,12 +75,16 @@ def main(argv: list[str] | None = None) -> int:
             consume(consumer, jsonl, video)
         except KeyboardInterrupt:
             return 130
+    passed_over = [f"{count} {what}" for count, what in ((consumer.duplicates, "duplicate message(s) dropped"),
+                                                         (consumer.malformed, "malformed message(s) skipped")) if count]
+    if passed_over:
+        print(f"{args.endpoint}: " + "; ".join(passed_over), file=sys.stderr)
     if not consumer.finished:
         open_streams = sorted((consumer.streams or consumer.seen) - set(consumer.ended))
         print(f"error: {args.endpoint}: no message for {args.timeout} s; streams not ended: "
               f"{', '.join(open_streams) or 'none seen'}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if any(eos.reason == "error" for eos in consumer.ended.values()) else 0
 
 
 class TrackCounts:
@@ -104,9 +113,12 @@ def consume(consumer: Consumer, jsonl: JsonlSink | None, video: OverlayVideoSink
     """Prints a line per message and feeds the sinks until the consumer is done."""
     tracks = TrackCounts()
     for message in consumer.messages():
+        if isinstance(message, Gap):
+            print(message.describe(), flush=True)
+            continue
         tracks.add(message)
         if isinstance(message, EndOfStream):
-            print(f"{message.stream} ended after {message.frames} frames{tracks.summary(message.stream)}", flush=True)
+            print(message.describe() + tracks.summary(message.stream), flush=True)
             continue
         print(describe(message), flush=True)
         if jsonl:

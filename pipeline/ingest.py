@@ -1,11 +1,20 @@
 """Ingest: one Ray actor per stream reads its source and hands frames out through the object store.
 
 A reader thread decodes frames into a small buffer; the scheduler takes them with `take()`, which
-returns frame records (pipeline.protocol.FrameRecord) whose pixels are a handle into the object
-store (workers.frames.FrameRef). Offline, the reader decodes `block` consecutive frames (of one
-size) straight into one array and puts it into the object store with one put (a put has a fixed
-cost besides the copy: one per batch instead of one per frame); live, where most frames are
-dropped as stale, only the frames taken are put, each alone, by `take()`.
+returns frame records (pipeline.protocol.FrameRecord) and, as a second return value, their pixels:
+one (n, H, W, 3) array (or a list of (H, W, 3) arrays when the frames differ in size or block).
+A task's return value is owned by the caller, so the pixels of frames taken outlive this actor:
+the scheduler makes each record's pixels a handle into that object (workers.frames.FrameRef),
+and a worker can still read them after the ingest crashed. Offline, the reader decodes `block`
+consecutive frames (of one size) straight into one array, and a take of a whole block returns it
+in one object (an object has a fixed cost besides the copy: one per batch instead of one per
+frame); live, where most frames are dropped as stale, only the frames taken go into the store.
+
+Ray restarts a crashed ingest actor (`sources.max_restarts`); the scheduler then calls
+`resume()` with the first frame it has not accepted: offline the stream goes on from that frame
+(files, folders and generated scenes are read up to it again), live the source is reopened and
+the frames missed meanwhile are counted as dropped. Frames that cannot be decoded (damaged data)
+are passed over; each such gap is reported once, in an event naming the frames and why.
 
 - offline: the buffer holds at most `read_ahead` frames and the reader blocks when it is full, so
   memory stays bounded however slow inference is;
@@ -22,22 +31,22 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import ray
 
-from workers.frames import FrameRef, put_frames
+from workers.frames import FrameRef
 
 from .config import SourcesSection
 from .protocol import FrameRecord
-from .sources import DecodedFrame, FrameSource, SourceError, SourceSpec, open_source
+from .sources import FALLBACK_FPS, DecodedFrame, FrameSource, SourceError, SourceSpec, open_source
 
 
 @dataclass
 class _Decoded:
     """A frame in the reader's buffer; `take()` makes it a FrameRecord."""
-    pixels: FrameRef | np.ndarray  # offline its place in a block already put; live the RGB (H, W, 3) array
+    pixels: np.ndarray  # RGB (H, W, 3): offline a view of its slot in a block, live its own array
     height: int
     width: int
     pts: float
@@ -58,8 +67,8 @@ class Opened:
 
 @dataclass
 class Taken:
-    """The answer of `take()`."""
-    frames: list[FrameRecord]         # seq not yet assigned; pixels: FrameRef
+    """The first answer of `take()` (its second is the frames' pixels)."""
+    frames: list[FrameRecord]         # seq not yet assigned; pixels None: frame i is item i of the second answer
     done: bool                        # no frame will follow
     error: str | None                 # why the stream ended early, or None
     events: list[str]                 # one-line notices since the last take()
@@ -86,8 +95,11 @@ class Ingest:
         self._read = 0                 # frames read from the source (taken + dropped + waiting)
         self._dropped = 0              # dropped in all
         self._dropped_pending = 0      # dropped since the last frame taken
+        self._skipped = 0              # could not be decoded (damaged data), passed over
+        self._start_index = 0          # after resume(): frames before this one were taken by the crashed actor
         self._source: FrameSource | None = None
         self._first: DecodedFrame | None = None
+        self._next_index = 0           # where the reader starts: 0, or where resume() could seek to
         self._thread = threading.Thread(target=self._read_loop, name=f"ingest-{spec.stream_id}", daemon=True)
 
     def open(self) -> Opened:
@@ -117,10 +129,40 @@ class Ingest:
             total = min(total, self.options.max_frames) if total else self.options.max_frames
         return None if self.live else total
 
-    def take(self, max_frames: int, timeout_s: float, fill_s: float = 0.0) -> Taken:
+    def resume(self, first_index: int, counts: dict, last_captured_at: float | None) -> Opened:
+        """Go on with a stream after this actor was restarted (see the module docstring).
+
+        `first_index`: the first frame index the scheduler has not accepted; `counts`: {"read",
+        "dropped"} as the scheduler counted them; `last_captured_at`: when the last frame it
+        accepted was captured (live: the time since then, at the source's rate, is the frames missed).
+        """
+        try:
+            self._source = self._open()
+        except SourceError as error:
+            if not (self.live and self.spec.live):
+                return Opened(self.spec.stream_id, None, None, None, str(error))
+            self._source = None  # a camera that is not back yet: the reader keeps trying
+        missed = 0
+        if self.live and last_captured_at is not None:
+            fps = self._source.fps if self._source is not None else FALLBACK_FPS
+            missed = max(0, round((time.time() - last_captured_at) * fps) - 1)
+        self._read, self._dropped = counts["read"] + missed, counts["dropped"] + missed
+        self._dropped_pending = missed
+        self._start_index = first_index + missed
+        if self.spec.live or (self._source is not None and self._source.seek(self._start_index)):
+            self._next_index = self._start_index  # else the reader reads up to it again
+        self._note(f"{self.spec.stream_id}: ingest restarted; resuming at frame {self._start_index}"
+                   + (f" ({missed} missed meanwhile)" if missed else ""))
+        self._thread.start()
+        source = self._source
+        return Opened(self.spec.stream_id, None, None, source.fps if source is not None else None)
+
+    @ray.method(num_returns=2)
+    def take(self, max_frames: int, timeout_s: float, fill_s: float = 0.0) -> tuple[Taken, object]:
         """Up to `max_frames` waiting frames, waiting at most `timeout_s` for the first and then
         at most `fill_s` more for the rest (offline, so that one call carries a whole batch
-        instead of the single frame the reader has just finished)."""
+        instead of the single frame the reader has just finished). Two answers: the `Taken` and
+        the frames' pixels (`pixels_of`), so that the caller owns the pixels."""
         with self._cond:
             self._cond.wait_for(lambda: self._buffer or self._finished or self._stopped, timeout_s)
             if self._buffer and fill_s > 0:
@@ -135,15 +177,11 @@ class Ingest:
         for decoded in taken:
             frames.append(self._record(decoded, dropped_before))
             dropped_before = 0  # the drops happened before the first frame taken
-        return Taken(frames, done, self._error if done else None, events)
+        return Taken(frames, done, self._error if done else None, events), pixels_of(taken)
 
     def _record(self, decoded: _Decoded, dropped_before: int) -> FrameRecord:
-        pixels = decoded.pixels
-        if not isinstance(pixels, FrameRef):  # live: put now that it is taken
-            pixels, = put_frames(pixels[None])
         return FrameRecord(self.spec.stream_id, None, decoded.frame_index, decoded.pts, decoded.captured_at,
-                           None, decoded.width, decoded.height, dropped_before,
-                           {"decode": decoded.decode_ms}, pixels=pixels)
+                           None, decoded.width, decoded.height, dropped_before, {"decode": decoded.decode_ms})
 
     def stop(self) -> dict:
         """Stop reading (frames already waiting can still be taken); returns `counts()`."""
@@ -153,9 +191,10 @@ class Ingest:
         return self.counts()
 
     def counts(self) -> dict:
-        """{"read": frames read from the source, "dropped": live frames dropped}."""
+        """{"read": frames read from the source, "dropped": live frames dropped, "skipped": frames
+        that could not be decoded}."""
         with self._cond:
-            return {"read": self._read, "dropped": self._dropped}
+            return {"read": self._read, "dropped": self._dropped, "skipped": self._skipped}
 
     def _read_loop(self) -> None:
         try:
@@ -175,29 +214,46 @@ class Ingest:
     def _read_frames(self) -> None:
         first_pts = start = None
         limit = self.options.max_frames
-        decoded = 0
-        while not self._stopped and not (limit and decoded >= limit):
+        index = self._next_index       # the source position of the next frame (frames passed over count)
+        while not self._stopped and not (limit and index >= limit):
             began = time.perf_counter()
             if self._first is not None:  # read by open()
                 frame, self._first = self._first, None
+            elif self._source is None:   # resumed while the camera was away
+                frame = None
             else:
                 frame = self._source.read()
             if frame is None:
                 if not (self.live and self.spec.live) or not self._reopen():
                     return
                 continue
+            index += frame.skipped
+            if index < self._start_index:  # after resume(): read again up to where the stream stood
+                index += 1
+                continue
+            if frame.skipped:
+                self._passed_over(index - frame.skipped, index - 1, frame.skip_reason)
+            if limit and index >= limit:
+                return
             height, width = frame.rgb.shape[:2]
             decode_ms = (time.perf_counter() - began) * 1e3
             if self._paced:
                 if start is None:
                     first_pts, start = frame.pts, time.monotonic()
                 time.sleep(max(0.0, start + frame.pts - first_pts - time.monotonic()))
-            item = _Decoded(frame.rgb, height, width, frame.pts, decoded, time.time(), decode_ms)
-            decoded += 1
+            item = _Decoded(frame.rgb, height, width, frame.pts, index, time.time(), decode_ms)
+            index += 1
             if self.live:
                 self._offer(item)
             else:
                 self._gather(item)
+
+    def _passed_over(self, first: int, last: int, reason: str | None) -> None:
+        """Frames first..last could not be read: count them and say so, once."""
+        with self._cond:
+            self._skipped += last - first + 1
+        frames = f"frame {first}" if first == last else f"frames {first}-{last}"
+        self._note(f"{self.spec.stream_id}: {frames} {reason or 'could not be read'}, passed over")
 
     def _gather(self, item: _Decoded) -> None:
         """Offline: add a decoded frame to the block, put the block when it is full (or before a
@@ -212,21 +268,18 @@ class Ingest:
         self._gathered.append(item)
         if len(self._gathered) == self.block:
             self._put_block()
+            self._block = np.empty((self.block,) + shape, np.uint8)
         self._source.decode_into(self._block[len(self._gathered)])
 
     def _put_block(self) -> None:
-        """Put the gathered frames into the object store as one (n, H, W, 3) array and offer them."""
+        """Offer the gathered frames, each a view of its slot in the block (taken as one object)."""
         if not self._gathered:
             return
-        began = time.perf_counter()
-        count = len(self._gathered)
-        refs = put_frames(self._block[:count])
-        share_ms = (time.perf_counter() - began) * 1e3 / count
         gathered, self._gathered = self._gathered, []
-        for item, ref in zip(gathered, refs):
-            item.pixels = ref
-            item.decode_ms += share_ms
+        for slot, item in enumerate(gathered):
+            item.pixels = self._block[slot]
             self._offer(item)
+        self._block = None  # the next frames go into a new block: these views stay valid until taken
 
     def _offer(self, decoded: _Decoded) -> None:
         """Put a frame in the buffer: offline waits for room, live drops the oldest waiting."""
@@ -246,7 +299,8 @@ class Ingest:
 
     def _reopen(self) -> bool:
         """Reopen a live stream that ended or failed, backing off between tries; False if stopped."""
-        self._source.close()
+        if self._source is not None:
+            self._source.close()
         self._source = None
         delay = self.options.reconnect_initial_s
         self._note(f"{self.spec.stream_id}: stream lost, reopening {self.spec.uri}")
@@ -266,6 +320,28 @@ class Ingest:
     def _note(self, event: str) -> None:
         with self._cond:
             self._events.append(event)
+
+
+def pixels_of(taken: list[_Decoded]) -> np.ndarray | list[np.ndarray] | None:
+    """The pixels of frames taken, as one object: frame i is item i. Consecutive slots of one
+    block are that block's slice (one copy, into the object store, when returned); otherwise a
+    list of the frames' arrays."""
+    if not taken:
+        return None
+    first = taken[0].pixels
+    base = first.base
+    step = first.nbytes
+    if isinstance(base, np.ndarray) and base.shape[1:] == first.shape and base.flags.c_contiguous and all(
+            item.pixels.base is base for item in taken) and all(
+            b.pixels.ctypes.data - a.pixels.ctypes.data == step for a, b in zip(taken, taken[1:])):
+        start = (first.ctypes.data - base.ctypes.data) // step
+        return base[start:start + len(taken)]
+    return [item.pixels for item in taken]
+
+
+def with_pixels(taken: Taken, pixels: ray.ObjectRef) -> list[FrameRecord]:
+    """The records of `take()`'s first answer with their pixels: handles into its second."""
+    return [replace(frame, pixels=FrameRef(pixels, index)) for index, frame in enumerate(taken.frames)]
 
 
 # No CPU reserved: decoding is light next to inference and must not wait for a free core.

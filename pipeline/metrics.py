@@ -6,6 +6,11 @@ gives the end-of-run `RunSummary`. With a metrics port it serves, from its own r
 - `maskstream_frames_accepted_total{stream}`, `maskstream_frames_published_total{stream}`,
   `maskstream_frames_dropped_total{stream}` (live frames dropped before inference);
 - `maskstream_batches_rerun_total`: batches re-run because their worker died;
+- `maskstream_actor_restarts_total{actor}`: ingest, publisher and worker actors restarted after a crash;
+- `maskstream_publish_subscriptions`: subscriptions the publisher sees now;
+  `maskstream_publish_undelivered_total` (live: frames not queued for every subscriber),
+  `maskstream_publish_stalls_total` (offline: stalled subscribers cut off or given up on),
+  `maskstream_publish_blocked_seconds_total` (offline: time spent waiting for slow subscribers);
 - `maskstream_stage_latency_seconds{stage}`: a histogram per stage;
 - `maskstream_stage_latency_ms{stage, quantile}`: p50, p95 and p99 over recent frames, as in
   the summary (refreshed at most once a second).
@@ -35,6 +40,10 @@ QUANTILE_REFRESH_S = 1.0
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+ACTORS = ("ingest", "publisher", "worker")
+DELIVERY_COUNTERS = ("undelivered", "stalls", "blocked_s")
+
+
 @dataclass
 class StreamSummary:
     stream: str
@@ -44,6 +53,7 @@ class StreamSummary:
     fps: float                     # published frames per second of the run
     error: str | None = None
     end_to_end_ms: dict = field(default_factory=dict)  # {p50, p95, p99}, capture to publish
+    skipped: int = 0               # could not be decoded (damaged input), passed over
 
 
 @dataclass
@@ -54,6 +64,9 @@ class RunSummary:
     workers: list[dict]            # each worker's ready() answer: name, device, gpu_ids, node_id
     errors: list[str]              # one line per input that failed
     reruns: int = 0                # batches re-run because their worker died
+    restarts: dict = field(default_factory=dict)   # actor kind -> restarts after a crash
+    delivery: dict = field(default_factory=dict)   # the publisher's undelivered, stalls, blocked_s
+    peak_unsent: int = 0           # most frames accepted and not yet sent by the publisher at once
 
     @property
     def published(self) -> int:
@@ -73,7 +86,26 @@ class RunSummary:
             lines.append(f"{stage:<20} {p['p50']:>9.1f} {p['p95']:>9.1f} {p['p99']:>9.1f} {p['count']:>7}")
         if self.reruns:
             lines.append(f"re-run after a worker died: {self.reruns} batch(es)")
+        lines += self.delivery_lines()
         return "\n".join(lines + [f"error: {e}" for e in self.errors])
+
+    def delivery_lines(self) -> list[str]:
+        """One line each for what did not go as a plain run goes: restarts, input passed over,
+        subscribers waited for or given up on, frames not queued for every subscriber."""
+        lines = []
+        if any(self.restarts.values()):
+            lines.append("restarted after a crash: " + ", ".join(f"{kind} {n}" for kind, n in self.restarts.items() if n))
+        lines += [f"{s.stream}: {s.skipped} frame(s) could not be decoded, passed over"
+                  for s in self.streams.values() if s.skipped]
+        if self.delivery.get("blocked_s"):
+            lines.append(f"publisher waited {self.delivery['blocked_s']:.1f} s in all for slow subscribers")
+        if self.delivery.get("stalls"):
+            lines.append(f"publisher stopped waiting for a stalled subscriber {self.delivery['stalls']} time(s) "
+                         "(cut off): it missed frames")
+        if self.delivery.get("undelivered"):
+            lines.append(f"publisher could not queue {self.delivery['undelivered']} frame(s) for every subscriber "
+                         "(a subscriber's queue was full)")
+        return lines
 
 
 def percentiles(samples) -> dict:
@@ -86,12 +118,15 @@ class RunStats:
     """Counts and latencies of a run, shown as progress bars and served to Prometheus."""
 
     def __init__(self, totals: dict[str, int | None], progress: bool, metrics_port: int | None,
-                 metrics_host: str = "0.0.0.0"):
+                 metrics_host: str = "127.0.0.1"):
         """`totals`: expected frames per stream (None when unknown); progress bars are shown for
         streams in `totals` when `progress` and stderr is a terminal; metrics are served on
         `metrics_host`:`metrics_port` when a port is given."""
         self.started = time.monotonic()
         self.reruns = 0
+        self.restarts = dict.fromkeys(ACTORS, 0)
+        self.delivered = dict.fromkeys(DELIVERY_COUNTERS, 0)  # summed over publisher incarnations
+        self._delivery_seen = dict.fromkeys(DELIVERY_COUNTERS, 0)  # the current incarnation's last answer
         self.accepted_frames = dict.fromkeys(totals, 0)
         self.published_frames = dict.fromkeys(totals, 0)
         self._latency = {stage: deque(maxlen=LATENCY_SAMPLES) for stage in STAGES}
@@ -107,6 +142,15 @@ class RunStats:
                                   ["stream"], **labels)
         self._m_reruns = Counter("maskstream_batches_rerun", "Batches re-run because their worker died",
                                  **labels)
+        self._m_restarts = Counter("maskstream_actor_restarts", "Actors restarted after a crash", ["actor"], **labels)
+        self._m_subscriptions = Gauge("maskstream_publish_subscriptions", "Subscriptions the publisher sees",
+                                      **labels)
+        self._m_delivery = {
+            "undelivered": Counter("maskstream_publish_undelivered", "Live frames not queued for every subscriber",
+                                   **labels),
+            "stalls": Counter("maskstream_publish_stalls", "Stalled subscribers no longer waited for", **labels),
+            "blocked_s": Counter("maskstream_publish_blocked_seconds", "Time spent waiting for slow subscribers",
+                                 **labels)}
         self._m_latency = Histogram("maskstream_stage_latency_seconds", "Latency per stage", ["stage"],
                                     buckets=LATENCY_BUCKETS_S, **labels)
         self._m_quantile = Gauge("maskstream_stage_latency_ms", "Latency percentiles per stage over recent frames",
@@ -140,6 +184,23 @@ class RunStats:
         self.reruns += 1
         self._m_reruns.inc()
 
+    def restart(self, actor: str) -> None:
+        """An actor (one of ACTORS) was restarted after a crash."""
+        self.restarts[actor] += 1
+        self._m_restarts.labels(actor).inc()
+
+    def delivery(self, counters: dict) -> None:
+        """The publisher's delivery counters as it last answered (they start again from 0 when
+        it is restarted)."""
+        self._m_subscriptions.set(counters["subscriptions"])
+        for name in DELIVERY_COUNTERS:
+            value, seen = counters[name], self._delivery_seen[name]
+            grown = value - seen if value >= seen else value  # smaller: a restarted publisher
+            self._delivery_seen[name] = value
+            if grown > 0:
+                self.delivered[name] += grown
+                self._m_delivery[name].inc(grown)
+
     def refresh_quantiles(self) -> None:
         self._quantiles_at = time.monotonic()
         for stage, p in self.latency_ms().items():
@@ -168,9 +229,13 @@ class RunStats:
             streams[sid] = StreamSummary(
                 stream=sid, frames_in=counts["read"], published=sent.get("published", 0),
                 dropped=counts["dropped"], fps=sent.get("published", 0) / seconds if seconds > 0 else 0.0,
-                error=errors.get(sid), end_to_end_ms=sent.get("latency_ms", {}).get("end_to_end", {}))
+                error=errors.get(sid), end_to_end_ms=sent.get("latency_ms", {}).get("end_to_end", {}),
+                skipped=counts.get("skipped", 0))
+        if "delivery" in publisher_stats:
+            self.delivery({**publisher_stats["delivery"]})
         self.refresh_quantiles()
-        return RunSummary(seconds, streams, self.latency_ms(), workers, list(errors.values()), self.reruns)
+        return RunSummary(seconds, streams, self.latency_ms(), workers, list(errors.values()), self.reruns,
+                          dict(self.restarts), dict(self.delivered))
 
     def close(self) -> None:
         for bar in self._bars.values():

@@ -18,16 +18,25 @@ One ZeroMQ multipart message per frame on a PUB socket (docs/protocol.md has the
 3. only when the publisher sends images (``publish.images: jpeg``): the frame's pixels as a JPEG
    (``pipeline.images``), which the header's ``image`` field describes;
 
-and at the end of a stream, instead of a frame: ``{"schema": "maskstream.eos/1", "stream", "frames"}``
-(with tracking, ``tracks_ended``: the tracks still in view at the end).
+and at the end of a stream, instead of a frame: ``{"schema": "maskstream.eos/1", "stream", "frames",
+"reason"}`` (``reason``: ``end``, ``stopped`` or ``error``, with ``error``: one line; with tracking,
+``tracks_ended``: the tracks still in view at the end).
 
 The JSON Schemas of both headers ship with the package (``json_schema(FRAME_SCHEMA)``, files in
 pipeline/schema/). Fields may be added within version 1: consumers ignore what they do not know.
+
+``decode_message`` is the receiving side's gate: whatever arrives (a wrong number of parts, bytes
+that are not UTF-8 JSON, an unknown schema, a field of the wrong type, an absurd frame size, a mask
+whose RLE does not decode or does not cover the frame) either becomes a record that is safe to use
+or raises one-line ``ProtocolError``; nothing it checks allocates more than the message's own size.
+A message may carry a third part after the header (an image of the frame); it is checked for
+size and otherwise left to whoever reads it.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -47,6 +56,12 @@ if TYPE_CHECKING:  # the consumer SDK reads records without Ray
 FRAME_SCHEMA = "maskstream.frame/1"
 EOS_SCHEMA = "maskstream.eos/1"
 TOPIC_ROOT = "maskstream/"
+EOS_REASONS = ("end", "stopped", "error")  # the source ended; the run was stopped; it failed (see `error`)
+# Bounds a receiver holds every message to: what no real frame exceeds, so that a hostile or broken
+# message cannot make a consumer allocate masks or canvases of absurd size.
+MAX_FRAME_PIXELS = 1 << 27        # a frame of at most 134 M pixels (16384 x 8192)
+MAX_INSTANCES = 10_000            # per frame
+MAX_IMAGE_OVERHEAD = 1 << 16      # an image part is at most 3 bytes a pixel plus this
 
 
 @dataclass(frozen=True)
@@ -120,22 +135,22 @@ class FrameRecord:
     @classmethod
     def from_wire(cls, header: dict, image: bytes | None = None) -> FrameRecord:
         """The record of a v1 header (and ``image``, the message's third part, which the header's
-        ``image`` field describes); a one-line ProtocolError naming what is missing or malformed."""
-        missing = [name for name in FRAME_FIELDS if name not in header]
-        where = f"frame header of stream {header.get('stream')!r} seq {header.get('seq')!r}"
-        if missing:
-            raise ProtocolError(f"{where}: missing {', '.join(missing)}")
-        try:
-            instances = tuple(InstanceRecord.from_wire(inst) for inst in header["instances"])
-        except (KeyError, TypeError) as error:
-            raise ProtocolError(f"{where}: malformed instance ({type(error).__name__}: {error})") from None
+        ``image`` field describes); a one-line ProtocolError naming what is missing or malformed
+        (see ``check_frame_header``)."""
+        check_frame_header(header)
+        where = f"frame header of stream {header['stream']!r} seq {header['seq']}"
+        instances = tuple(InstanceRecord.from_wire(inst) for inst in header["instances"])
         if ("image" in header) != (image is not None):
             raise ProtocolError(f"{where}: an image field without an image part" if image is None
                                 else f"{where}: an image part the header does not describe")
-        encoded_image = None if image is None else EncodedImage.from_wire(header["image"], image, where)
-        ended = header.get("tracks_ended")
+        encoded_image = None
+        if image is not None:
+            encoded_image = EncodedImage.from_wire(header["image"], image, where)
+            if not (1 <= encoded_image.width <= header["width"] and 1 <= encoded_image.height <= header["height"]):
+                raise ProtocolError(f"{where}: an image of {encoded_image.width}x{encoded_image.height} "
+                                    f"for a frame of {header['width']}x{header['height']}")
         return cls(**{name: header[name] for name in FRAME_FIELDS if name != "instances"}, instances=instances,
-                   tracks_ended=None if ended is None else tuple(ended), encoded_image=encoded_image)
+                   tracks_ended=_track_ids(header, where), encoded_image=encoded_image)
 
 
 OPTIONAL_FIELDS = ("tracks_ended",)   # after the others, only with tracking: headers without are v1 too
@@ -145,24 +160,38 @@ FRAME_FIELDS = tuple(f.name for f in dataclasses.fields(FrameRecord)
 
 @dataclass(frozen=True)
 class EndOfStream:
-    """A stream's end: it published ``frames`` frames, seq 0..frames-1; with tracking,
-    ``tracks_ended`` are the ids of the tracks still alive then (they end with the stream)."""
+    """A stream's end: it published ``frames`` frames, seq 0..frames-1, and ended for ``reason``
+    (one of EOS_REASONS; ``error`` is the one-line problem when the reason is ``error``); with
+    tracking, ``tracks_ended`` are the ids of the tracks still alive then (they end with the stream)."""
     stream: str
     frames: int
+    reason: str = "end"
+    error: str | None = None
     tracks_ended: tuple[int, ...] | None = None
 
     def to_wire(self) -> dict:
-        header = {"schema": EOS_SCHEMA, "stream": self.stream, "frames": int(self.frames)}
+        header = {"schema": EOS_SCHEMA, "stream": self.stream, "frames": int(self.frames), "reason": self.reason}
+        if self.error is not None:
+            header["error"] = self.error
         if self.tracks_ended is not None:
             header["tracks_ended"] = [int(i) for i in self.tracks_ended]
         return header
 
     @classmethod
     def from_wire(cls, header: dict) -> EndOfStream:
-        if "frames" not in header:
-            raise ProtocolError(f"end of stream {header.get('stream')!r}: missing frames")
-        ended = header.get("tracks_ended")
-        return cls(header["stream"], header["frames"], None if ended is None else tuple(ended))
+        """The end of a v1 header; ``reason`` is ``end`` in the headers of publishers before it existed."""
+        where = f"end of stream {header.get('stream')!r}"
+        _require(_is_count(header.get("frames")), where, "frames is not an integer >= 0")
+        reason, error = header.get("reason", "end"), header.get("error")
+        _require(reason in EOS_REASONS, where, f"reason {str(reason)[:40]!r} is not one of {', '.join(EOS_REASONS)}")
+        _require(error is None or isinstance(error, str), where, "error is not a string")
+        ended = _track_ids(header, where)
+        return cls(header["stream"], header["frames"], reason, error, ended)
+
+    def describe(self) -> str:
+        """``cam1 ended after 12 frames (end)``, with the error line when there is one."""
+        why = f"error: {self.error}" if self.reason == "error" and self.error else self.reason
+        return f"{self.stream} ended after {self.frames} frames ({why})"
 
 
 MESSAGE_TYPES = {FRAME_SCHEMA: FrameRecord, EOS_SCHEMA: EndOfStream}
@@ -193,31 +222,146 @@ def encode_message(message: FrameRecord | EndOfStream) -> list[bytes]:
 
 
 def decode_header(parts: list[bytes]) -> dict:
-    """The JSON header of a received [topic, header] or [topic, header, image] message, checked
-    against its topic and schema."""
+    """The JSON header of a received [topic, header(, image)] message, checked against its topic
+    and schema; a one-line ProtocolError for anything else."""
     if len(parts) not in (2, 3):
-        raise ProtocolError(f"message of {len(parts)} parts: v1 messages have 2 (topic, header) "
-                            f"or 3 (topic, header, image)")
+        raise ProtocolError(f"message of {len(parts)} parts: v1 messages have 2 (topic, header) or 3 (+ image)")
+    where = f"message on {bytes(parts[0][:60])!r}"
     try:
-        header = json.loads(parts[1])
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ProtocolError(f"message on {parts[0]!r}: header is not UTF-8 JSON ({error})") from None
-    if not isinstance(header, dict) or header.get("schema") not in MESSAGE_TYPES:
+        header = json.loads(bytes(parts[1]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # ValueError: JSON, huge integers
+        raise ProtocolError(f"{where}: header is not UTF-8 JSON ({str(error)[:80]})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("schema"), str) or header["schema"] not in MESSAGE_TYPES:
         schema = header.get("schema") if isinstance(header, dict) else None
-        raise ProtocolError(f"message on {parts[0]!r}: unknown schema {schema!r}")
-    if topic(header.get("stream")) != parts[0]:
-        raise ProtocolError(f"message on {parts[0]!r}: header names stream {header.get('stream')!r}")
+        raise ProtocolError(f"{where}: unknown schema {str(schema)[:40]!r}")
+    stream = header.get("stream")
+    if not isinstance(stream, str) or not stream or "/" in stream or topic(stream) != parts[0]:
+        raise ProtocolError(f"{where}: header names stream {str(stream)[:60]!r}")
+    if len(parts) == 3:
+        if header["schema"] != FRAME_SCHEMA:
+            raise ProtocolError(f"{where}: an end of stream has no third part")
+        size = _pixels(header)
+        if size is None or len(parts[2]) > 3 * size + MAX_IMAGE_OVERHEAD:
+            raise ProtocolError(f"{where}: an image part of {len(parts[2])} bytes for a frame of {size} pixels")
     return header
 
 
 def decode_message(parts: list[bytes]) -> FrameRecord | EndOfStream:
-    """The frame record or end of stream of a received message (see ``decode_header``)."""
+    """The frame record or end of stream of a received [topic, header(, image)] message (see
+    ``decode_header``)."""
     header = decode_header(parts)
     if header["schema"] == FRAME_SCHEMA:
         return FrameRecord.from_wire(header, parts[2] if len(parts) == 3 else None)
-    if len(parts) == 3:
-        raise ProtocolError(f"message on {parts[0]!r}: an end of stream has no third part")
     return EndOfStream.from_wire(header)
+
+
+# -- checking a received header (the consumer's side; the JSON Schemas say the same for other languages) --
+
+def _require(condition: bool, where: str, problem: str) -> None:
+    if not condition:
+        raise ProtocolError(f"{where}: {problem}")
+
+
+def _is_count(value) -> bool:
+    """An integer >= 0 (JSON booleans are not numbers)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value) -> bool:
+    """A finite JSON number."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _pixels(header: dict) -> int | None:
+    """width x height of a frame header, if both are sane (at least 1, at most MAX_FRAME_PIXELS)."""
+    width, height = header.get("width"), header.get("height")
+    if not (_is_count(width) and _is_count(height) and width >= 1 and height >= 1):
+        return None
+    return width * height if width * height <= MAX_FRAME_PIXELS else None
+
+
+def check_frame_header(header: dict) -> None:
+    """Raises a one-line ProtocolError unless ``header`` is a well-formed v1 frame header: every
+    field of FRAME_FIELDS of its type, a sane frame size, and masks whose RLE decodes to exactly
+    the frame's size. Costs time in proportion to the header's length, never to the frame's size."""
+    where = f"frame header of stream {str(header.get('stream'))[:60]!r} seq {str(header.get('seq'))[:20]}"
+    missing = [name for name in FRAME_FIELDS if name not in header]
+    _require(not missing, where, f"missing {', '.join(missing)}")
+    for name in ("seq", "frame_index", "dropped_before"):
+        _require(_is_count(header[name]), where, f"{name} is not an integer >= 0")
+    for name in ("pts", "captured_at", "published_at"):
+        _require(_is_number(header[name]), where, f"{name} is not a number")
+    pixels = _pixels(header)
+    _require(pixels is not None, where, f"frame size {str(header['width'])[:20]}x{str(header['height'])[:20]} "
+                                        f"is not 1 to {MAX_FRAME_PIXELS} pixels")
+    timing = header["timing_ms"]
+    _require(isinstance(timing, dict) and all(_is_number(ms) for ms in timing.values()), where,
+             "timing_ms is not an object of numbers")
+    instances = header["instances"]
+    _require(isinstance(instances, list) and len(instances) <= MAX_INSTANCES, where,
+             f"instances is not a list of at most {MAX_INSTANCES}")
+    for index, instance in enumerate(instances):
+        _check_instance(instance, [header["height"], header["width"]], f"{where} instance {index}")
+
+
+def _check_instance(instance, size: list[int], where: str) -> None:
+    _require(isinstance(instance, dict), where, "not an object")
+    missing = [name for name in ("class_id", "label", "score", "box", "mask") if name not in instance]
+    _require(not missing, where, f"missing {', '.join(missing)}")
+    _require(_is_count(instance["class_id"]) and isinstance(instance["label"], str), where,
+             "class_id or label of the wrong type")
+    _require(_is_number(instance["score"]) and 0 <= instance["score"] <= 1, where, "score is not in [0, 1]")
+    box = instance["box"]
+    _require(isinstance(box, list) and len(box) == 4 and all(map(_is_number, box)), where, "box is not 4 numbers")
+    mask = instance["mask"]
+    _require(isinstance(mask, dict) and mask.get("size") == size and isinstance(mask.get("counts"), str), where,
+             f"mask is not an RLE of the frame's size {size}")
+    _require(rle_pixels(mask["counts"]) == size[0] * size[1], where, "mask RLE does not cover the frame")
+    _require(_is_count(instance.get("track_id", 0)), where, "track_id is not an integer >= 0")
+
+
+def _track_ids(header: dict, where: str) -> tuple[int, ...] | None:
+    """A header's ``tracks_ended`` (absent without tracking: None), checked: distinct ids >= 1."""
+    ended = header.get("tracks_ended")
+    if ended is None:
+        return None
+    _require(isinstance(ended, list) and len(ended) <= MAX_INSTANCES
+             and all(_is_count(i) and i >= 1 for i in ended) and len(set(ended)) == len(ended), where,
+             "tracks_ended is not a list of distinct integers >= 1")
+    return tuple(ended)
+
+
+def rle_pixels(counts: str) -> int:
+    """The pixels a COCO compressed RLE ``counts`` string covers (the sum of its runs), decoded the
+    way pycocotools decodes it (5-bit groups from '0', a continuation bit, a sign bit in the last
+    group, runs from the third on stored as the difference to the run two before), but without
+    making the mask. ProtocolError if it does not decode: characters out of range, a number cut
+    off, a run that is negative or beyond 32 bits."""
+    try:
+        codes = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
+    except UnicodeEncodeError:
+        raise ProtocolError("mask RLE has characters outside ASCII") from None
+    if codes.size == 0:
+        return 0
+    if ((codes < 0) | (codes > 63)).any() or codes[-1] & 0x20:
+        raise ProtocolError("mask RLE does not decode (characters out of range, or a number cut off)")
+    ends = np.flatnonzero((codes & 0x20) == 0)          # the last group of each number
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    groups = ends - starts + 1
+    if groups.max() > 7:                                # 35 bits: more than any 32-bit run needs
+        raise ProtocolError("mask RLE does not decode (a run beyond 32 bits)")
+    number = np.repeat(np.arange(ends.size), groups)
+    shift = 5 * (np.arange(codes.size) - starts[number])
+    values = np.zeros(ends.size, np.int64)
+    np.add.at(values, number, (codes & 0x1F) << shift)
+    negative = (codes[ends] & 0x10) != 0
+    values[negative] -= np.int64(1) << (5 * groups[negative])
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])                # run m (m > 2) = value m + run m - 2
+    runs[2::2] = np.cumsum(values[2::2])
+    if (runs < 0).any() or (runs >= 1 << 32).any():
+        raise ProtocolError("mask RLE does not decode (a negative or oversized run)")
+    return int(runs.sum())
 
 
 def json_schema(schema: str) -> dict:

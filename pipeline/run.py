@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"http://127.0.0.1:PORT/ (default {VIEW_PORT}; 0: any free port), "
                              f"with the frames' pictures (publish.images=jpeg unless --set says otherwise)")
     parser.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
+    parser.add_argument("--metrics-address", metavar="ADDR",
+                        help="serve the metrics on this address (default 127.0.0.1: this machine only; 0.0.0.0: all)")
+    parser.add_argument("--wait-subscribers", type=int, metavar="N",
+                        help="hold each stream's first frame until N subscribers have subscribed to it")
     parser.add_argument("--ray-address", metavar="ADDRESS", help="join this Ray cluster instead of starting one")
     parser.add_argument("--verbose", action="store_true", help="detailed logs, Ray's and TensorFlow's included")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -67,6 +71,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
                        ("workers.count", args.workers), ("batching.max_batch", args.max_batch),
                        ("batching.max_wait_ms", args.max_wait_ms), ("output.dir", args.out),
                        ("publish.curve_keys", args.curve_keys), ("metrics_port", args.metrics_port),
+                       ("metrics_host", args.metrics_address), ("publish.wait_subscribers", args.wait_subscribers),
                        ("ray_address", args.ray_address)):
         if value is not None:
             pairs.append((key, value))

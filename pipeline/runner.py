@@ -7,6 +7,11 @@ address are there); inference workers go wherever Ray finds their resources, one
 the cluster has GPUs. A bad input stops only its own stream: it is reported in one line and the
 others run. Ctrl-C (or `stop`) stops reading, finishes the frames already accepted, sends EOS
 for every stream and prints the summary; a second Ctrl-C abandons the unfinished frames.
+
+Every actor may crash: Ray restarts workers (`workers.max_restarts`), ingest actors
+(`sources.max_restarts`) and the publisher (`publish.max_restarts`), and the scheduler has each
+go on where it stood (see pipeline/scheduler.py); the restarts are in the summary. A run that
+fails anyway ends every stream with an EOS saying so, and with one line.
 """
 from __future__ import annotations
 
@@ -52,8 +57,10 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
     try:
         count, use_gpus = plan_workers(config)
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        publisher = start_publisher(config, list(model_config.class_names), publish_score, here)
+        publisher = start_publisher(config, list(model_config.class_names), here, live, publish_score)
+        endpoint = ray.get(publisher.ready.remote())
         actors.append(publisher)
+        failure = None
         try:
             ingests, opened, errors = start_ingests(specs, config, live, here)
             actors += ingests.values()
@@ -72,17 +79,25 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
             try:
                 scheduler = Scheduler(ingests, workers, placement, publisher, config.batching, live=live,
                                       live_queue=config.sources.live_queue,
-                                      keep_pixels=config.output.overlay or config.publish.images != "none",
-                                      stats=stats)
+                                       keep_pixels=config.output.overlay or config.publish.images != "none",
+                                      stats=stats, stream_fps={sid: answer.fps for sid, answer in opened.items()},
+                                      endpoint=endpoint, ingest_restarts=config.sources.max_restarts,
+                                      publisher_restarts=config.publish.max_restarts,
+                                      publisher_hwm=config.publish.hwm)
                 with stop_on_sigint(stop):
                     scheduler.run(stop)
                 errors.update({s.stream_id: s.error for s in scheduler.streams.values() if s.error})
-                counts = dict(zip(ingests, ray.get([a.counts.remote() for a in ingests.values()])))
+                counts = {sid: ingest_counts(actor, scheduler.streams[sid]) for sid, actor in ingests.items()}
             finally:
                 stats.close()
+        except PipelineError as error:
+            failure = str(error)
+            raise
         finally:
-            publisher_stats = ray.get(publisher.close.remote())
-        return stats.summary(counts, publisher_stats, placement, errors)
+            publisher_stats = close_publisher(publisher, failure)
+        summary = stats.summary(counts, publisher_stats, placement, errors)
+        summary.peak_unsent = scheduler.peak_unsent
+        return summary
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -118,7 +133,26 @@ def connect_ray(config: PipelineConfig) -> bool:
     ray.init(address=config.ray_address or "local", log_to_driver=config.verbose, include_dashboard=False,
              logging_level=logging.INFO if config.verbose else logging.ERROR,
              runtime_env={"env_vars": env})
+    if not config.verbose:
+        quiet_crash_reports()
     return True
+
+
+def quiet_crash_reports() -> None:
+    """Ray's driver prints a paragraph to stdout for every actor process that crashes (about the
+    OOM killer), log_to_driver or not; the run reports each crash itself, in one line."""
+    import ray._private.worker as ray_worker
+
+    print_report = getattr(ray_worker, "print_to_stdstream", None)
+    if print_report is None or getattr(print_report, "quieted", False):
+        return
+
+    def without_crash_reports(data, ignore_prefix):
+        if data.get("pid") != "raylet":
+            print_report(data, ignore_prefix)
+
+    without_crash_reports.quieted = True
+    ray_worker.print_to_stdstream = without_crash_reports
 
 
 def check_model_inputs(config: PipelineConfig) -> ModelConfig:
@@ -141,10 +175,31 @@ def score_thresholds(config: PipelineConfig, model_config: ModelConfig) -> tuple
     return publish, min(publish, config.tracking.low_score) if config.tracking.enabled else publish
 
 
-def start_publisher(config: PipelineConfig, class_names: list[str], publish_score: float, placement) -> object:
-    """The publisher actor, bound to its endpoint; PipelineError if it cannot bind."""
-    publisher = PublisherActor.options(scheduling_strategy=placement).remote(
-        config.publish, config.output, class_names, config.tracking, publish_score)
+def ingest_counts(actor, stream) -> dict:
+    """An ingest actor's counts, or the scheduler's own (`stream`: its StreamState) if it is gone."""
+    try:
+        return ray.get(actor.counts.remote())
+    except ray.exceptions.RayActorError:
+        return {"read": stream.read, "dropped": stream.dropped}
+
+
+def close_publisher(publisher, failure: str | None) -> dict:
+    """Close the publisher (EOS for every stream still open: stopped, or the run's `failure`);
+    its final stats, or none if it is gone."""
+    try:
+        return ray.get(publisher.close.remote(*(("error", failure) if failure else ())))
+    except ray.exceptions.RayActorError:
+        log.error("publisher: gone at the end of the run; streams still open got no EOS")
+        return {}
+
+
+def start_publisher(config: PipelineConfig, class_names: list[str], placement, live: bool = False,
+                    publish_score: float = 0.0) -> object:
+    """The publisher actor, bound to its endpoint; PipelineError if it cannot bind. Ray restarts
+    it after a crash (publish.max_restarts); its calls are not retried (the scheduler resends)."""
+    publisher = PublisherActor.options(
+        scheduling_strategy=placement, max_restarts=config.publish.max_restarts, max_task_retries=0,
+    ).remote(config.publish, config.output, class_names, live, config.tracking, publish_score)
     try:
         ray.get(publisher.ready.remote())
     except ray.exceptions.RayError as error:
@@ -156,9 +211,10 @@ def start_publisher(config: PipelineConfig, class_names: list[str], publish_scor
 def start_ingests(specs: list[SourceSpec], config: PipelineConfig, live: bool, placement):
     """An ingest actor per stream, opened. Returns ({stream: actor}, {stream: its open() answer},
     {stream: error}) for the streams that opened and those that did not."""
-    block = config.batching.max_batch  # offline: one object-store put per batch of frames
-    actors = {spec.stream_id: IngestActor.options(scheduling_strategy=placement).remote(
-        spec, config.sources, live, block) for spec in specs}
+    block = config.batching.max_batch  # offline: one object-store object per batch of frames
+    actors = {spec.stream_id: IngestActor.options(
+        scheduling_strategy=placement, max_restarts=config.sources.max_restarts, max_task_retries=0,
+    ).remote(spec, config.sources, live, block) for spec in specs}
     opened: dict[str, Opened] = dict(zip(actors, ray.get([actor.open.remote() for actor in actors.values()])))
     errors = {sid: answer.error for sid, answer in opened.items() if answer.error}
     for sid in errors:

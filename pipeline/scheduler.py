@@ -12,12 +12,30 @@ around it, on Ray refs:
   taken only when a worker is free, so the frame taken is the newest the camera has.
 - `seq` is assigned when a frame is accepted, so it is gap-free over published frames even
   though live streams drop frames before that point.
-- A batch whose worker dies is re-run: Ray restarts a crashed worker and retries its batches
-  there (`workers.max_restarts`, `workers.max_task_retries`), which the scheduler sees as a
-  result from another process than the one it sent the batch to; a worker killed for good fails
-  its batches, which go back to the head of the queue for another worker, and is probed before
-  reuse. Both count as re-runs in the summary. The publisher drops a seq it has already sent,
-  so every frame is published exactly once.
+- A batch whose worker dies is re-run: by default (`workers.max_task_retries` 0) its batches
+  fail at once and go back to the head of the queue for any live worker, while Ray restarts the
+  worker (`workers.max_restarts`), which is probed before reuse; so a lost node's batches run on
+  the nodes left even if its workers' restarts cannot be placed. With retries, Ray re-runs them
+  on the restarted worker, which the scheduler sees as a result from another process than the
+  one it sent the batch to. Both count as re-runs in the summary. The publisher drops a seq it
+  has already sent, so every frame is published exactly once.
+- An ingest actor that dies is restarted by Ray (`sources.max_restarts`) and told to resume at
+  the first frame not accepted; the frames already accepted are safe, since their pixels are
+  take()'s return values, owned here. Once its restarts are used up its stream ends (EOS, reason
+  `error`).
+- The publisher's answers say which seqs are out; a record is kept here until they do, and a
+  while longer: a message sent is still in the dead publisher's queues (ZeroMQ's, up to
+  `publish.hwm`, and the kernel's) when it dies, so the last RESEND_MARGIN + hwm records of each
+  stream are kept too (without their pixels; offline only: live, a frame lost there is a gap
+  rather than a frame sent again late). When the publisher dies, Ray restarts it
+  (`publish.max_restarts`), it is told to resume each stream at its oldest record kept here
+  (`resume`), and those records are sent again: a consumer drops the frames it already has.
+  With tracking, the publisher's answers also carry each stream's tracker as it stood before
+  the first seq not yet sent; records are kept from a seq whose tracker is kept, and the
+  restarted publisher gets that tracker back: the frames sent again get the same track ids. Offline, a publisher waiting for a slow subscriber holds its answers back, and
+  the loop stops taking frames once PUBLISH_BACKLOG calls wait: back-pressure reaches the readers.
+- Each stream's EOS says why it ended: `end`, `stopped` (the run was stopped) or `error` (its
+  source failed, or its ingest died for good), with the problem in one line.
 """
 from __future__ import annotations
 
@@ -27,14 +45,14 @@ import time
 from dataclasses import dataclass, field, replace
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from models.errors import PipelineError
 from workers.inference import BatchResult
 
 from .batching import Accepted, DynamicBatcher
 from .config import BatchingSection
-from .ingest import Taken
+from .ingest import Taken, with_pixels
 from .metrics import RunStats
 
 log = logging.getLogger(__name__)
@@ -44,6 +62,7 @@ TAKE_TIMEOUT_S = 0.5       # an ingest's take() returns empty-handed after this,
 POLL_S = 0.1               # the loop wakes at least this often to notice a stop request
 MAX_ATTEMPTS = 3           # a frame whose batch killed this many workers is poison: the run stops
 PUBLISH_BACKLOG = 64       # publish calls (one per batch) in flight before waiting: bounds memory only
+RESEND_MARGIN = 256        # records kept beyond publish.hwm after they were sent: what kernel buffers may hold
 
 
 def error_line(error: Exception) -> str:
@@ -63,6 +82,18 @@ class StreamState:
     reading: bool = True           # more frames may come from the ingest
     ended: bool = False            # end_stream sent
     error: str | None = None
+    fps: float | None = None       # the source's frame rate (a restarted publisher reopens its files with it)
+    next_index: int = 0            # the first frame index not accepted: where a restarted ingest resumes
+    read: int = 0                  # frames read as seen here: accepted, and dropped before them
+    dropped: int = 0
+    last_captured_at: float | None = None
+    restarts: int = 0              # of its ingest actor
+    kept: dict = field(default_factory=dict)  # seq -> FrameRecord handed to the publisher: not yet sent, or lately
+    kept_from: int = 0             # the records below this seq are no longer kept
+    trackers: dict = field(default_factory=dict)  # with tracking: seq -> the publisher's tracker as it was before it
+    confirmed: int = 0             # the first seq the publisher has not said it sent
+    eos: tuple | None = None       # the end_stream arguments (frames, reason, error), once called
+    eos_confirmed: bool = False
 
 
 @dataclass
@@ -83,6 +114,7 @@ class _Pending:
     frames: list[Accepted] = field(default_factory=list)
     requested: int = 0
     pid: int | None = None         # batch: the worker's process when the batch was sent
+    pixels: object = None          # take: the ObjectRef of the frames' pixels (take's second answer)
 
 
 class Scheduler:
@@ -96,9 +128,14 @@ class Scheduler:
 
     def __init__(self, streams: dict[str, object], workers: dict[str, object], placement: list[dict],
                  publisher, batching: BatchingSection, *, live: bool, live_queue: int, keep_pixels: bool,
-                 stats: RunStats):
+                 stats: RunStats, stream_fps: dict[str, float] | None = None, endpoint: str | None = None,
+                 ingest_restarts: int = 0, publisher_restarts: int = 0, publisher_hwm: int = 0):
+        """`stream_fps`: each source's frame rate; `endpoint`: the one the publisher bound;
+        `ingest_restarts`, `publisher_restarts`: how often Ray restarts those actors;
+        `publisher_hwm`: its publish.hwm (see the module docstring)."""
         pids = {answer["name"]: answer["pid"] for answer in placement}
-        self.streams = {sid: StreamState(sid, handle) for sid, handle in streams.items()}
+        self.streams = {sid: StreamState(sid, handle, fps=(stream_fps or {}).get(sid))
+                        for sid, handle in streams.items()}
         self.workers = [WorkerState(handle, name, pids[name]) for name, handle in workers.items()]
         self.publisher = publisher
         self.live = live
@@ -112,9 +149,18 @@ class Scheduler:
         self.keep_pixels = keep_pixels  # the publisher draws or sends the frames' pixels
         self.stats = stats
         self._pending: dict[object, _Pending] = {}
-        self._publishing: list = []
+        self._publishing: list = []    # (ref, epoch) of publisher calls not answered yet, oldest first
         self._in_flight = 0            # accepted, not yet published
         self._stopping = False
+        self.endpoint = endpoint
+        self.ingest_restarts = ingest_restarts
+        self.publisher_restarts = publisher_restarts
+        self._publisher_epoch = 0      # one more at each publisher restart: older calls' failures are known
+        self._publisher_incarnation = None
+        self._subscriptions = 0        # as the publisher last said: a restarted one waits for them to come back
+        self.peak_unsent = 0           # most frames accepted and not yet sent by the publisher, at any time
+        # Live, a frame lost in a crashed publisher's queues is a gap, not sent again late.
+        self.resend_window = 0 if live else publisher_hwm + RESEND_MARGIN
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -137,7 +183,9 @@ class Scheduler:
             ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=self._wait_timeout())
             for ref in ready:
                 self._handle(ref, self._pending.pop(ref))
-        self._wait_for_publisher(len(self._publishing))
+            self._collect_publisher()
+        while self._publishing:
+            self._collect_publisher(len(self._publishing))
 
     def _wait_timeout(self) -> float:
         """Wake for the batcher's deadline if a worker could take the batch (else only a result
@@ -168,21 +216,26 @@ class Scheduler:
             else:
                 wanted = min(self.take_size, self.max_in_flight - self._in_flight - requested)
             if wanted > 0:
-                ref = stream.ingest.take.remote(wanted, TAKE_TIMEOUT_S, self.take_fill_s)
-                self._pending[ref] = _Pending("take", stream=stream, requested=wanted)
+                ref, pixels = stream.ingest.take.remote(wanted, TAKE_TIMEOUT_S, self.take_fill_s)
+                self._pending[ref] = _Pending("take", stream=stream, requested=wanted, pixels=pixels)
                 requested += wanted
 
-    def _accept(self, stream: StreamState, taken: Taken) -> None:
+    def _accept(self, stream: StreamState, taken: Taken, pixels) -> None:
         for event in taken.events:
             log.warning("%s", event)
         if self._stopping:
             return  # frames read after the stop are not published; they get no seq
         now = time.monotonic()
-        for frame in taken.frames:
+        for frame in with_pixels(taken, pixels):
             self.batcher.add(Accepted(replace(frame, seq=stream.next_seq), now))
             stream.next_seq += 1
+            stream.next_index = frame.frame_index + 1
+            stream.read += 1 + frame.dropped_before
+            stream.dropped += frame.dropped_before
+            stream.last_captured_at = frame.captured_at
             self._in_flight += 1
             self.stats.accepted(stream.stream_id, frame.dropped_before)
+        self.peak_unsent = max(self.peak_unsent, sum(s.next_seq - s.confirmed for s in self.streams.values()))
         if taken.done:
             stream.reading = False
             stream.error = taken.error
@@ -210,11 +263,13 @@ class Scheduler:
     def _handle(self, ref, pending: _Pending) -> None:
         if pending.kind == "take":
             try:
-                self._accept(pending.stream, ray.get(ref))
+                taken = ray.get(ref)
             except RayActorError:
-                pending.stream.reading = False
-                pending.stream.error = f"{pending.stream.stream_id}: its ingest actor died"
-                log.error("%s", pending.stream.error)
+                self._ingest_lost(pending.stream)
+            else:
+                self._accept(pending.stream, taken, pending.pixels)
+        elif pending.kind == "resume":
+            self._ingest_resumed(pending.stream, ref)
         elif pending.kind == "batch":
             pending.worker.batches -= 1
             try:
@@ -227,11 +282,15 @@ class Scheduler:
                 self._note_restart(pending, result)
                 self._publish(pending.frames, result)
         else:
-            pending.worker.probing = False
             try:
-                ray.get(ref)
+                pending.worker.pid = ray.get(ref)["pid"]
+                pending.worker.probing = False
+                self.stats.restart("worker")
                 log.warning("%s: restarted, back in service", pending.worker.name)
+            except ActorUnavailableError:  # still restarting: ask again
+                self._pending[pending.worker.handle.ready.remote()] = pending
             except RayActorError:
+                pending.worker.probing = False
                 pending.worker.alive = False
                 log.warning("%s: gone", pending.worker.name)
                 if not any(w.alive for w in self.workers):
@@ -261,6 +320,44 @@ class Scheduler:
             log.warning("%s: restarted (pid %d, was %d); its batches re-ran there",
                         pending.worker.name, result.pid, pending.worker.pid)
             pending.worker.pid = result.pid
+            self.stats.restart("worker")
+
+    # -- ingest restarts --------------------------------------------------------------------
+
+    def _ingest_lost(self, stream: StreamState) -> None:
+        """Its ingest actor died: have the restarted one resume, or end the stream with the error."""
+        if self._stopping or stream.restarts >= self.ingest_restarts:
+            self._ingest_gone(stream)
+            return
+        stream.restarts += 1
+        self.stats.restart("ingest")
+        log.warning("%s: its ingest actor died; restarting it at frame %d", stream.stream_id, stream.next_index)
+        self._resume_ingest(stream)
+
+    def _resume_ingest(self, stream: StreamState) -> None:
+        ref = stream.ingest.resume.remote(stream.next_index, {"read": stream.read, "dropped": stream.dropped},
+                                          stream.last_captured_at)
+        self._pending[ref] = _Pending("resume", stream=stream)
+
+    def _ingest_gone(self, stream: StreamState) -> None:
+        stream.reading = False
+        stream.error = (f"{stream.stream_id}: its ingest actor died"
+                        + (f" ({stream.restarts} restart(s) used up)" if self.ingest_restarts else ""))
+        log.error("%s", stream.error)
+
+    def _ingest_resumed(self, stream: StreamState, ref) -> None:
+        try:
+            opened = ray.get(ref)
+        except ActorUnavailableError:  # still restarting: ask again
+            self._resume_ingest(stream)
+            return
+        except RayActorError:
+            self._ingest_gone(stream)
+            return
+        if opened.error:
+            stream.reading = False
+            stream.error = opened.error
+            log.error("%s", stream.error)
 
     # -- results out ------------------------------------------------------------------------
 
@@ -271,26 +368,115 @@ class Scheduler:
                              instances=instances,
                              pixels=item.record.pixels if self.keep_pixels else None)
             records.append(record)
-            self.streams[record.stream].published += 1
+            stream = self.streams[record.stream]
+            stream.published += 1
+            stream.kept[record.seq] = record
             self._in_flight -= 1
             self.stats.published(record)
-        self._publishing.append(self.publisher.publish_many.remote(records))  # one call per batch
-        if len(self._publishing) > PUBLISH_BACKLOG:
-            # Keeps memory bounded if the publisher falls behind.
-            self._wait_for_publisher(len(self._publishing) // 2)
+        self._call_publisher("publish_many", records)  # one call per batch
+        # Keeps memory bounded if the publisher falls behind (offline: a slow subscriber).
+        self._collect_publisher(len(self._publishing) - PUBLISH_BACKLOG)
 
-    def _wait_for_publisher(self, calls: int) -> None:
-        """Wait for the oldest `calls` publisher calls; a publisher error stops the run in one line."""
-        try:
-            ray.get(self._publishing[:calls])
-        except RayTaskError as error:
-            raise PipelineError(f"publisher: {error_line(error)}") from None
-        del self._publishing[:calls]
+    def _call_publisher(self, method: str, *args) -> None:
+        self._publishing.append((getattr(self.publisher, method).remote(*args), self._publisher_epoch))
+
+    def _collect_publisher(self, wait_for: int = 0) -> None:
+        """Take in the publisher's answers that are there, waiting for the oldest `wait_for`."""
+        while self._publishing:
+            ref, epoch = self._publishing[0]
+            if wait_for <= 0 and not ray.wait([ref], timeout=0)[0]:
+                return
+            del self._publishing[0]
+            wait_for -= 1
+            try:
+                progress = ray.get(ref)
+            except RayActorError:
+                if epoch == self._publisher_epoch:
+                    self._recover_publisher()
+                continue
+            except RayTaskError as error:
+                raise PipelineError(f"publisher: {error_line(error)}") from None
+            self._apply_progress(progress)
+            restarted = progress["incarnation"] != self._publisher_incarnation or not progress["resumed"]
+            if epoch == self._publisher_epoch and self._publisher_incarnation is not None and restarted:
+                self._recover_publisher()  # it died between two calls: this one ran on its successor
+
+    def _apply_progress(self, progress: dict) -> None:
+        """What the publisher says is out: forget those records; log its notices."""
+        if self._publisher_incarnation is None:
+            self._publisher_incarnation = progress["incarnation"]
+        for stream_id, (seq, tracker) in progress.get("trackers", {}).items():
+            if stream_id in self.streams:
+                self.streams[stream_id].trackers[seq] = tracker
+        for stream_id, sent in progress["sent"].items():
+            stream = self.streams.get(stream_id)
+            if stream is None or sent <= stream.confirmed:
+                continue
+            limit = sent - self.resend_window
+            if stream.trackers:  # tracking: keep from a seq whose tracker a restarted publisher can take up
+                limit = max((seq for seq in stream.trackers if seq <= limit), default=0)
+                for seq in [seq for seq in stream.trackers if seq < limit]:
+                    del stream.trackers[seq]
+            for seq in range(stream.kept_from, limit):
+                stream.kept.pop(seq, None)
+            stream.kept_from = max(stream.kept_from, limit)
+            for seq in range(stream.confirmed, sent):  # sent: only a resend after a crash needs them, if any
+                if seq in stream.kept and stream.kept[seq].pixels is not None:
+                    stream.kept[seq] = replace(stream.kept[seq], pixels=None)
+            stream.confirmed = sent
+        for stream_id in progress["ended"]:
+            if stream_id in self.streams:
+                self.streams[stream_id].eos_confirmed = True
+        for event in progress["events"]:
+            log.warning("%s", event)
+        self.stats.delivery(progress["delivery"])
+        if progress["resumed"]:
+            self._subscriptions = progress["delivery"]["subscriptions"]
+        unsent = sum(s.next_seq - s.confirmed for s in self.streams.values())
+        self.peak_unsent = max(self.peak_unsent, unsent)
+
+    def _recover_publisher(self) -> None:
+        """The publisher died: have its restarted self resume where each stream stands, and send
+        it again every record and end it had not confirmed."""
+        self._publisher_epoch += 1
+        self.stats.restart("publisher")
+        if self._publisher_epoch > self.publisher_restarts:
+            raise PipelineError(f"the publisher died {self._publisher_epoch} time(s); "
+                                f"{self.publisher_restarts} restart(s) allowed (publish.max_restarts)")
+        log.warning("publisher: died; restarting it and sending again what it had not confirmed sent")
+        # An ended stream too: its EOS may have died in the publisher's queues (a consumer drops a repeat).
+        state = {}
+        for sid, s in self.streams.items():
+            first = min(s.kept, default=s.confirmed)
+            state[sid] = {"fps": s.fps, "next_seq": first, "tracker": s.trackers.get(first)}
+        while True:
+            try:
+                progress = ray.get(self.publisher.resume.remote(self.endpoint, state, self._subscriptions))
+                break
+            except ActorUnavailableError:  # still restarting
+                time.sleep(POLL_S)
+            except RayActorError:
+                raise PipelineError(f"the publisher died; its {self.publisher_restarts} restart(s) are used up "
+                                    "(publish.max_restarts)") from None
+            except RayTaskError as error:
+                raise PipelineError(f"publisher: {error_line(error)}") from None
+        self._publisher_incarnation = progress["incarnation"]
+        self._apply_progress(progress)
+        for stream in self.streams.values():
+            stream.confirmed = min(stream.kept, default=stream.confirmed)
+            stream.eos_confirmed = False
+            records = [stream.kept[seq] for seq in sorted(stream.kept)]
+            for start in range(0, len(records), self.batcher.max_batch):
+                self._call_publisher("publish_many", records[start:start + self.batcher.max_batch])
+            if stream.eos is not None and not stream.eos_confirmed:
+                self._call_publisher("end_stream", stream.stream_id, *stream.eos)
 
     def _end_finished_streams(self) -> None:
         for stream in self.streams.values():
             if not stream.ended and not stream.reading and stream.published == stream.next_seq \
                     and not any(p.stream is stream for p in self._pending.values()):
-                self._publishing.append(self.publisher.end_stream.remote(stream.stream_id, stream.next_seq))
+                reason = "error" if stream.error else "stopped" if self._stopping else "end"
+                stream.eos = (stream.next_seq, reason, stream.error)
+                self._call_publisher("end_stream", stream.stream_id, *stream.eos)
                 stream.ended = True
                 self.stats.ended(stream.stream_id, stream.next_seq)

@@ -21,6 +21,11 @@ Per stream, under the output directory:
 
 Every sink takes ``pipeline.protocol.FrameRecord``s as published. A file that cannot be written
 is a one-line ``SinkError`` naming it.
+
+A publisher that restarts after a crash reopens a stream's sinks with ``resume_at`` (the first
+seq it will publish again): the JSON lines are cut back to the complete lines before that seq (a
+line half-written at the crash goes too), the COCO results are rebuilt from them, and the overlay
+video, which a killed writer leaves unfinished, continues in ``<stream>.overlay.from<seq>.mp4``.
 """
 import json
 from pathlib import Path
@@ -49,6 +54,24 @@ class JsonlSink:
 
     def __init__(self, path: str | Path):
         self._file = _open(Path(path), "wb")
+
+    @classmethod
+    def resumed(cls, path: str | Path, resume_at: int) -> tuple["JsonlSink", list[bytes]]:
+        """The sink of a file written before a crash, cut back to its complete lines of seq below
+        ``resume_at``, appending after them; and those lines."""
+        path = Path(path)
+        kept, size = [], 0
+        if path.is_file():
+            with _open(path, "rb") as file:
+                for line in file:
+                    if not line.endswith(b"\n") or json.loads(line)["seq"] >= resume_at:
+                        break
+                    kept.append(line[:-1])
+                    size += len(line)
+        sink = cls.__new__(cls)
+        sink._file = _open(path, "ab" if path.is_file() else "wb")
+        sink._file.truncate(size)
+        return sink, kept
 
     def write(self, record: FrameRecord) -> None:
         self._file.write(encode_header(record) + b"\n")
@@ -172,16 +195,26 @@ class StreamSinks:
     """All file sinks of one stream under ``out_dir`` (names in the module docstring)."""
 
     def __init__(self, out_dir: str | Path, stream: str, class_names: list[str] | None = None,
-                 overlay_fps: float | None = None, tracks: bool = False):
-        """``tracks``: the records carry track ids (tracking is on): also the MOTS and MOT files."""
+                 overlay_fps: float | None = None, resume_at: int | None = None, tracks: bool = False):
+        """``resume_at``: reopen after a crash, at this seq (see the module docstring); ``tracks``:
+        the records carry track ids (tracking is on): also the MOTS and MOT files."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self._jsonl = JsonlSink(out / f"{stream}.jsonl")
+        kept = []
+        if resume_at is None:
+            self._jsonl = JsonlSink(out / f"{stream}.jsonl")
+        else:
+            self._jsonl, kept = JsonlSink.resumed(out / f"{stream}.jsonl", resume_at)
         self._coco = CocoResultsSink(out / f"{stream}.coco_results.json",
                                      out / f"{stream}.coco_images.json", class_names)
         self._tracks = TrackFilesSink(out / stream) if tracks else None
-        self._video = (OverlayVideoSink(out / f"{stream}.overlay.mp4", overlay_fps)
-                       if overlay_fps else None)
+        for line in kept:
+            record = FrameRecord.from_wire(json.loads(line))
+            self._coco.write(record)
+            if self._tracks is not None:
+                self._tracks.write(record)
+        video = f"{stream}.overlay.mp4" if not resume_at else f"{stream}.overlay.from{resume_at}.mp4"
+        self._video = OverlayVideoSink(out / video, overlay_fps) if overlay_fps else None
 
     @property
     def wants_pixels(self) -> bool:

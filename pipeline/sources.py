@@ -7,6 +7,11 @@ progress bars: sources read until decoding stops (a header may count frames that
 the pedestrian clip claims 682 at 50 fps and holds 341 at 25, over the same 13.6 s). A file is
 judged truncated by time, when decoding stops well before the duration its header declares.
 
+Damaged data in the middle of a file does not end it: the frames that do not decode are passed
+over, and the next frame that decodes says how many were (`DecodedFrame.skipped`, from the jump
+in its timestamp) and why. An image in a folder that cannot be read is passed over the same way.
+Sources that can, `seek` to a frame: the ingest resumes a stream there after a crash.
+
 A source that cannot be opened raises `SourceError` with one line naming the input.
 """
 from __future__ import annotations
@@ -36,6 +41,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".p
 LIVE_KINDS = ("camera", "network")
 # The frame rate of a camera or video that does not say its own (pts then steps by 1/FALLBACK_FPS).
 FALLBACK_FPS = 25.0
+# A file whose frames fail to decode this many times in a row has ended (damaged data in the
+# middle of a file fails a few reads, then decoding goes on; at the end every read fails at once).
+MAX_FAILED_READS = 250
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class DecodedFrame:
     """A frame as a source gives it, before the pipeline describes it (pipeline.protocol.FrameRecord)."""
     rgb: np.ndarray  # (H, W, 3) uint8
     pts: float       # seconds, source clock
+    skipped: int = 0               # frames of the source right before this one that could not be read
+    skip_reason: str | None = None  # why, in a few words
 
 
 def source_kind(uri: str) -> str:
@@ -133,6 +143,11 @@ class FrameSource:
     def decode_into(self, array: np.ndarray | None) -> None:
         """Offer `array` (contiguous RGB uint8) for the next frame; it may be left untouched."""
 
+    def seek(self, index: int) -> bool:
+        """Make frame `index` (counting frames passed over) the next one read, if this source can
+        jump there; False if it cannot (the caller then reads and drops frames up to it)."""
+        return False
+
     def close(self) -> None:
         """Release the device, file or connection."""
 
@@ -200,10 +215,19 @@ class CaptureSource(FrameSource):
 
     def read(self) -> DecodedFrame | None:
         """The next frame; None at the end. A file whose decoding stops well before the duration
-        its header declares raises SourceError (truncated or damaged) after its last good frame."""
+        its header declares raises SourceError (truncated or damaged) after its last good frame;
+        frames that fail to decode before the end are passed over (see the module docstring)."""
         if self._ahead:  # read at opening
             return self._ahead.pop(0)
-        frame = self._decode()
+        last_pts = self._last_pts
+        frame, failed = self._decode(), 0
+        while frame is None and self.spec.kind == "file" and failed < MAX_FAILED_READS:
+            failed += 1
+            frame = self._decode()
+        if frame is not None and last_pts is not None:
+            frame.skipped = max(0, round((frame.pts - last_pts) * self.fps) - 1)  # fps: the frames' own rate
+            if frame.skipped:
+                frame.skip_reason = "not decodable (damaged data)" if failed else "missing from the file"
         if frame is None and self._declared_s is not None and self._last_pts + 2 * self._step < self._declared_s:
             raise SourceError(f"{self.spec.uri}: decoding stopped at {self._last_pts:.2f} s of the "
                               f"{self._declared_s:.2f} s its header declares (truncated or damaged file)")
@@ -229,15 +253,22 @@ class ImageFolderSource(FrameSource):
         self._next = 0
 
     def read(self) -> DecodedFrame | None:
+        skipped = 0
         while self._next < len(self._paths):
             index, path = self._next, self._paths[self._next]
             self._next += 1
             image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if image is None:
                 log.warning("%s: not a readable image, skipped", path)
+                skipped += 1
                 continue
-            return DecodedFrame(to_rgb(image, str(path)), index / self.fps)
+            return DecodedFrame(to_rgb(image, str(path)), index / self.fps, skipped,
+                                "not readable images" if skipped else None)
         return None
+
+    def seek(self, index: int) -> bool:
+        self._next = index
+        return True
 
 
 SYNTHETIC_DEFAULTS = {"seed": 0, "width": 640, "height": 360, "fps": 25.0, "frames": 300}
@@ -278,6 +309,10 @@ class SyntheticSource(FrameSource):
         rgb, _instances = self._scene.frame(self._next)
         self._next += 1
         return DecodedFrame(rgb, (self._next - 1) / self.fps)
+
+    def seek(self, index: int) -> bool:
+        self._next = index
+        return True
 
 
 def open_source(spec: SourceSpec, folder_fps: float = 25.0, open_timeout_s: float = 10.0) -> FrameSource:

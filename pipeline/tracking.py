@@ -290,12 +290,19 @@ class StreamTracker:
         self.class_ids = np.zeros(0, np.int64)
         self.ids = np.zeros(0, np.int64)     # 0 while unconfirmed
         self.hits = np.zeros(0, np.int64)    # detections in consecutive frames so far (capped at min_hits)
-        self.masks: list[dict | None] = []   # last mask per track (COCO RLE) or None
+        self.masks: list[dict | None] = []   # bytetrack-mask: last mask per track (COCO RLE) or None
         self.mask_centres = np.zeros((0, 2))  # (T, 2) box centre the last mask was seen at
         self.image_size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def snapshot(self) -> StreamTracker:
+        """An independent copy of the tracker (its arrays copied; masks are never changed in place)."""
+        copy = object.__new__(StreamTracker)
+        copy.__dict__ = {name: value.copy() if isinstance(value, (np.ndarray, list)) else value
+                         for name, value in self.__dict__.items()}
+        return copy
 
     # -- motion ---------------------------------------------------------------------------------
 
@@ -510,6 +517,7 @@ class StreamTracker:
             taken[candidates[rows]] = True
 
         considered = np.flatnonzero(scores >= cfg.low_score)
+        keep_masks = rles is not None and cfg.method == "bytetrack-mask"   # only its affinity reads them
         if cfg.occlusion and cfg.method != "sort":
             # what is left of an object behind another (or cut by the frame edge) lies inside the
             # box its track expects: detections left over against the confirmed tracks left over
@@ -540,14 +548,14 @@ class StreamTracker:
             self.seen_pts[track_index] = pts
             self.mask_centres[mt] = self.mean[mt, :2]
             for t, d in zip(mt, det_index[measured]):
-                self.masks[t] = None if rles is None else rles[d]
+                self.masks[t] = rles[d] if keep_masks else None
         # tracks not matched coast: their state stays at their last update, predicted anew each frame
 
         # confident detections left over start tracks
         fresh = [d for d in high if matched_track[d] < 0 and scores[d] >= cfg.new_track_score]
         first = len(self)
         if fresh:
-            self._new_tracks(boxes[fresh], class_ids[fresh], [None if rles is None else rles[d] for d in fresh], pts)
+            self._new_tracks(boxes[fresh], class_ids[fresh], [rles[d] if keep_masks else None for d in fresh], pts)
             matched_track[fresh] = np.arange(first, len(self))
 
         # tracks with enough consecutive detections get their id, in detection order; at a stream's
@@ -574,7 +582,8 @@ class TrackingStage:
 
         stage = TrackingStage(config.tracking, publish_score=0.5)
         record = stage.apply(record)      # instances with track_id, tracks_ended set
-        ended = stage.finish()            # at the end of the stream: the tracks still alive
+        ended = stage.alive()             # at the end of the stream: the tracks still alive
+        saved = stage.snapshot()          # its state now; TrackingStage(..., tracker=saved) goes on from it
 
     The workers keep detections down to `low_score` for it; a frame's instances are published if
     they score above `publish_score` (as without tracking; track_id 0 when in no confirmed
@@ -584,9 +593,10 @@ class TrackingStage:
     ends at that frame and tracking starts over; ids keep counting up, so they stay unique.
     """
 
-    def __init__(self, config: TrackingConfig, publish_score: float, first_id: int = 1):
+    def __init__(self, config: TrackingConfig, publish_score: float, tracker: StreamTracker | None = None):
+        """`tracker`: a `snapshot()` to go on from (a restarted publisher's), else a fresh one."""
         self.config, self.publish_score = config, float(publish_score)
-        self.tracker = StreamTracker(config, first_id)
+        self.tracker = tracker.snapshot() if tracker is not None else StreamTracker(config)
 
     def apply(self, record):
         """A `pipeline.protocol.FrameRecord` -> the record as published: instances kept (see the
@@ -608,9 +618,14 @@ class TrackingStage:
         return replace(record, instances=kept, tracks_ended=ended,
                        timing_ms={**record.timing_ms, "track": (time.perf_counter() - started) * 1e3})
 
-    def finish(self) -> tuple[int, ...]:
-        """The stream ended: the ids of the tracks still alive, ascending."""
-        return tuple(int(i) for i in self.tracker.finish())
+    def alive(self) -> tuple[int, ...]:
+        """The ids of the confirmed tracks alive now, ascending: at a stream's end, the tracks that
+        end with it (the state is left as it is, so that an end sent again says the same)."""
+        return tuple(int(i) for i in np.sort(self.tracker.ids[self.tracker.ids > 0]))
+
+    def snapshot(self) -> StreamTracker:
+        """A copy of the tracker's state, unaffected by the frames that follow."""
+        return self.tracker.snapshot()
 
 
 def tracking_config(data: dict | None, path: str = "tracking") -> TrackingConfig:

@@ -15,7 +15,7 @@ One job per part:
 
 - ``Subscriber``: a thread that receives every stream (the consumer SDK) and keeps on the
   ``Board`` only each stream's newest frame and its figures. It never waits for a viewer. A
-  ZeroMQ socket monitor (``Consumer(monitor=True)``) turns connection and CURVE handshake events
+  ZeroMQ socket monitor (``Consumer(on_event=...)``) turns connection and CURVE handshake events
   into one status line (``ConnectionWatch``), printed in the terminal and shown on the page.
 - ``Renderer``: draws a stream's newest frame into a JPEG, on one thread, once per frame
   whatever the number of viewers, and only when a viewer is ready for it.
@@ -58,9 +58,8 @@ import cv2
 import numpy as np
 import zmq
 from aiohttp import WSMsgType, web
-from zmq.utils.monitor import recv_monitor_message
 
-from models.errors import ProtocolError, ViewError, command
+from models.errors import ViewError, command
 
 from .consumer import Consumer
 from .overlay import render_frame
@@ -285,7 +284,7 @@ class Subscriber:
         self.board = board
         self._watch = ConnectionWatch(endpoint, curve_keys is not None)
         try:
-            self._consumer = Consumer(endpoint, curve_keys=curve_keys, monitor=True)
+            self._consumer = Consumer(endpoint, curve_keys=curve_keys, on_event=self._on_event)
         except zmq.ZMQError as error:  # any other transport the consumer does not check
             raise ViewError(f"endpoint {endpoint}: {error.strerror}") from None
         self._stop = threading.Event()
@@ -301,35 +300,29 @@ class Subscriber:
         self._consumer.close()
 
     def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._consumer.socket, zmq.POLLIN)
-        poller.register(self._consumer.monitor, zmq.POLLIN)
         while not self._stop.is_set():
-            ready = dict(poller.poll(POLL_MS))
-            if self._consumer.monitor in ready:
-                self._read_events()
-            if self._consumer.socket in ready:
-                self._read_messages()
+            self._read_messages()
 
-    def _read_events(self) -> None:
-        while self._consumer.monitor.poll(0):
-            event = recv_monitor_message(self._consumer.monitor)
-            status = self._watch.status(int(event["event"]), int(event["value"]))
-            if status is not None:
-                self.board.set_status(status)
+    def _on_event(self, event: int, value: int) -> None:
+        status = self._watch.status(event, value)
+        if status is not None:
+            self.board.set_status(status)
 
     def _read_messages(self) -> None:
-        for _ in range(RECEIVE_BURST):
-            try:
-                message = self._consumer.receive(timeout=0)
-            except (ProtocolError, KeyError, TypeError) as error:
-                self.board.set_status(Status("warn", f"{self.board.endpoint}: a message that is not "
-                                                     f"maskstream wire protocol v1: {error}", "protocol"))
-                continue
+        """What arrived within POLL_MS, at most RECEIVE_BURST messages (connection events are
+        handled on the way, by ``_on_event``)."""
+        for burst in range(RECEIVE_BURST):
+            malformed = self._consumer.malformed
+            message = self._consumer.receive(timeout=POLL_MS / 1000 if burst == 0 else 0)
+            if self._consumer.malformed > malformed:
+                self.board.set_status(Status("warn", f"{self.board.endpoint}: skipped a message that is not "
+                                                     f"maskstream wire protocol v1", "protocol"))
             if message is None:
                 return
             if isinstance(message, EndOfStream):
                 self.board.end_stream(message.stream, message.frames)
+                continue
+            if not isinstance(message, FrameRecord):  # a gap: the frames/s and dropped figures show it
                 continue
             if self._watch.kind != "connected":  # a frame proves the connection, events or not
                 self.board.set_status(self._watch.status(zmq.EVENT_HANDSHAKE_SUCCEEDED, 0))

@@ -4,9 +4,11 @@ the model run directly as a worker would run it.
 Run as a script, this module is that camera: `python pipeline_helpers.py PORT FPS` serves an
 endless multipart JPEG stream on 127.0.0.1:PORT, as many IP cameras do.
 """
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,7 +17,11 @@ import cv2
 import numpy as np
 import ray
 
+from pipeline.config import load_pipeline_config
+from pipeline.runner import run
+
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+TINY = str(Path(__file__).resolve().parent.parent / "configs" / "test_tiny.yaml")
 PEDESTRIANS = DATA / "pedestrians_720p.avi"
 HIGHWAY = DATA / "highway_720p_38f.mp4"
 SERVER_START_LIMIT = 30.0  # seconds; a guard against a server that never listens, not a timing
@@ -26,6 +32,45 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def config_for(*overrides: str):
+    """A test config: the tiny model, CPU workers of one thread, a free port, no progress bars."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    return load_pipeline_config(None, [f"model.config={TINY}", "model.weights=null", "model.score_threshold=null",
+                                       "workers.cpus=1", "progress=false",
+                                       f"publish.endpoint={endpoint}", *overrides])
+
+
+class BackgroundRun:
+    """`run(config)` in a thread, so that the test can subscribe, watch and interfere meanwhile."""
+
+    def __init__(self, config, model_factory=None):
+        self.config = config
+        self.model_factory = model_factory
+        self.stop = threading.Event()
+        self.summary = self.error = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.summary = run(self.config, self.model_factory, stop=self.stop)
+        except Exception as error:  # re-raised in the test by result()
+            self.error = error
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop.set()
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.summary
 
 
 class OneThreadModel:
@@ -61,7 +106,10 @@ class MjpegCamera:
         self.process = None
 
     def start(self) -> "MjpegCamera":
-        self.process = subprocess.Popen([sys.executable, __file__, str(self.port), str(self.fps)])
+        # The repository on the path: this file imports the project, installed or not.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                            os.environ.get("PYTHONPATH", "")])}
+        self.process = subprocess.Popen([sys.executable, __file__, str(self.port), str(self.fps)], env=env)
         deadline = time.monotonic() + SERVER_START_LIMIT
         while time.monotonic() < deadline:
             try:
@@ -107,3 +155,81 @@ if __name__ == "__main__":
     _MjpegHandler.fps = float(sys.argv[2])
     ThreadingHTTPServer.allow_reuse_address = True
     ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), _MjpegHandler).serve_forever()
+
+
+class BrightPixelsModel:
+    """A model with the workers' interface (`predict(frames, masks="rle")`) that segments, in
+    each frame, the pixels brighter than the frame's mean as one "person": real masks, real RLE,
+    thousands of frames a second. For the delivery tests, whose subject is frames travelling
+    (hundreds of them, and a subscriber ten times slower), not what the model finds."""
+
+    def predict(self, frames, masks="rle"):
+        import models
+        from pycocotools import mask as mask_utils
+
+        detections = []
+        for frame in frames:
+            gray = np.asarray(frame).mean(axis=2)
+            mask = gray > gray.mean()
+            ys, xs = np.nonzero(mask)
+            box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 1, 1]
+            detections.append(models.Detections(
+                boxes=np.array([box], np.float32), scores=np.array([0.9], np.float32),
+                class_ids=np.array([2], np.int32), labels=["person"],
+                rles=[mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))]))
+        return detections
+
+
+def bright_pixels_model(config, weights):
+    """A ModelFactory (workers.inference) for BrightPixelsModel."""
+    return BrightPixelsModel()
+
+
+class BrightBlobsModel:
+    """Like BrightPixelsModel, but each blob of bright pixels (8-connected, at least 12 pixels,
+    the 20 largest) is its own "car": many objects coming and going, for the tracking tests."""
+
+    def predict(self, frames, masks="rle"):
+        import cv2
+        import models
+        from pycocotools import mask as mask_utils
+
+        detections = []
+        for frame in frames:
+            gray = np.asarray(frame).mean(axis=2)
+            bright = (gray > gray.mean() + gray.std()).astype(np.uint8)
+            count, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
+            blobs = sorted((i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= 12),
+                           key=lambda i: (-stats[i, cv2.CC_STAT_AREA], i))[:20]
+            boxes = [[stats[i, 0], stats[i, 1], stats[i, 0] + stats[i, 2], stats[i, 1] + stats[i, 3]] for i in blobs]
+            detections.append(models.Detections(
+                boxes=np.array(boxes, np.float32).reshape(-1, 4), scores=np.full(len(blobs), 0.9, np.float32),
+                class_ids=np.full(len(blobs), 3, np.int32), labels=["car"] * len(blobs),
+                rles=[mask_utils.encode(np.asfortranarray((labels == i).astype(np.uint8))) for i in blobs]))
+        return detections
+
+
+def bright_blobs_model(config, weights):
+    """A ModelFactory (workers.inference) for BrightBlobsModel."""
+    return BrightBlobsModel()
+
+
+def actor_pid(class_name: str) -> int:
+    """The process id of the one Ray actor of `class_name` running under this process's Ray node
+    (other Ray instances may share the machine). Ray titles an actor's process `ray::<Class>` or
+    `ray::<Class>.<method>`; its parent is the node's raylet. For tests that kill it with SIGKILL."""
+    from ray._private import ray_constants
+
+    raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == raylet and (title == f"ray::{class_name}" or title.startswith(f"ray::{class_name}.")):
+                found.append(int(entry.name))
+    assert len(found) == 1, f"{len(found)} processes of ray::{class_name} under raylet {raylet}: {found}"
+    return found[0]

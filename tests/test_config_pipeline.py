@@ -19,7 +19,7 @@ def test_embedded_default_runs_a_model_on_generated_scenes():
     assert config.publish.endpoint == "tcp://127.0.0.1:5555"
     assert config.sources.mode == "auto"
     # the overlay video takes each source's own frame rate unless output.overlay_fps says otherwise
-    assert (config.output.overlay_fps, config.publish.linger_ms, config.metrics_host) == (None, 1000, "0.0.0.0")
+    assert (config.output.overlay_fps, config.publish.linger_ms, config.metrics_host) == (None, 1000, "127.0.0.1")
 
 
 def test_the_default_yaml_names_every_key_the_config_has():
@@ -112,6 +112,7 @@ def test_command_line_flags_map_onto_the_config():
         "--source", "cam=0", "--source", "b c.avi", "--publish", "tcp://127.0.0.1:6000", "--mode", "live",
         "--workers", "3", "--max-batch", "2", "--max-wait-ms", "5", "--out", "o", "--video",
         "--curve-keys", "keys", "--metrics-port", "9200", "--ray-address", "auto", "--verbose",
+        "--metrics-address", "0.0.0.0", "--wait-subscribers", "2",
         "--set", "sources.max_frames=7"])
     config = load_pipeline_config(None, run_command.overrides(args))
     assert config.sources.uris == ["cam=0", str(Path.cwd() / "b c.avi")]
@@ -120,6 +121,7 @@ def test_command_line_flags_map_onto_the_config():
     assert (config.workers.count, config.batching.max_batch, config.batching.max_wait_ms) == (3, 2, 5.0)
     assert (config.output.dir, config.output.overlay) == (str(Path.cwd() / "o"), True)
     assert (config.metrics_port, config.ray_address, config.verbose) == (9200, "auto", True)
+    assert (config.metrics_host, config.publish.wait_subscribers) == ("0.0.0.0", 2)
 
 
 def test_no_flags_means_the_embedded_default():

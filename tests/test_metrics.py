@@ -16,8 +16,16 @@ def record(stream: str, inference_ms: float):
 
 def test_counts_percentiles_and_prometheus_scrape():
     port = free_port()
-    stats = RunStats({"cam1": None, "cam2": 10}, progress=False, metrics_port=port, metrics_host="127.0.0.1")
+    stats = RunStats({"cam1": None, "cam2": 10}, progress=False, metrics_port=port)
     try:
+        assert stats._server.server_address[0] == "127.0.0.1"  # this machine only, unless asked
+        stats.restart("ingest")
+        stats.restart("publisher")
+        delivery = {"subscriptions": 2, "undelivered": 3, "stalls": 1, "blocked_s": 1.5}
+        stats.delivery(delivery)
+        stats.delivery({**delivery, "undelivered": 5})
+        stats.delivery({**delivery, "undelivered": 1, "stalls": 0, "blocked_s": 0.0})  # a restarted publisher
+        assert stats.delivered == {"undelivered": 6, "stalls": 1, "blocked_s": 1.5}
         for i in range(100):
             stats.accepted("cam1", dropped_before=2 if i == 50 else 0)
             stats.published(record("cam1", inference_ms=float(i + 1)))
@@ -39,6 +47,9 @@ def test_counts_percentiles_and_prometheus_scrape():
     assert 'maskstream_stage_latency_seconds_count{stage="inference"} 101.0' in text
     assert 'maskstream_stage_latency_ms{quantile="0.5",stage="inference"} 50.0' in text
     assert "maskstream_batches_rerun_total 1.0" in text
+    assert 'maskstream_actor_restarts_total{actor="ingest"} 1.0' in text
+    assert 'maskstream_actor_restarts_total{actor="publisher"} 1.0' in text
+    assert "maskstream_publish_undelivered_total 6.0" in text and "maskstream_publish_subscriptions 2.0" in text
 
 
 def test_summary_joins_ingest_publisher_and_errors():
@@ -58,4 +69,11 @@ def test_summary_joins_ingest_publisher_and_errors():
     table = summary.table()
     assert "cam1" in table and "9/10/10" in table and "error: bad.avi: no such file" in table
     assert summary.reruns == 1 and "re-run after a worker died: 1 batch(es)" in table
+    stats.restart("publisher")
+    stats.delivery({"subscriptions": 1, "undelivered": 0, "stalls": 2, "blocked_s": 4.0})
+    lines = stats.summary({"cam1": {"read": 4, "dropped": 1, "skipped": 2}}, publisher, workers=[], errors={}
+                          ).delivery_lines()
+    assert lines == ["restarted after a crash: publisher 1", "cam1: 2 frame(s) could not be decoded, passed over",
+                     "publisher waited 4.0 s in all for slow subscribers",
+                     "publisher stopped waiting for a stalled subscriber 2 time(s) (cut off): it missed frames"]
     assert [line.split()[0] for line in table.splitlines()[4:9]] == ["decode", "queue", "fetch", "inference", "result"]

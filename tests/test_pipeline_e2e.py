@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -20,57 +19,26 @@ import ray
 from pycocotools.coco import COCO
 
 from models.errors import PipelineError
-from pipeline.config import load_pipeline_config
 from pipeline.metrics import STAGES
 from pipeline.protocol import EndOfStream
 from pipeline.runner import run
 from pipeline.sources import open_source, parse_source
-from tests.pipeline_helpers import DATA, PEDESTRIANS, MjpegCamera, OneThreadModelActor, free_port
+from tests.pipeline_helpers import (
+    DATA,
+    PEDESTRIANS,
+    TINY,
+    BackgroundRun,
+    MjpegCamera,
+    OneThreadModelActor,
+    config_for,
+    free_port,
+)
 from tests.wire_helpers import Consumer
 from workers.results import instance_records
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 REPO = Path(__file__).resolve().parent.parent
-TINY = str(REPO / "configs" / "test_tiny.yaml")
 RECEIVE_LIMIT_S = 180  # a consumer idle this long gives up: a guard against a hung run, not a timing
-
-
-def config_for(*overrides: str):
-    """A test config: the tiny model, CPU workers of one thread, a free port, no progress bars."""
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    return load_pipeline_config(None, [f"model.config={TINY}", "model.weights=null", "model.score_threshold=null",
-                                       "workers.cpus=1", "progress=false",
-                                       f"publish.endpoint={endpoint}", *overrides])
-
-
-class BackgroundRun:
-    """`run(config)` in a thread, so that the test can subscribe, watch and interfere meanwhile."""
-
-    def __init__(self, config):
-        self.config = config
-        self.stop = threading.Event()
-        self.summary = self.error = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        try:
-            self.summary = run(self.config, stop=self.stop)
-        except Exception as error:  # re-raised in the test by result()
-            self.error = error
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stop.set()
-        self._thread.join()
-
-    def result(self):
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.summary
 
 
 def receive(consumer) -> dict[str, list]:
@@ -81,10 +49,10 @@ def receive(consumer) -> dict[str, list]:
     return by_stream
 
 
-def assert_complete_in_order(messages: list, frames: int):
-    """Seqs 0..frames-1 exactly once and in order, then EOS counting them."""
+def assert_complete_in_order(messages: list, frames: int, reason: str = "end"):
+    """Seqs 0..frames-1 exactly once and in order, then EOS counting them and saying why it ended."""
     *published, eos = messages
-    assert isinstance(eos, EndOfStream) and (eos.stream, eos.frames) == (published[0].stream, frames)
+    assert isinstance(eos, EndOfStream) and (eos.stream, eos.frames, eos.reason) == (published[0].stream, frames, reason)
     assert [m.seq for m in published] == list(range(frames))
 
 
@@ -247,7 +215,7 @@ def test_network_camera_read_live_and_resumed_after_its_server_restarts():
     finally:
         camera.stop()
     frames = before + [after] + rest[:-1]
-    assert isinstance(rest[-1], EndOfStream) and rest[-1].frames == frames[-1].seq + 1
+    assert isinstance(rest[-1], EndOfStream) and (rest[-1].frames, rest[-1].reason) == (frames[-1].seq + 1, "stopped")
     assert [f.seq for f in frames] == sorted(set(f.seq for f in frames))
     assert after.frame_index > before[-1].frame_index and (after.width, after.height) == (160, 120)
     assert summary.streams["door"].published == rest[-1].frames
@@ -329,7 +297,7 @@ def test_ctrl_c_finishes_the_frames_in_flight_and_sends_eos():
         rest = receive(consumer)["synthetic"]
         stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
-    assert_complete_in_order([first, *rest], rest[-1].frames)
+    assert_complete_in_order([first, *rest], rest[-1].frames, "stopped")
     assert stderr.startswith("stopping: finishing the frames in flight")
     summary_row = next(line.split() for line in stderr.splitlines() if line.startswith("synthetic"))
     assert int(summary_row[2]) == rest[-1].frames  # published, as the summary says

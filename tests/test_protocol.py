@@ -74,8 +74,15 @@ def test_numpy_and_bytes_values_become_plain_json():
 
 def test_eos_round_trip():
     parts = encode_message(EndOfStream("cam10", 42))
-    assert parts == [b"maskstream/cam10/", b'{"schema":"maskstream.eos/1","stream":"cam10","frames":42}']
+    assert parts == [b"maskstream/cam10/",
+                     b'{"schema":"maskstream.eos/1","stream":"cam10","frames":42,"reason":"end"}']
     assert decode_message(parts) == EndOfStream("cam10", 42)
+    failed = EndOfStream("ped", 4, "error", "ped: its ingest actor died")
+    assert decode_message(encode_message(failed)) == failed
+    assert failed.describe() == "ped ended after 4 frames (error: ped: its ingest actor died)"
+    # a publisher from before the reason existed: its EOS reads as an end
+    old = [b"maskstream/cam10/", b'{"schema":"maskstream.eos/1","stream":"cam10","frames":42}']
+    assert decode_message(old) == EndOfStream("cam10", 42, "end")
 
 
 def test_a_header_missing_fields_gets_one_line_naming_them():
@@ -100,6 +107,7 @@ def test_the_publisher_side_check_names_what_cannot_be_published():
      "header names stream 'cam2'"),
     ([b"maskstream/cam1/", b"\xff not json"], "not UTF-8 JSON"),
     ([b"maskstream/cam1/"], "1 parts"),
+    ([b"maskstream/cam1/", b"{}", b"", b""], "4 parts"),
 ])
 def test_decoder_refuses_what_is_not_v1(parts, problem):
     with pytest.raises(ProtocolError, match=problem):
@@ -119,6 +127,7 @@ def test_json_schemas_are_valid_and_accept_what_the_publisher_sends():
     VALIDATORS[FRAME_SCHEMA].validate(json.loads(V1_FRAME_BYTES))
     VALIDATORS[FRAME_SCHEMA].validate(published(make_record("cam1", 0, instances=0)).to_wire())
     VALIDATORS[EOS_SCHEMA].validate(EndOfStream("cam1", 0).to_wire())
+    VALIDATORS[EOS_SCHEMA].validate(EndOfStream("cam1", 0, "error", "cam1: no such file").to_wire())
 
 
 @pytest.mark.parametrize("change, path", [
@@ -170,3 +179,26 @@ def test_cam1_subscriber_does_not_receive_cam10():
         publisher.close(linger=0)
         subscriber.close(linger=0)
         context.term()
+
+
+def test_track_ids_round_trip_validate_and_malformed_ones_are_refused():
+    tracked = dataclasses.replace(published(make_record("cam1", 2)), tracks_ended=(3, 9),
+                                  instances=tuple(dataclasses.replace(inst, track_id=t)
+                                                  for inst, t in zip(make_record("cam1", 2).instances, (4, 0))))
+    header = tracked.to_wire()
+    VALIDATORS[FRAME_SCHEMA].validate(header)
+    assert [inst.get("track_id") for inst in header["instances"]] == [4, 0] and header["tracks_ended"] == [3, 9]
+    assert decode_message(encode_message(tracked)) == tracked
+    eos = EndOfStream("cam1", 3, tracks_ended=(4,))
+    VALIDATORS[EOS_SCHEMA].validate(eos.to_wire())
+    assert decode_message(encode_message(eos)) == eos
+    for change, problem in [(lambda h: h["instances"][0].update(track_id=-1), "track_id is not an integer >= 0"),
+                            (lambda h: h["instances"][0].update(track_id="4"), "track_id is not an integer >= 0"),
+                            (lambda h: h.update(tracks_ended=[3, 3]), "tracks_ended is not a list of distinct"),
+                            (lambda h: h.update(tracks_ended=[0]), "tracks_ended is not a list of distinct")]:
+        bad = json.loads(json.dumps(header))
+        change(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            VALIDATORS[FRAME_SCHEMA].validate(bad)
+        with pytest.raises(ProtocolError, match=problem):
+            FrameRecord.from_wire(bad)

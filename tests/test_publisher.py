@@ -11,6 +11,7 @@ import ray
 
 from models.errors import ConfigError
 from pipeline.config import OutputSection, PublishSection
+from pipeline.consumer import Gap
 from pipeline.protocol import EndOfStream, FrameRecord, encode_header
 from pipeline.publisher import Publisher, PublisherActor, PublisherError
 from pipeline.sources import FALLBACK_FPS
@@ -82,6 +83,9 @@ def test_late_joiner_starts_at_the_next_frame():
             while (first := late.receive(timeout=0.05)) is None:  # the late one's own slow join
                 publisher.publish.remote(make_record("cam1", seq))
                 seq += 1
+            # it says what it missed, then gives the frames from where it joined
+            assert first == Gap("cam1", 0, first.last, "before joining") and first.last >= published_before_joining - 1
+            first = late.receive(timeout=30)
             for more in range(seq, seq + 3):
                 publisher.publish.remote(make_record("cam1", more))
             publisher.end_stream.remote("cam1", seq + 3)
@@ -117,8 +121,9 @@ def test_close_sends_what_waits_and_eos_for_open_streams():
         stats = ray.get(publisher.close.remote())
         received = messages_of(consumer, "cam1")
     ray.kill(publisher)
-    assert [message.seq for message in received[:2]] == [0, 2]
-    assert received[2] == EndOfStream("cam1", 3)
+    assert [message.seq for message in received[0:3:2]] == [0, 2]
+    assert received[1] == Gap("cam1", 1, 1, "not received")  # the consumer says what it never got
+    assert received[3] == EndOfStream("cam1", 3, "stopped")
     assert (stats["streams"]["cam1"]["missing"], stats["streams"]["cam1"]["published"]) == (1, 2)
     assert stats["streams"]["warmup"]["ended"]
 
@@ -198,7 +203,7 @@ def test_with_tracking_every_frame_carries_track_ids_and_eos_the_tracks_still_al
     # the stream's first frame gives its tracks ids at once: the person (index 0) 1, the car 2
     assert [[(i.label, i.track_id) for i in f.instances] for f in frames] == [[("person", 1), ("car", 2)]] * 6
     assert all(f.tracks_ended == () and "track" in f.timing_ms for f in frames)
-    assert eos == EndOfStream("cam1", 6, (1, 2))
+    assert eos == EndOfStream("cam1", 6, "end", None, (1, 2))
     assert json.loads(raw[0])["instances"][0]["track_id"] == 1
     assert (tmp_path / "cam1.jsonl").read_bytes().splitlines() == raw
     results = json.loads((tmp_path / "cam1.coco_results.json").read_text())

@@ -1,4 +1,5 @@
 """File sinks: JSON lines, COCO results and the overlay video agree with what was published."""
+import dataclasses
 import json
 
 import cv2
@@ -143,3 +144,24 @@ def test_coco_images_file_names_every_field_a_user_matches_on(published):
     images = json.loads(files["cam1.coco_images.json"])["images"]
     assert [(image["id"], image["stream"], image["seq"], image["frame_index"], image["pts"])
             for image in images] == [(seq, "cam1", seq, seq, seq / 25.0) for seq in range(FRAMES)]
+
+
+def test_sinks_reopened_after_a_crash_are_cut_back_to_whole_lines_and_rebuilt(tmp_path):
+    """A publisher killed mid-write leaves lines up to some seq and half a line; its successor
+    resumes at an earlier seq (what the consumer may not have got): the files come back as
+    exactly seqs 0.. before it, then go on, and the COCO results match the lines."""
+    from pipeline.protocol import encode_header
+    from pipeline.sinks import StreamSinks
+
+    records = [dataclasses.replace(make_record("cam1", seq), published_at=1.7e9 + seq) for seq in range(8)]
+    jsonl = tmp_path / "cam1.jsonl"
+    jsonl.write_bytes(b"".join(encode_header(r) + b"\n" for r in records[:6]) + encode_header(records[6])[:17])
+    sinks = StreamSinks(tmp_path, "cam1", CLASS_NAMES, resume_at=4)
+    for record in records[4:]:
+        sinks.write(record)
+    sinks.close()
+    assert jsonl.read_bytes().splitlines() == [encode_header(r) for r in records]
+    coco = COCO(str(tmp_path / "cam1.coco_images.json"))
+    results = coco.loadRes(str(tmp_path / "cam1.coco_results.json"))
+    assert sorted(coco.getImgIds()) == list(range(8))
+    assert len(results.anns) == sum(len(r.instances) for r in records)

@@ -117,3 +117,19 @@ def test_command_line_error_is_one_line(capsys, tmp_path):
     code = track_eval.main(["--config", "configs/default_model.yaml", "--data", str(tmp_path),
                             "--set", "max_age_s=-2", "--out", str(tmp_path / "o.json")])
     assert code == 2 and capsys.readouterr().err.strip() == "error: tracking.max_age_s: must be >= 0"
+
+
+def test_min_visibility_ignores_what_barely_shows_instead_of_counting_it_missed(sequences):
+    """A prediction without the objects showing less than half of themselves is missing them at
+    --min-visibility 0 and perfect at 0.5 (they are ignore regions / distractors), masks and boxes."""
+    ground_truth = {s.name: s.ground_truth for s in sequences}
+    assert any((f.visibility < 0.5).any() for frames in ground_truth.values() for f in frames)
+    seen = {name: [f.select(f.visibility >= 0.5) for f in frames] for name, frames in ground_truth.items()}
+    classes = {1: "car", 2: "person"}
+    everything = trackeval_scores(ground_truth, {"seen": seen}, classes)["seen"]
+    visible = trackeval_scores(ground_truth, {"seen": seen}, classes, min_visibility=0.5)["seen"]
+    for kind in ("mask", "box"):
+        assert min(everything[kind][c]["IDF1"] for c in classes.values()) < 0.999
+        for class_name in classes.values():
+            assert visible[kind][class_name]["HOTA"] == pytest.approx(1.0), (kind, class_name)
+            assert visible[kind][class_name]["IDF1"] == pytest.approx(1.0), (kind, class_name)

@@ -292,7 +292,7 @@ def test_tracking_stage_publishes_weak_instances_only_when_they_continue_a_track
     assert [(i.track_id, i.score) for i in later.instances] == [(1, 0.35), (0, 0.6)]
     ended = [stage.apply(record_of([], f / FPS, seq=f)).tracks_ended for f in range(2, 40)]
     assert [e for e in ended if e] == [(1,)]          # unseen for more than max_age_s: ended once
-    assert stage.finish() == ()
+    assert stage.alive() == ()
 
 
 def test_tracking_stage_starts_over_when_pts_runs_backwards_and_ids_stay_unique():
@@ -302,7 +302,7 @@ def test_tracking_stage_starts_over_when_pts_runs_backwards_and_ids_stay_unique(
     ids = [stage.apply(record_of([(a(f), 0.9)], 10 + f / FPS, seq=f)).instances[0].track_id for f in range(3)]
     again = stage.apply(record_of([(a(3), 0.9)], 0.0, seq=3))
     assert ids == [1, 1, 1] and again.tracks_ended == (1,) and again.instances[0].track_id == 2
-    assert stage.finish() == (2,)
+    assert stage.alive() == (2,)
 
 
 def width_after_a_cut(hider_mask) -> float:
@@ -334,3 +334,21 @@ def test_only_solid_shapes_hide_a_track_a_painted_lines_long_box_does_not():
     its size; cut short where only a thin line's box lies, the detection is taken as it is."""
     assert width_after_a_cut(rect_rle) == pytest.approx(80, abs=1)
     assert width_after_a_cut(thin_line_rle) < 60
+
+
+def test_a_stage_taken_up_from_a_snapshot_gives_the_ids_the_original_gives():
+    """What a restarted publisher does: the tracker as it was before seq 6, frames 6.. again."""
+    gone, b, c, late = walker(300, 6.0), walker(200, -5.0), walker(30, 3.0), walker(120, 2.0)
+    records = [record_of([(w(f), 0.9) for w in [b, c] + [gone] * (f < 4) + [late] * (f >= 9)], f / FPS, seq=f)
+               for f in range(14)]
+    stage = TrackingStage(TrackingConfig(), publish_score=0.5)
+    first = [stage.apply(r) for r in records[:6]]
+    saved = stage.snapshot()
+    rest = [stage.apply(r) for r in records[6:]]
+    taken_up = TrackingStage(TrackingConfig(), publish_score=0.5, tracker=saved)
+    def ids(published):    # (their timing differs)
+        return [(r.instances, r.tracks_ended) for r in published]
+    assert ids(taken_up.apply(r) for r in records[6:]) == ids(rest) and taken_up.alive() == stage.alive()
+    fresh = TrackingStage(TrackingConfig(), publish_score=0.5)
+    assert ids(fresh.apply(r) for r in records[6:]) != ids(rest)
+    assert {i.track_id for r in first + rest for i in r.instances} == {0, 1, 2, 3, 4}   # 0: late's first frame
