@@ -197,7 +197,7 @@ def model_detections(config_path: str, weights: str | None, data_dir: str, seque
     same config, weights and data were run before, else computed and cached."""
     from tqdm import tqdm
 
-    from models.data.coco import CocoDataset, parse_spec
+    from models.data.coco import CocoDataset
     from models.mask_rcnn import load_model
     from models.tools.evaluate import class_to_category
 

@@ -19,6 +19,7 @@ import ray
 from pycocotools.coco import COCO
 
 from models.errors import PipelineError
+from pipeline.config import load_pipeline_config
 from pipeline.metrics import STAGES
 from pipeline.protocol import EndOfStream
 from pipeline.runner import run
