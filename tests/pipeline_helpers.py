@@ -97,6 +97,19 @@ class OneThreadModel:
 OneThreadModelActor = ray.remote(num_cpus=1)(OneThreadModel)
 
 
+POLL_LIMIT = 600  # polls of 50 ms: a guard against something that never happens, not a timing
+
+
+def poll(condition, what: str):
+    """condition()'s first truthy value, asked every 50 ms; AssertionError naming `what` if it never comes."""
+    for _ in range(POLL_LIMIT):
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
 class MjpegCamera:
     """A real HTTP server process streaming MJPEG frames (160x120) at `fps`; stop() kills it."""
 

@@ -19,19 +19,10 @@ from hypothesis import strategies as st
 from models.errors import ProtocolError
 from pipeline.consumer import Consumer, Gap
 from pipeline.protocol import MAX_FRAME_PIXELS, EndOfStream, FrameRecord, InstanceRecord, decode_message, encode_message
+from tests.pipeline_helpers import POLL_LIMIT, poll
 from tests.wire_helpers import HEIGHT, WIDTH, encode_rle, make_record, start_publisher, stop_publisher
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-POLL_LIMIT = 600  # polls of 50 ms: a guard against something that never happens, not a timing
-
-
-def poll(condition, what: str):
-    for _ in range(POLL_LIMIT):
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 def published(record: FrameRecord) -> FrameRecord:

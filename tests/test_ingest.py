@@ -10,11 +10,10 @@ from pipeline.config import SourcesSection
 from pipeline.ingest import IngestActor, Opened, Taken, with_pixels
 from pipeline.protocol import FrameRecord
 from pipeline.sources import parse_source
-from tests.pipeline_helpers import PEDESTRIANS, MjpegCamera, free_port
+from tests.pipeline_helpers import PEDESTRIANS, MjpegCamera, free_port, poll
 from workers.frames import fetch_frames
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-POLL_LIMIT = 600  # polls of 50 ms: a guard against a reader that never moves, not a timing
 
 
 def start(spec: str, live: bool, block: int = 1, **options):
@@ -24,15 +23,6 @@ def start(spec: str, live: bool, block: int = 1, **options):
     if answer.error is None:
         ray.get(actor.start.remote())
     return actor, answer
-
-
-def poll(condition, what: str):
-    for _ in range(POLL_LIMIT):
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 def take(actor, *args) -> Taken:
