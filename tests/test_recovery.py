@@ -275,7 +275,9 @@ def test_an_ingest_that_dies_for_good_ends_its_stream_saying_so_and_the_run_in_o
     output, errors = pipeline.communicate(timeout=600)
     assert first.startswith("ped seq=0 ")
     last = consumed.splitlines()[-1]
-    assert last.startswith("ped ended after ") and last.endswith(" frames (error: ped: its ingest actor died)")
+    ended, _, tracks = last.partition("; ")    # then, with tracking, "tracks: S started, E ended"
+    assert ended.startswith("ped ended after ") and ended.endswith(" frames (error: ped: its ingest actor died)")
+    assert tracks.startswith("tracks: ")
     assert consume.returncode == 1, consume_errors  # the stream ended with an error
     assert pipeline.returncode == 1 and output == "" and "Traceback" not in errors
     assert errors.splitlines()[-1] == "error: ped: its ingest actor died"
