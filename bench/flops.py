@@ -6,13 +6,15 @@ Pure Python: no TensorFlow, no torch. The config is read by `models.config` and 
 from `models.image_size` (both pure Python), so defaults, validation and the resize rule are the
 model's own. FLOPs = 2 x multiply-adds of the convolutions and fully connected layers:
 
-- the frame is resized as the model does (`models.image_size.resized_size`: torchvision's rule) and
-  padded to a multiple of size_divisible: the network runs on the padded size;
+- the frame is resized as the model does (`models.image_size.input_sizes`: torchvision's rule, padded
+  to a multiple of size_divisible, or the seed's square): the network runs on the padded size;
 - backbone: the ResNet stem and every residual block (v1.5: the stride on the 3x3 conv), downsample
   projections included; frozen batch norm is folded into the convs (no multiply-adds of its own);
 - FPN: one 1x1 lateral and one 3x3 output conv per level C2..C5 (P6 is a max-pool: free);
-- RPN head: its 3x3 conv and the 1x1 objectness and delta convs on P2..P6;
-- box head: fc6, fc7, the classifier and the box regressor over rpn.post_nms_top_n_test RoIs;
+- RPN head: its 3x3 conv(s) (v2: two; the seed's of 512 channels) and the 1x1 objectness (the seed's: two
+  logits per anchor) and delta convs on P2..P6;
+- box head: the 3x3 convs (v2: four), the FC layers (fc6, fc7; v2: one), the classifier and the box
+  regressor over rpn.post_nms_top_n_test RoIs;
 - mask head: the 3x3 convs, the 2x2 stride-2 transposed conv and the 1x1 logits conv per detection.
 Left out, all below 0.5% of the total: RoIAlign's bilinear taps (1000 RoIs x 49 bins x 4 samples x
 256 channels x 4 taps = 0.4 GFLOP, masks 0.2), max-pools, ReLUs, residual adds, the upsample-and-add
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.config import RESNET_BLOCKS, load_config  # noqa: E402  (pure Python: models/__init__ imports lazily)
-from models.image_size import padded_size, resized_size  # noqa: E402
+from models.image_size import input_sizes  # noqa: E402
 
 STAGES = ("backbone", "fpn", "rpn_head", "box_head", "mask_head")
 
@@ -61,11 +63,13 @@ def halve(x: Feature) -> Feature:
     return Feature((x.height - 1) // 2 + 1, (x.width - 1) // 2 + 1, x.channels)
 
 
-def residual_block(x: Feature, planes: int, stride: int, bottleneck: bool) -> tuple[Feature, int]:
-    """One ResNet block (basic or v1.5 bottleneck), with its projection when the shape changes."""
+def residual_block(x: Feature, planes: int, stride: int, bottleneck: bool,
+                   stride_in_1x1: bool = False) -> tuple[Feature, int]:
+    """One ResNet block (basic, or bottleneck with the stride on the 3x3 (v1.5) or on the first 1x1 (v1,
+    the seed's)), with its projection when the shape changes."""
     if bottleneck:
-        y, m1 = conv(x, planes, 1)
-        y, m2 = conv(y, planes, 3, stride)
+        y, m1 = conv(x, planes, 1, stride if stride_in_1x1 else 1)
+        y, m2 = conv(y, planes, 3, 1 if stride_in_1x1 else stride)
         y, m3 = conv(y, planes * 4, 1)
         macs = m1 + m2 + m3
     else:
@@ -77,7 +81,7 @@ def residual_block(x: Feature, planes: int, stride: int, bottleneck: bool) -> tu
     return y, macs
 
 
-def backbone_macs(image: Feature, depth: int, width: int) -> tuple[int, list[Feature]]:
+def backbone_macs(image: Feature, depth: int, width: int, stride_in_1x1: bool = False) -> tuple[int, list[Feature]]:
     """Multiply-adds of the ResNet and its outputs C2..C5."""
     x, macs = conv(image, width, 7, stride=2)
     x = halve(x)
@@ -85,7 +89,7 @@ def backbone_macs(image: Feature, depth: int, width: int) -> tuple[int, list[Fea
     for stage, count in enumerate(RESNET_BLOCKS[depth]):
         for index in range(count):
             stride = 2 if stage > 0 and index == 0 else 1
-            x, block_macs = residual_block(x, width * 2 ** stage, stride, bottleneck=depth >= 50)
+            x, block_macs = residual_block(x, width * 2 ** stage, stride, depth >= 50, stride_in_1x1)
             macs += block_macs
         outputs.append(x)
     return macs, outputs
@@ -104,16 +108,31 @@ def fpn_macs(stages: list[Feature], channels: int) -> tuple[int, list[Feature]]:
     return macs, levels
 
 
-def rpn_head_macs(levels: list[Feature], anchors_per_location: int) -> int:
+def rpn_head_macs(levels: list[Feature], anchors_per_location: int, depth: int = 1, hidden: int | None = None,
+                  logits_per_anchor: int = 1) -> int:
+    """`depth` 3x3 convs of `hidden` channels (default: the level's), then the objectness and delta convs, per level."""
     macs = 0
     for level in levels:
-        hidden, conv_macs = conv(level, level.channels, 3)
-        macs += conv_macs + conv(hidden, anchors_per_location, 1)[1] + conv(hidden, 4 * anchors_per_location, 1)[1]
+        x = level
+        for _ in range(depth):
+            x, conv_macs = conv(x, hidden or level.channels, 3)
+            macs += conv_macs
+        macs += conv(x, logits_per_anchor * anchors_per_location, 1)[1] + conv(x, 4 * anchors_per_location, 1)[1]
     return macs
 
 
-def box_head_macs(rois: int, channels: int, pool: int, fc_dim: int, num_classes: int) -> int:
-    per_roi = channels * pool * pool * fc_dim + fc_dim * fc_dim + fc_dim * num_classes + fc_dim * 4 * num_classes
+def box_head_macs(rois: int, channels: int, pool: int, fc_dim: int, num_classes: int, conv_dims: list[int] = (),
+                  fc_layers: int = 2) -> int:
+    """Per RoI: the 3x3 convs (v2), the FC layers (the first on the flattened pool x pool features), the predictors."""
+    x, per_roi = Feature(pool, pool, channels), 0
+    for dim in conv_dims:
+        x, conv_macs = conv(x, dim, 3)
+        per_roi += conv_macs
+    fin = x.height * x.width * x.channels
+    for _ in range(fc_layers):
+        per_roi += fin * fc_dim
+        fin = fc_dim
+    per_roi += fc_dim * num_classes + fc_dim * 4 * num_classes
     return rois * per_roi
 
 
@@ -139,19 +158,19 @@ def count_flops(config: str | Path | dict, width: int, height: int, detections: 
              "stages": {stage: FLOPs for each of STAGES}, "total": FLOPs}.
     """
     cfg = load_config(config)
-    resized = resized_size(height, width, cfg.input.min_size, cfg.input.max_size)
-    padded = padded_size(*resized, cfg.input.size_divisible)
+    resized, padded = input_sizes(height, width, cfg.input)
     image = Feature(padded[0], padded[1], 3)
     channels = cfg.fpn.channels
-    backbone, stages = backbone_macs(image, cfg.backbone.depth, cfg.backbone.width)
+    backbone, stages = backbone_macs(image, cfg.backbone.depth, cfg.backbone.width, cfg.backbone.stride_in_1x1)
     fpn, levels = fpn_macs(stages, channels)
     proposals = cfg.rpn.post_nms_top_n_test
     macs = {
         "backbone": backbone,
         "fpn": fpn,
-        "rpn_head": rpn_head_macs(levels, len(cfg.anchors.aspect_ratios)),
+        "rpn_head": rpn_head_macs(levels, len(cfg.anchors.aspect_ratios), cfg.rpn.conv_depth, cfg.rpn.conv_channels,
+                                  2 if cfg.rpn.objectness == "softmax" else 1),
         "box_head": box_head_macs(proposals, channels, cfg.roi_align.box_output_size, cfg.box_head.fc_dim,
-                                  cfg.num_classes),
+                                  cfg.num_classes, cfg.box_head.conv_dims, cfg.box_head.fc_layers),
         "mask_head": mask_head_macs(detections, channels, cfg.roi_align.mask_output_size, cfg.mask_head.conv_dims,
                                     cfg.num_classes, cfg.mask_head.deconvs),
     }

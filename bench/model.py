@@ -1,6 +1,6 @@
 """Model speed: the TensorFlow Mask R-CNN beside torchvision's, same weights, same frames.
 
-    python bench/model.py [--frames 8] [--batch-sizes 1 2 4] [--skip-torchvision] [--only NAME ...]
+    python bench/model.py [--frames 8] [--batch-sizes 1 2 4] [--bf16] [--skip-torchvision] [--only NAME ...]
 
 Configurations (100 detections kept where the model allows: score threshold 0):
   r50_fpn_800   configs/coco_r50_fpn.yaml with the parity reference's weights (tests/data/tv_reference_r50.npz),
@@ -10,14 +10,34 @@ Configurations (100 detections kept where the model allows: score threshold 0):
   default       the embedded default model (configs/default_model.yaml + .npz) on 640x360 generated street
                 scenes, at its own input size (short side 360), its own score threshold.
 `--only NAME ...` runs those configurations and replaces just their rows in the JSON written before.
+
+`--compare seed v2` runs only side-by-side comparisons at batch 1 instead, interleaved because the machine is
+shared, and writes bench/results/model_comparisons.json (medians over all calls of wall and process CPU seconds,
+and their ratios):
+  seed          configs/seed_r101_coco.yaml (its depth and widths from the .h5) against the seed's own predict
+                graph under tf-keras (bench/seed_reference.py, in this process: the seed extra), the same .h5
+                (--seed-weights: `python bench/seed_reference.py --preset full` writes out/seed_reference_r101_1024.h5),
+                the same stills; one call of each in turn, each as its user runs it: the seed's detect (mold_inputs
+                with scikit-image, get_anchors, model.predict, unmold_detections with full masks) and
+                predict(masks="full"); with --bf16 also ours in precision bfloat16 (not the seed's numbers any more);
+  seed_stages   where each side of `seed` spends its time: both graphs cut after each stage (backbone and FPN, RPN
+                head, proposals, heads), on one molded frame, --rounds rounds; CPU seconds per stage;
+  v2            configs/coco_r50_fpn_v2.yaml against torchvision's maskrcnn_resnet50_fpn_v2 (bench/torchvision_speed.py
+                v2_r50_fpn_800 in a subprocess), the weights of tests/data/tv_reference_v2_320.npz at 800/1333, 100
+                detections kept, full-frame masks on both sides; --rounds rounds of --frames calls each, the
+                two sides alternating round by round.
 Per configuration and batch size: one untimed warm-up call, then timed calls; the median seconds per frame
 (wall and this process's CPU time), frames per second, the FLOPs per frame (bench/flops.py, analytic; the mask head over the
-detections the run kept where the configuration does not keep 100) and the fraction of this machine's float32 floor (395 GFLOP/s on 2 cores, DESIGN.md) that the run reaches.
+detections the run kept where the configuration does not keep 100) and the fraction of this machine's float32 floor that the run
+reaches: `floor %` against the float32 matmul rate measured in this run (bench/floor.py, before and after the models, the
+mean; `--floor-gflops` imposes one), `cpu floor %` the same per CPU-second (a frame's CPU seconds against the matmul's: what
+a loaded machine distorts least). TF's threads: `--threads` (default: all cores, as `workers.cpus: auto` gives one worker).
 Prints a table and writes bench/results/model.json; the README quotes it.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -33,20 +53,21 @@ os.chdir(ROOT)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from floor import matmul_rate  # noqa: E402
 from flops import count_flops  # noqa: E402
-
-FLOOR_GFLOPS = 395.0
+TORCHVISION_CONFIGS = ("r50_fpn_800", "r18_fpn_512")   # what bench/torchvision_speed.py runs beside ours
 STILLS = [ROOT.parent / "shared" / "data" / f"highway_{i}.jpg" for i in range(1, 7)]
 
 
-def reference_model(reference: str, min_size: int, precision: str = "float32"):
+def reference_model(reference: str, min_size: int, precision: str = "float32",
+                    config: str = "configs/coco_r50_fpn.yaml"):
     import models
     from models.mask_rcnn import MaskRCNN
     from models.tools.convert import convert_state_dict
     from models.tools.torchvision_weights import reference_state_dict
 
     ref = np.load(ROOT / "tests" / "data" / reference)
-    config = models.load_config("configs/coco_r50_fpn.yaml")
+    config = models.load_config(config)
     config.backbone.depth = int(ref["depth"])
     config.input.min_size = min_size
     config.box_head.score_threshold = 0.0
@@ -55,9 +76,11 @@ def reference_model(reference: str, min_size: int, precision: str = "float32"):
     return MaskRCNN(config, convert_state_dict(reference_state_dict(ROOT / "tests" / "data" / reference), config))
 
 
-def default_model():
+def default_model(precision: str = "float32"):
     import models
-    return models.load_model("configs/default_model.yaml", weights="configs/default_model.npz")
+    config = models.load_config("configs/default_model.yaml")
+    config.precision = precision
+    return models.load_model(config, weights="configs/default_model.npz")
 
 
 def stills() -> list[np.ndarray]:
@@ -86,10 +109,14 @@ def time_model(model, frames: list[np.ndarray], batch: int, total_frames: int) -
             "detections_per_frame": statistics.mean(detections), "calls": calls}
 
 
-def torchvision_results(args) -> dict:
-    out = ROOT / "bench" / "results" / "torchvision_speed.json"
+def torchvision_results(args, names: list[str]) -> dict:
+    out = args.torchvision_json
+    configs = sorted({name.removesuffix("_bf16") for name in names} & set(TORCHVISION_CONFIGS))
+    if not configs:
+        return {}
     cmd = [sys.executable, str(ROOT / "bench" / "torchvision_speed.py"), "--json", str(out), "--frames",
-           str(args.frames), "--batch-sizes", *map(str, args.batch_sizes)]
+           str(args.frames), "--batch-sizes", *map(str, args.batch_sizes), "--threads", str(args.threads),
+           "--configs", *configs]
     subprocess.run(cmd, check=True, cwd=ROOT / "bench")
     return json.loads(out.read_text())
 
@@ -100,18 +127,29 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--skip-torchvision", action="store_true", help="reuse bench/results/torchvision_speed.json")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "model.json")
-    parser.add_argument("--bf16", action="store_true", help="also run r50_fpn_800 with precision: bfloat16")
-    parser.add_argument("--only", nargs="+", help="run only these configurations (implies --skip-torchvision) and "
-                        "keep the other rows of --json")
+    parser.add_argument("--bf16", action="store_true", help="also run r50_fpn_800 and default (and, with --compare "
+                        "seed, the seed configuration) with precision: bfloat16")
+    parser.add_argument("--floor-gflops", type=float, help="the float32 floor in GFLOP/s (default: measured here)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="TensorFlow's intra- and inter-op threads")
+    parser.add_argument("--only", nargs="+", help="run only these configurations (and torchvision only beside them) "
+                        "and keep the other rows of --json")
+    parser.add_argument("--torchvision-json", type=Path, default=ROOT / "bench" / "results" / "torchvision_speed.json")
+    parser.add_argument("--compare", nargs="+", choices=sorted(COMPARISONS),
+                        help="run only these side-by-side comparisons (see above)")
+    parser.add_argument("--seed-weights", type=Path, default=ROOT / "out" / "seed_reference_r101_1024.h5",
+                        help="--compare seed: the seed's .h5 (default: what seed_reference.py --preset full writes)")
+    parser.add_argument("--rounds", type=int, default=3, help="--compare v2 and seed_stages: rounds per side")
     args = parser.parse_args(argv)
-    if args.only:
-        args.skip_torchvision = True
 
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(2)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if args.compare:
+        run_comparisons(args)
+        return
 
     load_before = os.getloadavg()[0]
+    floor_before = matmul_rate()
     results = {}
     runs = [("r50_fpn_800", lambda: reference_model("tv_reference_r50.npz", 800), stills(), 100),
             ("r18_fpn_512", lambda: reference_model("tv_reference_r18_320.npz", 512), stills(), 100)]
@@ -120,6 +158,8 @@ def main(argv=None) -> None:
                      100))
     if (ROOT / "configs" / "default_model.npz").is_file():
         runs.append(("default", default_model, scenes(24), None))
+        if args.bf16:
+            runs.append(("default_bf16", lambda: default_model("bfloat16"), scenes(24), None))
     if args.only:
         unknown = sorted(set(args.only) - {name for name, *_ in runs})
         if unknown:
@@ -134,17 +174,241 @@ def main(argv=None) -> None:
             # The mask head's work is per detection: count the detections this run kept, where not fixed.
             kept = dets if dets is not None else round(r["detections_per_frame"])
             flops = results[name]["flops_per_frame"] = flops_for(model.config, frames[0], kept)
-            r["floor_fraction"] = flops / r["seconds_per_frame"] / (FLOOR_GFLOPS * 1e9)
+            r["gflops_per_cpu_second"] = flops / r["cpu_seconds_per_frame"] / 1e9
             results[name]["batches"][str(batch)] = r
             print(f"{name:12s} batch {batch}: {r['seconds_per_frame']:.3f} s/frame  {r['fps']:.2f} fps  "
-                  f"{r['floor_fraction'] * 100:.0f}% of the FLOP floor", flush=True)
-    torchvision = (json.loads((ROOT / "bench" / "results" / "torchvision_speed.json").read_text())
-                   if args.skip_torchvision else torchvision_results(args))
+                  f"{r['cpu_seconds_per_frame']:.3f} CPU s/frame", flush=True)
+    floor_after = matmul_rate()
+    floor = {"gflops_per_second": args.floor_gflops or (floor_before["gflops_per_second"] +
+                                                        floor_after["gflops_per_second"]) / 2,
+             "gflops_per_cpu_second": (floor_before["gflops_per_cpu_second"] + floor_after["gflops_per_cpu_second"]) / 2,
+             "measured_before": floor_before, "measured_after": floor_after, "imposed": args.floor_gflops is not None}
+    for name, *_ in runs:
+        for b in results[name]["batches"].values():
+            r = results[name]
+            b["floor_fraction"] = r["flops_per_frame"] / b["seconds_per_frame"] / (floor["gflops_per_second"] * 1e9)
+            b["cpu_floor_fraction"] = b["gflops_per_cpu_second"] / floor["gflops_per_cpu_second"]
+    torchvision = (json.loads(args.torchvision_json.read_text())
+                   if args.skip_torchvision else torchvision_results(args, [name for name, *_ in runs]))
     report = {"tensorflow": results, "torchvision": torchvision, "load_average_before": load_before,
-              "load_average_after": os.getloadavg()[0], "floor_gflops": FLOOR_GFLOPS}
+              "load_average_after": os.getloadavg()[0], "threads": args.threads, "floor": floor}
     print_table(report)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
+
+
+def seed_sides(args):
+    """Both sides of the seed comparison from --seed-weights: (our MaskRCNN of configs/seed_*.yaml, the
+    bench/seed_reference module, its SeedConfig at batch 1, the seed's predict graph with the .h5 loaded)."""
+    if not args.seed_weights.is_file():
+        raise SystemExit(f"{args.seed_weights}: no such file; `python bench/seed_reference.py --preset full` writes "
+                         "the seed's ResNet-101 .h5 (or give --seed-weights)")
+    import seed_reference as seed
+
+    from models.mask_rcnn import MaskRCNN
+    from models.tools.seed_weights import convert_seed_h5
+
+    config, params = convert_seed_h5(args.seed_weights)
+    seed_config = seed.SeedConfig(
+        IMAGES_PER_GPU=1, BACKBONE=f"resnet{config.backbone.depth}", WIDTH_MULTIPLIER=config.backbone.width / 64,
+        TOP_DOWN_PYRAMID_SIZE=config.fpn.channels, FPN_CLASSIF_FC_LAYERS_SIZE=config.box_head.fc_dim,
+        IMAGE_MIN_DIM=config.input.min_size, IMAGE_MAX_DIM=config.input.max_size,
+        DETECTION_MIN_CONFIDENCE=config.box_head.score_threshold)
+    graph = seed.get_predict_model(seed_config)
+    graph.load_weights(str(args.seed_weights), by_name=True)
+    return MaskRCNN(config, params), seed, seed_config, graph
+
+
+def compare_seed(args) -> dict:
+    """configs/seed_*.yaml against the seed's own graph under tf-keras, one call of each in turn (batch 1);
+    with --bf16 also ours in precision bfloat16 (the same weights: faster, no longer exactly the seed's)."""
+    from models.mask_rcnn import MaskRCNN
+
+    ours, seed, seed_config, graph = seed_sides(args)
+    config = ours.config
+    stages = {"mold": [], "predict": [], "unmold": []}
+
+    def seed_detect(frame: np.ndarray) -> int:
+        """The seed's detect_image without drawing: mold_inputs, get_anchors, model.predict, unmold_detections."""
+        t0 = time.perf_counter()
+        molded, metas, windows, _ = seed.mold_inputs(seed_config, [frame])
+        anchors = seed.get_anchors(seed_config, molded[0].shape)
+        t1 = time.perf_counter()
+        detections, _, _, mrcnn_mask, _, _, _ = graph.predict(
+            [molded, metas, np.broadcast_to(anchors, (1,) + anchors.shape)], batch_size=1, verbose=0)
+        t2 = time.perf_counter()
+        result = seed.unmold_detections(detections[0], mrcnn_mask[0], frame.shape, molded[0].shape, windows[0])
+        for stage, seconds in zip(stages, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
+            stages[stage].append(seconds)
+        return len(result["scores"])
+
+    def detector(model):
+        return lambda frame: len(model.predict([frame], masks="full")[0])
+
+    frames = stills()
+    sides = {"ours": detector(ours), "seed_graph": seed_detect}
+    if args.bf16:
+        config16 = copy.deepcopy(config)
+        config16.precision = "bfloat16"
+        sides["ours_bfloat16"] = detector(MaskRCNN(config16, {n: v.numpy() for n, v in ours.params.items()}))
+    for detect in sides.values():
+        detect(frames[0])                                    # warm-up: tracing, not timed
+    for stage in stages.values():
+        stage.clear()
+    calls = {name: [] for name in sides}
+    cpu = {name: [] for name in sides}
+    detections = {name: [] for name in sides}
+    for i in range(args.frames):
+        for name, detect in (sides.items() if i % 2 == 0 else reversed(sides.items())):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            detections[name].append(detect(frames[i % len(frames)]))
+            calls[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - cpu_start)
+    result = {name: side_summary(calls[name], cpu[name], detections[name]) for name in sides}
+    result["seed_graph"]["stage_seconds_per_frame"] = {k: statistics.median(v) for k, v in stages.items()}
+    result["ratio"] = result["ours"]["fps"] / result["seed_graph"]["fps"]
+    result["cpu_ratio"] = result["seed_graph"]["cpu_seconds_per_frame"] / result["ours"]["cpu_seconds_per_frame"]
+    if "ours_bfloat16" in result:
+        result["bfloat16_ratio"] = result["ours_bfloat16"]["fps"] / result["seed_graph"]["fps"]
+        result["bfloat16_cpu_ratio"] = (result["seed_graph"]["cpu_seconds_per_frame"]
+                                        / result["ours_bfloat16"]["cpu_seconds_per_frame"])
+        result["bfloat16_detections"] = detections["ours_bfloat16"]
+        result["float32_detections"] = detections["ours"]
+    result["weights"] = str(args.seed_weights)
+    result["model"] = (f"{config.name} ResNet-{config.backbone.depth} width {config.backbone.width} at "
+                       f"{config.input.max_size}, against the seed's graph")
+    result["frame"] = list(frames[0].shape[:2])
+    return result
+
+
+def compare_seed_stages(args) -> dict:
+    """Where the time of each side of `compare_seed` goes: the graph cut after each stage, on the same molded
+    frame (highway_1), the cuts called in turn round by round (--rounds); the median CPU and wall seconds of
+    each cut, and each stage's as the difference of consecutive cuts. The seed's cuts are Keras models on its
+    layers' outputs (fpn_p2..fpn_p6, rpn_class + rpn_bbox, ROI, mrcnn_detection), called with predict_on_batch;
+    ours are tf.functions of the same stage functions the graph runs (pyramid, rpn_head,
+    features_and_proposals). Our heads (box head, detection, mask head on the valid detections) are one
+    stage; the seed's are split: box head and detection layer, then the mask head on all
+    DETECTION_MAX_INSTANCES slots."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from models import preprocess
+    from models.mask_rcnn import logits_per_anchor, pyramid
+    from models.rpn import rpn_head
+
+    ours, seed, seed_config, graph = seed_sides(args)
+    cfg = ours.config
+    frame = stills()[0]
+    (_, inputs, _), = list(ours._graph_calls([frame]))
+    molded, windows = [tf.constant(x) for x in inputs]
+
+    def features(images):
+        return pyramid(ours.params, preprocess.normalize(images, cfg.input.mean, cfg.input.std,
+                                                         cfg.input.pixel_scale), cfg)
+    ours_cuts = {"backbone_fpn": tf.function(features),
+                 "rpn_head": tf.function(lambda x: rpn_head(ours.params, features(x), cfg.rpn.conv_depth,
+                                                            logits_per_anchor(cfg))),
+                 "proposals": tf.function(lambda x: ours.features_and_proposals(x).proposals),
+                 "heads": lambda x: ours.graph_for(*x.shape[1:3])(x, windows)}
+    molded_seed, metas, _, _ = seed.mold_inputs(seed_config, [frame])
+    anchors = seed.get_anchors(seed_config, molded_seed[0].shape)
+    seed_inputs = [molded_seed, metas, np.broadcast_to(anchors, (1,) + anchors.shape)]
+
+    def cut(*names):
+        return keras.Model(graph.inputs, [graph.get_layer(n).output for n in names]).predict_on_batch
+    seed_cuts = {"backbone_fpn": cut("fpn_p2", "fpn_p3", "fpn_p4", "fpn_p5", "fpn_p6"),
+                 "rpn_head": cut("rpn_class", "rpn_bbox"), "proposals": cut("ROI"),
+                 "box_head_detection": cut("mrcnn_detection"), "mask_head": graph.predict_on_batch}
+    calls = [(("ours", name), lambda f=f: f(molded)) for name, f in ours_cuts.items()]
+    calls += [(("seed_graph", name), lambda f=f: f(seed_inputs)) for name, f in seed_cuts.items()]
+    for _, call in calls:
+        call()                                               # warm-up: tracing, not timed
+    wall = {key: [] for key, _ in calls}
+    cpu = {key: [] for key, _ in calls}
+    for _ in range(args.rounds):
+        for key, call in calls:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            call()
+            wall[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - cpu_start)
+    result = {}
+    for side in ("ours", "seed_graph"):
+        names = [name for s, name in wall if s == side]
+        cum_cpu = [statistics.median(cpu[side, n]) for n in names]
+        cum_wall = [statistics.median(wall[side, n]) for n in names]
+        result[side] = {
+            "cumulative_cpu_seconds": dict(zip(names, cum_cpu)), "cumulative_seconds": dict(zip(names, cum_wall)),
+            "stage_cpu_seconds": {n: c - p for n, c, p in zip(names, cum_cpu, [0.0] + cum_cpu[:-1])}}
+    result["cpu_ratio"] = (result["seed_graph"]["cumulative_cpu_seconds"]["mask_head"]
+                           / result["ours"]["cumulative_cpu_seconds"]["heads"])
+    result["rounds"] = args.rounds
+    result["frame"] = list(frame.shape[:2])
+    result["model"] = f"{cfg.name} ResNet-{cfg.backbone.depth} at {cfg.input.max_size}: each side's graph cut after each stage"
+    return result
+
+
+def compare_v2(args) -> dict:
+    """configs/coco_r50_fpn_v2.yaml against torchvision's v2 (a subprocess), rounds alternating (batch 1)."""
+    model = reference_model("tv_reference_v2_320.npz", 800, config="configs/coco_r50_fpn_v2.yaml")
+    frames = stills()
+    model.predict(frames[:1], masks="rle")                     # warm-up: tracing, not timed
+    calls = {"ours": [], "torchvision": []}
+    cpu = {"ours": [], "torchvision": []}
+    detections = {"ours": [], "torchvision": []}
+    out = ROOT / "bench" / "results" / "torchvision_speed_v2.json"
+    for _ in range(args.rounds):
+        for frame in (frames[i % len(frames)] for i in range(args.frames)):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            detections["ours"].append(len(model.predict([frame], masks="full")[0]))
+            calls["ours"].append(time.perf_counter() - start)
+            cpu["ours"].append(time.process_time() - cpu_start)
+        subprocess.run([sys.executable, str(ROOT / "bench" / "torchvision_speed.py"), "--configs", "v2_r50_fpn_800",
+                        "--batch-sizes", "1", "--frames", str(args.frames), "--json", str(out)], check=True,
+                       cwd=ROOT / "bench")
+        timing = json.loads(out.read_text())["configs"]["v2_r50_fpn_800"]["batch_sizes"]["1"]
+        calls["torchvision"] += timing["call_seconds"]
+        cpu["torchvision"] += [timing["cpu_seconds_per_frame"]] * len(timing["call_seconds"])   # its median per round
+        detections["torchvision"].append(timing["min_detections_per_frame"])
+    result = {name: side_summary(calls[name], cpu[name], detections[name]) for name in calls}
+    result["ratio"] = result["ours"]["fps"] / result["torchvision"]["fps"]
+    result["cpu_ratio"] = result["torchvision"]["cpu_seconds_per_frame"] / result["ours"]["cpu_seconds_per_frame"]
+    result["frame"] = list(frames[0].shape[:2])
+    result["model"] = "coco_r50_fpn_v2 at 800/1333, against torchvision's maskrcnn_resnet50_fpn_v2"
+    return result
+
+
+def side_summary(seconds: list[float], cpu_seconds: list[float], detections: list[int]) -> dict:
+    """Median seconds per call (batch 1: per frame), frames per second, the median CPU seconds of the process
+    (all threads: what a loaded machine distorts least), every call, detections per frame."""
+    median = statistics.median(seconds)
+    return {"seconds_per_frame": median, "fps": 1.0 / median, "cpu_seconds_per_frame": statistics.median(cpu_seconds),
+            "calls": len(seconds), "call_seconds": [round(s, 4) for s in seconds],
+            "min_detections_per_frame": min(detections)}
+
+
+COMPARISONS = {"seed": compare_seed, "seed_stages": compare_seed_stages, "v2": compare_v2}
+
+
+def run_comparisons(args) -> None:
+    out = ROOT / "bench" / "results" / "model_comparisons.json"
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    for name in args.compare:
+        before = os.getloadavg()[0]
+        report[name] = {**COMPARISONS[name](args), "load_average": [before, os.getloadavg()[0]], "batch": 1}
+        r = report[name]
+        other = "seed_graph" if "seed_graph" in r else "torchvision"
+        if "stage_cpu_seconds" in r["ours"]:
+            for side in ("ours", other):
+                print(f"{name} {side}: CPU seconds per stage " + ", ".join(
+                    f"{stage} {seconds:.2f}" for stage, seconds in r[side]["stage_cpu_seconds"].items()), flush=True)
+            print(f"{name}: whole graph in CPU seconds, {other} / ours {r['cpu_ratio']:.2f}", flush=True)
+            continue
+        print(f"{name} ({r['model']}): ours {r['ours']['fps']:.3f} fps, {other} {r[other]['fps']:.3f} fps, ratio "
+              f"{r['ratio']:.2f}, in CPU seconds {r['cpu_ratio']:.2f} (load {before:.1f} -> {os.getloadavg()[0]:.1f})",
+              flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
 
 
 def flops_for(config, frame: np.ndarray, detections: int) -> float:
@@ -153,20 +417,35 @@ def flops_for(config, frame: np.ndarray, detections: int) -> float:
 
 
 def tv_fps(torchvision: dict, name: str, batch: str):
+    return tv_value(torchvision, name, batch, "frames_per_second")
+
+
+def tv_cpu_seconds(torchvision: dict, name: str, batch: str):
+    return tv_value(torchvision, name, batch, "cpu_seconds_per_frame")
+
+
+def tv_value(torchvision: dict, name: str, batch: str, key: str):
     try:
-        return torchvision["configs"][name]["batch_sizes"][batch]["frames_per_second"]
+        return torchvision["configs"][name]["batch_sizes"][batch][key]
     except (KeyError, TypeError):
         return None
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{'config':12s} {'batch':>5s} {'TF fps':>8s} {'torchvision fps':>16s} {'ratio':>6s} {'GFLOP/frame':>12s} {'floor %':>8s}")
+    floor = report["floor"]
+    print(f"\nfloat32 floor: {floor['gflops_per_second']:.0f} GFLOP/s, {floor['gflops_per_cpu_second']:.0f} GFLOP per "
+          f"CPU-second ({report['threads']} threads; load {report['load_average_before']:.1f} before, "
+          f"{report['load_average_after']:.1f} after)")
+    print(f"{'config':12s} {'batch':>5s} {'TF fps':>8s} {'torchvision fps':>16s} {'ratio':>6s} {'CPU ratio':>9s} "
+          f"{'GFLOP/frame':>12s} {'floor %':>8s} {'cpu floor %':>11s}")
     for name, r in report["tensorflow"].items():
         for batch, b in r["batches"].items():
             tv = tv_fps(report["torchvision"], name.removesuffix("_bf16"), batch)
+            tv_cpu = tv_cpu_seconds(report["torchvision"], name.removesuffix("_bf16"), batch)
             ratio = f"{b['fps'] / tv:.2f}" if tv else "-"
-            print(f"{name:12s} {batch:>5s} {b['fps']:8.2f} {tv if tv else '-':>16} {ratio:>6s} "
-                  f"{r['flops_per_frame'] / 1e9:12.1f} {b['floor_fraction'] * 100:8.0f}")
+            cpu_ratio = f"{tv_cpu / b['cpu_seconds_per_frame']:.2f}" if tv_cpu else "-"
+            print(f"{name:12s} {batch:>5s} {b['fps']:8.2f} {tv if tv else '-':>16} {ratio:>6s} {cpu_ratio:>9s} "
+                  f"{r['flops_per_frame'] / 1e9:12.1f} {b['floor_fraction'] * 100:8.0f} {b.get('cpu_floor_fraction', float('nan')) * 100:11.0f}")
 
 
 if __name__ == "__main__":

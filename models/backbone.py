@@ -2,7 +2,7 @@
 
 Returns the outputs of the four residual stages C2..C5 (strides 4, 8, 16, 32). The layout
 follows torchvision's ResNet v1.5 (stride on the 3x3 conv of a bottleneck), so its weights
-import one to one.
+import one to one; `stride_in_1x1` and `stem_pool: same` give the seed's ResNet v1 (Keras).
 """
 from __future__ import annotations
 
@@ -59,15 +59,25 @@ def last_conv_of_blocks(cfg: BackboneConfig) -> list[str]:
     return [f"{name}/{last}/kernel" for name, *_ in residual_blocks(cfg)]
 
 
+def stem_max_pool(x: tf.Tensor, padding: str) -> tf.Tensor:
+    """(B, H, W, C) after the stem's ReLU -> (B, ceil(H / 2), ceil(W / 2), C): a 3x3/2 max-pool.
+
+    "symmetric" pads 1 on every side (torchvision; inputs are >= 0 after the ReLU, so zero padding
+    equals -inf padding); "same" is TensorFlow's SAME, which pads only the bottom and right of an
+    even-sized input (the seed's MaxPooling2D(padding="same")): windows start one pixel later.
+    """
+    if padding == "same":
+        return tf.nn.max_pool2d(x, 3, 2, "SAME")
+    return tf.nn.max_pool2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 2, "VALID")
+
+
 def resnet(params: Params, images: tf.Tensor, cfg: BackboneConfig) -> list[tf.Tensor]:
     """images (B, H, W, 3) normalised, H and W multiples of 32 -> [C2, C3, C4, C5].
 
     C_k has shape (B, H / 2^k, W / 2^k, stage_channels[k - 2]).
     """
     x = conv2d(images, params, "backbone/conv1", stride=2, relu=True)
-    # 3x3/2 max-pool with padding 1; inputs are >= 0 after the ReLU, so zero padding equals -inf padding.
-    x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    x = tf.nn.max_pool2d(x, 3, 2, "VALID")
+    x = stem_max_pool(x, cfg.stem_pool)
     bottleneck = is_bottleneck(cfg.depth)
     outputs = []
     current_stage = "layer1"
@@ -78,8 +88,8 @@ def resnet(params: Params, images: tf.Tensor, cfg: BackboneConfig) -> list[tf.Te
             current_stage = stage
         shortcut = conv2d(x, params, f"{name}/downsample", stride=stride) if downsample else x
         if bottleneck:
-            y = conv2d(x, params, f"{name}/conv1", relu=True)
-            y = conv2d(y, params, f"{name}/conv2", stride=stride, relu=True)
+            y = conv2d(x, params, f"{name}/conv1", stride=stride if cfg.stride_in_1x1 else 1, relu=True)
+            y = conv2d(y, params, f"{name}/conv2", stride=1 if cfg.stride_in_1x1 else stride, relu=True)
             y = conv2d(y, params, f"{name}/conv3")
         else:
             y = conv2d(x, params, f"{name}/conv1", stride=stride, relu=True)

@@ -2,6 +2,9 @@
 
 Box deltas (dx, dy, dw, dh) are encoded relative to a reference box and divided by per-coordinate
 weights (torchvision's BoxCoder): RPN (1, 1, 1, 1), box head (10, 10, 5, 5).
+
+`box_coding: seed` decodes as the seed's apply_box_deltas_graph does (`decode_seed`); the seed's
+own delta order (dy, dx, dh, dw) is permuted to this one when its weights are converted.
 """
 from __future__ import annotations
 
@@ -27,6 +30,37 @@ def decode(deltas: tf.Tensor, boxes: tf.Tensor, weights, clip: float) -> tf.Tens
     half_w = 0.5 * (tf.exp(dw) * widths)
     half_h = 0.5 * (tf.exp(dh) * heights)
     return tf.stack([pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h], axis=-1)
+
+
+def decode_seed(deltas: tf.Tensor, boxes: tf.Tensor, weights) -> tf.Tensor:
+    """The seed's apply_box_deltas_graph: deltas (..., 4) times 1 / weights (float32: the seed's
+    RPN_BBOX_STD_DEV or BBOX_STD_DEV, 0.1 as 1 / 10), reference boxes broadcastable to (..., 4) ->
+    decoded boxes (..., 4): the centre moved, the size scaled by exp (no clamp), x1 = centre - size / 2,
+    x2 = x1 + size."""
+    scale = tf.constant([1.0 / float(w) for w in weights], deltas.dtype)
+    deltas = deltas * scale
+    height = boxes[..., 3] - boxes[..., 1]
+    width = boxes[..., 2] - boxes[..., 0]
+    center_y = boxes[..., 1] + 0.5 * height + deltas[..., 1] * height
+    center_x = boxes[..., 0] + 0.5 * width + deltas[..., 0] * width
+    height = height * tf.exp(deltas[..., 3])
+    width = width * tf.exp(deltas[..., 2])
+    y1 = center_y - 0.5 * height
+    x1 = center_x - 0.5 * width
+    return tf.stack([x1, y1, x1 + width, y1 + height], axis=-1)
+
+
+def decode_with(coding: str, deltas: tf.Tensor, boxes: tf.Tensor, weights, clip: float) -> tf.Tensor:
+    """`decode` (coding "torchvision") or `decode_seed` ("seed"; `clip` unused)."""
+    return decode_seed(deltas, boxes, weights) if coding == "seed" else decode(deltas, boxes, weights, clip)
+
+
+def clip_to_window(boxes: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+    """boxes (..., 4) with each coordinate clamped into window (..., 4) x1 y1 x2 y2 (broadcast), as the
+    seed's clip_boxes_graph: x in [x1, x2], y in [y1, y2]."""
+    lo = tf.concat([window[..., :2], window[..., :2]], axis=-1)
+    hi = tf.concat([window[..., 2:], window[..., 2:]], axis=-1)
+    return tf.maximum(tf.minimum(boxes, hi), lo)
 
 
 def encode(targets: tf.Tensor, boxes: tf.Tensor, weights) -> tf.Tensor:

@@ -9,6 +9,8 @@ Two ways to paste an (M, M) mask into its box (`mask_head.paste`):
 - "exact": every frame pixel inside the box samples the mask bilinearly at its own centre, with
   the box's float coordinates (cell j of the mask covers [x1 + j w / M, x1 + (j + 1) w / M), as
   the training targets are made; outside the mask counts as 0). detectron2 pastes this way.
+- "seed": the seed's unmold_mask: the box is already whole pixels (`unmold_boxes`), the mask is
+  resized to it with scikit-image as the seed does and thresholded at >= threshold.
 
 Everything here is numpy/OpenCV on small per-detection arrays; a full-frame mask is only made
 when the caller asks for one.
@@ -27,6 +29,54 @@ def rescale_boxes(boxes: np.ndarray, resized_hw: tuple[int, int], original_hw: t
     return (boxes.astype(np.float32) * np.array([ratio_w, ratio_h, ratio_w, ratio_h], np.float32)).astype(np.float32)
 
 
+def normalized_windows(windows: np.ndarray, side: int) -> np.ndarray:
+    """Windows (B, 4) y1 x1 y2 x2 in pixels of the square (y2, x2 exclusive) -> (B, 4) float32 x1 y1 x2 y2 in
+    the seed's normalised frame: its norm_boxes, (y1, x1, y2 - 1, x2 - 1) / (side - 1)."""
+    yx = (np.asarray(windows, np.float64) - np.array([0, 0, 1, 1])) / (side - 1)
+    return yx[:, [1, 0, 3, 2]].astype(np.float32)
+
+
+def unmolded_pixels(boxes: np.ndarray, window: np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
+    """The seed's unmold_detections for boxes, before rounding: boxes (N, 4) float32 x1 y1 x2 y2 in its
+    normalised frame of the square, window (4,) the frame's place in the square in that frame (x1 y1 x2 y2,
+    float32, `normalized_windows`) -> (N, 4) float64 x1 y1 x2 y2 in original pixels (x2, y2 exclusive).
+
+    Out of the window: (box - window corner) / window size in float32; then the seed's denorm_boxes,
+    box * (H - 1, W - 1) + (0, 0, 1, 1) in float64.
+    """
+    yx = boxes[:, [1, 0, 3, 2]].astype(np.float32)
+    wy1, wx1, wy2, wx2 = np.asarray(window, np.float32)[[1, 0, 3, 2]]
+    shift = np.array([wy1, wx1, wy1, wx1], np.float32)
+    scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1], np.float32)
+    h, w = original_hw
+    pixels = np.divide(yx - shift, scale) * np.array([h - 1, w - 1, h - 1, w - 1]) + np.array([0, 0, 1, 1])
+    return pixels[:, [1, 0, 3, 2]]
+
+
+def unmold_boxes(boxes: np.ndarray, window: np.ndarray, original_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """`unmolded_pixels` rounded as the seed does (np.around, to int32) -> boxes (N', 4) float32 x1 y1 x2 y2 in
+    whole original pixels and the (N,) bool of the kept ones: zero-area boxes are dropped."""
+    pixels = np.around(unmolded_pixels(boxes, window, original_hw)).astype(np.int32)
+    keep = (pixels[:, 2] - pixels[:, 0]) * (pixels[:, 3] - pixels[:, 1]) > 0
+    return pixels[keep].astype(np.float32), keep
+
+
+def paste_region_seed(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int],
+                      threshold: float) -> tuple[np.ndarray, int, int]:
+    """The seed's unmold_mask: mask (M, M) probabilities, box (4,) whole pixels x1 y1 x2 y2 (x2, y2
+    exclusive) -> the region (y2 - y1, x2 - x1) bool (cropped to the frame) and its corner (y0, x0): the
+    mask resized to the box (preprocess.resize_like_the_seed) and >= threshold."""
+    from .preprocess import resize_like_the_seed
+
+    x1, y1, x2, y2 = (int(v) for v in box)
+    if x2 <= x1 or y2 <= y1:
+        return np.zeros((0, 0), bool), 0, 0
+    region = resize_like_the_seed(mask, (y2 - y1, x2 - x1), preserve_range=False) >= threshold
+    height, width = image_hw
+    y0, x0 = max(y1, 0), max(x1, 0)
+    return region[y0 - y1:min(y2, height) - y1, x0 - x1:min(x2, width) - x1], y0, x0
+
+
 def paste_region(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int], padding: int,
                  threshold: float, mode: str = "torchvision") -> tuple[np.ndarray, int, int]:
     """One mask (M, M) of probabilities and its box (4,) in frame pixels -> the pasted binary
@@ -34,10 +84,12 @@ def paste_region(mask: np.ndarray, box: np.ndarray, image_hw: tuple[int, int], p
 
     mode "torchvision": the mask is zero-padded by `padding`, its box grown to match, truncated
     to integers, resized bilinearly to the box (inclusive of x2, y2) and cropped to the frame.
-    mode "exact": see `paste_region_exact` (`padding` is not used).
+    mode "exact": see `paste_region_exact`; mode "seed": see `paste_region_seed` (`padding` is not used).
     """
     if mode == "exact":
         return paste_region_exact(mask, box, image_hw, threshold)
+    if mode == "seed":
+        return paste_region_seed(mask, box, image_hw, threshold)
     m = mask.shape[-1]
     scale = np.float32((m + 2 * padding) / m)
     padded = np.pad(mask.astype(np.float32), padding)

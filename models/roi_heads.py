@@ -1,6 +1,7 @@
-"""RoI heads: the box head (two FC layers, class scores and per-class box refinements), the
-per-class NMS that turns them into detections, and the mask head (3x3 convs, a 2x transposed
-conv (or several, for larger masks), and a per-class 1x1 conv whose channel of the detected class is the mask).
+"""RoI heads: the box head (3x3 convs if any, FC layers (two by default), class scores and per-class
+box refinements), the per-class NMS that turns them into detections (or the seed's detection layer,
+`detect_seed`), and the mask head (3x3 convs, a 2x transposed conv (or several, for larger masks),
+and a per-class 1x1 conv whose channel of the detected class is the mask).
 
 And what trains them: proposals (with the ground truth added) matched and sampled into RoIs, the
 box classifier's and regressor's losses, the mask targets (ground-truth mini masks resampled at
@@ -21,9 +22,18 @@ from .matching import IGNORED, batched_iou, box_regression_loss, match, sample
 from .nms import grouped_nms
 
 
-def box_head_shapes(channels: int, pool: int, fc_dim: int, num_classes: int) -> dict[str, tuple]:
-    shapes = dense_shapes("box_head/fc6", channels * pool * pool, fc_dim)
-    shapes.update(dense_shapes("box_head/fc7", fc_dim, fc_dim))
+def box_head_shapes(channels: int, pool: int, fc_dim: int, num_classes: int, conv_dims: list[int] = (),
+                    fc_layers: int = 2) -> dict[str, tuple]:
+    """3x3 convs `box_head/conv1..` of conv_dims, then FC layers fc6, fc7, ... of fc_dim, then the predictors."""
+    shapes = {}
+    cin = channels
+    for i, dim in enumerate(conv_dims):
+        shapes.update(conv_shapes(f"box_head/conv{i + 1}", 3, cin, dim))
+        cin = dim
+    fin = cin * pool * pool
+    for i in range(fc_layers):
+        shapes.update(dense_shapes(f"box_head/fc{6 + i}", fin, fc_dim))
+        fin = fc_dim
     shapes.update(dense_shapes("box_head/cls_score", fc_dim, num_classes))
     shapes.update(dense_shapes("box_head/bbox_pred", fc_dim, num_classes * 4))
     return shapes
@@ -54,18 +64,22 @@ def nearest_upsampling_kernel(channels: int) -> np.ndarray:
     return np.broadcast_to(np.eye(channels, dtype=np.float32), (2, 2, channels, channels)).copy()
 
 
-def box_head(params: Params, pooled: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """pooled (R, S, S, C) -> class logits (R, K) and box deltas (R, K, 4)."""
-    x = tf.reshape(pooled, [tf.shape(pooled)[0], -1])
-    x = dense(x, params, "box_head/fc6", relu=True)
-    x = dense(x, params, "box_head/fc7", relu=True)
+def box_head(params: Params, pooled: tf.Tensor, num_convs: int = 0, fc_layers: int = 2) -> tuple[tf.Tensor, tf.Tensor]:
+    """pooled (R, S, S, C) -> class logits (R, K) and box deltas (R, K, 4): `num_convs` 3x3 convs, the
+    flattened (S, S, C') features through `fc_layers` FC layers, the two predictors."""
+    x = pooled
+    for i in range(num_convs):
+        x = conv2d(x, params, f"box_head/conv{i + 1}", relu=True)
+    x = tf.reshape(x, [tf.shape(x)[0], -1])
+    for i in range(fc_layers):
+        x = dense(x, params, f"box_head/fc{6 + i}", relu=True)
     logits = dense(x, params, "box_head/cls_score")
     deltas = dense(x, params, "box_head/bbox_pred")
     return logits, tf.reshape(deltas, [tf.shape(x)[0], -1, 4])
 
 
 def detect(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, proposal_valid: tf.Tensor,
-           image_hw: tuple[int, int], cfg: BoxHeadConfig, box_xform_clip: float):
+           image_hw: tuple[int, int], cfg: BoxHeadConfig, box_xform_clip: float, coding: str = "torchvision"):
     """Per-class decoding, score filtering and per-class NMS.
 
     logits (B, P, K), deltas (B, P, K, 4), proposals (B, P, 4), proposal_valid (B, P) ->
@@ -73,7 +87,8 @@ def detect(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, proposal_
     D = detections_per_image, sorted by score.
     """
     scores = tf.nn.softmax(logits, axis=-1)[:, :, 1:]
-    boxes = box_coding.decode(deltas[:, :, 1:, :], proposals[:, :, None, :], cfg.box_weights, box_xform_clip)
+    boxes = box_coding.decode_with(coding, deltas[:, :, 1:, :], proposals[:, :, None, :], cfg.box_weights,
+                                   box_xform_clip)
     boxes = box_coding.clip_to_image(boxes, image_hw[0], image_hw[1])
     keep = tf.logical_and(proposal_valid[:, :, None], box_coding.is_large_enough(boxes, cfg.min_size))
     keep = tf.logical_and(keep, scores > cfg.score_threshold)
@@ -92,6 +107,46 @@ def detect(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, proposal_
     top_scores, top = tf.math.top_k(kept_scores, k=d, sorted=True)
     class_ids = top // d + 1
     return tf.gather(kept_boxes, top, batch_dims=1), top_scores, class_ids, top_scores >= 0.0
+
+
+def detect_seed(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, windows: tf.Tensor, cfg: BoxHeadConfig,
+                coding: str = "seed", box_xform_clip: float = 0.0):
+    """The seed's DetectionLayer (refine_detections_graph) for a batch.
+
+    logits (B, P, K), deltas (B, P, K, 4), proposals (B, P, 4) and windows (B, 4) (each frame's place in the
+    square) in the seed's normalised frame -> boxes (B, D, 4), scores (B, D), class ids (B, D) int32,
+    valid (B, D) bool; D = min(detections_per_image, P), sorted by score (ties: the lower RoI).
+
+    Each RoI keeps one class, the argmax of the softmax over all classes with the background; background
+    RoIs are dropped, and so are scores under score_threshold (DETECTION_MIN_CONFIDENCE; 0 keeps all).
+    That class's deltas decode the RoI (`coding`), clipped to the window; then NMS per frame and class
+    (at most D kept per class), and the best D of the survivors per frame.
+    """
+    probs = tf.nn.softmax(logits, axis=-1)
+    class_ids = tf.argmax(probs, axis=-1, output_type=tf.int32)                 # (B, P)
+    scores = tf.gather(probs, class_ids, batch_dims=2)
+    boxes = box_coding.decode_with(coding, tf.gather(deltas, class_ids, batch_dims=2), proposals, cfg.box_weights,
+                                   box_xform_clip)
+    boxes = box_coding.clip_to_window(boxes, windows[:, None, :])
+    keep = class_ids > 0
+    if cfg.score_threshold:
+        keep = tf.logical_and(keep, scores >= cfg.score_threshold)
+    # One NMS group per (frame, class): each RoI takes part in its own class's only.
+    batch, num_proposals, num_classes = tf.shape(probs)[0], probs.shape[1], probs.shape[2]
+    d = min(cfg.detections_per_image, num_proposals)
+    classes = tf.range(1, num_classes)[None, :, None]                          # (1, K-1, 1)
+    in_class = tf.logical_and(keep[:, None, :], class_ids[:, None, :] == classes)  # (B, K-1, P)
+    group_scores = tf.reshape(tf.where(in_class, scores[:, None, :], -1.0), [-1, num_proposals])
+    group_boxes = tf.reshape(tf.broadcast_to(boxes[:, None], [batch, num_classes - 1, num_proposals, 4]),
+                             [-1, num_proposals, 4])
+    kept, kept_valid = grouped_nms(group_boxes, group_scores, d, cfg.nms_threshold)
+    # Back to (B, P): a RoI survives if its class's NMS kept it.
+    frame = tf.repeat(tf.range(batch), (num_classes - 1) * d)
+    where = tf.stack([frame, tf.reshape(kept, [-1])], axis=1)
+    survived = tf.scatter_nd(where, tf.cast(tf.reshape(kept_valid, [-1]), tf.int32), [batch, num_proposals]) > 0
+    top_scores, top = tf.math.top_k(tf.where(survived, scores, -1.0), k=d, sorted=True)
+    return (tf.gather(boxes, top, batch_dims=1), top_scores, tf.gather(class_ids, top, batch_dims=1),
+            top_scores >= 0.0)
 
 
 def mask_head(params: Params, pooled: tf.Tensor, class_ids: tf.Tensor, num_convs: int, num_deconvs: int = 1) -> tf.Tensor:

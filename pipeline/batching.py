@@ -33,6 +33,10 @@ class DynamicBatcher:
     def add(self, item: Accepted) -> None:
         self._queue.append(item)
 
+    def holds(self, stream: str) -> bool:
+        """Whether a frame of `stream` is waiting."""
+        return any(item.record.stream == stream for item in self._queue)
+
     def put_back(self, items: list[Accepted]) -> None:
         """Return a failed batch to the head of the queue, in its order, ready to leave at once."""
         for item in reversed(items):

@@ -21,7 +21,7 @@ COMMANDS = {
     "consume": ("pipeline.consume", "subscribe to a publisher: print, record or render its frames"),
     "keys": ("pipeline.keys", "make a CURVE key pair for an encrypted publisher or one of its consumers"),
     "view": ("pipeline.view", "watch every stream live in a browser: masks, boxes, labels, frames/s, latency"),
-    "convert": ("models.tools.convert", "convert Mask R-CNN weights (torchvision) into the project's .npz"),
+    "convert": ("models.tools.convert", "convert Mask R-CNN weights (torchvision, the seed's Keras .h5) into the project's .npz"),
     "train": ("models.training.train", "train or fine-tune a model on generated scenes or COCO-format data"),
     "evaluate": ("models.tools.evaluate", "COCO box and mask AP of a model on a data set"),
     "scenes": ("models.data.scenes", "write a data set of generated street scenes"),

@@ -22,7 +22,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.y
 
 MODES = ("auto", "offline", "live")
 DEVICES = ("auto", "gpu", "cpu")
-PRECISIONS = ("model", "float32", "bfloat16")
+PRECISIONS = ("auto", "model", "float32", "bfloat16")
 IMAGES = ("none", "jpeg")
 
 
@@ -70,8 +70,10 @@ class SourcesSection:
 class WorkersSection:
     count: int = 0                     # inference actors; 0: one per GPU in the cluster, else 1
     device: str = "auto"               # auto: GPUs when the cluster has them
-    cpus: float = 1.0                  # CPUs reserved per worker; also its TensorFlow thread count
-    precision: str = "model"           # model: as the model config says
+    cpus: float | str = "auto"         # auto: a node's cores (less ingest's) split between its workers; a number:
+                                       # the CPUs Ray reserves per worker, rounded its TensorFlow thread count
+    precision: str = "auto"            # auto: bfloat16 on CPUs with native bfloat16, else as the model config says;
+                                       # model: as the model config says; float32; bfloat16
     max_restarts: int = 2              # Ray restarts a crashed worker this often
     max_task_retries: int = 0          # Ray re-runs a crashed worker's batch there this often; 0: the scheduler
                                        # re-runs it at once on any live worker (a lost node's restart may never come)
@@ -79,7 +81,8 @@ class WorkersSection:
     def validate(self, path: str) -> None:
         require(self.count >= 0, path + ".count", "must be >= 0 (0 picks one per GPU, else 1)")
         require(self.device in DEVICES, path + ".device", f"must be one of {', '.join(DEVICES)}")
-        require(self.cpus > 0, path + ".cpus", "must be positive")
+        require(self.cpus == "auto" or (not isinstance(self.cpus, str) and self.cpus > 0), path + ".cpus",
+                "must be auto or a positive number")
         require(self.precision in PRECISIONS, path + ".precision", f"must be one of {', '.join(PRECISIONS)}")
         require(self.max_restarts >= 0 and self.max_task_retries >= 0, path, "restarts and retries must be >= 0")
 

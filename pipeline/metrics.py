@@ -61,7 +61,7 @@ class RunSummary:
     seconds: float
     streams: dict[str, StreamSummary]
     latency_ms: dict[str, dict]    # stage -> {count, p50, p95, p99}
-    workers: list[dict]            # each worker's ready() answer: name, device, gpu_ids, node_id
+    workers: list[dict]            # each worker's ready() answer: name, device, gpu_ids, node_id, threads, precision
     errors: list[str]              # one line per input that failed
     reruns: int = 0                # batches re-run because their worker died
     restarts: dict = field(default_factory=dict)   # actor kind -> restarts after a crash
@@ -84,6 +84,8 @@ class RunSummary:
         lines.append(f"{'stage latency ms':<20} {'p50':>9} {'p95':>9} {'p99':>9} {'frames':>7}")
         for stage, p in self.latency_ms.items():
             lines.append(f"{stage:<20} {p['p50']:>9.1f} {p['p95']:>9.1f} {p['p99']:>9.1f} {p['count']:>7}")
+        for w in self.workers:
+            lines.append(f"worker {w['name']}: {w['device']}, threads {w['threads']}, {w.get('precision') or '-'}")
         if self.reruns:
             lines.append(f"re-run after a worker died: {self.reruns} batch(es)")
         lines += self.delivery_lines()

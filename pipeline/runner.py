@@ -16,10 +16,12 @@ fails anyway ends every stream with an EOS saying so, and with one line.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -38,6 +40,21 @@ from .sources import SourceSpec, parse_source
 
 log = logging.getLogger("maskstream")
 
+# What ingest and publishing need on the node that runs them (the driver's), in cores per stream:
+# decoding a 1280x720 H.264 stream at 25 frames/s takes under a tenth of a core (the clip decodes
+# at 270-360 frames/s on one core, docs/performance.md); the object-store puts, the scheduler and
+# the publisher take a few percent more. With `workers.cpus: auto` the workers on that node leave
+# floor(streams * this) of its cores to them: none for one to three streams.
+INGEST_CORES_PER_STREAM = 0.25
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """Where one inference worker goes and what it gets."""
+    node_id: str | None    # the node it is placed on (workers.cpus: auto); None: wherever Ray finds room
+    cpus: float            # the CPUs Ray reserves for it
+    threads: int           # its TensorFlow intra- and inter-op threads
+
 
 def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
         stop: threading.Event | None = None) -> RunSummary:
@@ -55,7 +72,7 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
     started_ray = connect_ray(config)
     actors = []
     try:
-        count, use_gpus = plan_workers(config)
+        slots, use_gpus = plan_workers(config, len(specs))
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         publisher = start_publisher(config, list(model_config.class_names), here, live, publish_score)
         endpoint = ray.get(publisher.ready.remote())
@@ -65,7 +82,7 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
             ingests, opened, errors = start_ingests(specs, config, live, here)
             actors += ingests.values()
             ray.get([publisher.open_stream.remote(sid, answer.fps) for sid, answer in opened.items()])
-            workers, placement = start_workers(config, model_config, count, use_gpus, model_factory)
+            workers, placement = start_workers(config, model_config, slots, use_gpus, model_factory)
             warm_up(workers, opened, config.batching.max_batch, live)
             ray.get([ingest.start.remote() for ingest in ingests.values()])
             totals = {sid: answer.total for sid, answer in opened.items()}
@@ -228,8 +245,10 @@ def start_ingests(specs: list[SourceSpec], config: PipelineConfig, live: bool, p
     return actors, {sid: opened[sid] for sid in actors}, errors
 
 
-def plan_workers(config: PipelineConfig) -> tuple[int, bool]:
-    """How many inference workers, and whether on GPUs; PipelineError if the cluster cannot hold them."""
+def plan_workers(config: PipelineConfig, streams: int = 1) -> tuple[list[WorkerSlot], bool]:
+    """The inference workers (a WorkerSlot each) and whether they run on GPUs; PipelineError if
+    the cluster cannot hold them. With `workers.cpus: auto` see `auto_slots`; with a number, each
+    worker reserves that many CPUs wherever Ray finds them and runs round(cpus) threads."""
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), resources.get("CPU", 0)
     use_gpus = {"auto": gpus > 0, "gpu": True, "cpu": False}[config.workers.device]
@@ -239,26 +258,58 @@ def plan_workers(config: PipelineConfig) -> tuple[int, bool]:
     # Actors that cannot be placed would wait forever: say so instead.
     if use_gpus and count > gpus:
         raise PipelineError(f"{count} GPU workers need {count} GPUs; the Ray cluster has {gpus}")
+    if config.workers.cpus == "auto":
+        if not use_gpus and cpus == 0:
+            raise PipelineError("the Ray cluster has no CPU for the inference workers")
+        nodes = {node["NodeID"]: node["Resources"] for node in ray.nodes() if node["Alive"]}
+        host = ray.get_runtime_context().get_node_id()
+        return auto_slots(nodes, count, use_gpus, host, streams), use_gpus
     if count * config.workers.cpus > cpus:
         raise PipelineError(f"{count} workers of {config.workers.cpus:g} CPU need {count * config.workers.cpus:g} "
                             f"CPUs; the Ray cluster has {cpus:g} (lower --workers or workers.cpus)")
-    return count, use_gpus
+    return [WorkerSlot(None, config.workers.cpus, max(1, round(config.workers.cpus)))] * count, use_gpus
 
 
-def start_workers(config: PipelineConfig, model_config: ModelConfig, count: int, use_gpus: bool,
+def auto_slots(nodes: dict[str, dict], count: int, use_gpus: bool, host: str, streams: int) -> list[WorkerSlot]:
+    """`workers.cpus: auto`: `count` workers spread over the cluster's `nodes` ({node id: its Ray
+    resources}), each on the node where it gets the most cores (GPU workers: nodes with a GPU
+    left), first the driver's node `host` on a tie; every worker on a node gets an even share of
+    its cores as threads (at least 1; GPU workers use them for their CPU-side work), less what
+    ingest and publishing need on `host` (INGEST_CORES_PER_STREAM for `streams` streams), and
+    reserves that share of the node's CPUs (less when the node has fewer CPUs than workers)."""
+    order = sorted(nodes, key=lambda node: node != host)
+    cores = {node: nodes[node].get("CPU", 0) - (math.floor(streams * INGEST_CORES_PER_STREAM) if node == host else 0)
+             for node in order}
+    room = {node: int(nodes[node].get("GPU", 0)) if use_gpus else count for node in order}
+    placed = dict.fromkeys(order, 0)
+    for _ in range(count):
+        node = max((n for n in order if placed[n] < room[n] and (use_gpus or nodes[n].get("CPU", 0) > 0)),
+                   key=lambda n: cores[n] / (placed[n] + 1))
+        placed[node] += 1
+    slots = []
+    for node, n in placed.items():
+        if not n:
+            continue
+        threads = max(1, math.floor(cores[node] / n))
+        slots += [WorkerSlot(node, min(threads, nodes[node].get("CPU", 0) / n), threads)] * n
+    return slots
+
+
+def start_workers(config: PipelineConfig, model_config: ModelConfig, slots: list[WorkerSlot], use_gpus: bool,
                   model_factory: ModelFactory | None):
     """The inference workers, ready. Returns ({name: actor}, [their ready() answers]).
 
     They get the model config itself, read here, so that nodes need no copy of its file."""
     run_id = uuid.uuid4().hex[:8]
     workers = {}
-    for i in range(count):
+    for i, slot in enumerate(slots):
         name = f"maskstream-{run_id}-worker-{i}"
+        # Soft affinity: a restarted worker whose node is gone still finds a place.
+        where = None if slot.node_id is None else NodeAffinitySchedulingStrategy(slot.node_id, soft=True)
         workers[name] = InferenceWorkerActor.options(
-            name=name, num_gpus=1 if use_gpus else 0, num_cpus=config.workers.cpus,
+            name=name, num_gpus=1 if use_gpus else 0, num_cpus=slot.cpus, scheduling_strategy=where,
             max_restarts=config.workers.max_restarts, max_task_retries=config.workers.max_task_retries,
-        ).remote(model_config, config.model.weights, config.workers.cpus,
-                 config.workers.precision, model_factory)
+        ).remote(model_config, config.model.weights, slot.threads, config.workers.precision, model_factory)
     placement = ray.get([w.ready.remote() for w in workers.values()])
     for answer in placement:
         if answer["note"]:

@@ -211,7 +211,11 @@ class Scheduler:
             if not stream.reading or any(p.stream is stream for p in self._pending.values()):
                 continue
             if self.live:
-                room = self._free_worker_slots() > 0 and len(self.batcher) < self.batcher.max_batch
+                # Only while a worker is free and none of this stream's frames waits for one: a
+                # frame taken now must not sit behind a batch being inferred (it would be
+                # published a whole inference late, instead of a newer one).
+                room = self._free_worker_slots() > 0 and len(self.batcher) < self.batcher.max_batch \
+                    and not self.batcher.holds(stream.stream_id)
                 wanted = self.take_size if room else 0
             else:
                 wanted = min(self.take_size, self.max_in_flight - self._in_flight - requested)
@@ -245,7 +249,10 @@ class Scheduler:
     # -- batches out ------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        flush = self._stopping or not any(s.reading for s in self.streams.values())
+        # Live, frames are taken only for free workers: once no take is in flight no more can come
+        # for the batch, so it leaves at once instead of waiting out max_wait_ms.
+        flush = self._stopping or not any(s.reading for s in self.streams.values()) \
+            or (self.live and not any(p.kind == "take" for p in self._pending.values()))
         while self._free_worker_slots() > 0:
             batch = self.batcher.next_batch(time.monotonic(), flush=flush)
             if batch is None:

@@ -35,10 +35,11 @@ def free_port() -> int:
 
 
 def config_for(*overrides: str):
-    """A test config: the tiny model, CPU workers of one thread, a free port, no progress bars."""
+    """A test config: the tiny model, CPU workers of one thread in the model's own precision (float32,
+    as the references are computed), a free port, no progress bars."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     return load_pipeline_config(None, [f"model.config={TINY}", "model.weights=null", "model.score_threshold=null",
-                                       "workers.cpus=1", "progress=false",
+                                       "workers.cpus=1", "workers.precision=model", "progress=false",
                                        f"publish.endpoint={endpoint}", *overrides])
 
 

@@ -75,6 +75,31 @@ def test_coco_r50_fpn_at_720p():
     assert result["stages"]["backbone"] / 2 == pytest.approx(4.0868e9 * 768 * 1344 / 224 ** 2, rel=1e-3)
 
 
+def test_v2_counts_the_second_rpn_conv_and_the_conv_box_head():
+    v1 = flops.count_flops(ROOT / "configs" / "coco_r50_fpn.yaml", width=1280, height=720)
+    v2 = flops.count_flops(ROOT / "configs" / "coco_r50_fpn_v2.yaml", width=1280, height=720)
+    assert v2["stages"]["backbone"] == v1["stages"]["backbone"] and v2["stages"]["fpn"] == v1["stages"]["fpn"]
+    # A second 3x3 256->256 conv on every position of P2..P6 (192x336, 96x168, 48x84, 24x42, 12x21).
+    positions = 192 * 336 + 96 * 168 + 48 * 84 + 24 * 42 + 12 * 21
+    assert v2["stages"]["rpn_head"] - v1["stages"]["rpn_head"] == 2 * positions * 256 * 256 * 9
+    # Per RoI: four 3x3 256->256 convs on 7x7, one FC 12544 -> 1024 (no fc7), the same predictors.
+    per_roi = 4 * 49 * 256 * 256 * 9 + 12544 * 1024 + 1024 * 91 + 1024 * 364
+    assert v2["stages"]["box_head"] == 2 * 1000 * per_roi
+
+
+def test_the_seed_counts_its_square_its_resnet_v1_and_its_rpn():
+    seed = flops.count_flops(ROOT / "configs" / "seed_r50_coco.yaml", width=1280, height=720)
+    assert seed["resized"] == (576, 1024) and seed["padded"] == (1024, 1024)
+    # The stride on the first 1x1 of stages 3-5 makes that conv run on a quarter of the positions: each
+    # saves 3/4 of H x W x planes x in-channels, 2^31 multiply-adds at every stage on a 1024 square.
+    v1, _ = flops.backbone_macs(flops.Feature(1024, 1024, 3), 50, 64, stride_in_1x1=True)
+    v15, _ = flops.backbone_macs(flops.Feature(1024, 1024, 3), 50, 64)
+    assert v15 - v1 == 3 * 2 ** 31 * 3 // 4 and seed["stages"]["backbone"] == 2 * v1
+    # rpn_conv_shared 256 -> 512 on P2..P6 (256^2 + ... + 16^2 positions), then 2 x 3 logits and 12 deltas.
+    positions = 256 ** 2 + 128 ** 2 + 64 ** 2 + 32 ** 2 + 16 ** 2
+    assert seed["stages"]["rpn_head"] == 2 * positions * (256 * 512 * 9 + 512 * 6 + 512 * 12)
+
+
 def test_table_lists_every_stage_and_the_floor(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_YAML)

@@ -190,3 +190,131 @@ def test_a_tensorflow_checkpoint_is_named_as_such(tmp_path, given):
 def test_a_missing_file(tmp_path):
     with pytest.raises(ConversionError, match="no such file"):
         read_keras_h5(tmp_path / "nothing.h5")
+
+
+# ----------------------------------------------------------------------------------------------------
+# `maskstream convert keras`: the seed's .h5 into the project's .npz, and bad inputs in one line
+# ----------------------------------------------------------------------------------------------------
+
+def convert_keras(capsys, *argv) -> tuple[int, str, str]:
+    """`maskstream convert keras ARGV` in this process: (exit code, stdout, stderr)."""
+    from pipeline import cli
+
+    try:
+        code = cli.main(["convert", "keras", *map(str, argv)])
+    except SystemExit as done:
+        code = done.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_convert_keras_writes_weights_that_load_into_the_seed_configuration(tmp_path, capsys):
+    import models
+    from models.weights import read_weights
+
+    code, out, err = convert_keras(capsys, REFERENCE.with_suffix(".h5"), tmp_path / "seed.npz")
+    assert code == 0, err
+    params, meta = read_weights(tmp_path / "seed.npz")
+    # The narrow reference is not the shipped seed_r50_coco.yaml: its configuration is written beside it.
+    config = models.load_config(tmp_path / "seed.yaml")
+    assert meta["config_file"] == str(tmp_path / "seed.yaml") and f"its configuration: {tmp_path / 'seed.yaml'}" in out
+    assert (config.backbone.depth, config.backbone.width, config.fpn.channels, config.rpn.conv_channels,
+            config.box_head.fc_dim, config.mask_head.conv_dims) == (50, 8, 32, 64, 128, [32] * 4)
+    assert config.class_names[:3] == ["__background__", "person", "bicycle"] and config.num_classes == 81
+    assert config.seed_frame and config.backbone.stride_in_1x1 and config.rpn.objectness == "softmax"
+    model = models.load_model(tmp_path / "seed.yaml", weights=tmp_path / "seed.npz")
+    assert set(model.params) == set(params)
+    # Folded: conv1's kernel is the .h5's times gamma / sqrt(var + 1e-3), per output channel.
+    h5 = read_keras_h5(REFERENCE.with_suffix(".h5"))
+    bn = h5["bn_conv1"]
+    scale = bn["gamma"].astype(np.float64) / np.sqrt(bn["moving_variance"].astype(np.float64) + 1e-3)
+    np.testing.assert_allclose(params["backbone/conv1/kernel"], h5["conv1"]["kernel"] * scale, rtol=1e-6)
+    # The seed's (dy, dx, dh, dw) deltas become (dx, dy, dw, dh): class 3's dx is the seed's column 13.
+    np.testing.assert_array_equal(params["box_head/bbox_pred/kernel"][:, 12], h5["mrcnn_bbox_fc"]["kernel"][:, 13])
+    np.testing.assert_array_equal(params["rpn/deltas/bias"][4:8], h5["rpn_bbox_pred"]["bias"][[5, 4, 7, 6]])
+
+
+def test_convert_keras_names_classes_from_the_seeds_classes_file(tmp_path, capsys):
+    arch = SeedArchitecture(depth=50, num_classes=3, stem_width=8, fpn_channels=8, rpn_channels=8, fc_dim=8,
+                            mask_channels=8)
+    write_keras2_h5(tmp_path / "shapes.h5", keras2_groups(seed_weight_shapes(arch)))
+    code, _, err = convert_keras(capsys, tmp_path / "shapes.h5", tmp_path / "shapes.npz")
+    assert code == 2 and "3 classes, not COCO's 81: name them with --classes FILE" in err and err.count("\n") == 1
+    (tmp_path / "shape_classes.txt").write_text("circle\nsquare\n")      # the seed's format: no background
+    code, _, err = convert_keras(capsys, tmp_path / "shapes.h5", tmp_path / "shapes.npz", "--classes",
+                                 tmp_path / "shape_classes.txt")
+    assert code == 0, err
+    import models
+    assert models.load_config(tmp_path / "shapes.yaml").class_names == ["__background__", "circle", "square"]
+    (tmp_path / "too_many.txt").write_text("circle\nsquare\ntriangle\nstar\n")
+    code, _, err = convert_keras(capsys, tmp_path / "shapes.h5", tmp_path / "shapes.npz", "--classes",
+                                 tmp_path / "too_many.txt")
+    assert code == 2 and "4 class names, but" in err and err.count("\n") == 1
+
+
+def make_tensorflow_checkpoint(path: Path) -> Path:
+    """A genuine TensorFlow checkpoint (tf.train.Checkpoint.write): returns its .index file."""
+    import tensorflow as tf
+
+    prefix = tf.train.Checkpoint(kernel=tf.Variable(np.zeros((3, 3), np.float32))).write(str(path / "model.ckpt"))
+    return Path(prefix + ".index")
+
+
+def make_genuine_keras3(path: Path) -> Path:
+    """A genuine Keras 3 `.weights.h5` (keras.Model.save_weights)."""
+    import keras
+
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(8, 3, name="conv1")])
+    model.save_weights(path / "model.weights.h5")
+    return path / "model.weights.h5"
+
+
+def make_other_architecture(path: Path) -> Path:
+    arch = SeedArchitecture(depth=50, num_classes=81, stem_width=8, fpn_channels=8, rpn_channels=8, fc_dim=8,
+                            mask_channels=8)
+    groups = keras2_groups(seed_weight_shapes(arch))
+    del groups["mrcnn_mask_deconv"]
+    write_keras2_h5(path / "other.h5", groups)
+    return path / "other.h5"
+
+
+def make_imagenet_resnet50(path: Path) -> Path:
+    """Keras's ImageNet ResNet-50 classifier (resnet50_weights_tf_dim_ordering_tf_kernels.h5, the file
+    matterport's code starts training from): the same backbone layer names, fc1000 instead of the heads."""
+    arch = SeedArchitecture(depth=50, num_classes=81, stem_width=8)
+    shapes = {layer: fields for layer, fields in seed_weight_shapes(arch).items()
+              if layer.startswith(("conv1", "bn", "res"))}
+    shapes["fc1000"] = {"kernel": (256, 1000), "bias": (1000,)}
+    write_keras2_h5(path / "resnet50_weights_tf_dim_ordering_tf_kernels.h5", keras2_groups(shapes))
+    return path / "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+
+
+def make_mis_shaped(path: Path) -> Path:
+    """The seed's graph with a mask head of 28 classes beside a box head of 81."""
+    shapes = seed_weight_shapes(SeedArchitecture(depth=50, num_classes=81, stem_width=8, fpn_channels=8,
+                                                 rpn_channels=8, fc_dim=8, mask_channels=8))
+    shapes["mrcnn_mask"] = {"kernel": (1, 1, 8, 28), "bias": (28,)}
+    write_keras2_h5(path / "mixed.h5", keras2_groups(shapes))
+    return path / "mixed.h5"
+
+
+def make_config_only(path: Path) -> Path:
+    make_without_weights(path / "model_only.h5")
+    return path / "model_only.h5"
+
+
+@pytest.mark.parametrize("make, problem", [
+    (make_config_only, "an HDF5 file with a Keras model config but no weights"),
+    (make_genuine_keras3, "a Keras 3 weights file (layers/.../vars layout)"),
+    (make_tensorflow_checkpoint, "a TensorFlow checkpoint (model.ckpt.index + .data-*)"),
+    (make_other_architecture, "no mrcnn_mask_deconv/kernel: not a Mask R-CNN of the seed's (matterport's) graph"),
+    (make_imagenet_resnet50, "no rpn_class_raw/kernel: not a Mask R-CNN of the seed's (matterport's) graph"),
+    (make_mis_shaped, "mrcnn_mask/kernel has shape (1, 1, 8, 28), the seed's ResNet-50 graph with 81 classes "
+                      "needs (1, 1, 8, 81)"),
+])
+def test_convert_keras_bad_input_is_one_line(tmp_path, capsys, make, problem):
+    src = make(tmp_path)
+    code, out, err = convert_keras(capsys, src, tmp_path / "out.npz")
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: {src}: {problem}") and err.count("\n") == 1
+    assert not (tmp_path / "out.npz").exists()

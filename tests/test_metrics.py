@@ -60,7 +60,8 @@ def test_summary_joins_ingest_publisher_and_errors():
     stats.ended("cam1", 3)
     stats.rerun()
     publisher = {"streams": {"cam1": {"published": 3, "latency_ms": {"end_to_end": {"p50": 9.0, "p95": 9.5, "p99": 9.9}}}}}
-    summary = stats.summary({"cam1": {"read": 4, "dropped": 1}}, publisher, workers=[],
+    worker = {"name": "w0", "device": "cpu", "gpu_ids": [], "node_id": "n", "threads": 2, "precision": "bfloat16"}
+    summary = stats.summary({"cam1": {"read": 4, "dropped": 1}}, publisher, workers=[worker],
                             errors={"bad": "bad.avi: no such file"})
     stats.close()
     row = summary.streams["cam1"]
@@ -69,6 +70,7 @@ def test_summary_joins_ingest_publisher_and_errors():
     table = summary.table()
     assert "cam1" in table and "9/10/10" in table and "error: bad.avi: no such file" in table
     assert summary.reruns == 1 and "re-run after a worker died: 1 batch(es)" in table
+    assert "worker w0: cpu, threads 2, bfloat16" in table.splitlines()  # what each worker got
     stats.restart("publisher")
     stats.delivery({"subscriptions": 1, "undelivered": 0, "stalls": 2, "blocked_s": 4.0})
     lines = stats.summary({"cam1": {"read": 4, "dropped": 1, "skipped": 2}}, publisher, workers=[], errors={}

@@ -258,7 +258,7 @@ MASKSTREAM_RUN = (sys.executable, "-m", "pipeline.cli", "run")  # what the `mask
 def cli(*args: str, command=RUN_PIPELINE) -> list[str]:
     return [*command, "--ray-address", ray.get_runtime_context().gcs_address,
             "--set", f"model.config={TINY}", "--set", "model.weights=null", "--set", "model.score_threshold=null",
-            "--set", "workers.cpus=1", *args]
+            "--set", "workers.cpus=1", "--set", "workers.precision=model", *args]
 
 
 @pytest.mark.slow
@@ -274,6 +274,7 @@ def test_cli_runs_a_clip_to_files_quietly(tmp_path):
     assert rows.pop("stream") == ["in", "published", "dropped", "fps", "end-to-end", "ms", "p50/p95/p99"]
     assert rows.pop("ped")[:3] == ["3", "3", "0"] and rows.pop("all")[:3] == ["3", "3", "0"]
     assert rows.pop("stage") == ["latency", "ms", "p50", "p95", "p99", "frames"]
+    assert rows.pop("worker")[1:] == ["cpu,", "threads", "1,", "float32"]  # what the worker got
     assert {stage: row[-1] for stage, row in rows.items()} == {stage: "3" for stage in STAGES}
     assert done.stdout == ""
 

@@ -25,3 +25,35 @@ def test_the_scheduler_sleeps_past_an_overdue_batch_while_every_worker_is_busy()
     assert scheduler._wait_timeout() == 0.0          # a worker slot is free: dispatch now
     scheduler.workers[0].batches = 2                  # both slots of the only worker taken
     assert scheduler._wait_timeout() == POLL_S
+
+
+class TakeRecorder:
+    """Stands in for an ingest actor's handle: records the take() calls the scheduler makes
+    (take has two answers, the Taken and the pixels: IngestActor.take)."""
+
+    def __init__(self):
+        self.calls = []
+        self.take = self
+
+    def remote(self, *args):
+        self.calls.append(args)
+        return object(), object()
+
+
+def test_live_takes_no_frame_while_one_of_its_stream_waits_and_sends_a_lone_frame_at_once():
+    """Live, a frame taken while another of its stream waits would queue behind a whole inference
+    and be published late (the live latency was 2-3 inference times); and with nothing more to
+    take a partial batch leaves at once rather than after max_wait_ms."""
+    ingest = {"a": TakeRecorder(), "b": TakeRecorder()}
+    scheduler = Scheduler(ingest, {"w0": object()}, [{"name": "w0", "pid": 1}], publisher=None,
+                          batching=BatchingSection(max_batch=4, max_wait_ms=10_000.0),
+                          live=True, live_queue=1, keep_pixels=False, stats=None)
+    scheduler.batcher.add(Accepted(make_record("a", 0, instances=0), ready_at=1e12))  # just taken, not due
+    scheduler._request_frames()
+    assert (len(ingest["a"].calls), len(ingest["b"].calls)) == (0, 1)  # only b, which has none waiting
+    scheduler._pending.clear()                                         # b's take answered nothing
+    dispatched = []
+    scheduler.workers[0].handle = type("Worker", (), {"infer": TakeRecorder()})()
+    scheduler.workers[0].handle.infer.calls = dispatched
+    scheduler._dispatch()
+    assert len(dispatched) == 1 and len(scheduler.batcher) == 0        # no take in flight: sent now

@@ -8,6 +8,7 @@ from pipeline.sources import open_source, parse_source
 from tests.pipeline_helpers import HIGHWAY, OneThreadModelActor
 from workers.frames import put_frames
 from workers.inference import BatchResult, InferenceWorkerActor
+from workers.device import native_bfloat16
 from workers.results import InstanceRecord, instance_records
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -41,6 +42,24 @@ def test_worker_gives_the_models_own_results_as_small_plain_records(frames):
         assert got == instance_records(want)  # exactly the model's own results, in order
         assert all(type(inst) is InstanceRecord and plain(inst) for inst in got)  # no arrays, no pixels
         assert all(inst.rle["size"] == list(frame.shape[:2]) for inst in got)
+
+
+@pytest.mark.slow
+def test_precision_auto_runs_what_the_cpu_flags_say_and_ready_says_which(frames):
+    # bfloat16 where /proc/cpuinfo lists AVX-512 BF16 or AMX, else the model config's own (float32)
+    expected = "bfloat16" if native_bfloat16() else "float32"
+    worker = InferenceWorkerActor.options(num_cpus=1).remote(TINY, None, 1, "auto")
+    where = ray.get(worker.ready.remote())
+    result = ray.get(worker.infer.remote([put_frames(frames[0][None])[0]]))
+    ray.kill(worker)
+    config = models.load_config(TINY)
+    config.precision = expected
+    reference = OneThreadModelActor.remote(config)
+    direct = ray.get(reference.predict.remote(frames[:1]))
+    ray.kill(reference)
+    assert (where["precision"], where["error"]) == (expected, None)
+    # the scores differ between the precisions: equal results mean the worker computed in `expected`
+    assert result.instances[0] == instance_records(direct[0])
 
 
 def plain(instance: InstanceRecord) -> bool:

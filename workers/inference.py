@@ -1,7 +1,7 @@
 """The inference worker: a Ray actor that loads the model once and runs it on batches of frames.
 
-    worker = InferenceWorkerActor.options(num_gpus=1, num_cpus=1).remote(model_config, weights)
-    ray.get(worker.ready.remote())                  # where it runs: {"name", "device", "gpu_ids", ...}
+    worker = InferenceWorkerActor.options(num_gpus=1, num_cpus=2).remote(model_config, weights, threads=2)
+    ray.get(worker.ready.remote())                  # where it runs: {"name", "device", "threads", ...}
     ray.get(worker.warm_up.remote([(720, 1280)], [1, 4]))  # compile for these frame and batch sizes
     result = ray.get(worker.infer.remote([FrameRef(ref, i), ...]))  # see workers/frames.py
     result.instances[i]                             # frame i's InstanceRecords (workers/results.py)
@@ -44,21 +44,24 @@ class InferenceWorker:
     """Holds one model on one device; see the module docstring. `InferenceWorkerActor` is the actor.
 
     `model_config`: a models.ModelConfig or the path of its YAML; `weights`: a weights file or
-    None (seeded random weights); `cpus`: the CPU share Ray reserved; `precision`: "model",
-    "float32" or "bfloat16"; `model_factory`: see ModelFactory.
+    None (seeded random weights); `threads`: TensorFlow's intra- and inter-op threads (the
+    runner's plan: the CPU share Ray reserved, or with `workers.cpus: auto` the node's cores split
+    between its workers); `precision`: "auto", "model", "float32" or "bfloat16"
+    (workers/device.py); `model_factory`: see ModelFactory.
     """
 
-    def __init__(self, model_config, weights: str | None = None, cpus: float = 1.0,
+    def __init__(self, model_config, weights: str | None = None, threads: float = 1,
                  precision: str = "model", model_factory: ModelFactory | None = None):
-        self.device = configure_device(cpus)
+        self.device = configure_device(threads)
         self.name = ray.get_runtime_context().get_actor_name() or f"pid{os.getpid()}"
         self.model = None
         self.error = None
+        self.precision = None
         import models
 
         try:
             config = models.load_config(model_config)
-            config.precision = model_precision(precision, config.precision)
+            config.precision = self.precision = model_precision(precision, config.precision, self.device.kind)
             self.model = (model_factory or models.load_model)(config, weights)
         except (models.ConfigError, models.WeightsError, OSError) as error:
             # A user's mistake (a bad model config, weights for another architecture): reported
@@ -67,10 +70,13 @@ class InferenceWorker:
 
     def ready(self) -> dict:
         """Where this worker runs and whether its model loaded: {"name", "pid", "device",
-        "gpu_ids", "node_id", "threads", "note", "error"}; error is one line, or None."""
+        "gpu_ids", "node_id", "threads", "precision", "note", "error"}; threads: TensorFlow's
+        intra- and inter-op threads; precision: what the model computes in ("float32" or
+        "bfloat16"); error is one line, or None."""
         return {"name": self.name, "pid": os.getpid(), "device": self.device.kind,
                 "gpu_ids": self.device.gpu_ids, "node_id": self.device.node_id,
-                "threads": self.device.threads, "note": self.device.note, "error": self.error}
+                "threads": self.device.threads, "precision": self.precision, "note": self.device.note,
+                "error": self.error}
 
     def warm_up(self, frame_sizes: list[tuple[int, int]], batch_sizes: list[int]) -> None:
         """Run the model once per frame size (height, width) and batch size on black frames, so

@@ -25,7 +25,7 @@ import yaml
 from ..config import ModelConfig
 from ..data.coco import CocoDataset
 from ..errors import TrainingInterrupted
-from ..mask_rcnn import MaskRCNN, config_name, initial_params, weights_record
+from ..mask_rcnn import MaskRCNN, config_name, initial_params, require_trainable, weights_record
 from ..weights import WeightsError, describe_record, first_mismatch, read_weights, save_weights
 from .batches import mini_mask_size, training_batches
 
@@ -152,6 +152,7 @@ def train_model(config: ModelConfig, data_spec: str, out_dir: Path, resume: bool
     """Train and write out_dir/model.npz (and checkpoints, config.yaml). Returns the weights path."""
     from tqdm import tqdm
 
+    require_trainable(config)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     data = CocoDataset(data_spec, mask_size=mini_mask_size(config))
