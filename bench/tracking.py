@@ -1,7 +1,7 @@
 """Tracking benchmark: our tracker against Roboflow's `trackers` on the very same detections, scored by TrackEval.
 
     maskstream scenes write /tmp/trk_bench --images 1500 --seed 555000 --frames-per-sequence 150
-    python bench/tracking.py --data /tmp/trk_bench [--cache DIR] [--skip-cost]
+    python bench/tracking.py --data /tmp/trk_bench [--cache DIR] [--skip-cost] [--min-visibility V --out FILE]
 
 The data: generated sequences from seeds no training stage used (the default model trained on
 seeds 1000-4000 and was evaluated on 777777 and 888888; 555000 gives 10 sequences of 150 frames
@@ -28,6 +28,10 @@ are tracked and scored, pts jumping 0.12 s); ground-truth masks and boxes as the
 time of this thread per update over the frames after the first 10, three runs, ours in each
 method: CPU time, as this machine is shared and wall time counts the other processes' turns too).
 
+`--min-visibility V` scores only objects showing at least V of themselves (the others are
+TrackEval ignore regions / distractors, as in `maskstream track-eval`). The load average is
+recorded in the JSON beside the numbers.
+
 Masks are scored for cars and people (the targets; TrackEval's mask path is slow and lanes are
 a third of the instances), boxes for cars, people and lanes.
 
@@ -40,6 +44,7 @@ then `pip show opencv-python-headless` is unchanged, `pip show opencv-python` fi
 """
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,7 +96,8 @@ def library_tracker(name: str):
     return make
 
 
-def run_conditions(sequences, class_names, model_detections, mask_classes=("car", "person")) -> dict:
+def run_conditions(sequences, class_names, model_detections, mask_classes=("car", "person"),
+                   min_visibility: float = 0.0) -> dict:
     default = TrackingConfig().method
     trackers = {f"ours {m}{'*' if m == default else ''}": (lambda m=m: track_eval.our_tracker(TrackingConfig(method=m)))
                 for m in METHODS}
@@ -103,8 +109,10 @@ def run_conditions(sequences, class_names, model_detections, mask_classes=("car"
         detections = gt_detections if ground_truth else model_detections
         # masks for the classes the targets name (TrackEval's mask path is slow: lanes are many), boxes for all
         masked = {k: v for k, v in class_names.items() if v in mask_classes}
-        scores = track_eval.evaluate_trackers(sequences, detections, trackers, masked, FPS, drop, kinds=("mask",))
-        boxes = track_eval.evaluate_trackers(sequences, detections, trackers, class_names, FPS, drop, kinds=("box",))
+        scores = track_eval.evaluate_trackers(sequences, detections, trackers, masked, FPS, drop, ("mask",),
+                                              min_visibility)
+        boxes = track_eval.evaluate_trackers(sequences, detections, trackers, class_names, FPS, drop, ("box",),
+                                             min_visibility)
         out[condition] = {name: {**scores[name], **boxes[name]} for name in trackers}
         print(f"\n== {condition} ({time.perf_counter() - start:.0f} s)")
         print(track_eval.format_scores(out[condition]))
@@ -157,6 +165,8 @@ def main() -> None:
     parser.add_argument("--weights", default=str(REPO / "configs" / "default_model.npz"))
     parser.add_argument("--cache", default=str(track_eval.DEFAULT_CACHE), help="where the model's detections are cached")
     parser.add_argument("--skip-cost", action="store_true", help="leave out the cost per frame")
+    parser.add_argument("--min-visibility", type=float, default=0.0,
+                        help="score only objects showing at least this share of themselves (maskstream track-eval's)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     sequences, class_names = track_eval.load_sequences(args.data)
@@ -164,10 +174,13 @@ def main() -> None:
     report = {"data": args.data, "sequences": len(sequences), "frames": sum(len(s.image_ids) for s in sequences),
               "model": {"config": Path(args.config).name, "weights": Path(args.weights).name, "score_threshold": 0.05,
                         "detections": sum(len(f) for frames in detections.values() for f in frames)},
-              "fps": FPS, "tracking_defaults": TrackingConfig().__dict__,
-              "scores": run_conditions(sequences, class_names, detections)}
+              "fps": FPS, "tracking_defaults": TrackingConfig().__dict__, "min_visibility": args.min_visibility,
+              "load_average_at_start": os.getloadavg(),
+              "scores": run_conditions(sequences, class_names, detections, min_visibility=args.min_visibility)}
+    report["load_average_after_scores"] = os.getloadavg()
     if not args.skip_cost:
         report["cost_per_frame_1280x720"] = tracker_cost(cost_frames())
+        report["load_average_after_cost"] = os.getloadavg()
         print("\n== cost per frame, 1280x720")
         for name, c in report["cost_per_frame_1280x720"].items():
             print(f"{name:<40} CPU median {c['median_cpu_ms']:.2f} ms  p90 {c['p90_cpu_ms']:.2f} ms  "

@@ -32,6 +32,10 @@ class ConversionError(MaskstreamError, ValueError):
     """A foreign weights file (torchvision, Keras) that does not convert."""
 
 
+class TrackEvalError(MaskstreamError, ValueError):
+    """A tracking evaluation that cannot run (TrackEval missing, a bad --drop, an unwritable report)."""
+
+
 class TrainingInterrupted(MaskstreamError):
     """Training stopped by the user (Ctrl-C) after writing a checkpoint that `--resume` continues from."""
 

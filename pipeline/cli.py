@@ -25,6 +25,7 @@ COMMANDS = {
     "train": ("models.training.train", "train or fine-tune a model on generated scenes or COCO-format data"),
     "evaluate": ("models.tools.evaluate", "COCO box and mask AP of a model on a data set"),
     "scenes": ("models.data.scenes", "write a data set of generated street scenes"),
+    "track-eval": ("pipeline.track_eval", "HOTA, IDF1, MOTA of the model and the tracker on generated sequences (TrackEval)"),
 }
 
 

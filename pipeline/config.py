@@ -16,6 +16,7 @@ from typing import Any
 from models.config import CONFIG_VERSION, check_version, from_dict, read_yaml, require, set_dotted, validate_sections
 
 from .sources import source_kind, split_spec
+from .tracking import TrackingConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -30,6 +31,8 @@ class ModelSection:
     config: str | None = None          # model YAML (see models/config.py)
     weights: str | None = None         # weights file; none: seeded random weights
     score_threshold: float | None = None  # publish instances scoring above this; none: the model's own
+    # (with tracking on, the workers keep detections down to tracking.low_score: weaker ones that
+    # continue a track are published too, see pipeline/tracking.py TrackingStage)
 
     def validate(self, path: str) -> None:
         require(self.config is not None, path + ".config", "needs the model's YAML file")
@@ -149,6 +152,7 @@ class PipelineConfig:
     batching: BatchingSection = field(default_factory=BatchingSection)
     publish: PublishSection = field(default_factory=PublishSection)
     output: OutputSection = field(default_factory=OutputSection)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # object identities (pipeline/tracking.py)
     metrics_port: int | None = None    # serve Prometheus metrics on this port
     metrics_host: str = "127.0.0.1"    # the address the metrics are served on (0.0.0.0: every interface)
     ray_address: str | None = None     # join this Ray cluster; none: start a local one

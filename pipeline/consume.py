@@ -4,6 +4,9 @@ Prints a line per frame, a line per gap (frames it never received, see pipeline.
 and a line per end of stream saying why it ended; at the end, on stderr, how many duplicate and
 malformed messages were passed over. Exits 0 once every expected stream has ended normally, 1 on
 a timeout or a stream that ended with an error, 2 on bad input (one line), 130 on Ctrl-C.
+
+With tracking, each instance is shown with its ``#track_id``, and a stream's end line says how
+many tracks started (distinct ids seen) and ended (``tracks_ended`` of its frames and its EOS).
 """
 import argparse
 import contextlib
@@ -14,6 +17,7 @@ import time
 from models.errors import command
 
 from .consumer import Consumer, Gap, gap_log
+from .overlay import caption
 from .protocol import EndOfStream, FrameRecord
 from .sinks import JsonlSink, OverlayVideoSink
 
@@ -23,7 +27,7 @@ MAX_LABELS_SHOWN = 5  # per line; the rest is counted
 def describe(frame: FrameRecord) -> str:
     """One line per frame: ids, timing and the best few instances."""
     age_ms = (time.time() - frame.captured_at) * 1e3
-    labels = ", ".join(f"{inst.label} {inst.score:.2f}" for inst in frame.instances[:MAX_LABELS_SHOWN])
+    labels = ", ".join(caption(inst) for inst in frame.instances[:MAX_LABELS_SHOWN])
     more = len(frame.instances) - MAX_LABELS_SHOWN
     return (f"{frame.stream} seq={frame.seq} frame={frame.frame_index} pts={frame.pts:.3f} "
             f"dropped_before={frame.dropped_before} age_ms={age_ms:.1f} "
@@ -83,11 +87,38 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(eos.reason == "error" for eos in consumer.ended.values()) else 0
 
 
+class TrackCounts:
+    """Per stream: the track ids seen and the tracks ended so far (tracking on: frames carry them)."""
+
+    def __init__(self):
+        self.started: dict[str, set[int]] = {}
+        self.ended: dict[str, set[int]] = {}
+
+    def add(self, message: FrameRecord | EndOfStream) -> None:
+        if message.tracks_ended is None:
+            return
+        self.ended.setdefault(message.stream, set()).update(message.tracks_ended)
+        started = self.started.setdefault(message.stream, set())
+        if isinstance(message, FrameRecord):
+            started.update(inst.track_id for inst in message.instances if inst.track_id)
+
+    def summary(self, stream: str) -> str:
+        """'; tracks: S started, E ended', or '' for a stream without tracking."""
+        if stream not in self.ended:
+            return ""
+        return f"; tracks: {len(self.started[stream])} started, {len(self.ended[stream])} ended"
+
+
 def consume(consumer: Consumer, jsonl: JsonlSink | None, video: OverlayVideoSink | None) -> None:
     """Prints a line per message and feeds the sinks until the consumer is done."""
+    tracks = TrackCounts()
     for message in consumer.messages():
-        if isinstance(message, (EndOfStream, Gap)):
+        if isinstance(message, Gap):
             print(message.describe(), flush=True)
+            continue
+        tracks.add(message)
+        if isinstance(message, EndOfStream):
+            print(message.describe() + tracks.summary(message.stream), flush=True)
             continue
         print(describe(message), flush=True)
         if jsonl:

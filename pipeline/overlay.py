@@ -36,14 +36,14 @@ def track_colour(track_id: int) -> tuple[int, int, int]:
 
 
 def instance_colour(inst: InstanceRecord) -> tuple[int, int, int]:
-    """The colour of an instance: its track's when it has a ``track_id``, else its class's."""
-    return class_colour(inst.class_id) if inst.track_id is None else track_colour(inst.track_id)
+    """The colour of an instance: its track's when it has a ``track_id`` (0: in no track yet), else its class's."""
+    return track_colour(inst.track_id) if inst.track_id else class_colour(inst.class_id)
 
 
 def caption(inst: InstanceRecord) -> str:
     """``label score``, led by ``#track_id`` when the instance has one."""
     text = f"{inst.label} {inst.score:.2f}"
-    return text if inst.track_id is None else f"#{inst.track_id} {text}"
+    return f"#{inst.track_id} {text}" if inst.track_id else text
 
 
 def draw_instances(image: np.ndarray, instances: Sequence[InstanceRecord]) -> np.ndarray:

@@ -12,12 +12,15 @@ One ZeroMQ multipart message per frame on a PUB socket (docs/protocol.md has the
 1. topic ``maskstream/<stream_id>/``: the trailing slash keeps a ``cam1`` subscription from
    matching ``cam10``, since ZeroMQ subscriptions are byte prefixes;
 2. header: compact UTF-8 JSON with ``"schema": "maskstream.frame/1"`` and the fields of
-   ``FRAME_FIELDS``, in that order (then ``image`` when a third part follows);
+   ``FRAME_FIELDS``, in that order (with tracking, each instance's ``track_id`` and the frame's
+   ``tracks_ended`` too: ``OPTIONAL_FIELDS``, absent without tracking; then ``image`` when a
+   third part follows);
 3. only when the publisher sends images (``publish.images: jpeg``): the frame's pixels as a JPEG
    (``pipeline.images``), which the header's ``image`` field describes;
 
 and at the end of a stream, instead of a frame: ``{"schema": "maskstream.eos/1", "stream", "frames",
-"reason"}`` (``reason``: ``end``, ``stopped`` or ``error``, with ``error``: one line).
+"reason"}`` (``reason``: ``end``, ``stopped`` or ``error``, with ``error``: one line; with tracking,
+``tracks_ended``: the tracks still in view at the end).
 
 The JSON Schemas of both headers ship with the package (``json_schema(FRAME_SCHEMA)``, files in
 pipeline/schema/). Fields may be added within version 1: consumers ignore what they do not know.
@@ -81,6 +84,7 @@ class FrameRecord:
     dropped_before: int           # frames of this stream dropped since the last one published
     timing_ms: dict[str, float]   # milliseconds per stage: decode, queue, fetch, inference, publish
     instances: tuple[InstanceRecord, ...] = ()
+    tracks_ended: tuple[int, ...] | None = None  # with tracking: ids of the tracks that ended at this frame
     pixels: FrameRef | None = field(default=None, compare=False, repr=False)  # never on the wire
     encoded_image: EncodedImage | None = field(default=None, compare=False, repr=False)  # the JPEG part
 
@@ -115,14 +119,18 @@ class FrameRecord:
 
     def to_wire(self) -> dict:
         """The v1 header: plain JSON types (numpy scalars become numbers), fields in order."""
-        return {"schema": FRAME_SCHEMA, "stream": self.stream, "seq": int(self.seq),
-                "frame_index": int(self.frame_index), "pts": float(self.pts),
-                "captured_at": float(self.captured_at), "published_at": float(self.published_at),
-                "width": int(self.width), "height": int(self.height),
-                "dropped_before": int(self.dropped_before),
-                "timing_ms": {stage: float(ms) for stage, ms in self.timing_ms.items()},
-                "instances": [inst.to_wire() for inst in self.instances],
-                **({} if self.encoded_image is None else {"image": self.encoded_image.to_wire()})}
+        header = {"schema": FRAME_SCHEMA, "stream": self.stream, "seq": int(self.seq),
+                  "frame_index": int(self.frame_index), "pts": float(self.pts),
+                  "captured_at": float(self.captured_at), "published_at": float(self.published_at),
+                  "width": int(self.width), "height": int(self.height),
+                  "dropped_before": int(self.dropped_before),
+                  "timing_ms": {stage: float(ms) for stage, ms in self.timing_ms.items()},
+                  "instances": [inst.to_wire() for inst in self.instances]}
+        if self.tracks_ended is not None:
+            header["tracks_ended"] = [int(i) for i in self.tracks_ended]
+        if self.encoded_image is not None:
+            header["image"] = self.encoded_image.to_wire()
+        return header
 
     @classmethod
     def from_wire(cls, header: dict, image: bytes | None = None) -> FrameRecord:
@@ -142,25 +150,31 @@ class FrameRecord:
                 raise ProtocolError(f"{where}: an image of {encoded_image.width}x{encoded_image.height} "
                                     f"for a frame of {header['width']}x{header['height']}")
         return cls(**{name: header[name] for name in FRAME_FIELDS if name != "instances"}, instances=instances,
-                   encoded_image=encoded_image)
+                   tracks_ended=_track_ids(header, where), encoded_image=encoded_image)
 
 
-FRAME_FIELDS = tuple(f.name for f in dataclasses.fields(FrameRecord) if f.name not in ("pixels", "encoded_image"))
+OPTIONAL_FIELDS = ("tracks_ended",)   # after the others, only with tracking: headers without are v1 too
+FRAME_FIELDS = tuple(f.name for f in dataclasses.fields(FrameRecord)
+                     if f.name not in ("pixels", "encoded_image", *OPTIONAL_FIELDS))
 
 
 @dataclass(frozen=True)
 class EndOfStream:
     """A stream's end: it published ``frames`` frames, seq 0..frames-1, and ended for ``reason``
-    (one of EOS_REASONS; ``error`` is the one-line problem when the reason is ``error``)."""
+    (one of EOS_REASONS; ``error`` is the one-line problem when the reason is ``error``); with
+    tracking, ``tracks_ended`` are the ids of the tracks still alive then (they end with the stream)."""
     stream: str
     frames: int
     reason: str = "end"
     error: str | None = None
+    tracks_ended: tuple[int, ...] | None = None
 
     def to_wire(self) -> dict:
         header = {"schema": EOS_SCHEMA, "stream": self.stream, "frames": int(self.frames), "reason": self.reason}
         if self.error is not None:
             header["error"] = self.error
+        if self.tracks_ended is not None:
+            header["tracks_ended"] = [int(i) for i in self.tracks_ended]
         return header
 
     @classmethod
@@ -171,7 +185,8 @@ class EndOfStream:
         reason, error = header.get("reason", "end"), header.get("error")
         _require(reason in EOS_REASONS, where, f"reason {str(reason)[:40]!r} is not one of {', '.join(EOS_REASONS)}")
         _require(error is None or isinstance(error, str), where, "error is not a string")
-        return cls(header["stream"], header["frames"], reason, error)
+        ended = _track_ids(header, where)
+        return cls(header["stream"], header["frames"], reason, error, ended)
 
     def describe(self) -> str:
         """``cam1 ended after 12 frames (end)``, with the error line when there is one."""
@@ -302,6 +317,18 @@ def _check_instance(instance, size: list[int], where: str) -> None:
     _require(isinstance(mask, dict) and mask.get("size") == size and isinstance(mask.get("counts"), str), where,
              f"mask is not an RLE of the frame's size {size}")
     _require(rle_pixels(mask["counts"]) == size[0] * size[1], where, "mask RLE does not cover the frame")
+    _require(_is_count(instance.get("track_id", 0)), where, "track_id is not an integer >= 0")
+
+
+def _track_ids(header: dict, where: str) -> tuple[int, ...] | None:
+    """A header's ``tracks_ended`` (absent without tracking: None), checked: distinct ids >= 1."""
+    ended = header.get("tracks_ended")
+    if ended is None:
+        return None
+    _require(isinstance(ended, list) and len(ended) <= MAX_INSTANCES
+             and all(_is_count(i) and i >= 1 for i in ended) and len(set(ended)) == len(ended), where,
+             "tracks_ended is not a list of distinct integers >= 1")
+    return tuple(ended)
 
 
 def rle_pixels(counts: str) -> int:

@@ -2,7 +2,8 @@
 
 Interface with the pipeline core::
 
-    publisher = PublisherActor.options(...).remote(PublishSection(...), OutputSection(...), class_names)
+    publisher = PublisherActor.options(...).remote(PublishSection(...), OutputSection(...), class_names,
+                                                   live, TrackingConfig(...), publish_score)
     endpoint = ray.get(publisher.ready.remote())  # the bound endpoint; bind and key errors show here
     publisher.open_stream.remote(stream_id, fps)  # before its frames: the source's frame rate
     publisher.publish.remote(record)              # a FrameRecord, any order; sent in seq order per stream
@@ -27,6 +28,13 @@ whose record has pixels goes out with them as a JPEG third part (``pipeline.imag
 - ``end_stream(stream_id, frames)``: once seqs 0..frames-1 are out, closes that stream's files
   and sends EOS. ``close()`` sends what is waiting, EOS for every stream not yet ended, closes
   the socket and files, and returns ``stats()``.
+- With a ``TrackingConfig`` whose ``enabled`` is true, each stream has a
+  ``pipeline.tracking.TrackingStage`` that every frame passes, in seq order and exactly once,
+  just before it is sent: it sets the instances' ``track_id`` and the frame's ``tracks_ended``
+  and keeps the instances to publish (those scoring above ``publish_score``, and weaker ones
+  continuing a track); EOS carries the tracks still alive. ``progress()`` hands out each
+  tracker's state (a snapshot, before the first seq not yet sent), and ``resume`` takes it
+  back: a restarted publisher sending seqs again gives them the ids the crashed one gave.
 - ``stats()``: ``{"endpoint", "streams": {id: {published, duplicates_dropped, last_seq, waiting,
   dropped_before, missing, ended, latency_ms: {stage: {count, p50, p95, p99}}}}, "delivery": {...}}``,
   where the stages are the records' ``timing_ms`` stages, ``publish`` and ``end_to_end`` (capture
@@ -84,6 +92,7 @@ from .keys import load_server_keys
 from .protocol import EndOfStream, FrameRecord, check_stream_id, encode_message, topic
 from .sinks import StreamSinks
 from .sources import FALLBACK_FPS
+from .tracking import TrackingConfig, TrackingStage
 
 LATENCY_SAMPLES = 10_000  # per stage and stream: recent enough, bounded memory
 SEND_RETRY_S = 0.005      # offline, a full subscriber queue is tried again this often
@@ -99,6 +108,7 @@ class _Stream:
     """What the publisher keeps per stream."""
     stream_id: str
     sinks: StreamSinks | None
+    tracking: TrackingStage | None = None
     next_seq: int = 0
     waiting: dict = field(default_factory=dict)  # seq -> (FrameRecord, arrival perf_counter)
     frames: int | None = None  # known once end_stream is called
@@ -136,14 +146,20 @@ class Publisher:
     """The publisher's logic; ``PublisherActor`` runs it as a Ray actor (see the module docstring)."""
 
     def __init__(self, publish: PublishSection, output: OutputSection | None = None,
-                 class_names: list[str] | None = None, live: bool = False):
+                 class_names: list[str] | None = None, live: bool = False,
+                 tracking: TrackingConfig | None = None, publish_score: float = 0.0):
         """``class_names[class_id]``: labels for the COCO files' categories, also those never detected;
-        ``live``: never wait for a subscriber (see the module docstring)."""
+        ``live``: never wait for a subscriber; ``tracking``: track ids per stream (None or not
+        enabled: none); ``publish_score``: see the module docstring."""
         output = output or OutputSection()
         publish.validate("publish")
         output.validate("output")
         self.publish_section, self.output, self.class_names = publish, output, class_names
         self.live = live
+        self.tracking = tracking if tracking is not None and tracking.enabled else None
+        if self.tracking is not None:
+            self.tracking.validate("tracking")
+        self.publish_score = publish_score
         if output.dir:
             _make_out_dir(output.dir)
         self._streams: dict[str, _Stream] = {}
@@ -204,30 +220,33 @@ class Publisher:
     def publish(self, record: FrameRecord) -> dict:
         """Takes a record in any order; sends every record whose earlier seqs are all out.
         Returns ``progress()``."""
+        self._take(record)
+        return self.progress()
+
+    def publish_many(self, records: list[FrameRecord]) -> dict:
+        """``publish`` for each record in turn: one actor call for a whole batch's frames.
+        Returns ``progress()`` (once, after the last: its notices are not lost in between)."""
+        for record in records:
+            self._take(record)
+        return self.progress()
+
+    def _take(self, record: FrameRecord) -> None:
         arrived = time.perf_counter()
         self._check_open()
         if self._held is not None:
             self._held.append(("publish", (record,)))
-            return self.progress()
+            return
         record.check()  # now, not when its turn comes: a bad record must not stall the stream
         stream = self._stream(record.stream)
         seq = int(record.seq)
         if seq < stream.next_seq or seq in stream.waiting:
             stream.duplicates += 1
-            return self.progress()
+            return
         if stream.frames is not None and seq >= stream.frames:
             raise PublisherError(f"stream {record.stream}: seq {seq} is past its end "
                                  f"({stream.frames} frames)")
         stream.waiting[seq] = (record, arrived)
         self._send_in_order(stream)
-        return self.progress()
-
-    def publish_many(self, records: list[FrameRecord]) -> dict:
-        """``publish`` for each record in turn: one actor call for a whole batch's frames.
-        Returns ``progress()``."""
-        for record in records:
-            self.publish(record)
-        return self.progress()
 
     def end_stream(self, stream_id: str, frames: int, reason: str = "end", error: str | None = None) -> dict:
         """Sends EOS for ``stream_id`` (saying why it ended: ``reason`` and ``error``, see
@@ -278,16 +297,22 @@ class Publisher:
         if self._closed:
             raise PublisherError(f"publisher on {self._endpoint}: already closed")
 
-    def _stream(self, stream_id: str, source_fps: float | None = None, resume_at: int | None = None) -> _Stream:
+    def _stream(self, stream_id: str, source_fps: float | None = None, resume_at: int | None = None,
+                tracker=None) -> _Stream:
         """The state of ``stream_id``, opening its file sinks on first sight (at ``resume_at``
-        after a restart)."""
+        after a restart, its tracker then as it was before that seq: ``tracker``, a snapshot from
+        ``progress()``, None for a fresh one)."""
         if stream_id not in self._streams:
             check_stream_id(stream_id)
             sinks = None
             if self.output.dir:
                 overlay_fps = (self.output.overlay_fps or source_fps or FALLBACK_FPS) if self.output.overlay else None
-                sinks = StreamSinks(self.output.dir, stream_id, self.class_names, overlay_fps, resume_at)
-            self._streams[stream_id] = _Stream(stream_id, sinks, next_seq=resume_at or 0)
+                sinks = StreamSinks(self.output.dir, stream_id, self.class_names, overlay_fps, resume_at,
+                                    tracks=self.tracking is not None)
+            tracking = None
+            if self.tracking is not None:
+                tracking = TrackingStage(self.tracking, self.publish_score, tracker)
+            self._streams[stream_id] = _Stream(stream_id, sinks, tracking, next_seq=resume_at or 0)
         return self._streams[stream_id]
 
     def _send_in_order(self, stream: _Stream) -> None:
@@ -297,6 +322,8 @@ class Publisher:
             self._send_eos(stream)
 
     def _send_frame(self, stream: _Stream, record: FrameRecord, arrived: float) -> None:
+        if stream.tracking is not None:
+            record = stream.tracking.apply(record)
         config = self.publish_section
         images = config.images == "jpeg"
         pixels = _pixels(record) if images or (stream.sinks is not None and stream.sinks.wants_pixels) else None
@@ -317,7 +344,9 @@ class Publisher:
         if stream.sinks is not None:
             stream.sinks.close()
         reason, error = stream.end or ("end", None)
-        self._send(stream, encode_message(EndOfStream(stream.stream_id, stream.next_seq, reason, error)), final=True)
+        ended = stream.tracking.alive() if stream.tracking is not None else None
+        self._send(stream, encode_message(EndOfStream(stream.stream_id, stream.next_seq, reason, error, ended)),
+                   final=True)
         stream.ended = True
 
     # -- delivery: subscribers, back-pressure, restarts (see the module docstring) ----------------
@@ -341,9 +370,14 @@ class Publisher:
     def progress(self) -> dict:
         """What is out: ``{"incarnation", "resumed", "sent": {stream: first seq not yet sent},
         "ended": [streams whose EOS is out], "events": [one-line notices since the last call],
-        "delivery": delivery()}``. ``resumed`` is False for a restarted publisher until ``resume``."""
+        "delivery": delivery(), "trackers": {stream: (seq, snapshot)}}``. ``resumed`` is False for a
+        restarted publisher until ``resume``. ``trackers`` (with tracking): for each stream, its
+        tracker as it is before ``seq``, the first seq not yet sent (a copy: a few small arrays);
+        given back to ``resume`` it makes the same ids from that seq on."""
         events, self._events = self._events, []
-        return {"incarnation": self._incarnation, "resumed": self._held is None,
+        trackers = {sid: (stream.next_seq, stream.tracking.snapshot())
+                    for sid, stream in self._streams.items() if stream.tracking is not None}
+        return {"incarnation": self._incarnation, "resumed": self._held is None, "trackers": trackers,
                 "sent": {sid: stream.next_seq for sid, stream in self._streams.items()},
                 "ended": [sid for sid, stream in self._streams.items() if stream.ended],
                 "events": events, "delivery": self.delivery()}
@@ -357,9 +391,10 @@ class Publisher:
 
     def resume(self, endpoint: str, streams: dict[str, dict], subscriptions: int = 0) -> dict:
         """After a restart: bind ``endpoint`` (the one the crashed publisher had bound) and take
-        up each stream where the caller says, ``{stream: {"fps", "next_seq"}}`` (``next_seq``:
+        up each stream where the caller says, ``{stream: {"fps", "next_seq", "tracker"}}`` (``next_seq``:
         the first seq the caller sends again: those not confirmed sent, and those the crashed
-        publisher's queues may have held; a consumer drops what it already has). Its files are
+        publisher's queues may have held; a consumer drops what it already has; ``tracker``: with
+        tracking, the snapshot ``progress()`` gave at that seq, None at seq 0). Its files are
         cut back to that seq. Offline, nothing is sent until the ``subscriptions`` the crashed
         publisher last saw are back (their subscribers reconnect by themselves), or for at most
         stall_timeout_s. Then the calls held since the restart run."""
@@ -379,7 +414,7 @@ class Publisher:
                     raise
                 time.sleep(0.1)
         for stream_id, state in streams.items():
-            self._stream(stream_id, state.get("fps"), resume_at=state["next_seq"])
+            self._stream(stream_id, state.get("fps"), resume_at=state["next_seq"], tracker=state.get("tracker"))
         held, self._held = self._held, None
         self._events.append(f"publisher restarted; resumed {len(streams)} stream(s) on {endpoint}")
         for method, args in held:

@@ -67,13 +67,14 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
     specs = parse_sources(config.sources.uris)
     live = resolve_live(config.sources.mode, specs)
     model_config = check_model_inputs(config)
+    publish_score, model_config.box_head.score_threshold = score_thresholds(config, model_config)
     stop = stop or threading.Event()
     started_ray = connect_ray(config)
     actors = []
     try:
         slots, use_gpus = plan_workers(config, len(specs))
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        publisher = start_publisher(config, list(model_config.class_names), here, live)
+        publisher = start_publisher(config, list(model_config.class_names), here, live, publish_score)
         endpoint = ray.get(publisher.ready.remote())
         actors.append(publisher)
         failure = None
@@ -183,6 +184,14 @@ def check_model_inputs(config: PipelineConfig) -> ModelConfig:
     return model_config
 
 
+def score_thresholds(config: PipelineConfig, model_config: ModelConfig) -> tuple[float, float]:
+    """(publish, workers'): instances scoring above the first are published as without tracking
+    (the model's threshold as configured); with tracking on, the workers keep detections down to
+    `tracking.low_score`, so that weak ones can continue tracks (pipeline/tracking.py TrackingStage)."""
+    publish = model_config.box_head.score_threshold
+    return publish, min(publish, config.tracking.low_score) if config.tracking.enabled else publish
+
+
 def ingest_counts(actor, stream) -> dict:
     """An ingest actor's counts, or the scheduler's own (`stream`: its StreamState) if it is gone."""
     try:
@@ -201,12 +210,13 @@ def close_publisher(publisher, failure: str | None) -> dict:
         return {}
 
 
-def start_publisher(config: PipelineConfig, class_names: list[str], placement, live: bool = False) -> object:
+def start_publisher(config: PipelineConfig, class_names: list[str], placement, live: bool = False,
+                    publish_score: float = 0.0) -> object:
     """The publisher actor, bound to its endpoint; PipelineError if it cannot bind. Ray restarts
     it after a crash (publish.max_restarts); its calls are not retried (the scheduler resends)."""
     publisher = PublisherActor.options(
         scheduling_strategy=placement, max_restarts=config.publish.max_restarts, max_task_retries=0,
-    ).remote(config.publish, config.output, class_names, live)
+    ).remote(config.publish, config.output, class_names, live, config.tracking, publish_score)
     try:
         ray.get(publisher.ready.remote())
     except ray.exceptions.RayError as error:

@@ -29,7 +29,10 @@ around it, on Ray refs:
   stream are kept too (without their pixels; offline only: live, a frame lost there is a gap
   rather than a frame sent again late). When the publisher dies, Ray restarts it
   (`publish.max_restarts`), it is told to resume each stream at its oldest record kept here
-  (`resume`), and those records are sent again: a consumer drops the frames it already has. Offline, a publisher waiting for a slow subscriber holds its answers back, and
+  (`resume`), and those records are sent again: a consumer drops the frames it already has.
+  With tracking, the publisher's answers also carry each stream's tracker as it stood before
+  the first seq not yet sent; records are kept from a seq whose tracker is kept, and the
+  restarted publisher gets that tracker back: the frames sent again get the same track ids. Offline, a publisher waiting for a slow subscriber holds its answers back, and
   the loop stops taking frames once PUBLISH_BACKLOG calls wait: back-pressure reaches the readers.
 - Each stream's EOS says why it ended: `end`, `stopped` (the run was stopped) or `error` (its
   source failed, or its ingest died for good), with the problem in one line.
@@ -86,6 +89,8 @@ class StreamState:
     last_captured_at: float | None = None
     restarts: int = 0              # of its ingest actor
     kept: dict = field(default_factory=dict)  # seq -> FrameRecord handed to the publisher: not yet sent, or lately
+    kept_from: int = 0             # the records below this seq are no longer kept
+    trackers: dict = field(default_factory=dict)  # with tracking: seq -> the publisher's tracker as it was before it
     confirmed: int = 0             # the first seq the publisher has not said it sent
     eos: tuple | None = None       # the end_stream arguments (frames, reason, error), once called
     eos_confirmed: bool = False
@@ -407,12 +412,21 @@ class Scheduler:
         """What the publisher says is out: forget those records; log its notices."""
         if self._publisher_incarnation is None:
             self._publisher_incarnation = progress["incarnation"]
+        for stream_id, (seq, tracker) in progress.get("trackers", {}).items():
+            if stream_id in self.streams:
+                self.streams[stream_id].trackers[seq] = tracker
         for stream_id, sent in progress["sent"].items():
             stream = self.streams.get(stream_id)
             if stream is None or sent <= stream.confirmed:
                 continue
-            for seq in range(max(0, stream.confirmed - self.resend_window), sent - self.resend_window):
+            limit = sent - self.resend_window
+            if stream.trackers:  # tracking: keep from a seq whose tracker a restarted publisher can take up
+                limit = max((seq for seq in stream.trackers if seq <= limit), default=0)
+                for seq in [seq for seq in stream.trackers if seq < limit]:
+                    del stream.trackers[seq]
+            for seq in range(stream.kept_from, limit):
                 stream.kept.pop(seq, None)
+            stream.kept_from = max(stream.kept_from, limit)
             for seq in range(stream.confirmed, sent):  # sent: only a resend after a crash needs them, if any
                 if seq in stream.kept and stream.kept[seq].pixels is not None:
                     stream.kept[seq] = replace(stream.kept[seq], pixels=None)
@@ -438,7 +452,10 @@ class Scheduler:
                                 f"{self.publisher_restarts} restart(s) allowed (publish.max_restarts)")
         log.warning("publisher: died; restarting it and sending again what it had not confirmed sent")
         # An ended stream too: its EOS may have died in the publisher's queues (a consumer drops a repeat).
-        state = {sid: {"fps": s.fps, "next_seq": min(s.kept, default=s.confirmed)} for sid, s in self.streams.items()}
+        state = {}
+        for sid, s in self.streams.items():
+            first = min(s.kept, default=s.confirmed)
+            state[sid] = {"fps": s.fps, "next_seq": first, "tracker": s.trackers.get(first)}
         while True:
             try:
                 progress = ray.get(self.publisher.resume.remote(self.endpoint, state, self._subscriptions))

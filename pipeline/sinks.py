@@ -10,8 +10,14 @@ Per stream, under the output directory:
   ``COCO(images_file).loadRes(results_file)`` works. A frame's ``image_id`` is its ``seq`` (unique
   and gap-free per stream even when frames are dropped or a camera is reopened); each image entry
   also carries ``stream``, ``seq``, ``frame_index`` (position in the source) and ``pts``.
-  Categories are ``{id: class_id, name: label}``;
-- ``<stream>.overlay.mp4`` (optional): the frames with coloured masks, boxes, labels and scores.
+  Categories are ``{id: class_id, name: label}``. With tracking, each result also has the
+  instance's ``track_id``;
+- with tracking, ``<stream>.mots.txt`` (KITTI MOTS / MOTS Challenge: ``frame id class_id height
+  width rle``, each pixel in at most one mask, the higher score's) and ``<stream>.mot.txt``
+  (MOTChallenge: ``frame,id,x,y,w,h,score,-1,-1,-1``): the instances in a track (``track_id``
+  > 0), frame = ``seq`` + 1;
+- ``<stream>.overlay.mp4`` (optional): the frames with coloured masks, boxes, labels and scores
+  (with tracking, a colour per track and its ``#id``).
 
 Every sink takes ``pipeline.protocol.FrameRecord``s as published. A file that cannot be written
 is a one-line ``SinkError`` naming it.
@@ -27,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from models.data.mots import TrackedFrame, mot_lines, mots_lines, without_overlaps
 from models.errors import SinkError
 
 from .overlay import render_frame
@@ -104,6 +111,8 @@ class CocoResultsSink:
             result = {"image_id": image_id, "category_id": wire["class_id"],
                       "segmentation": wire["mask"], "bbox": [x1, y1, x2 - x1, y2 - y1],
                       "score": wire["score"]}
+            if "track_id" in wire:
+                result["track_id"] = wire["track_id"]
             self._results.write(("," if self._wrote_result else "") + "\n" + json.dumps(result))
             self._wrote_result = True
 
@@ -114,6 +123,31 @@ class CocoResultsSink:
                       for class_id, name in sorted(self._categories.items())]
         with _open(self._images_path, "w") as file:
             json.dump({"images": self._images, "categories": categories, "annotations": []}, file)
+
+
+class TrackFilesSink:
+    """The tracked instances as ``<stem>.mots.txt`` and ``<stem>.mot.txt`` (formats in the module
+    docstring; models/data/mots.py writes them), a frame's lines at a time, flushed per frame."""
+
+    def __init__(self, stem: str | Path):
+        self._mots = _open(Path(f"{stem}.mots.txt"), "w")
+        self._mot = _open(Path(f"{stem}.mot.txt"), "w")
+
+    def write(self, record: FrameRecord) -> None:
+        tracked = [inst for inst in record.instances if inst.track_id]
+        frame = TrackedFrame(np.array([inst.track_id for inst in tracked], np.int64),
+                             np.array([inst.class_id for inst in tracked], np.int64),
+                             np.array([inst.box for inst in tracked], np.float64).reshape(-1, 4),
+                             np.array([inst.score for inst in tracked], np.float64), [inst.rle for inst in tracked])
+        number = int(record.seq) + 1
+        self._mots.write("".join(line + "\n" for line in mots_lines(number, without_overlaps(frame))))
+        self._mot.write("".join(line + "\n" for line in mot_lines(number, frame)))
+        self._mots.flush()
+        self._mot.flush()
+
+    def close(self) -> None:
+        self._mots.close()
+        self._mot.close()
 
 
 class OverlayVideoSink:
@@ -161,8 +195,9 @@ class StreamSinks:
     """All file sinks of one stream under ``out_dir`` (names in the module docstring)."""
 
     def __init__(self, out_dir: str | Path, stream: str, class_names: list[str] | None = None,
-                 overlay_fps: float | None = None, resume_at: int | None = None):
-        """``resume_at``: reopen after a crash, at this seq (see the module docstring)."""
+                 overlay_fps: float | None = None, resume_at: int | None = None, tracks: bool = False):
+        """``resume_at``: reopen after a crash, at this seq (see the module docstring); ``tracks``:
+        the records carry track ids (tracking is on): also the MOTS and MOT files."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -172,8 +207,12 @@ class StreamSinks:
             self._jsonl, kept = JsonlSink.resumed(out / f"{stream}.jsonl", resume_at)
         self._coco = CocoResultsSink(out / f"{stream}.coco_results.json",
                                      out / f"{stream}.coco_images.json", class_names)
+        self._tracks = TrackFilesSink(out / stream) if tracks else None
         for line in kept:
-            self._coco.write(FrameRecord.from_wire(json.loads(line)))
+            record = FrameRecord.from_wire(json.loads(line))
+            self._coco.write(record)
+            if self._tracks is not None:
+                self._tracks.write(record)
         video = f"{stream}.overlay.mp4" if not resume_at else f"{stream}.overlay.from{resume_at}.mp4"
         self._video = OverlayVideoSink(out / video, overlay_fps) if overlay_fps else None
 
@@ -185,11 +224,15 @@ class StreamSinks:
     def write(self, record: FrameRecord, image_rgb: np.ndarray | None = None) -> None:
         self._jsonl.write(record)
         self._coco.write(record)
+        if self._tracks is not None:
+            self._tracks.write(record)
         if self._video is not None:
             self._video.write(record, image_rgb)
 
     def close(self) -> None:
         self._jsonl.close()
         self._coco.close()
+        if self._tracks is not None:
+            self._tracks.close()
         if self._video is not None:
             self._video.close()

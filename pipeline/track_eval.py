@@ -1,26 +1,28 @@
-"""Tracking evaluation: the model and the tracker over generated sequences, scored by TrackEval.
+"""`maskstream track-eval`: the model and the tracker over generated sequences, scored by TrackEval.
 
-    python -m pipeline.track_eval --config configs/default_model.yaml --weights configs/default_model.npz \\
-        --data DIR [--method bytetrack-mask] [--drop 2of3] [--gt-detections] [--set key=value ...] \\
-        [--cache DIR] --out results.json
+    maskstream track-eval --config configs/default_model.yaml --weights configs/default_model.npz \\
+        --data DIR [--method bytetrack-mask] [--drop 2of3] [--gt-detections] [--min-visibility 0.25] \\
+        [--set key=value ...] [--cache DIR] --out results.json
 
 DIR (or coco:ANNOTATIONS_JSON:IMAGE_DIR) is a data set written with `maskstream scenes write DIR --images N --seed S
---frames-per-sequence K` (each annotation keeps its object's track id). The model runs over every
+--frames-per-sequence K` (each annotation keeps its object's track id and visibility). The model runs over every
 image (`predict(..., masks="rle")`, at the model config's score threshold, 0.05 for the default
-model), its detections are cached (--cache, default /tmp/maskstream-track-cache), and a
-`StreamTracker` per sequence (settings: TrackingConfig, `--set key=value` for any of them) gives
-the track ids, fed the frames in order with pts = frame index / --fps. `--drop KofN` drops K of
-every N frames before tracking (live-like: the tracker sees gaps in pts) and scores the frames
-kept. `--gt-detections` feeds the ground-truth masks and boxes (score 1) instead of the model's.
+model), its detections are cached (--cache, default /tmp/maskstream-track-cache, keyed by the
+model and the image files), and a `StreamTracker` per sequence (settings: TrackingConfig,
+`--set key=value` for any of them) gives the track ids, fed the frames in order with pts = frame
+index / --fps. `--drop KofN` drops K of every N frames before tracking (live-like: the tracker
+sees gaps in pts) and scores the frames kept. `--gt-detections` feeds the ground-truth masks and
+boxes (score 1) instead of the model's.
 
 Scores: HOTA (with DetA and AssA), IDF1, MOTA and ID switches per class, on masks (TrackEval's
 MOTS Challenge path, with the masks of a frame made non-overlapping by score as MOTS requires)
 and on boxes (its MOTChallenge 2D box path), each class evaluated as its own benchmark (ground
 truth and results of that class alone). They are TrackEval's numbers; nothing is computed here.
+`--min-visibility V` (default 0: score every object) scores only objects showing at least V of
+themselves; the others are ignored the way KITTI MOTS and MOTChallenge ignore what cannot be seen
+(`trackeval_scores`): a result on them is not a false positive, missing them is not a miss.
 
-TrackEval is an optional extra whose declared requirement `opencv-python` would clash with the
-installed `opencv-python-headless` (both are the `cv2` module); it needs neither. Install it so:
-    pip install --no-deps trackeval==1.3.0 && pip install -e ".[tracking]"
+TrackEval (`trackeval` on PyPI) comes with the dev extra: pip install -e ".[dev]".
 """
 from __future__ import annotations
 
@@ -40,19 +42,16 @@ import numpy as np
 import yaml
 
 from models.config import ConfigError, from_dict
+from models.errors import TrackEvalError, command
 from models.data.mots import Sequence, TrackedFrame, mot_lines, mots_lines, read_sequences, without_overlaps
 
 from .tracking import StreamTracker, TrackingConfig
 
-KINDS = {"mask": ("MOTSChallenge", 2), "box": ("MotChallenge2DBox", 1)}   # TrackEval dataset, class id it scores
+KINDS = {"mask": ("MOTSChallenge", 2, 10), "box": ("MotChallenge2DBox", 1, 8)}   # TrackEval dataset, class id it
+# scores, class id it ignores (MOTS: an ignore region; MOTChallenge: a distractor)
 METRICS = ("HOTA", "DetA", "AssA", "IDF1", "MOTA", "IDSW")
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "maskstream-track-cache"
-INSTALL_HINT = 'pip install --no-deps trackeval==1.3.0 && pip install -e ".[tracking]"'
-
-
-class TrackEvalError(ValueError):
-    """The evaluation cannot run (TrackEval missing, a bad --drop), in one line."""
-
+INSTALL_HINT = 'pip install -e ".[dev]"'
 
 def import_trackeval():
     try:
@@ -95,10 +94,11 @@ def our_tracker(config: TrackingConfig):
 # -- TrackEval -------------------------------------------------------------------------------------
 
 def _write_benchmark(root: Path, kind: str, class_id: int, ground_truth: dict[str, list[TrackedFrame]],
-                     results: dict[str, dict[str, list[TrackedFrame]]]) -> None:
+                     results: dict[str, dict[str, list[TrackedFrame]]], min_visibility: float = 0.0) -> None:
     """TrackEval's folders for one class: root/gt/<seq>/gt/gt.txt, root/trackers/<name>/data/<seq>.txt,
-    the class written as the id the dataset scores."""
-    scored_id = KINDS[kind][1]
+    the class written as the id the dataset scores; ground-truth objects showing less than
+    `min_visibility` of themselves as the id it ignores."""
+    _, scored_id, ignored_id = KINDS[kind]
 
     def lines(frames: list[TrackedFrame], gt: bool) -> str:
         out = []
@@ -106,7 +106,11 @@ def _write_benchmark(root: Path, kind: str, class_id: int, ground_truth: dict[st
             if kind == "mask" and not gt:
                 frame = without_overlaps(frame)
             frame = frame.select(frame.class_ids == class_id)
-            frame = TrackedFrame(frame.track_ids, np.full(len(frame), scored_id), frame.boxes, frame.scores, frame.rles)
+            ignored = np.zeros(len(frame), bool)
+            if gt and frame.visibility is not None:
+                ignored = frame.visibility < min_visibility
+            frame = TrackedFrame(frame.track_ids, np.where(ignored, ignored_id, scored_id), frame.boxes, frame.scores,
+                                 frame.rles, frame.visibility)
             out += mots_lines(n, frame) if kind == "mask" else mot_lines(n, frame, ground_truth=gt)
         return "".join(line + "\n" for line in out)
 
@@ -121,10 +125,13 @@ def _write_benchmark(root: Path, kind: str, class_id: int, ground_truth: dict[st
 
 
 def trackeval_scores(ground_truth: dict[str, list[TrackedFrame]], results: dict[str, dict[str, list[TrackedFrame]]],
-                     class_names: dict[int, str], kinds=tuple(KINDS)) -> dict:
+                     class_names: dict[int, str], kinds=tuple(KINDS), min_visibility: float = 0.0) -> dict:
     """TrackEval's scores of each result set against the ground truth, per kind and class:
     {result name: {"mask" | "box": {class name: {HOTA, DetA, AssA, IDF1, MOTA, IDSW, ...}}}}.
-    A class with no ground-truth object in any sequence is left out."""
+    A class with no ground-truth object in any sequence is left out. Ground-truth objects that
+    show less than `min_visibility` of themselves (where the ground truth has `visibility`) are
+    ignored as KITTI MOTS and MOTChallenge ignore what cannot be seen: TrackEval neither counts
+    them as missed nor a result on them as false (masks: an ignore region; boxes: a distractor)."""
     trackeval = import_trackeval()
     scores: dict = {name: {kind: {} for kind in kinds} for name in results}
     lengths = {seq: len(frames) for seq, frames in ground_truth.items()}
@@ -135,7 +142,7 @@ def trackeval_scores(ground_truth: dict[str, list[TrackedFrame]], results: dict[
                 if not any((f.class_ids == class_id).any() for frames in ground_truth.values() for f in frames):
                     continue
                 root = Path(tmp) / kind / class_name
-                _write_benchmark(root, kind, class_id, ground_truth, results)
+                _write_benchmark(root, kind, class_id, ground_truth, results, min_visibility)
                 dataset_config = {"GT_FOLDER": str(root / "gt"), "TRACKERS_FOLDER": str(root / "trackers"),
                                   "SKIP_SPLIT_FOL": True, "SEQ_INFO": dict(lengths), "PRINT_CONFIG": False,
                                   "TRACKERS_TO_EVAL": list(results), "CLASSES_TO_EVAL": ["pedestrian"]}
@@ -190,20 +197,23 @@ def model_detections(config_path: str, weights: str | None, data_dir: str, seque
     same config, weights and data were run before, else computed and cached."""
     from tqdm import tqdm
 
-    from models.data.coco import CocoDataset, parse_spec
+    from models.data.coco import CocoDataset
     from models.mask_rcnn import load_model
     from models.tools.evaluate import class_to_category
 
-    key = hashlib.sha1()
-    for path in (config_path, weights, parse_spec(data_dir)[0]):
+    dataset = CocoDataset(data_dir)
+    key = hashlib.sha1()      # the detections depend on the model and the images, not on the annotations
+    for path in (config_path, weights):
         if path is not None:
             key.update(Path(path).read_bytes())
+    for seq in sequences:
+        for image_id in seq.image_ids:
+            key.update((dataset.image_dir / dataset.images[image_id]["file_name"]).read_bytes())
     cache = Path(cache_dir) / f"detections-{key.hexdigest()[:16]}.json.gz" if cache_dir else None
     if cache is not None and cache.is_file():
         data = json.loads(gzip.decompress(cache.read_bytes()))
         return {seq: [frame_from_json(f) for f in frames] for seq, frames in data.items()}
     model = load_model(config_path, weights)
-    dataset = CocoDataset(data_dir)
     category_of_class = class_to_category(model.config.class_names, dataset)
     detections = {}
     with tqdm(total=sum(len(s.image_ids) for s in sequences), desc="detecting", unit="frame",
@@ -231,7 +241,7 @@ def model_detections(config_path: str, weights: str | None, data_dir: str, seque
 
 def ground_truth_detections(sequences: list[Sequence]) -> dict[str, list[TrackedFrame]]:
     """The ground truth as detections: score 1, track ids 0."""
-    return {s.name: [TrackedFrame(np.zeros(len(f), np.int64), f.class_ids, f.boxes, f.scores, f.rles)
+    return {s.name: [TrackedFrame(np.zeros(len(f), np.int64), f.class_ids, f.boxes, f.scores, f.rles, f.visibility)
                      for f in s.ground_truth] for s in sequences}
 
 
@@ -243,9 +253,10 @@ def load_sequences(data_dir: str) -> tuple[list[Sequence], dict[int, str]]:
 
 
 def evaluate_trackers(sequences: list[Sequence], detections: dict[str, list[TrackedFrame]], trackers: dict,
-                      class_names: dict[int, str], fps: float, drop: str | None = None, kinds=tuple(KINDS)) -> dict:
+                      class_names: dict[int, str], fps: float, drop: str | None = None, kinds=tuple(KINDS),
+                      min_visibility: float = 0.0) -> dict:
     """Run each tracker (name -> a factory of `update` callables, one per sequence) over the
-    detections (of the frames kept by `drop`) and score it with TrackEval."""
+    detections (of the frames kept by `drop`) and score it with TrackEval (`trackeval_scores`)."""
     ground_truth, results = {}, {name: {} for name in trackers}
     for seq in sequences:
         keep = kept_frames(len(seq.ground_truth), drop)
@@ -253,7 +264,7 @@ def evaluate_trackers(sequences: list[Sequence], detections: dict[str, list[Trac
         pts = [seq.frame_indices[i] / fps for i in keep]
         for name, factory in trackers.items():
             results[name][seq.name] = track_sequence([detections[seq.name][i] for i in keep], pts, factory())
-    return trackeval_scores(ground_truth, results, class_names, kinds)
+    return trackeval_scores(ground_truth, results, class_names, kinds, min_visibility)
 
 
 def parse_overrides(assignments: list[str]) -> dict:
@@ -267,8 +278,9 @@ def parse_overrides(assignments: list[str]) -> dict:
     return data
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.track_eval", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="maskstream track-eval", description=__doc__.split("\n")[0].split(": ", 1)[1])
     parser.add_argument("--config", required=True, help="model configuration YAML")
     parser.add_argument("--weights", help="weights file (.npz); default: the config's seeded random weights")
     parser.add_argument("--data", required=True, help="a data set written with --frames-per-sequence")
@@ -276,32 +288,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any TrackingConfig field")
     parser.add_argument("--drop", help="drop K of every N frames before tracking, e.g. 2of3")
     parser.add_argument("--gt-detections", action="store_true", help="track the ground truth instead of the model")
+    parser.add_argument("--min-visibility", type=float, default=0.0,
+                        help="score only objects showing at least this share of themselves (default 0: all)")
     parser.add_argument("--fps", type=float, default=25.0, help="frames per second of the scenes (pts = index / fps)")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="where model detections are cached ('' for none)")
     parser.add_argument("--batch", type=int, default=2, help="frames per model call")
     parser.add_argument("--out", default="track_eval.json", help="where to write the scores (JSON)")
     args = parser.parse_args(argv)
-    try:
-        overrides = parse_overrides(args.set)
-        if args.method:
-            overrides["method"] = args.method
-        config = from_dict(TrackingConfig, overrides, "tracking")
-        config.validate("tracking")
-        kept_frames(1, args.drop)
-        import_trackeval()
-        sequences, class_names = load_sequences(args.data)
-        detections = (ground_truth_detections(sequences) if args.gt_detections else
-                      model_detections(args.config, args.weights, args.data, sequences, args.cache or None, args.batch))
-        scores = evaluate_trackers(sequences, detections, {config.method: lambda: our_tracker(config)},
-                                   class_names, args.fps, args.drop)
-    except (ConfigError, TrackEvalError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    overrides = parse_overrides(args.set)
+    if args.method:
+        overrides["method"] = args.method
+    config = from_dict(TrackingConfig, overrides, "tracking")
+    config.validate("tracking")
+    kept_frames(1, args.drop)
+    if not 0 <= args.min_visibility <= 1:
+        raise TrackEvalError(f"--min-visibility {args.min_visibility}: must be in [0, 1]")
+    import_trackeval()
+    sequences, class_names = load_sequences(args.data)
+    detections = (ground_truth_detections(sequences) if args.gt_detections else
+                  model_detections(args.config, args.weights, args.data, sequences, args.cache or None, args.batch))
+    scores = evaluate_trackers(sequences, detections, {config.method: lambda: our_tracker(config)},
+                               class_names, args.fps, args.drop, min_visibility=args.min_visibility)
     report = {"config": args.config, "weights": args.weights, "data": args.data, "drop": args.drop,
               "detections": "ground truth" if args.gt_detections else "model", "fps": args.fps,
+              "min_visibility": args.min_visibility,
               "sequences": len(sequences), "frames": sum(len(s.image_ids) for s in sequences),
               "tracking": dataclasses.asdict(config), "scores": scores[config.method]}
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as error:
+        raise TrackEvalError(f"{args.out}: cannot write the report ({error.strerror})") from None
     print(format_scores(scores))
     print(f"wrote {args.out}")
     return 0

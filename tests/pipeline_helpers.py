@@ -199,6 +199,35 @@ def bright_pixels_model(config, weights):
     return BrightPixelsModel()
 
 
+class BrightBlobsModel:
+    """Like BrightPixelsModel, but each blob of bright pixels (8-connected, at least 12 pixels,
+    the 20 largest) is its own "car": many objects coming and going, for the tracking tests."""
+
+    def predict(self, frames, masks="rle"):
+        import cv2
+        import models
+        from pycocotools import mask as mask_utils
+
+        detections = []
+        for frame in frames:
+            gray = np.asarray(frame).mean(axis=2)
+            bright = (gray > gray.mean() + gray.std()).astype(np.uint8)
+            count, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
+            blobs = sorted((i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= 12),
+                           key=lambda i: (-stats[i, cv2.CC_STAT_AREA], i))[:20]
+            boxes = [[stats[i, 0], stats[i, 1], stats[i, 0] + stats[i, 2], stats[i, 1] + stats[i, 3]] for i in blobs]
+            detections.append(models.Detections(
+                boxes=np.array(boxes, np.float32).reshape(-1, 4), scores=np.full(len(blobs), 0.9, np.float32),
+                class_ids=np.full(len(blobs), 3, np.int32), labels=["car"] * len(blobs),
+                rles=[mask_utils.encode(np.asfortranarray((labels == i).astype(np.uint8))) for i in blobs]))
+        return detections
+
+
+def bright_blobs_model(config, weights):
+    """A ModelFactory (workers.inference) for BrightBlobsModel."""
+    return BrightBlobsModel()
+
+
 def actor_pid(class_name: str) -> int:
     """The process id of the one Ray actor of `class_name` running under this process's Ray node
     (other Ray instances may share the machine). Ray titles an actor's process `ray::<Class>` or

@@ -11,7 +11,7 @@ import pytest
 from pipeline import cli
 
 REPO = Path(__file__).resolve().parent.parent
-OURS = ("run", "consume", "keys")  # the pipeline's; the others are the models' tools
+OURS = ("run", "consume", "keys", "track-eval")  # the pipeline's; the others are the models' tools
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -37,7 +37,7 @@ def test_help_lists_every_command_with_its_line():
     listed = {line.split()[0]: line.split(None, 1)[1] for line in done.stdout.split("commands:\n")[1].splitlines()
               if line.startswith("  ")}
     assert listed == {name: summary for name, (_, summary) in cli.COMMANDS.items()}
-    assert set(listed) == {"run", "consume", "keys", "view", "convert", "train", "evaluate", "scenes"}
+    assert set(listed) == {"run", "consume", "keys", "view", "convert", "train", "evaluate", "scenes", "track-eval"}
 
 
 def test_version_is_the_package_version(capsys):

@@ -1,4 +1,5 @@
 """The consumer SDK and the consume CLI against a live publisher."""
+import dataclasses
 import json
 import select
 import subprocess
@@ -160,3 +161,15 @@ def test_the_documented_plain_consumer_reads_a_real_publisher(tmp_path):
                 for frame in range(first_seq, frames)
                 for index, instance in enumerate(make_record("cam1", frame).instances)]
     assert lines == expected and {line.split()[2] for line in lines} == set(LABELS.values())
+
+
+def test_consume_counts_the_tracks_started_and_ended_per_stream():
+    from pipeline.consume import TrackCounts
+    counts = TrackCounts()
+    tracked = [dataclasses.replace(i, track_id=t) for i, t in zip(make_record("cam1", 0, instances=3).instances, (4, 0, 5))]
+    counts.add(dataclasses.replace(make_record("cam1", 0), instances=tuple(tracked), tracks_ended=(2,)))
+    counts.add(dataclasses.replace(make_record("cam1", 1), instances=tuple(tracked[:1]), tracks_ended=(5,)))
+    counts.add(EndOfStream("cam1", 2, tracks_ended=(4,)))
+    counts.add(make_record("cam2", 0))                  # a stream without tracking
+    assert counts.summary("cam1") == "; tracks: 2 started, 3 ended"
+    assert counts.summary("cam2") == ""

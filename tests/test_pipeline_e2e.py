@@ -19,6 +19,7 @@ import ray
 from pycocotools.coco import COCO
 
 from models.errors import PipelineError
+from pipeline.config import load_pipeline_config
 from pipeline.metrics import STAGES
 from pipeline.protocol import EndOfStream
 from pipeline.runner import run
@@ -52,7 +53,7 @@ def receive(consumer) -> dict[str, list]:
 def assert_complete_in_order(messages: list, frames: int, reason: str = "end"):
     """Seqs 0..frames-1 exactly once and in order, then EOS counting them and saying why it ended."""
     *published, eos = messages
-    assert eos == EndOfStream(published[0].stream, frames, reason)
+    assert isinstance(eos, EndOfStream) and (eos.stream, eos.frames, eos.reason) == (published[0].stream, frames, reason)
     assert [m.seq for m in published] == list(range(frames))
 
 
@@ -72,10 +73,11 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_video_and_image_folder_two_workers_match_the_model_and_the_files(tmp_path):
+    """With tracking off, what is published is exactly what the model gives, nothing more."""
     folder = image_folder(tmp_path)
     out = tmp_path / "out"
     config = config_for(f"sources.uris=[{PEDESTRIANS}, {folder}]", "sources.max_frames=6", "workers.count=2",
-                        "batching.max_batch=3", f"output.dir={out}", "output.overlay=true")
+                        "batching.max_batch=3", f"output.dir={out}", "output.overlay=true", "tracking.enabled=false")
     with Consumer(config.publish.endpoint, streams=["pedestrians_720p", "stills"], timeout=RECEIVE_LIMIT_S) as consumer:
         with BackgroundRun(config) as background:
             received = receive(consumer)
@@ -108,6 +110,8 @@ def test_video_and_image_folder_two_workers_match_the_model_and_the_files(tmp_pa
         assert len(results.anns) == 10 * len(lines)
         overlay = cv2.VideoCapture(str(out / f"{stream}.overlay.mp4"))
         assert int(overlay.get(cv2.CAP_PROP_FRAME_COUNT)) == len(lines)
+        assert all(b"track" not in line for line in lines)  # no track_id, tracks_ended nor its timing
+        assert not (out / f"{stream}.mots.txt").exists()
 
 
 def named_worker(index: int) -> str:
@@ -136,6 +140,39 @@ def test_worker_killed_with_batches_in_flight_has_them_rerun_and_every_frame_pub
     assert [frame.frame_index for frame in [first, *rest[:-1]]] == list(range(40))
     assert summary.published == 40 and summary.streams["pedestrians_720p"].frames_in == 40
     assert summary.reruns >= 1  # a batch was in flight on the killed worker and ran again
+
+
+def tracked_run(*overrides: str, kill_worker: bool = False) -> list:
+    """The default model on 30 generated street frames, tracking on (the default): every message
+    of the stream as (seq, [(track_id, class_id, score, box)], tracks_ended), then EOS's ended."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = load_pipeline_config(None, ["sources.uris=['street=synthetic:seed=21,frames=30']", "workers.cpus=1",
+                                         "progress=false", "batching.max_batch=2", f"publish.endpoint={endpoint}",
+                                         *overrides])
+    with Consumer(endpoint, streams=["street"], timeout=RECEIVE_LIMIT_S) as consumer:
+        with BackgroundRun(config) as background:
+            messages = [consumer.receive(timeout=RECEIVE_LIMIT_S)]
+            if kill_worker:
+                ray.kill(ray.get_actor(named_worker(0), namespace=ray.get_runtime_context().namespace), no_restart=True)
+            messages += receive(consumer)["street"]
+        summary = background.result()
+    assert_complete_in_order(messages, 30)
+    assert summary.reruns >= 1 if kill_worker else summary.reruns == 0
+    return [(m.seq, [(i.track_id, i.class_id, i.score, i.box) for i in m.instances], m.tracks_ended)
+            for m in messages[:-1]] + [messages[-1].tracks_ended]
+
+
+@pytest.mark.slow
+def test_track_ids_are_the_same_with_one_worker_two_workers_and_a_worker_killed():
+    """Tracking runs in the publisher on the frames in seq order, once each: which worker found a
+    frame's instances, and whether its batch ran twice, changes no id (the workers have one
+    thread each, as the one-worker run's: oneDNN's sums differ in the last bit with it)."""
+    one = tracked_run("workers.count=1")
+    assert one == tracked_run("workers.count=2")
+    assert one == tracked_run("workers.count=2", kill_worker=True)
+    ids = [i[0] for _, instances, _ in one[:-1] for i in instances]
+    assert max(ids) >= 3 and max(ids.count(i) for i in set(ids) - {0}) >= 20   # real tracks, followed long
+    assert sorted(one[-1] + sum((ended for _, _, ended in one[:-1]), ())) == sorted(set(ids) - {0})
 
 
 @pytest.mark.slow
@@ -179,7 +216,7 @@ def test_network_camera_read_live_and_resumed_after_its_server_restarts():
     finally:
         camera.stop()
     frames = before + [after] + rest[:-1]
-    assert rest[-1] == EndOfStream("door", frames[-1].seq + 1, "stopped")
+    assert isinstance(rest[-1], EndOfStream) and (rest[-1].frames, rest[-1].reason) == (frames[-1].seq + 1, "stopped")
     assert [f.seq for f in frames] == sorted(set(f.seq for f in frames))
     assert after.frame_index > before[-1].frame_index and (after.width, after.height) == (160, 120)
     assert summary.streams["door"].published == rest[-1].frames

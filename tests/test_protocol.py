@@ -179,3 +179,26 @@ def test_cam1_subscriber_does_not_receive_cam10():
         publisher.close(linger=0)
         subscriber.close(linger=0)
         context.term()
+
+
+def test_track_ids_round_trip_validate_and_malformed_ones_are_refused():
+    tracked = dataclasses.replace(published(make_record("cam1", 2)), tracks_ended=(3, 9),
+                                  instances=tuple(dataclasses.replace(inst, track_id=t)
+                                                  for inst, t in zip(make_record("cam1", 2).instances, (4, 0))))
+    header = tracked.to_wire()
+    VALIDATORS[FRAME_SCHEMA].validate(header)
+    assert [inst.get("track_id") for inst in header["instances"]] == [4, 0] and header["tracks_ended"] == [3, 9]
+    assert decode_message(encode_message(tracked)) == tracked
+    eos = EndOfStream("cam1", 3, tracks_ended=(4,))
+    VALIDATORS[EOS_SCHEMA].validate(eos.to_wire())
+    assert decode_message(encode_message(eos)) == eos
+    for change, problem in [(lambda h: h["instances"][0].update(track_id=-1), "track_id is not an integer >= 0"),
+                            (lambda h: h["instances"][0].update(track_id="4"), "track_id is not an integer >= 0"),
+                            (lambda h: h.update(tracks_ended=[3, 3]), "tracks_ended is not a list of distinct"),
+                            (lambda h: h.update(tracks_ended=[0]), "tracks_ended is not a list of distinct")]:
+        bad = json.loads(json.dumps(header))
+        change(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            VALIDATORS[FRAME_SCHEMA].validate(bad)
+        with pytest.raises(ProtocolError, match=problem):
+            FrameRecord.from_wire(bad)

@@ -2,6 +2,9 @@
 
 Every message the tests receive is checked against the protocol's JSON Schema (wire_helpers.Consumer).
 """
+import json
+from dataclasses import replace
+
 import cv2
 import pytest
 import ray
@@ -9,9 +12,10 @@ import ray
 from models.errors import ConfigError
 from pipeline.config import OutputSection, PublishSection
 from pipeline.consumer import Gap
-from pipeline.protocol import EndOfStream, FrameRecord
+from pipeline.protocol import EndOfStream, FrameRecord, encode_header
 from pipeline.publisher import Publisher, PublisherActor, PublisherError
 from pipeline.sources import FALLBACK_FPS
+from pipeline.tracking import TrackingConfig
 from tests.wire_helpers import (
     HEIGHT,
     WIDTH,
@@ -178,3 +182,55 @@ def test_overlay_video_takes_the_source_frame_rate_unless_the_config_sets_one(tm
     capture = cv2.VideoCapture(str(tmp_path / "cam1.overlay.mp4"))
     assert (capture.get(cv2.CAP_PROP_FPS), capture.get(cv2.CAP_PROP_FRAME_COUNT)) == (expected, 3)
     capture.release()
+
+
+def test_with_tracking_every_frame_carries_track_ids_and_eos_the_tracks_still_alive(tmp_path):
+    """Records arriving out of order are tracked in seq order: the two moving rectangles of
+    make_record keep one id each; every message validates against the schema (the helper
+    Consumer checks), the files carry the ids, and the MOTS / MOT files list every tracked instance."""
+    publisher, endpoint = start_publisher(OutputSection(dir=str(tmp_path)), ["background", "person", "bicycle", "car"],
+                                          tracking=TrackingConfig(), publish_score=0.5)
+    with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
+        publisher.end_stream.remote("warmup", warm_up(publisher, [consumer]))
+        for batch in [[2, 0], [1, 4], [3, 5]]:
+            publisher.publish_many.remote([make_record("cam1", seq) for seq in batch])
+        publisher.end_stream.remote("cam1", 6)
+        received = messages_of(consumer, "cam1")
+        raw = consumer.frame_bytes("cam1")
+    stop_publisher(publisher)
+    *frames, eos = received
+    assert [f.seq for f in frames] == list(range(6))
+    # the stream's first frame gives its tracks ids at once: the person (index 0) 1, the car 2
+    assert [[(i.label, i.track_id) for i in f.instances] for f in frames] == [[("person", 1), ("car", 2)]] * 6
+    assert all(f.tracks_ended == () and "track" in f.timing_ms for f in frames)
+    assert eos == EndOfStream("cam1", 6, "end", None, (1, 2))
+    assert json.loads(raw[0])["instances"][0]["track_id"] == 1
+    assert (tmp_path / "cam1.jsonl").read_bytes().splitlines() == raw
+    results = json.loads((tmp_path / "cam1.coco_results.json").read_text())
+    assert [r["track_id"] for r in results] == [1, 2] * 6
+    mots = [line.split(" ") for line in (tmp_path / "cam1.mots.txt").read_text().splitlines()]
+    assert [(int(n), int(tid), int(cls)) for n, tid, cls, *_ in mots] == [(n, t, c) for n in range(1, 7) for t, c in ((1, 1), (2, 3))]
+    mot = [line.split(",") for line in (tmp_path / "cam1.mot.txt").read_text().splitlines()]
+    x1, y1, x2, y2 = rectangle_mask(0, 0)[1]
+    assert mot[0][:6] == ["1", "1", f"{x1:.2f}", f"{y1:.2f}", f"{x2 - x1:.2f}", f"{y2 - y1:.2f}"] and len(mot) == 12
+
+
+def test_without_tracking_nothing_of_it_is_on_the_wire_or_in_the_files(tmp_path):
+    """tracking.enabled false: each header is byte for byte the record as given (the untracked
+    output: no instance dropped, no field added), but for the publisher's own timing fields."""
+    publisher, endpoint = start_publisher(OutputSection(dir=str(tmp_path)), tracking=TrackingConfig(enabled=False),
+                                          publish_score=0.99)
+    records = [make_record("cam1", seq) for seq in range(3)]
+    with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
+        publisher.end_stream.remote("warmup", warm_up(publisher, [consumer]))
+        publisher.publish_many.remote(records)
+        publisher.end_stream.remote("cam1", 3)
+        received = messages_of(consumer, "cam1")
+        raw = consumer.frame_bytes("cam1")
+    stop_publisher(publisher)
+    assert received[-1] == EndOfStream("cam1", 3) and received[0].tracks_ended is None
+    for record, header in zip(records, raw, strict=True):
+        sent = json.loads(header)
+        assert header == encode_header(replace(record, published_at=sent["published_at"], timing_ms=sent["timing_ms"]))
+    assert set(json.loads(raw[0])["timing_ms"]) == {"infer", "publish"}
+    assert sorted(p.name for p in tmp_path.glob("cam1.*")) == ["cam1.coco_images.json", "cam1.coco_results.json", "cam1.jsonl"]

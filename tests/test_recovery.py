@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from tests.pipeline_helpers import (
     TINY,
     BackgroundRun,
     actor_pid,
+    bright_blobs_model,
     bright_pixels_model,
     config_for,
     free_port,
@@ -70,7 +72,7 @@ def read(consumer: Consumer, seconds_per_frame: float, on_frame=lambda count: No
 def assert_every_frame_once_in_order(consumer: Consumer, messages: list, frames: int) -> None:
     received = [m for m in messages if isinstance(m, FrameRecord)]
     assert [f.seq for f in received] == list(range(frames)) == [f.frame_index for f in received]
-    assert messages[-1] == EndOfStream("synthetic", frames, "end")
+    assert replace(messages[-1], tracks_ended=None) == EndOfStream("synthetic", frames, "end")  # ids: tracking's tests
     assert consumer.gaps == [] and consumer.malformed == 0
 
 
@@ -118,6 +120,38 @@ def test_ingest_then_publisher_killed_mid_run_every_frame_once_and_the_files_who
     assert sorted(coco.getImgIds()) == list(range(FRAMES)) and len(results.anns) == FRAMES
 
 
+def track_ids_of_a_run(kill_publisher_at: int | None = None) -> list:
+    """FRAMES generated frames, each blob of bright pixels a car (BrightBlobsModel: ~5 a frame,
+    dozens of tracks), tracking on: per frame (seq, [(track_id, box)], tracks_ended), then EOS's
+    tracks_ended; the publisher's process killed (SIGKILL) after that many frames were received."""
+    config = delivery_config("publish.wait_subscribers=0")
+
+    def kill(frames: int) -> None:
+        if frames == kill_publisher_at:
+            os.kill(actor_pid("Publisher"), signal.SIGKILL)
+
+    with subscriber(config) as consumer:
+        with BackgroundRun(config, bright_blobs_model) as background:
+            messages = read(consumer, 0.01, kill)
+        summary = background.result()
+    assert_every_frame_once_in_order(consumer, messages, FRAMES)
+    assert summary.restarts["publisher"] == (1 if kill_publisher_at else 0)
+    return [(m.seq, [(i.track_id, i.box) for i in m.instances], m.tracks_ended) for m in messages[:-1]] + \
+        [messages[-1].tracks_ended]
+
+
+def test_a_restarted_publisher_gives_the_frames_it_sends_again_the_same_track_ids():
+    """The tracker runs in the publisher; its state goes to the scheduler with each answer and
+    back to the restarted publisher, which sends again from a seq whose state it got: every
+    frame gets the ids an uninterrupted run gives (a fresh tracker would count from 1 again). The
+    kill comes late enough that the frames sent again start past seq 0 (the resend window is
+    publish.hwm + 256 frames)."""
+    whole = track_ids_of_a_run()
+    ids = {i for _, instances, _ in whole[:-1] for i, _ in instances} - {0}
+    assert len(ids) >= 20
+    assert track_ids_of_a_run(kill_publisher_at=450) == whole
+
+
 def test_live_ingest_killed_frames_flow_again_and_the_gap_is_counted():
     config = config_for("sources.uris=['synthetic:width=160,height=120,fps=25,frames=100000']",
                         "sources.mode=live", "workers.count=1", "batching.max_batch=1")
@@ -136,7 +170,7 @@ def test_live_ingest_killed_frames_flow_again_and_the_gap_is_counted():
     assert all(isinstance(f, FrameRecord) for f in frames) and consumer.gaps == []
     assert [f.seq for f in frames] == sorted({f.seq for f in frames})  # never out of order or twice
     assert after.dropped_before > 0 and after.frame_index > before[-1].frame_index + after.dropped_before - 1
-    assert rest[-1] == EndOfStream("synthetic", rest[-1].frames, "stopped")
+    assert replace(rest[-1], tracks_ended=None) == EndOfStream("synthetic", rest[-1].frames, "stopped")
     row = summary.streams["synthetic"]
     assert summary.restarts["ingest"] == 1 and row.dropped >= after.dropped_before
     assert row.published == rest[-1].frames
@@ -164,7 +198,7 @@ def test_a_file_damaged_in_the_middle_publishes_every_frame_that_decodes_and_say
         summary = background.result()
     frames = messages[:-1]
     assert [f.frame_index for f in frames] == decodable and [f.seq for f in frames] == list(range(len(decodable)))
-    assert messages[-1] == EndOfStream("damaged", len(decodable), "end") and summary.errors == []
+    assert replace(messages[-1], tracks_ended=None) == EndOfStream("damaged", len(decodable), "end") and summary.errors == []
     missing = sorted(set(range(index)) - set(decodable))
     assert summary.streams["damaged"].skipped == len(missing)
     said = [r.getMessage() for r in caplog.records if "passed over" in r.getMessage()]
@@ -241,7 +275,9 @@ def test_an_ingest_that_dies_for_good_ends_its_stream_saying_so_and_the_run_in_o
     output, errors = pipeline.communicate(timeout=600)
     assert first.startswith("ped seq=0 ")
     last = consumed.splitlines()[-1]
-    assert last.startswith("ped ended after ") and last.endswith(" frames (error: ped: its ingest actor died)")
+    ended, _, tracks = last.partition("; ")    # then, with tracking, "tracks: S started, E ended"
+    assert ended.startswith("ped ended after ") and ended.endswith(" frames (error: ped: its ingest actor died)")
+    assert tracks.startswith("tracks: ")
     assert consume.returncode == 1, consume_errors  # the stream ended with an error
     assert pipeline.returncode == 1 and output == "" and "Traceback" not in errors
     assert errors.splitlines()[-1] == "error: ped: its ingest actor died"

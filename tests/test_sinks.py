@@ -10,7 +10,7 @@ from pycocotools.coco import COCO
 
 from models.errors import SinkError
 from pipeline.config import OutputSection
-from pipeline.overlay import MASK_OPACITY, class_colour, draw_instances
+from pipeline.overlay import MASK_OPACITY, caption, class_colour, draw_instances, instance_colour, track_colour
 from pipeline.protocol import InstanceRecord
 from pipeline.sinks import OverlayVideoSink
 from tests.wire_helpers import (
@@ -112,6 +112,21 @@ def test_draw_instances_blends_class_colours_inside_masks_only():
     assert (canvas[90, 90] == expected).all()
     assert (canvas[170, 170] == 0).all()
     assert (canvas[60, 90] == class_colour(3)).all()  # the box's edge
+
+
+def test_with_tracking_each_track_has_its_own_colour_and_its_id_in_the_caption():
+    mask = np.zeros((200, 200), bool)
+    mask[60:120, 60:120] = True
+    for track_id in (7, 8):
+        canvas = np.zeros((200, 200, 3), np.uint8)
+        instance = InstanceRecord(3, "car", 0.87, (60.0, 60.0, 120.0, 120.0), encode_rle(mask), track_id)
+        draw_instances(canvas, [instance])
+        assert (canvas[90, 90] == (np.array(track_colour(track_id)) * MASK_OPACITY).astype(np.uint8)).all()
+        assert caption(instance) == f"#{track_id} car 0.87"
+    assert track_colour(7) != track_colour(8)
+    untracked = InstanceRecord(3, "car", 0.87, (60.0, 60.0, 120.0, 120.0), encode_rle(mask), 0)
+    assert caption(untracked) == "car 0.87"          # in no track (yet): its class's colour, no id
+    assert instance_colour(untracked) == class_colour(3)
 
 
 def test_overlay_video_refuses_an_unknown_extension_and_a_frame_of_another_size(tmp_path):

@@ -38,7 +38,8 @@ def test_sequences_and_ground_truth_files(sequences, tmp_path):
     assert (decoded == mask_utils.decode(first.rles[0])).all()
     box_line = (tmp_path / "seq-0000.mot.txt").read_text().splitlines()[0].split(",")
     x1, y1, x2, y2 = first.boxes[0]
-    assert box_line[:2] == ["1", str(first.track_ids[0])] and box_line[6:] == ["1", str(first.class_ids[0]), "1"]
+    assert box_line[:2] == ["1", str(first.track_ids[0])] and box_line[6:8] == ["1", str(first.class_ids[0])]
+    assert float(box_line[8]) == pytest.approx(first.visibility[0], abs=1e-3)      # MOT's visibility column
     assert np.allclose([float(v) for v in box_line[2:6]], [x1, y1, x2 - x1, y2 - y1], atol=0.01)
     # ids persist: a scene object keeps its track id from frame to frame
     assert len(set(seq.ground_truth[0].track_ids) & set(seq.ground_truth[1].track_ids)) >= len(seq.ground_truth[0]) - 2
@@ -116,3 +117,19 @@ def test_command_line_error_is_one_line(capsys, tmp_path):
     code = track_eval.main(["--config", "configs/default_model.yaml", "--data", str(tmp_path),
                             "--set", "max_age_s=-2", "--out", str(tmp_path / "o.json")])
     assert code == 2 and capsys.readouterr().err.strip() == "error: tracking.max_age_s: must be >= 0"
+
+
+def test_min_visibility_ignores_what_barely_shows_instead_of_counting_it_missed(sequences):
+    """A prediction without the objects showing less than half of themselves is missing them at
+    --min-visibility 0 and perfect at 0.5 (they are ignore regions / distractors), masks and boxes."""
+    ground_truth = {s.name: s.ground_truth for s in sequences}
+    assert any((f.visibility < 0.5).any() for frames in ground_truth.values() for f in frames)
+    seen = {name: [f.select(f.visibility >= 0.5) for f in frames] for name, frames in ground_truth.items()}
+    classes = {1: "car", 2: "person"}
+    everything = trackeval_scores(ground_truth, {"seen": seen}, classes)["seen"]
+    visible = trackeval_scores(ground_truth, {"seen": seen}, classes, min_visibility=0.5)["seen"]
+    for kind in ("mask", "box"):
+        assert min(everything[kind][c]["IDF1"] for c in classes.values()) < 0.999
+        for class_name in classes.values():
+            assert visible[kind][class_name]["HOTA"] == pytest.approx(1.0), (kind, class_name)
+            assert visible[kind][class_name]["IDF1"] == pytest.approx(1.0), (kind, class_name)

@@ -79,9 +79,12 @@ def make_record(stream: str, seq: int, instances: int = 2, **overrides) -> Frame
     return FrameRecord(**{**fields, **overrides})
 
 
-def start_publisher(output: OutputSection | None = None, class_names=None, live: bool = False, **publish) -> tuple:
-    """A publisher actor on a free port and the endpoint it bound; ``publish``: PublishSection fields."""
-    publisher = PublisherActor.remote(PublishSection(**{"endpoint": ANY_PORT, **publish}), output, class_names, live)
+def start_publisher(output: OutputSection | None = None, class_names=None, live: bool = False, tracking=None,
+                    publish_score: float = 0.0, **publish) -> tuple:
+    """A publisher actor on a free port and the endpoint it bound; ``publish``: PublishSection fields;
+    ``tracking``: a TrackingConfig (None: no tracking)."""
+    publisher = PublisherActor.remote(PublishSection(**{"endpoint": ANY_PORT, **publish}), output, class_names, live,
+                                      tracking, publish_score)
     return publisher, ray.get(publisher.ready.remote())
 
 

@@ -18,8 +18,8 @@ from pycocotools import mask as mask_utils
 class InstanceRecord:
     """One detected instance: ``box`` is (x1, y1, x2, y2) in pixels, ``rle`` the mask in COCO
     compressed RLE ({"size": [height, width], "counts": str}; "mask" on the wire); ``track_id`` the
-    object's identity across the stream's frames, once the tracker has given it one (on the wire
-    only then)."""
+    object's identity across the stream's frames, set by the pipeline's tracking stage (0 for an
+    instance in no confirmed track yet; None, and not on the wire, without tracking)."""
     class_id: int
     label: str
     score: float

@@ -27,8 +27,11 @@ noise are applied to the finished image; the masks stay the drawn geometry.
 
 Command line, a COCO data set for training and evaluation:
 
-    python -m models.data.scenes write DIR --images N --seed S [--width W --height H]
-                                      [--frames-per-sequence K] [--frame-step D]
+    maskstream scenes write DIR --images N --seed S [--width W --height H]
+                            [--frames-per-sequence K] [--frame-step D] [--mots]
+
+(`--mots`: the sequences' ground truth also in the MOTS and MOTChallenge text formats, DIR/tracks/,
+see models/data/mots.py.)
 """
 from __future__ import annotations
 
@@ -73,6 +76,7 @@ class DrawnInstance:
     mask: np.ndarray                              # (H, W) bool, the pixels it shows
     box: tuple[float, float, float, float]        # tight box of the mask: x1, y1, last column + 1, last row + 1
     track_id: int                                 # the same for the same thing in every frame of a scene
+    visibility: float | None = None               # shown pixels / pixels it covers in the frame (None: not computed)
 
 
 @dataclass(frozen=True)
@@ -151,10 +155,12 @@ class Canvas:
         self.owner = np.zeros(rgb.shape[:2], np.int32)
         self.extents: list[list[int]] = []      # per instance: x0, y0, x1, y1 of what was drawn
         self.meta: list[tuple[int, int]] = []   # per instance: class id, track id
+        self.polygons: list[list[np.ndarray]] = []   # per instance: its polygons, 4 fractional bits
 
     def begin(self, class_id: int, track_id: int) -> int:
         self.extents.append([self.rgb.shape[1], self.rgb.shape[0], 0, 0])
         self.meta.append((class_id, track_id))
+        self.polygons.append([])
         return len(self.meta)
 
     def fill(self, polygon: np.ndarray, colour, owner: int) -> None:
@@ -162,6 +168,7 @@ class Canvas:
         points = [np.round(polygon * 16).astype(np.int32)]   # 4 fractional bits: smooth small shapes
         cv2.fillPoly(self.rgb, points, tuple(int(c) for c in colour), cv2.LINE_8, shift=4)
         cv2.fillPoly(self.owner, points, owner, cv2.LINE_8, shift=4)
+        self.polygons[owner - 1].append(points[0])
         extent = self.extents[owner - 1]
         height, width = self.owner.shape
         extent[0] = min(extent[0], max(int(np.floor(polygon[:, 0].min())) - 1, 0))
@@ -169,8 +176,10 @@ class Canvas:
         extent[2] = max(extent[2], min(int(np.ceil(polygon[:, 0].max())) + 2, width))
         extent[3] = max(extent[3], min(int(np.ceil(polygon[:, 1].max())) + 2, height))
 
-    def instances(self) -> list[DrawnInstance]:
-        """The instances that show at least MIN_VISIBLE_PIXELS pixels, in drawing order."""
+    def instances(self, visibility: bool = False) -> list[DrawnInstance]:
+        """The instances that show at least MIN_VISIBLE_PIXELS pixels, in drawing order; with
+        `visibility`, each with the fraction of the pixels its polygons cover in the frame that it
+        shows (1: nothing drawn later hides it; the frame's edges do not count)."""
         height, width = self.owner.shape
         found = []
         for owner, ((class_id, track_id), (x0, y0, x1, y1)) in enumerate(zip(self.meta, self.extents), 1):
@@ -184,7 +193,13 @@ class Canvas:
             cols = np.flatnonzero(region.any(axis=0))
             rows = np.flatnonzero(region.any(axis=1))
             box = (float(x0 + cols[0]), float(y0 + rows[0]), float(x0 + cols[-1] + 1), float(y0 + rows[-1] + 1))
-            found.append(DrawnInstance(class_id, CLASS_NAMES[class_id], mask, box, track_id))
+            shown = None
+            if visibility:
+                drawn = np.zeros((y1 - y0, x1 - x0), np.uint8)
+                for points in self.polygons[owner - 1]:     # one call each: one call fills overlaps even-odd
+                    cv2.fillPoly(drawn, [points - np.array([x0, y0], np.int32) * 16], 1, cv2.LINE_8, shift=4)
+                shown = float(np.count_nonzero(region)) / max(int(np.count_nonzero(drawn)), 1)
+            found.append(DrawnInstance(class_id, CLASS_NAMES[class_id], mask, box, track_id, shown))
         return found
 
 
@@ -531,8 +546,9 @@ class StreetScene:
 
     # -- the frame ---------------------------------------------------------------------------
 
-    def frame(self, t: int) -> tuple[np.ndarray, list[DrawnInstance]]:
-        """Frame t >= 0: rgb (H, W, 3) uint8 and its visible instances (masks (H, W) bool)."""
+    def frame(self, t: int, visibility: bool = False) -> tuple[np.ndarray, list[DrawnInstance]]:
+        """Frame t >= 0: rgb (H, W, 3) uint8 and its visible instances (masks (H, W) bool; with
+        `visibility`, the fraction of each that shows, see `Canvas.instances`)."""
         if t < 0:
             raise ValueError(f"StreetScene.frame: t={t}, expected a frame index >= 0")
         rgb = self.sky.copy()
@@ -544,7 +560,7 @@ class StreetScene:
         things += [(person.z, self.draw_person, person) for person in self.people(t)]
         for _, draw, thing in sorted(things, key=lambda item: -item[0]):
             draw(canvas, thing)
-        return self._camera_effects(canvas.rgb, t), canvas.instances()
+        return self._camera_effects(canvas.rgb, t), canvas.instances(visibility)
 
     def _camera_effects(self, rgb: np.ndarray, t: int) -> np.ndarray:
         """Blur, lighting drift (brightness, contrast, tint) and sensor noise, all slow functions of t."""
@@ -572,7 +588,8 @@ def coco_categories() -> list[dict]:
 
 
 def coco_annotations(instances: list[DrawnInstance], image_id: int, first_id: int) -> list[dict]:
-    """Instances of one image -> COCO annotations with compressed RLE, ids from first_id."""
+    """Instances of one image -> COCO annotations with compressed RLE, ids from first_id (and the
+    instance's `visibility` where it was computed)."""
     annotations = []
     for k, inst in enumerate(instances):
         rle = mask_utils.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
@@ -581,6 +598,8 @@ def coco_annotations(instances: list[DrawnInstance], image_id: int, first_id: in
                             "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
                             "area": int(inst.mask.sum()), "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0,
                             "track_id": inst.track_id})
+        if inst.visibility is not None:
+            annotations[-1]["visibility"] = round(inst.visibility, 4)
     return annotations
 
 
@@ -590,6 +609,8 @@ def write_dataset(out_dir: str | Path, images: int, seed: int, width: int = 640,
 
     Frames come in sequences of `frames_per_sequence` frames `frame_step` apart, each sequence
     from its own scene at a random start time; scene seeds and start times follow from `seed`.
+    Sequences (frames_per_sequence > 1) also give each annotation its object's `visibility`
+    (tracking ground truth; a still-image data set is written exactly as before it existed).
     Returns the annotations path.
     """
     if images < 1 or frames_per_sequence < 1 or frame_step < 1:
@@ -605,7 +626,7 @@ def write_dataset(out_dir: str | Path, images: int, seed: int, width: int = 640,
             scene = StreetScene(int(rng.integers(2 ** 31)), width, height)
             t0 = int(rng.integers(0, 5000))
         t = t0 + (index % frames_per_sequence) * frame_step
-        rgb, instances = scene.frame(t)
+        rgb, instances = scene.frame(t, visibility=frames_per_sequence > 1)
         image_id = index + 1
         name = f"{image_id:06d}.png"
         cv2.imwrite(str(out_dir / "images" / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -632,13 +653,22 @@ def main(argv: list[str] | None = None) -> int:
     write.add_argument("--frames-per-sequence", type=int, default=1,
                        help="consecutive frames taken from each scene (default 1: every image its own scene)")
     write.add_argument("--frame-step", type=int, default=1, help="frames between the images of a sequence")
+    write.add_argument("--mots", action="store_true",
+                       help="also write each sequence's ground truth as DIR/tracks/<seq>.mots.txt and .mot.txt")
     args = parser.parse_args(argv)
+    if args.mots and args.frames_per_sequence < 2:
+        raise DataError("--mots: tracking ground truth needs sequences (--frames-per-sequence 2 or more)")
     try:
         path = write_dataset(args.dir, args.images, args.seed, args.width, args.height,
                              args.frames_per_sequence, args.frame_step)
+        print(f"wrote {args.images} images to {path}")
+        if args.mots:
+            from .mots import read_sequences, write_ground_truth
+            sequences = read_sequences(json.loads(path.read_text()))
+            written = write_ground_truth(sequences, Path(args.dir) / "tracks")
+            print(f"wrote the tracks of {len(sequences)} sequences to {written[0].parent}")
     except OSError as e:
         raise DataError(f"{args.dir}: cannot write the data set there ({e.strerror})") from None
-    print(f"wrote {args.images} images to {path}")
     return 0
 
 
