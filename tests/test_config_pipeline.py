@@ -128,6 +128,7 @@ def test_no_flags_means_the_embedded_default():
     assert load_pipeline_config(None, run_command.overrides(run_command.parse_args([]))) == load_pipeline_config()
 
 
+@pytest.mark.slow
 def test_cli_reports_a_config_mistake_in_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("batching: {max_batch: -1}\n")

@@ -33,6 +33,7 @@ def publish_cam1(publisher, consumer: Consumer, frames: int) -> list[int]:
     return [frame.seq for frame in consumer if frame.stream == "cam1"]
 
 
+@pytest.mark.slow
 def test_only_listed_consumers_receive(tmp_path, capsys):
     server_dir = tmp_path / "server"
     assert keys.main([str(server_dir)]) == 0
@@ -77,6 +78,7 @@ def test_keys_cli_never_overwrites(tmp_path, capsys):
     assert (tmp_path / "server.key_secret").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_the_publishers_own_key_pair_may_subscribe_and_no_other_unlisted_one(tmp_path):
     """What the view of `maskstream run --view` connects with: the publisher allows its own key
     pair besides its clients/ (only the publisher holds its secret key)."""

@@ -212,6 +212,7 @@ def test_first_frame_waits_for_the_subscribers_then_none_is_missed():
     assert consumer.gaps == []
 
 
+@pytest.mark.slow
 def test_too_few_subscribers_stop_the_publisher_with_one_line():
     publisher, endpoint = start_publisher(wait_subscribers=2, wait_timeout_s=1)
     with Consumer(endpoint, timeout=5):
@@ -237,6 +238,7 @@ FRAMES = 120
 
 
 @pytest.mark.parametrize("live", [False, True], ids=["offline", "live"])
+@pytest.mark.slow
 def test_a_stalled_subscriber_holds_offline_until_the_stall_timeout_and_never_live(live):
     """Offline the publisher waits for the stalled subscriber's full queue (back-pressure) and
     cuts it off after stall_timeout_s, saying so; live it never waits and counts the frames the

@@ -90,6 +90,7 @@ def test_classes_map_to_categories_by_name(data):
     assert sorted(r["category_id"] for r in results) == sorted(a["category_id"] for a in anns if a["category_id"] != 3)
 
 
+@pytest.mark.slow
 def test_cli_runs_the_model_end_to_end_and_writes_every_metric(tmp_path, capsys):
     root = tmp_path / "tiny"
     write_dataset(root, images=2, seed=5, width=160, height=96, progress=False)

@@ -77,6 +77,7 @@ def test_offline_max_frames_and_stamps_from_a_real_clip():
 
 
 @pytest.mark.parametrize("take_size", [4, 3])
+@pytest.mark.slow
 def test_frames_in_blocks_are_the_decoded_pixels_although_the_reader_reuses_its_block(take_size):
     """Offline, the reader decodes 4 frames straight into one array and the next 4 into a new
     one; a take of a whole block returns it as one object, a take across blocks a list of
@@ -126,6 +127,7 @@ def test_offline_take_gathers_a_whole_batch_within_fill_time():
     ray.kill(actor)
 
 
+@pytest.mark.slow
 def test_live_keeps_the_newest_frame_and_counts_the_dropped():
     # Generated at 200 frames a second while the test takes one now and then: most are dropped.
     actor, answer = start("synthetic:width=64,height=48,fps=200,frames=120", live=True, live_queue=1)

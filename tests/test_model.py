@@ -46,6 +46,7 @@ def test_a_batch_of_different_sizes_equals_separate_calls(model):
         assert agree > 0.999
 
 
+@pytest.mark.slow
 def test_one_graph_per_frame_size_reused_for_every_batch_size(model):
     frames = np.stack([still(1, 256, 144), still(2, 256, 144), still(3, 256, 144)])
     model.predict(frames[:1], masks="none")
@@ -112,6 +113,7 @@ def test_anchors_follow_torchvision():
     np.testing.assert_array_equal(anchors[21], [-256, 61 - 256, 256, 61 + 256])
 
 
+@pytest.mark.slow
 def test_weights_round_trip_and_one_line_errors(tmp_path, model):
     path = model.save(tmp_path / "tiny.npz")
     again = models.load_model(TINY, weights=path)
@@ -217,6 +219,7 @@ def test_paste_mode_is_validated():
         load_config({"mask_head": {"paste": "nearest"}})
 
 
+@pytest.mark.slow
 def test_a_second_deconv_starts_as_nearest_upsampling_of_the_28x28_masks(model):
     """mask_head.deconvs 2 gives 56x56 masks; its new layer starts as a copy of each cell into a 2x2
     block, so weights trained with one deconv keep their masks (each cell repeated) when loaded."""

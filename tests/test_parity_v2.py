@@ -28,6 +28,7 @@ def test_v2_is_recognised_by_its_keys():
     assert TORCHVISION_CONFIGS["v2"].name == "coco_r50_fpn_v2.yaml"
 
 
+@pytest.mark.slow
 def test_same_detections_as_torchvision_v2():
     ref = np.load(REFERENCE)
     config = models.load_config("configs/coco_r50_fpn_v2.yaml")

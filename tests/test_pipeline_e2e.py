@@ -242,6 +242,7 @@ def test_bad_inputs_are_reported_and_the_good_stream_finishes(tmp_path):
                               f"{unreachable}: cannot open (unreachable, or not a video stream)"]
 
 
+@pytest.mark.slow
 def test_nothing_to_run_is_one_error():
     with pytest.raises(PipelineError, match=r"^/no/clip.avi: no such file$"):
         run(config_for("sources.uris=[/no/clip.avi]"))

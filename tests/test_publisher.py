@@ -143,6 +143,7 @@ def test_a_bad_record_is_refused_on_arrival_and_its_stream_goes_on():
     assert [getattr(message, "seq", "eos") for message in received] == [0, 1, "eos"]
 
 
+@pytest.mark.slow
 def test_endpoint_in_use_is_one_line_naming_it():
     publisher, endpoint = start_publisher()
     second = PublisherActor.remote(PublishSection(endpoint=endpoint))

@@ -39,6 +39,7 @@ def model(reference):
     return MaskRCNN(reference_settings(config, reference), params)
 
 
+@pytest.mark.slow
 def test_same_detections_as_the_seeds_own_graph(model, reference, frames):
     names = [str(n) for n in reference["image_names"]]
     parities = compare_reference(model, reference, frames)
@@ -84,6 +85,7 @@ def test_the_resize_is_the_seeds_skimage_call(shape, output):
     assert molded.sum() == seeds.astype(np.uint8).sum()          # zero padding around the window
 
 
+@pytest.mark.slow
 def test_frames_of_any_sizes_share_one_square_and_one_graph_call(model, frames):
     small = frames[2][::3, ::3].copy()                            # 240x427: upscaled into the same 512 square
     portrait = np.ascontiguousarray(frames[0][:, 300:700])        # 720x400

@@ -39,6 +39,7 @@ def test_id_prefix_is_not_taken_from_a_uri_with_equals_inside():
     assert source_kind("http://host/x?a=b") == "network"
 
 
+@pytest.mark.slow
 def test_video_file_reads_every_decodable_frame_not_the_container_count():
     source = open_source(parse_source(str(PEDESTRIANS)))
     assert source.total == 682  # what the header claims: a hint only

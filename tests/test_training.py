@@ -87,6 +87,7 @@ def test_roi_mask_targets_sample_the_mini_masks_at_cell_centres():
     assert roi_mask_targets(tf.constant(masks), gt, [[100, 100, 120, 120]], [0]).numpy().max() == 0
 
 
+@pytest.mark.slow
 def test_training_runs_the_heads_in_the_compute_precision():
     """With precision bfloat16 every convolution, transposed convolution and matrix product of the
     training pass (box and mask heads included, as at inference) runs in bfloat16."""

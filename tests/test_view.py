@@ -466,6 +466,7 @@ def consumer_keys(root: Path, name: str, server_public: Path, listed_in: Path | 
     return directory
 
 
+@pytest.mark.slow
 def test_wrong_or_missing_curve_keys_are_one_line_in_the_terminal_and_on_the_page(tmp_path, page):
     server = tmp_path / "server"
     keys.make_key_pair(server, "server")

@@ -69,6 +69,7 @@ def plain(instance: InstanceRecord) -> bool:
         all(type(v) is int for v in instance.rle["size"])
 
 
+@pytest.mark.slow
 def test_model_config_mistake_is_one_line_from_ready(tmp_path):
     bad = tmp_path / "bad_model.yaml"
     bad.write_text("name: broken\nbackbone: {depth: 42}\n")
