@@ -33,9 +33,12 @@ def take(actor, *args) -> Taken:
     return answer
 
 
-def take_all(actor, size: int = 4) -> list[FrameRecord]:
+def take_all(actor, size: int = 4, deadline_s: float = 120.0) -> list[FrameRecord]:
+    """Every frame until the stream is done (a failure, not a hang, if it never ends)."""
     frames = []
+    ends = time.monotonic() + deadline_s
     while True:
+        assert time.monotonic() < ends, f"the stream did not end within {deadline_s} s ({len(frames)} frames taken)"
         answer = take(actor, size, 1.0)
         frames += answer.frames
         if answer.done:
@@ -83,7 +86,8 @@ def test_frames_in_blocks_are_the_decoded_pixels_although_the_reader_reuses_its_
     one; a take of a whole block returns it as one object, a take across blocks a list of
     frames: every frame taken is exactly what OpenCV decodes, in RGB, and the last, partial
     block is not lost."""
-    actor, _ = start(str(PEDESTRIANS), live=False, block=4, max_frames=10, read_ahead=4)
+    actor, answer = start(str(PEDESTRIANS), live=False, block=4, max_frames=10, read_ahead=4)
+    assert answer.error is None, answer.error
     frames = take_all(actor, size=take_size)
     objects = [ray.get(ref) for ref in dict.fromkeys(f.pixels.block for f in frames)]
     if take_size == 4:  # every take is one block's slice: one array per take
@@ -105,7 +109,8 @@ def test_a_block_ends_where_the_frame_size_changes(tmp_path):
     sizes = [(24, 32), (24, 32), (40, 30), (40, 30), (40, 30), (40, 30), (24, 32)]
     for i, (height, width) in enumerate(sizes):
         cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((height, width, 3), 10 * i, np.uint8))
-    actor, _ = start(str(tmp_path), live=False, block=3, read_ahead=8)
+    actor, answer = start(str(tmp_path), live=False, block=3, read_ahead=8)
+    assert answer.error is None, answer.error
     frames = take_all(actor)
     pixels = fetch_frames([f.pixels for f in frames])
     assert [p.shape[:2] for p in pixels] == sizes
@@ -116,7 +121,8 @@ def test_a_block_ends_where_the_frame_size_changes(tmp_path):
 
 
 def test_offline_take_gathers_a_whole_batch_within_fill_time():
-    actor, _ = start(str(PEDESTRIANS), live=False, max_frames=16, read_ahead=8)
+    actor, answer = start(str(PEDESTRIANS), live=False, max_frames=16, read_ahead=8)
+    assert answer.error is None, answer.error
     sizes = []
     while True:
         answer = take(actor, 4, 5.0, 5.0)
