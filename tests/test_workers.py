@@ -41,9 +41,12 @@ def test_worker_gives_the_models_own_results_as_small_plain_records(frames):
     for got, want, frame in zip(result.instances, direct, frames):
         assert len(got) == 10  # the tiny config keeps every detection
         assert got == instance_records(want)  # exactly the model's own results, in order
-        # each with its mask's mean colour in its own frame (the tracker's cue)
-        mean = [tuple(frame[mask_utils.decode(inst.rle).astype(bool)].mean(axis=0)) for inst in got]
-        np.testing.assert_allclose([inst.colour for inst in got], mean, atol=3.0)
+        # each with its mask's mean colour in its own frame (the tracker's cue; sampled: within a
+        # few levels, see test_tracking's test of mask_colours)
+        mean = np.array([frame[mask_utils.decode(inst.rle).astype(bool)].mean(axis=0) for inst in got])
+        colours = np.array([inst.colour for inst in got])
+        np.testing.assert_allclose(colours, mean, atol=12.0)
+        assert np.abs(colours - mean).mean() < 3.0
         assert all(type(inst) is InstanceRecord and plain(inst) for inst in got)  # no arrays, no pixels
         assert all(inst.rle["size"] == list(frame.shape[:2]) for inst in got)
 
