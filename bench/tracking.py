@@ -14,7 +14,8 @@ TrackEval on masks (MOTS Challenge path; each frame's masks made non-overlapping
 on boxes (MOTChallenge 2D box path): HOTA, DetA, AssA, IDF1, MOTA, IDSW.
 
 Trackers: ours (pipeline/tracking.py; methods bytetrack-box, the default, marked *,
-bytetrack-mask and sort, default TrackingConfig otherwise) and the library's SORT, ByteTrack, OC-SORT and McByte in
+bytetrack-mask and sort, default TrackingConfig otherwise, with every detection's mask colour as
+the pipeline's workers attach it; and the default without its colour stage, `reidentify: false`) and the library's SORT, ByteTrack, OC-SORT and McByte in
 box mode (no mask manager, no camera motion compensation: it would need the frames), each with
 its defaults, frame_rate 25 and a lost-track buffer of 1 s (ours: max_age_s 1). The library's
 trackers ignore classes; each runs as one tracker per class, so that they too never give a car's
@@ -77,7 +78,7 @@ def library_tracker(name: str):
             options["enable_cmc"] = False
         per_class: dict[int, object] = {}
 
-        def update(boxes, scores, class_ids, rles, pts):
+        def update(boxes, scores, class_ids, rles, pts, colours=None):    # box mode: masks and colours unused
             ids = np.zeros(len(scores), np.int64)
             for class_id in sorted(set(class_ids.tolist()) | set(per_class)):
                 tracker = per_class.setdefault(class_id, cls(**options))
@@ -96,13 +97,15 @@ def library_tracker(name: str):
     return make
 
 
-def run_conditions(sequences, class_names, model_detections, mask_classes=("car", "person"),
+def run_conditions(sequences, class_names, model_detections, data: str, mask_classes=("car", "person"),
                    min_visibility: float = 0.0) -> dict:
     default = TrackingConfig().method
     trackers = {f"ours {m}{'*' if m == default else ''}": (lambda m=m: track_eval.our_tracker(TrackingConfig(method=m)))
                 for m in METHODS}
+    # the default without its colour stage: what re-identification by mask colour adds
+    trackers[f"ours {default}, no reid"] = lambda: track_eval.our_tracker(TrackingConfig(reidentify=False))
     trackers |= {f"trackers {name}": library_tracker(name) for name in ("SORT", "ByteTrack", "OC-SORT", "McByte")}
-    gt_detections = track_eval.ground_truth_detections(sequences)
+    gt_detections = track_eval.with_colours(track_eval.ground_truth_detections(sequences), data, sequences)
     out = {}
     for condition, (ground_truth, drop) in CONDITIONS.items():
         start = time.perf_counter()
@@ -121,19 +124,23 @@ def run_conditions(sequences, class_names, model_detections, mask_classes=("car"
 
 def cost_frames(count: int = 110, instances: int = 50, seeds=(5550, 5551, 5552, 5553)) -> list[TrackedFrame]:
     """`count` consecutive 1280x720 frames of ground-truth instances of several scenes merged,
-    `instances` kept per frame (the largest), as score-0.9 detections."""
+    `instances` kept per frame (the largest), as score-0.9 detections with their mask colours."""
     scenes = [StreetScene(seed, 1280, 720) for seed in seeds]
     from pycocotools import mask as mask_utils
     frames = []
     for t in range(count):
-        found = [inst for scene in scenes for inst in scene.frame(1000 + t)[1]]
-        found = sorted(found, key=lambda inst: -int(inst.mask.sum()))[:instances]
+        found = []
+        for scene in scenes:
+            rgb, drawn = scene.frame(1000 + t)
+            found += [(inst, rgb[inst.mask].mean(axis=0)) for inst in drawn]
+        found = sorted(found, key=lambda pair: -int(pair[0].mask.sum()))[:instances]
         rles = []
-        for inst in found:
+        for inst, _ in found:
             rle = mask_utils.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
             rles.append({"size": [720, 1280], "counts": rle["counts"].decode("ascii")})
-        frames.append(TrackedFrame(np.zeros(len(found), np.int64), np.array([i.class_id for i in found], np.int64),
-                                   np.array([i.box for i in found], np.float64), np.full(len(found), 0.9), rles))
+        frames.append(TrackedFrame(np.zeros(len(found), np.int64), np.array([i.class_id for i, _ in found], np.int64),
+                                   np.array([i.box for i, _ in found], np.float64), np.full(len(found), 0.9), rles,
+                                   colours=np.array([c for _, c in found], np.float64).reshape(-1, 3)))
     return frames
 
 
@@ -147,7 +154,7 @@ def tracker_cost(frames: list[TrackedFrame], repeats: int = 3) -> dict:
                 tracker = StreamTracker(TrackingConfig(method=method, mask_motion=mask_motion))
                 for n, f in enumerate(frames):
                     start, start_cpu = time.perf_counter(), time.thread_time()
-                    tracker.update(f.boxes, f.scores, f.class_ids, f.rles, n / FPS)
+                    tracker.update(f.boxes, f.scores, f.class_ids, f.rles, n / FPS, colours=f.colours)
                     if n >= 10:
                         cpu.append(time.thread_time() - start_cpu)
                         wall.append(time.perf_counter() - start)
@@ -171,12 +178,14 @@ def main() -> None:
     args = parser.parse_args()
     sequences, class_names = track_eval.load_sequences(args.data)
     detections = track_eval.model_detections(args.config, args.weights, args.data, sequences, args.cache)
+    detections = track_eval.with_colours(detections, args.data, sequences)
     report = {"data": args.data, "sequences": len(sequences), "frames": sum(len(s.image_ids) for s in sequences),
               "model": {"config": Path(args.config).name, "weights": Path(args.weights).name, "score_threshold": 0.05,
                         "detections": sum(len(f) for frames in detections.values() for f in frames)},
               "fps": FPS, "tracking_defaults": TrackingConfig().__dict__, "min_visibility": args.min_visibility,
               "load_average_at_start": os.getloadavg(),
-              "scores": run_conditions(sequences, class_names, detections, min_visibility=args.min_visibility)}
+              "scores": run_conditions(sequences, class_names, detections, args.data,
+                                       min_visibility=args.min_visibility)}
     report["load_average_after_scores"] = os.getloadavg()
     if not args.skip_cost:
         report["cost_per_frame_1280x720"] = tracker_cost(cost_frames())

@@ -10,7 +10,7 @@ image (`predict(..., masks="rle")`, at the model config's score threshold, 0.05 
 model), its detections are cached (--cache, default /tmp/maskstream-track-cache, keyed by the
 model and the image files), and a `StreamTracker` per sequence (settings: TrackingConfig,
 `--set key=value` for any of them) gives the track ids, fed the frames in order with pts = frame
-index / --fps. `--drop KofN` drops K of every N frames before tracking (live-like: the tracker
+index / --fps and each detection's mask colour in its image (as the pipeline's workers give it). `--drop KofN` drops K of every N frames before tracking (live-like: the tracker
 sees gaps in pts) and scores the frames kept. `--gt-detections` feeds the ground-truth masks and
 boxes (score 1) instead of the model's.
 
@@ -42,8 +42,8 @@ import numpy as np
 import yaml
 
 from models.config import ConfigError, from_dict
-from models.errors import TrackEvalError, command
 from models.data.mots import Sequence, TrackedFrame, mot_lines, mots_lines, read_sequences, without_overlaps
+from models.errors import TrackEvalError, command
 
 from .tracking import StreamTracker, TrackingConfig
 
@@ -77,10 +77,10 @@ def kept_frames(count: int, drop: str | None) -> np.ndarray:
 
 def track_sequence(frames: list[TrackedFrame], pts: list[float], update) -> list[TrackedFrame]:
     """Detections per frame (track ids unused) -> the tracked objects per frame: `update(boxes,
-    scores, class_ids, rles, pts)` gives each detection's track id (0: untracked, left out)."""
+    scores, class_ids, rles, pts, colours)` gives each detection's track id (0: untracked, left out)."""
     tracked = []
     for frame, t in zip(frames, pts, strict=True):
-        ids = np.asarray(update(frame.boxes, frame.scores, frame.class_ids, frame.rles, t), np.int64)
+        ids = np.asarray(update(frame.boxes, frame.scores, frame.class_ids, frame.rles, t, frame.colours), np.int64)
         tracked.append(TrackedFrame(ids, frame.class_ids, frame.boxes, frame.scores, frame.rles).select(ids > 0))
     return tracked
 
@@ -88,7 +88,8 @@ def track_sequence(frames: list[TrackedFrame], pts: list[float], update) -> list
 def our_tracker(config: TrackingConfig):
     """A fresh StreamTracker's update as `track_sequence` wants it."""
     tracker = StreamTracker(config)
-    return lambda boxes, scores, class_ids, rles, pts: tracker.update(boxes, scores, class_ids, rles, pts).track_ids
+    return lambda boxes, scores, class_ids, rles, pts, colours=None: tracker.update(
+        boxes, scores, class_ids, rles, pts, colours=colours).track_ids
 
 
 # -- TrackEval -------------------------------------------------------------------------------------
@@ -239,6 +240,19 @@ def model_detections(config_path: str, weights: str | None, data_dir: str, seque
     return detections
 
 
+def with_colours(detections: dict[str, list[TrackedFrame]], data_dir: str,
+                 sequences: list[Sequence]) -> dict[str, list[TrackedFrame]]:
+    """The detections with each mask's mean colour in its image (`workers.results.mask_colours`,
+    what the pipeline's workers attach to every instance for the tracker)."""
+    from models.data.coco import CocoDataset
+    from workers.results import mask_colours
+
+    dataset = CocoDataset(data_dir)
+    return {seq.name: [dataclasses.replace(frame, colours=mask_colours(dataset.load_image(image_id), frame.rles))
+                       for frame, image_id in zip(detections[seq.name], seq.image_ids, strict=True)]
+            for seq in sequences}
+
+
 def ground_truth_detections(sequences: list[Sequence]) -> dict[str, list[TrackedFrame]]:
     """The ground truth as detections: score 1, track ids 0."""
     return {s.name: [TrackedFrame(np.zeros(len(f), np.int64), f.class_ids, f.boxes, f.scores, f.rles, f.visibility)
@@ -307,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     sequences, class_names = load_sequences(args.data)
     detections = (ground_truth_detections(sequences) if args.gt_detections else
                   model_detections(args.config, args.weights, args.data, sequences, args.cache or None, args.batch))
+    detections = with_colours(detections, args.data, sequences)
     scores = evaluate_trackers(sequences, detections, {config.method: lambda: our_tracker(config)},
                                class_names, args.fps, args.drop, min_visibility=args.min_visibility)
     report = {"config": args.config, "weights": args.weights, "data": args.data, "drop": args.drop,

@@ -2,14 +2,16 @@
 
     tracker = StreamTracker(TrackingConfig())            # one per stream
     for frame in frames_in_seq_order:
-        step = tracker.update(boxes, scores, class_ids, rles, pts)
+        step = tracker.update(boxes, scores, class_ids, rles, pts, colours=colours)
         step.track_ids      # (N,) int64, one per detection; 0: not (yet) part of a track
         step.ended          # (E,) int64, ids of tracks that ended at this frame
     tracker.finish()        # (E,) int64, the tracks still alive when the stream ends
 
 Inputs per frame: boxes (N, 4) float x1 y1 x2 y2 in pixels, scores (N,), class_ids (N,) ints,
 rles N COCO compressed RLE dicts (`{"size": [H, W], "counts": str}`) or None, pts the frame's
-presentation time in seconds (strictly increasing frames; equal pts predict no motion).
+presentation time in seconds (strictly increasing frames; equal pts predict no motion),
+colours (N, 3) the mean RGB of each detection's mask pixels (`workers.results.mask_colours`; the
+workers attach it to each instance) or None.
 
 How a frame is associated (ByteTrack's stages, with masks where boxes overlap):
 1. Every track's box is predicted to `pts` by a constant-velocity Kalman filter on
@@ -31,6 +33,12 @@ How a frame is associated (ByteTrack's stages, with masks where boxes overlap):
    dropped keeps its track); the confident detections left against the unconfirmed tracks; with
    `recover_lost`, those still left against the lost tracks where they were last seen (OC-SORT's
    observation-centric recovery: an object that stopped is not where its velocity said).
+   With colours (`reidentify`), a last stage matches the confident detections still left against
+   the confirmed tracks still left by where and what: within `reid_distance` of the track's size
+   from where it was last seen or is predicted, and within `reid_colour` of its colour (a running
+   mean of its detections' mask colours). A sliver of an object behind another, or one back after
+   a few frames hidden, whose box no longer overlaps its track's, keeps its id instead of starting
+   a new track; the colour keeps that from taking a neighbour's id.
 4. Confident detections left over that score at least `new_track_score` start tracks. A new
    track gets its id at its `min_hits`-th detection in consecutive frames (before that its
    detections carry id 0; those of a stream's first frame get theirs at once, as in ByteTrack);
@@ -50,6 +58,7 @@ from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
 from models.config import ConfigError, from_dict
+from workers.results import rle_runs
 
 METHODS = ("bytetrack-mask", "bytetrack-box", "sort")
 MASK_MOTIONS = ("shift", "none")
@@ -107,6 +116,17 @@ class TrackingConfig:
     occluded_visible: float = 0.9
     """`occlusion`: a matched detection covering less than this fraction of its track's expected
     box, the rest mostly covered by other detections, is occluded: the track coasts."""
+    reidentify: bool = True
+    """With colours: a last stage matches confident detections left over to confirmed tracks left
+    over by distance and mask colour (see the module docstring); no effect without colours."""
+    reid_distance: float = 2.5
+    """`reidentify`: the farthest a detection's box centre may lie from the track's last seen or
+    predicted centre, in the track's box sizes (its larger side)."""
+    reid_colour: float = 30.0
+    """`reidentify`: the largest distance (RGB, 0-255 per channel) of the detection's mean mask
+    colour from the track's."""
+    colour_smoothing: float = 0.3
+    """The weight of each new detection's colour in its track's running mean colour."""
     motion_gate: float = 0.0
     """Pairs whose box lies further from the track's prediction than this squared Mahalanobis
     distance (over cx, cy, w, h; 9.49 is chi-square's 95% for 4 values) are not matched; 0: no gate."""
@@ -133,6 +153,9 @@ class TrackingConfig:
         require(self.max_age_s >= 0, "max_age_s", "must be >= 0")
         require(self.min_hits >= 1, "min_hits", "must be >= 1")
         require(self.motion_gate >= 0, "motion_gate", "must be >= 0 (0: no gate)")
+        require(self.reid_distance >= 0, "reid_distance", "must be >= 0")
+        require(self.reid_colour >= 0, "reid_colour", "must be >= 0")
+        require(0 < self.colour_smoothing <= 1, "colour_smoothing", "must be in (0, 1]")
         require(self.measurement_noise > 0, "measurement_noise", "must be positive")
         require(self.acceleration_noise >= 0, "acceleration_noise", "must be >= 0")
         require(self.initial_velocity_std >= 0, "initial_velocity_std", "must be >= 0")
@@ -211,38 +234,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-# -- COCO RLE runs -----------------------------------------------------------------------------
-
-def rle_runs(rles: list[dict]) -> list[np.ndarray]:
-    """COCO compressed RLEs -> their run lengths (alternating 0s and 1s, column-major, from 0s),
-    each (R,) int64; decoded for all masks at once (pycocotools' rleFrString, vectorised)."""
-    strings = [r["counts"].encode("ascii") if isinstance(r["counts"], str) else bytes(r["counts"]) for r in rles]
-    if not strings:
-        return []
-    chars = np.frombuffer(b"".join(strings), np.uint8).astype(np.int64) - 48
-    last_char = (chars & 0x20) == 0                         # a value's last character has no continuation bit
-    value_start = np.flatnonzero(np.concatenate([[True], last_char[:-1]]))
-    value_of_char = np.cumsum(np.concatenate([[0], last_char[:-1]]))
-    shift = 5 * (np.arange(chars.size) - value_start[value_of_char])
-    values = np.add.reduceat((chars & 0x1F) << shift, value_start)
-    negative = (chars[last_char] & 0x10) != 0
-    values[negative] -= np.left_shift(1, shift[last_char][negative] + 5)
-    # from the fourth value of a mask on, each is the difference to the value two before it: a
-    # running sum along each mask's odd values and along its even ones from the third
-    per_mask = np.add.reduceat(last_char, np.concatenate([[0], np.cumsum([len(s) for s in strings])[:-1]]))
-    mask_of_value = np.repeat(np.arange(len(strings)), per_mask)
-    index = np.arange(values.size) - np.repeat(np.cumsum(per_mask) - per_mask, per_mask)
-    runs = values.copy()
-    for parity, first in ((0, 2), (1, 1)):
-        chain = np.flatnonzero((index % 2 == parity) & (index >= first))
-        if chain.size == 0:
-            continue
-        sums = np.cumsum(values[chain])
-        owner = mask_of_value[chain]
-        starts = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]]))
-        runs[chain] = sums - np.repeat(sums[starts] - values[chain[starts]], np.diff(np.append(starts, chain.size)))
-    return np.split(runs, np.cumsum(per_mask)[:-1])
-
+# -- moving masks ------------------------------------------------------------------------------
 
 def shift_masks(runs: list[np.ndarray], height: int, width: int, offsets: np.ndarray) -> list[dict]:
     """Masks given by their runs (`rle_runs`) moved by offsets (K, 2) whole pixels (dx, dy) -> COCO
@@ -292,6 +284,7 @@ class StreamTracker:
         self.hits = np.zeros(0, np.int64)    # detections in consecutive frames so far (capped at min_hits)
         self.masks: list[dict | None] = []   # bytetrack-mask: last mask per track (COCO RLE) or None
         self.mask_centres = np.zeros((0, 2))  # (T, 2) box centre the last mask was seen at
+        self.colours = np.full((0, 3), np.nan)  # (T, 3) running mean RGB of the track's masks (NaN: none seen)
         self.image_size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
@@ -344,7 +337,8 @@ class StreamTracker:
         self.mean[index] = mean
         self.cov[index] = np.stack([(1 - gain_p) * pp, (1 - gain_p) * pv, vv - gain_v * pv], axis=-1)
 
-    def _new_tracks(self, boxes: np.ndarray, class_ids: np.ndarray, masks: list, pts: float) -> None:
+    def _new_tracks(self, boxes: np.ndarray, class_ids: np.ndarray, masks: list, colours: np.ndarray,
+                    pts: float) -> None:
         state = boxes_to_state(boxes)
         scale = self._noise_scale(np.concatenate([state, np.zeros_like(state)], axis=1))
         cov = np.stack([(self.config.measurement_noise * scale) ** 2, np.zeros_like(scale),
@@ -359,11 +353,12 @@ class StreamTracker:
         self.hits = np.concatenate([self.hits, np.ones(n, np.int64)])
         self.masks += masks
         self.mask_centres = np.concatenate([self.mask_centres, state[:, :2]])
+        self.colours = np.concatenate([self.colours, colours])
 
     def _keep(self, keep: np.ndarray) -> None:
         """Keep only tracks where keep (T,) bool is true."""
         old = np.flatnonzero(keep)
-        for name in ("mean", "cov", "updated_pts", "seen_pts", "class_ids", "ids", "hits", "mask_centres"):
+        for name in ("mean", "cov", "updated_pts", "seen_pts", "class_ids", "ids", "hits", "mask_centres", "colours"):
             setattr(self, name, getattr(self, name)[keep])
         self.masks = [self.masks[i] for i in old]
 
@@ -418,6 +413,23 @@ class StreamTracker:
             affinity[block] = np.where(contested[block], mixed, affinity[block])
         return affinity
 
+    def _reid_affinity(self, tracks: np.ndarray, dets: np.ndarray, predicted: np.ndarray, boxes: np.ndarray,
+                       class_ids: np.ndarray, colours: np.ndarray) -> np.ndarray:
+        """(K, D) affinity in [0, 1] of tracks (K,) and detections (D,) by where and what: 0 beyond
+        `reid_distance` track sizes from both the last seen and the predicted centre, beyond
+        `reid_colour` from the track's colour, or across classes; else the nearer and the closer in
+        colour, the higher (each counting half)."""
+        cfg = self.config
+        centres = boxes_to_state(boxes[dets])[:, :2]                                     # (D, 2)
+        size = np.maximum(self.mean[tracks, 2:4], 1.0).max(axis=1)[:, None]               # (K, 1)
+        distance = np.minimum(np.linalg.norm(predicted[tracks, None, :2] - centres[None], axis=2),
+                              np.linalg.norm(self.mask_centres[tracks, None] - centres[None], axis=2)) / size
+        colour = np.linalg.norm(self.colours[tracks, None] - colours[dets][None], axis=2)  # NaN: no colour yet
+        near = (distance < cfg.reid_distance) & (colour < cfg.reid_colour)
+        near &= self.class_ids[tracks][:, None] == class_ids[dets][None, :]
+        score = 1 - distance / max(cfg.reid_distance, 1e-9) / 2 - colour / max(cfg.reid_colour, 1e-9) / 2
+        return np.where(near, np.clip(score, 1e-6, 1.0), 0.0)
+
     def _expected_boxes(self, state: np.ndarray) -> np.ndarray:
         """(K, 8) states -> (K, 4) their boxes clipped to the frame (where its size is known):
         what a detection of an object partly out of the frame can show."""
@@ -463,9 +475,10 @@ class StreamTracker:
         return rows[ok].astype(np.int64), cols[ok].astype(np.int64)
 
     def update(self, boxes, scores, class_ids, rles: list[dict] | None, pts: float,
-               image_size: tuple[int, int] | None = None) -> TrackStep:
+               image_size: tuple[int, int] | None = None, colours=None) -> TrackStep:
         """One frame's detections (N,) at time pts -> their track ids and the tracks that ended.
-        image_size (H, W) of the frame (default: the masks' size, else unknown)."""
+        image_size (H, W) of the frame (default: the masks' size, else unknown); colours (N, 3)
+        each detection's mean mask colour, or None (no re-identification stage)."""
         cfg = self.config
         if image_size is not None:
             self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -475,9 +488,12 @@ class StreamTracker:
         scores = np.asarray(scores, np.float64).reshape(-1)
         class_ids = np.asarray(class_ids, np.int64).reshape(-1)
         n = len(scores)
-        if len(boxes) != n or len(class_ids) != n or (rles is not None and len(rles) != n):
+        colours = None if colours is None else np.asarray(colours, np.float64).reshape(-1, 3)
+        if (len(boxes) != n or len(class_ids) != n or (rles is not None and len(rles) != n)
+                or (colours is not None and len(colours) != n)):
             raise ValueError(f"StreamTracker.update: {len(boxes)} boxes, {n} scores, {len(class_ids)} class ids"
-                             + ("" if rles is None else f", {len(rles)} masks") + ": expected as many of each")
+                             + ("" if rles is None else f", {len(rles)} masks")
+                             + ("" if colours is None else f", {len(colours)} colours") + ": expected as many of each")
         pts = float(pts)
         if self.last_pts is not None and pts < self.last_pts:
             raise ValueError(f"StreamTracker.update: pts {pts} before the previous frame's {self.last_pts}")
@@ -530,6 +546,16 @@ class StreamTracker:
                 matched_track[dets[cols]] = candidates[rows]
                 taken[candidates[rows]] = True
 
+        if cfg.reidentify and colours is not None and cfg.method != "sort":
+            # by where and what: confident detections left over against the confirmed tracks left over
+            dets = high[matched_track[high] < 0]
+            candidates = np.flatnonzero(confirmed & ~taken)
+            if len(dets) and len(candidates):
+                affinity = self._reid_affinity(candidates, dets, predicted, boxes, class_ids, colours)
+                rows, cols = self._assign(affinity, 1e-9)
+                matched_track[dets[cols]] = candidates[rows]
+                taken[candidates[rows]] = True
+
         # matched tracks take their detection; one whose detection shows only part of the expected
         # box, the rest covered by other detections, is occluded: it coasts on its prediction
         det_index = np.flatnonzero(matched_track >= 0)
@@ -549,13 +575,18 @@ class StreamTracker:
             self.mask_centres[mt] = self.mean[mt, :2]
             for t, d in zip(mt, det_index[measured]):
                 self.masks[t] = rles[d] if keep_masks else None
+            if colours is not None:   # a running mean; a track's first colour is taken as it is
+                seen = colours[det_index[measured]]
+                old = self.colours[mt]
+                self.colours[mt] = np.where(np.isnan(old), seen, old + cfg.colour_smoothing * (seen - old))
         # tracks not matched coast: their state stays at their last update, predicted anew each frame
 
         # confident detections left over start tracks
         fresh = [d for d in high if matched_track[d] < 0 and scores[d] >= cfg.new_track_score]
         first = len(self)
         if fresh:
-            self._new_tracks(boxes[fresh], class_ids[fresh], [rles[d] if keep_masks else None for d in fresh], pts)
+            self._new_tracks(boxes[fresh], class_ids[fresh], [rles[d] if keep_masks else None for d in fresh],
+                             colours[fresh] if colours is not None else np.full((len(fresh), 3), np.nan), pts)
             matched_track[fresh] = np.arange(first, len(self))
 
         # tracks with enough consecutive detections get their id, in detection order; at a stream's
@@ -608,10 +639,13 @@ class TrackingStage:
             restarted = self.tracker.finish()
             self.tracker = StreamTracker(self.config, self.tracker.next_id)
         instances = record.instances
+        colours = (np.array([inst.colour for inst in instances], np.float64).reshape(-1, 3)
+                   if all(inst.colour is not None for inst in instances) else None)
         step = self.tracker.update(np.array([inst.box for inst in instances], np.float64).reshape(-1, 4),
                                    np.array([inst.score for inst in instances], np.float64),
                                    np.array([inst.class_id for inst in instances], np.int64),
-                                   [inst.rle for inst in instances], record.pts, (record.height, record.width))
+                                   [inst.rle for inst in instances], record.pts, (record.height, record.width),
+                                   colours)
         kept = tuple(replace(inst, track_id=int(track_id)) for inst, track_id in zip(instances, step.track_ids)
                      if track_id > 0 or inst.score > self.publish_score)
         ended = tuple(int(i) for i in np.concatenate([restarted, step.ended]))

@@ -1,10 +1,13 @@
 """pipeline/tracking.py: the per-stream tracker on hand-made sequences."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
 from models.config import ConfigError
-from pipeline.tracking import METHODS, StreamTracker, TrackingConfig, TrackingStage, rle_runs, shift_masks, tracking_config
+from pipeline.tracking import METHODS, StreamTracker, TrackingConfig, TrackingStage, shift_masks, tracking_config
+from workers.results import mask_colours, rle_runs
 
 FPS = 25.0
 H, W = 120, 400
@@ -270,6 +273,81 @@ def test_a_car_passing_behind_another_keeps_its_id():
     assert {i for frame in aware for i in frame} - {0} == {2}
     naive = car_passing_behind_another(occlusion=False)
     assert {i for frame in naive for i in frame} - {0} == {2, 3}
+
+
+RED, BLUE = (200.0, 30.0, 30.0), (30.0, 40.0, 190.0)
+
+
+def back_after_a_gap(colour_back, shift: float, colours: bool = True) -> list[int]:
+    """A red car (40 px) drives 4 px a frame to the right for 10 frames, is missed for 8 frames,
+    and is detected again `shift` px from where it was last seen, its colour then `colour_back`
+    (its box then overlaps neither its last box nor its predicted one). The detection's ids."""
+    tracker = StreamTracker(TrackingConfig())
+    ids = []
+    for f in range(30):
+        if 10 <= f < 18:
+            objects, paint = [], []
+        else:
+            x = 100 + 4 * f if f < 10 else 136 + shift
+            objects, paint = [((x, 40, x + 40, 80), CAR)], [RED if f < 10 else colour_back]
+        boxes = np.array([o[0] for o in objects], np.float64).reshape(-1, 4)
+        step = tracker.update(boxes, np.full(len(objects), 0.9), np.full(len(objects), CAR),
+                              [rect_rle(b) for b in boxes], f / FPS, colours=np.array(paint) if colours else None)
+        ids += step.track_ids.tolist()
+    return ids
+
+
+def test_an_object_back_where_its_box_overlaps_nothing_is_known_by_its_colour():
+    """Back 60 px (1.5 of its size) behind where it was last seen and 96 px from where its motion
+    said: no box stage matches it. By where and what (near, and the same colour) it keeps its id;
+    without colours, or in another colour, or 4 sizes away, it is a new object."""
+    assert back_after_a_gap(RED, -60) == [1] * 22
+    assert back_after_a_gap(RED, -60, colours=False) == [1] * 10 + [0] + [2] * 11
+    assert back_after_a_gap(BLUE, -60) == [1] * 10 + [0] + [2] * 11
+    assert back_after_a_gap(RED, -160) == [1] * 10 + [0] + [2] * 11
+    # the pipeline's stage hands the workers' colours to the tracker
+    stage = TrackingStage(TrackingConfig(), publish_score=0.5)
+    published = []
+    for f in list(range(10)) + list(range(18, 24)):
+        x = 100 + 4 * f if f < 10 else 76
+        box = (float(x), 40.0, x + 40.0, 80.0)
+        record = record_of([(box, 0.9)], f / FPS, seq=f)
+        record = replace(record, instances=tuple(replace(i, class_id=CAR, label="car", colour=RED)
+                                                 for i in record.instances))
+        published += [i.track_id for i in stage.apply(record).instances]
+    assert published == [1] * 16
+
+
+def test_mask_colours_are_the_mean_colour_of_each_masks_pixels():
+    """Exact up to `samples` pixels; larger masks are sampled evenly along their runs and stay
+    within a few levels of the full mean on a real frame (the tracker's colour gate is 30); an
+    empty mask gives 0. A mistake in where the samples are read (rows for columns, a run's start
+    off by one run) is tens of levels off on this frame."""
+    import cv2
+
+    from tests.pipeline_helpers import HIGHWAY
+    capture = cv2.VideoCapture(str(HIGHWAY))
+    ok, bgr = capture.read()
+    capture.release()
+    assert ok
+    rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+    height, width = rgb.shape[:2]
+    masks = []
+    for k, (cx, cy, rx, ry) in enumerate([(100, 100, 3, 4), (640, 400, 300, 150), (1270, 710, 40, 40),
+                                          (300, 600, 120, 20), (900, 200, 8, 60)]):
+        mask = np.zeros((height, width), np.uint8)
+        cv2.ellipse(mask, (cx, cy), (rx, ry), 15 * k, 0, 360, 1, -1)
+        masks.append(mask)
+    masks.append(np.zeros((height, width), np.uint8))
+    rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
+    got = mask_colours(rgb, rles)
+    want = [rgb[m.astype(bool)].mean(axis=0) if m.any() else np.zeros(3) for m in masks]
+    assert got.shape == (len(masks), 3)
+    np.testing.assert_array_equal(got[0], want[0])                # 45 pixels: every one read
+    np.testing.assert_allclose(got, want, atol=8.0)
+    assert np.abs(got - want).mean() < 2.0
+    assert np.abs(got[1] - want[1]).max() > 0                     # 141,000 pixels: sampled
+    assert mask_colours(rgb, []).shape == (0, 3)
 
 
 def record_of(boxes_scores, pts, seq=0):

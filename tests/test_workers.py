@@ -2,13 +2,14 @@
 import numpy as np
 import pytest
 import ray
+from pycocotools import mask as mask_utils
 
 import models
 from pipeline.sources import open_source, parse_source
 from tests.pipeline_helpers import HIGHWAY, OneThreadModelActor
+from workers.device import native_bfloat16
 from workers.frames import put_frames
 from workers.inference import BatchResult, InferenceWorkerActor
-from workers.device import native_bfloat16
 from workers.results import InstanceRecord, instance_records
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -40,6 +41,12 @@ def test_worker_gives_the_models_own_results_as_small_plain_records(frames):
     for got, want, frame in zip(result.instances, direct, frames):
         assert len(got) == 10  # the tiny config keeps every detection
         assert got == instance_records(want)  # exactly the model's own results, in order
+        # each with its mask's mean colour in its own frame (the tracker's cue; sampled: within a
+        # few levels, see test_tracking's test of mask_colours)
+        mean = np.array([frame[mask_utils.decode(inst.rle).astype(bool)].mean(axis=0) for inst in got])
+        colours = np.array([inst.colour for inst in got])
+        np.testing.assert_allclose(colours, mean, atol=12.0)
+        assert np.abs(colours - mean).mean() < 3.0
         assert all(type(inst) is InstanceRecord and plain(inst) for inst in got)  # no arrays, no pixels
         assert all(inst.rle["size"] == list(frame.shape[:2]) for inst in got)
 
@@ -66,7 +73,7 @@ def plain(instance: InstanceRecord) -> bool:
     """Built only of int, float, str (no numpy values, no arrays): small, and JSON as it is."""
     return (type(instance.class_id), type(instance.label), type(instance.score)) == (int, str, float) and \
         all(type(v) is float for v in instance.box) and type(instance.rle["counts"]) is str and \
-        all(type(v) is int for v in instance.rle["size"])
+        all(type(v) is int for v in instance.rle["size"]) and all(type(v) is float for v in instance.colour)
 
 
 @pytest.mark.slow

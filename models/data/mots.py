@@ -38,6 +38,7 @@ class TrackedFrame:
     scores: np.ndarray          # (N,) float (1 for ground truth)
     rles: list[dict]            # N COCO compressed RLE dicts {"size": [H, W], "counts": str}
     visibility: np.ndarray | None = None   # (N,) float: ground truth's fraction of each object shown, if known
+    colours: np.ndarray | None = None      # (N, 3) float: each mask's mean RGB in its image, if known (the tracker's cue)
 
     def __len__(self) -> int:
         return len(self.track_ids)
@@ -46,7 +47,8 @@ class TrackedFrame:
         """The objects where keep (N,) bool is true (or at indices keep)."""
         index = np.arange(len(self))[keep]
         return TrackedFrame(self.track_ids[index], self.class_ids[index], self.boxes[index], self.scores[index],
-                            [self.rles[i] for i in index], None if self.visibility is None else self.visibility[index])
+                            [self.rles[i] for i in index], None if self.visibility is None else self.visibility[index],
+                            None if self.colours is None else self.colours[index])
 
 
 def counts_text(rle: dict) -> str:
