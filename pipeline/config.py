@@ -107,7 +107,8 @@ class PublishSection:
     hwm: int = 1000                    # messages queued per subscriber before ZeroMQ drops (0: no limit)
     sndbuf: int = 0                    # bytes of TCP send buffer per subscriber; 0: the OS's (megabytes, beyond hwm)
     curve_keys: str | None = None      # key directory (maskstream keys); none: plain TCP
-    linger_ms: int = 1000              # at the end, how long unsent messages may still go out (-1: until sent)
+    linger_ms: int = 1000              # at the end, how long unsent messages may still go out (-1: until
+    #                                    sent); offline at least stall_timeout_s
     images: str = "none"               # jpeg: each frame's pixels travel as a third message part
     jpeg_quality: int = 85             # of those JPEGs, 1-100
     image_max_side: int | None = None  # shrink them so the longer side is at most this; none: frame size

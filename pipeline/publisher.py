@@ -48,8 +48,8 @@ Delivery (the socket is an XPUB, which sees each subscription come and go):
 - Offline (``live=False``) a send never drops: ZeroMQ's ``XPUB_NODROP`` makes a send to a
   subscriber whose queue (``publish.hwm``) is full fail, and the publisher waits until it has room,
   so a slow subscriber slows the pipeline (the scheduler and the readers wait behind this call).
-  A subscriber that vanished or froze (it answers no ping for ``publish.stall_timeout_s``) is
-  disconnected, and its queue with it. If nothing could be sent for ``publish.stall_timeout_s``
+  A subscriber whose host vanished (its TCP connection acknowledges nothing for
+  ``publish.stall_timeout_s``) is disconnected by the kernel, and its queue with it. If nothing could be sent for ``publish.stall_timeout_s``
   (a subscriber alive but not reading), the publisher disconnects the connections that still
   hold unsent bytes in their kernel queue (after that long without a send, a subscriber that
   reads has emptied its own), says so in one line and goes on losslessly for the others; the
@@ -96,7 +96,7 @@ from .tracking import TrackingConfig, TrackingStage
 
 LATENCY_SAMPLES = 10_000  # per stage and stream: recent enough, bounded memory
 SEND_RETRY_S = 0.005      # offline, a full subscriber queue is tried again this often
-HEARTBEAT_MS = 1000       # ZeroMQ pings each subscriber this often
+KEEPALIVE_PROBES = 3      # TCP keepalive: unanswered probes, a second apart, before a silent peer is dropped
 FLUSH_POLL_S = 0.05       # offline, at the end, how often the subscribers' queues are looked at
 BIND_RETRY_S = 10.0       # a restarted publisher tries this long to bind the endpoint its predecessor held
 
@@ -185,10 +185,18 @@ class Publisher:
         self._socket.linger = config.linger_ms
         self._socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # every subscription and its end, not only the first
         self._socket.setsockopt(zmq.XPUB_NODROP, 1)
-        # A subscriber that vanished or froze (no answer to pings) is disconnected after the stall
-        # timeout: its queue goes away with it and holds nobody back.
-        self._socket.heartbeat_ivl = HEARTBEAT_MS
-        self._socket.heartbeat_timeout = int(config.stall_timeout_s * 1000)
+        # A subscriber whose host vanished is disconnected by the kernel after the stall timeout
+        # (TCP_MAXRT: data unacknowledged that long; keepalive probes while the line is idle): its
+        # queue goes away with it and holds nobody back. Not ZeroMQ's heartbeats: a subscriber
+        # behind answers a ping when it reads it, after the publisher may have closed at the end,
+        # and the TCP reset that answer gets discards what it had received but not yet read (the
+        # stream's last frames; and libzmq asserts "!_io_error" in a subscriber held at its hwm).
+        # One alive but not reading is cut off by _cut_off_stalled.
+        self._socket.setsockopt(zmq.TCP_MAXRT, int(config.stall_timeout_s * 1000))
+        self._socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        self._socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, max(1, int(config.stall_timeout_s)))
+        self._socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+        self._socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_PROBES)
         if config.curve_keys:
             public, secret, clients = load_server_keys(config.curve_keys)
             # The authenticator must run before the socket binds, or handshakes skip it.
@@ -289,6 +297,12 @@ class Publisher:
                     self._send_eos(stream)
         if not self.live and self._held is None:
             self._flush()
+            # what ZeroMQ itself still queues for a slow subscriber (up to publish.hwm messages,
+            # which a subscriber reading 20 a second takes a second or more to take) goes out
+            # too: close() lingers for it as long as a stalled subscriber would be waited for
+            linger = self.publish_section.linger_ms
+            if linger != -1:
+                self._socket.linger = max(linger, int(self.publish_section.stall_timeout_s * 1000))
         self._closed = True
         self._close_zmq()
         return self.stats()
@@ -526,7 +540,8 @@ class Publisher:
     def _flush(self) -> None:
         """Offline, before closing: wait while the subscribers still take what was sent (their
         connections' kernel queues empty out), up to stall_timeout_s without progress; then the
-        socket's linger (publish.linger_ms) covers what ZeroMQ itself still holds."""
+        socket lingers up to stall_timeout_s (or publish.linger_ms if longer) for what ZeroMQ
+        itself still holds."""
         last, progress_at, empty = None, time.monotonic(), 0
         while empty < 2 and time.monotonic() - progress_at < self.publish_section.stall_timeout_s:
             self._drain_subscriptions()
