@@ -15,7 +15,8 @@ on boxes (MOTChallenge 2D box path): HOTA, DetA, AssA, IDF1, MOTA, IDSW.
 
 Trackers: ours (pipeline/tracking.py; methods bytetrack-box, the default, marked *,
 bytetrack-mask and sort, default TrackingConfig otherwise, with every detection's mask colour as
-the pipeline's workers attach it; and the default without its colour stage, `reidentify: false`) and the library's SORT, ByteTrack, OC-SORT and McByte in
+the pipeline's workers attach it; and the default without its colour stage, `reidentify: false`)
+and the library's SORT, ByteTrack, OC-SORT and McByte in
 box mode (no mask manager, no camera motion compensation: it would need the frames), each with
 its defaults, frame_rate 25 and a lost-track buffer of 1 s (ours: max_age_s 1). The library's
 trackers ignore classes; each runs as one tracker per class, so that they too never give a car's

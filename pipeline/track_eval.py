@@ -10,8 +10,9 @@ image (`predict(..., masks="rle")`, at the model config's score threshold, 0.05 
 model), its detections are cached (--cache, default /tmp/maskstream-track-cache, keyed by the
 model and the image files), and a `StreamTracker` per sequence (settings: TrackingConfig,
 `--set key=value` for any of them) gives the track ids, fed the frames in order with pts = frame
-index / --fps and each detection's mask colour in its image (as the pipeline's workers give it). `--drop KofN` drops K of every N frames before tracking (live-like: the tracker
-sees gaps in pts) and scores the frames kept. `--gt-detections` feeds the ground-truth masks and
+index / --fps and each detection's mask colour in its image (as the pipeline's workers give it).
+`--drop KofN` drops K of every N frames before tracking (live-like: the tracker sees gaps in pts)
+and scores the frames kept. `--gt-detections` feeds the ground-truth masks and
 boxes (score 1) instead of the model's.
 
 Scores: HOTA (with DetA and AssA), IDF1, MOTA and ID switches per class, on masks (TrackEval's
