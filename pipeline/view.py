@@ -43,6 +43,7 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -589,15 +590,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"view: {status.text}", file=sys.stderr, flush=True)
 
     view = ViewServer(args.endpoint, args.host, args.port, args.curve_keys, on_status=say)
-    view.start()
-    print(f"view: {view.url} shows {args.endpoint} (Ctrl-C stops)", flush=True)
-    if args.host not in LOOPBACK_HOSTS:
-        print(f"view: serving on {args.host}: anyone who can reach it sees the streams", file=sys.stderr)
+    stopping = threading.Event()  # Ctrl-C or SIGTERM, whenever it comes, ends the wait below and nothing else
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        view.start()
+        print(f"view: {view.url} shows {args.endpoint} (Ctrl-C stops)", flush=True)
+        if args.host not in LOOPBACK_HOSTS:
+            print(f"view: serving on {args.host}: anyone who can reach it sees the streams", file=sys.stderr)
+        while not stopping.wait(1.0):
+            pass
     finally:
         view.stop()
     return 0

@@ -2,10 +2,8 @@
 pass runs the heads in the compute precision, a few steps lower the loss, an interrupted run
 resumed from its checkpoint ends where the uninterrupted one does, fine-tuning to a new number of
 classes keeps what fits and re-initialises the class layers."""
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -168,26 +166,38 @@ def train_command(data, out, *extra):
             "--set", "train.deterministic=true", *extra]
 
 
+# The training command, Ctrl-C'd (a real SIGINT to itself) right after its checkpoint at step 2:
+# the interrupt at a known step, however slow or loaded the machine.
+CTRL_C_AFTER_STEP_2 = """
+import os, signal, sys
+from models.training import train, trainer
+save, sent = trainer.Trainer.save_checkpoint, []
+def save_then_ctrl_c(self, path):
+    save(self, path)
+    if int(self.step.numpy()) == 2 and not sent:
+        sent.append(True)  # before the signal: its KeyboardInterrupt comes as soon as kill returns
+        os.kill(os.getpid(), signal.SIGINT)
+trainer.Trainer.save_checkpoint = save_then_ctrl_c
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_a_run_interrupted_and_resumed_ends_where_the_uninterrupted_one_does(tiny_set, tmp_path):
-    """Ctrl-C after the first checkpoint, then --resume: the same six steps on the same batches from
-    the same state, so the same parameters to the last bit (TensorFlow's deterministic kernels).
+    """Ctrl-C after the checkpoint at step 2, then --resume: the same six steps on the same batches
+    from the same state, so the same parameters to the last bit (TensorFlow's deterministic kernels).
     A resume that restarted at step 0, lost the optimiser's slots or replayed other batches would
     end elsewhere or say it resumed elsewhere."""
     whole = subprocess.run(train_command(tiny_set, tmp_path / "whole"), capture_output=True, text=True)
     assert whole.returncode == 0, whole.stderr[-2000:]
     checkpoint = tmp_path / "parts" / "checkpoint.npz"
-    run = subprocess.Popen(train_command(tiny_set, tmp_path / "parts"), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    run.send_signal(signal.SIGINT)
-    _, err = run.communicate(timeout=300)
-    _, meta = read_weights(checkpoint)
-    step = meta["step"]
-    assert run.returncode == 130 and f"interrupted at step {step} of 6; run again with --resume" in err, err[-2000:]
-    assert 1 <= step < 6 and not (tmp_path / "parts" / "model.npz").exists()
+    command = train_command(tiny_set, tmp_path / "parts")
+    run = subprocess.run([command[0], "-c", CTRL_C_AFTER_STEP_2, *command[3:]],
+                         capture_output=True, text=True, timeout=900)
+    step = read_weights(checkpoint)[1]["step"]
+    assert run.returncode == 130 and "interrupted at step 2 of 6; run again with --resume" in run.stderr, \
+        run.stderr[-2000:]
+    assert step == 2 and not (tmp_path / "parts" / "model.npz").exists()
 
     resumed = subprocess.run(train_command(tiny_set, tmp_path / "parts", "--resume"), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -438,6 +438,20 @@ class ViewProcess:
                 self.output[name].append(line)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_the_moment_the_view_is_up_stops_it_cleanly(signum):
+    """The signal right after the address is printed, while the view may still be between starting
+    and waiting: it stops with status 0 and no traceback (a KeyboardInterrupt raised outside the
+    wait would exit by the signal and leave its threads; SIGTERM, a service manager's stop, would
+    kill it uncleanly)."""
+    for _ in range(3):
+        view = ViewProcess(f"tcp://127.0.0.1:{free_port()}")
+        view.process.send_signal(signum)
+        with view:
+            pass
+        assert view.process.returncode == 0 and not any("Traceback" in line for line in view.errors), view.output
+
+
 def test_unreachable_endpoint_is_one_line_in_the_terminal_and_on_the_page(page):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with ViewProcess(endpoint) as view:
