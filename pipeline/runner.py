@@ -101,7 +101,7 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
                                       endpoint=endpoint, ingest_restarts=config.sources.max_restarts,
                                       publisher_restarts=config.publish.max_restarts,
                                       publisher_hwm=config.publish.hwm)
-                with stop_on_sigint(stop):
+                with stop_on_signals(stop):
                     scheduler.run(stop)
                 errors.update({s.stream_id: s.error for s in scheduler.streams.values() if s.error})
                 counts = {sid: ingest_counts(actor, scheduler.streams[sid]) for sid, actor in ingests.items()}
@@ -331,8 +331,9 @@ def warm_up(workers: dict, opened: dict, max_batch: int, live: bool) -> None:
 
 
 @contextmanager
-def stop_on_sigint(stop: threading.Event):
-    """First Ctrl-C sets `stop` (a clean finish); a second one interrupts at once."""
+def stop_on_signals(stop: threading.Event):
+    """The first Ctrl-C or SIGTERM (a service manager's stop: systemd, docker stop) sets `stop`,
+    a clean finish; a second one interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -343,8 +344,9 @@ def stop_on_sigint(stop: threading.Event):
         log.warning("stopping: finishing the frames in flight (Ctrl-C again to abandon them)")
         stop.set()
 
-    previous = signal.signal(signal.SIGINT, handle)
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -289,14 +289,15 @@ def test_cli_missing_input_is_one_line():
 
 
 @pytest.mark.slow
-def test_ctrl_c_finishes_the_frames_in_flight_and_sends_eos():
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_finishes_the_frames_in_flight_and_sends_eos(signum):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with Consumer(endpoint, streams=["synthetic"], timeout=RECEIVE_LIMIT_S) as consumer:
         process = subprocess.Popen(cli("--source", "synthetic:width=160,height=120,frames=100000", "--publish", endpoint,
                                        command=MASKSTREAM_RUN),
                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = consumer.receive(timeout=RECEIVE_LIMIT_S)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         rest = receive(consumer)["synthetic"]
         stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
