@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from workers.results import InstanceRecord
+from workers.results import InstanceRecord, rle_runs
 
 MASK_OPACITY = 0.5
+MASK_WEIGHT = round(MASK_OPACITY * 256)  # the blend in integers: (pixel * (256 - w) + colour * w) >> 8
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895
 CLASS_SATURATION = 0.85
 TRACK_SATURATION = 0.6  # tracks of one class still differ from each other and from class colours
@@ -53,16 +53,42 @@ def draw_instances(image: np.ndarray, instances: Sequence[InstanceRecord]) -> np
     """
     if not instances:
         return image
-    masks = mask_utils.decode([inst.rle for inst in instances])  # (H, W, N) uint8
-    for index, inst in enumerate(instances):
+    for inst, (top, left, inside) in zip(instances, mask_crops([inst.rle for inst in instances])):
         colour = instance_colour(inst)
-        inside = masks[:, :, index].astype(bool)
-        image[inside] = (image[inside] * (1 - MASK_OPACITY)
-                         + np.array(colour) * MASK_OPACITY).astype(np.uint8)
+        if inside is not None:
+            region = image[top:top + inside.shape[0], left:left + inside.shape[1]]
+            blended = ((region.astype(np.uint16) * (256 - MASK_WEIGHT) + np.array(colour, np.uint16) * MASK_WEIGHT)
+                       >> 8).astype(np.uint8)
+            np.copyto(region, blended, where=inside[:, :, None])
         x1, y1, x2, y2 = (int(round(v)) for v in inst.box)
         cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
         _draw_caption(image, caption(inst), (x1, y1), colour)
     return image
+
+
+def mask_crops(rles: list[dict]) -> list[tuple[int, int, np.ndarray | None]]:
+    """COCO RLEs of (H, W) masks -> per mask (top row, left column, (h, w) bool: the mask within
+    its bounding box), or (0, 0, None) for an empty mask. Decoded from the runs over the columns
+    the mask spans only: a 720p frame's two dozen masks in a few milliseconds, where whole-frame
+    masks took tens."""
+    out = []
+    for rle, runs in zip(rles, rle_runs(rles)):
+        height = int(rle["size"][0])
+        ends = np.cumsum(runs)
+        starts, stops = ends[0::2][:len(runs) // 2], ends[1::2]   # each run of ones: [start, stop)
+        keep = stops > starts
+        starts, stops = starts[keep], stops[keep]
+        if len(starts) == 0:
+            out.append((0, 0, None))
+            continue
+        first, last = int(starts[0]) // height, (int(stops[-1]) - 1) // height + 1
+        change = np.zeros(height * (last - first) + 1, np.int64)
+        np.add.at(change, starts - first * height, 1)
+        np.add.at(change, stops - first * height, -1)
+        inside = np.cumsum(change[:-1]).astype(bool).reshape(last - first, height).T
+        rows = np.flatnonzero(inside.any(axis=1))
+        out.append((int(rows[0]), first, inside[rows[0]:rows[-1] + 1]))
+    return out
 
 
 def render_frame(width: int, height: int, instances: Sequence[InstanceRecord],

@@ -114,6 +114,38 @@ def test_draw_instances_blends_class_colours_inside_masks_only():
     assert (canvas[60, 90] == class_colour(3)).all()  # the box's edge
 
 
+def test_masks_blend_exactly_as_whole_frame_masks_would_however_they_lie():
+    """Each mask is blended within its own box, decoded from its runs: the pixels must be exactly
+    those a whole-frame decode (pycocotools) and blend give, for masks that wrap from a column's
+    bottom to the next one's top, touch the last column or row, fill the frame, are one pixel,
+    several pieces, or empty. An off-by-one crop or a run placed in the wrong column changes pixels.
+    (The box lies off the frame; its caption, top left, is left out of the comparison.)"""
+    rng = np.random.default_rng(5)
+    height, width = 60, 130
+    shapes = [np.zeros((height, width), bool), np.ones((height, width), bool)]
+    wrap = np.zeros((height, width), bool)
+    wrap[50:, 100] = wrap[:6, 101] = True                # one run across a column boundary
+    edge = np.zeros((height, width), bool)
+    edge[25:, width - 3:] = True                         # to the last column and row
+    dot = np.zeros((height, width), bool)
+    dot[height - 1, 90] = True
+    pieces = np.zeros((height, width), bool)
+    pieces[30:35, 3:9] = pieces[20:33, 110:115] = True
+    shapes += [wrap, edge, dot, pieces] + [rng.random((height, width)) < 0.3 for _ in range(3)]
+    background = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    compared = np.ones((height, width), bool)
+    for i, mask in enumerate(shapes):
+        inst = InstanceRecord(1 + i % 3, "car", 0.9, (-50.0, -50.0, -40.0, -40.0), encode_rle(mask), i)
+        (text_width, text_height), baseline = cv2.getTextSize(caption(inst), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+        compared[:text_height + baseline + 1, :text_width + 1] = False
+        drawn = draw_instances(background.copy(), [inst])
+        expected = background.copy()
+        expected[mask] = (background[mask] * (1 - MASK_OPACITY)
+                          + np.array(instance_colour(inst)) * MASK_OPACITY).astype(np.uint8)
+        assert compared[wrap | edge | dot].all() and compared.mean() > 0.7
+        np.testing.assert_array_equal(drawn[compared], expected[compared], err_msg=f"mask {i}")
+
+
 def test_with_tracking_each_track_has_its_own_colour_and_its_id_in_the_caption():
     mask = np.zeros((200, 200), bool)
     mask[60:120, 60:120] = True
