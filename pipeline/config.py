@@ -9,11 +9,13 @@ on the command line are taken from the current directory; all are made absolute 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from models.config import CONFIG_VERSION, check_version, from_dict, read_yaml, require, set_dotted, validate_sections
+from models.errors import ConfigError
 
 from .sources import source_kind, split_spec
 from .tracking import TrackingConfig
@@ -180,6 +182,10 @@ def load_pipeline_config(path: str | Path | None = None, overrides: list[str] = 
     data = _read_layer(DEFAULT_CONFIG)
     if path is not None:
         merge(data, _read_layer(path))
+        try:   # an unknown key or a value of the wrong type in the file: named with the file
+            from_dict(PipelineConfig, copy.deepcopy(data), "config")
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {str(error).removeprefix('config.')}") from None
     for override in overrides:
         set_dotted(data, override)
     # Absolute paths: actors do not share the driver's current directory (nor, on other nodes, its disk).

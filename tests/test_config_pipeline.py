@@ -98,6 +98,22 @@ def test_mistakes_are_one_line_naming_the_key(overrides, message):
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
+def test_a_mistake_in_a_config_file_names_the_file(tmp_path):
+    """An unknown key or a wrong type in --config FILE says which file; one the command line sets
+    later (--set) can still make the file's values whole (overlay in the file, the folder given by --out)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workers:\n  cpuz: 2\n")
+    with pytest.raises(ConfigError) as error:
+        load_pipeline_config(bad)
+    assert str(error.value).startswith(f"{bad}: workers.cpuz: unknown key (known: count, cpus,")
+    bad.write_text("batching:\n  max_batch: four\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: batching.max_batch: expected an integer, got 'four'"):
+        load_pipeline_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("output:\n  overlay: true\n")
+    assert load_pipeline_config(good, ["output.dir=o"]).output.overlay is True
+
+
 def test_malformed_and_missing_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources:\n  uris: [a\n  mode: live\n")
