@@ -24,6 +24,20 @@ import yaml
 from .errors import ConfigError
 
 CONFIG_VERSION = 1
+
+# The embedded default model (configs/default_model.yaml and its trained weights): what a tool
+# evaluates when no --config is given.
+EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "configs" / "default_model.yaml"
+EMBEDDED_WEIGHTS = EMBEDDED_MODEL.with_suffix(".npz")
+
+
+def model_and_weights(config: str | None, weights: str | None) -> tuple[str, str | None]:
+    """A tool's --config and --weights: without --config the embedded default model and, unless
+    --weights says otherwise, its trained weights; with --config and no --weights, (config, None):
+    the config's seeded random weights."""
+    if config is None:
+        return str(EMBEDDED_MODEL), weights or str(EMBEDDED_WEIGHTS)
+    return config, weights
 # The ResNet depths a backbone may have, and their residual blocks per stage (res2..res5).
 RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 # The stages that have torchvision's semantics or the seed's (the second configuration, configs/seed_*.yaml).

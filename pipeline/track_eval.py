@@ -1,6 +1,6 @@
 """`maskstream track-eval`: the model and the tracker over generated sequences, scored by TrackEval.
 
-    maskstream track-eval --config configs/default_model.yaml --weights configs/default_model.npz \\
+    maskstream track-eval [--config FILE --weights W] \\
         --data DIR [--method bytetrack-mask] [--drop 2of3] [--gt-detections] [--min-visibility 0.25] \\
         [--set key=value ...] [--cache DIR] --out results.json
 
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from models.config import ConfigError, from_dict
+from models.config import ConfigError, from_dict, model_and_weights
 from models.data.mots import Sequence, TrackedFrame, mot_lines, mots_lines, read_sequences, without_overlaps
 from models.errors import TrackEvalError, command
 
@@ -296,8 +296,9 @@ def parse_overrides(assignments: list[str]) -> dict:
 @command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maskstream track-eval", description=__doc__.split("\n")[0].split(": ", 1)[1])
-    parser.add_argument("--config", required=True, help="model configuration YAML")
-    parser.add_argument("--weights", help="weights file (.npz); default: the config's seeded random weights")
+    parser.add_argument("--config", help="model configuration YAML (default: the embedded default model)")
+    parser.add_argument("--weights", help="weights file (.npz); default: the embedded model's own, or with --config "
+                                          "the config's seeded random weights")
     parser.add_argument("--data", required=True, help="a data set written with --frames-per-sequence")
     parser.add_argument("--method", help="tracking.method (default: TrackingConfig's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any TrackingConfig field")
@@ -310,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2, help="frames per model call")
     parser.add_argument("--out", default="track_eval.json", help="where to write the scores (JSON)")
     args = parser.parse_args(argv)
+    args.config, args.weights = model_and_weights(args.config, args.weights)
     overrides = parse_overrides(args.set)
     if args.method:
         overrides["method"] = args.method
@@ -319,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.min_visibility <= 1:
         raise TrackEvalError(f"--min-visibility {args.min_visibility}: must be in [0, 1]")
     import_trackeval()
+    if args.weights is None and not args.gt_detections:
+        print(f"no --weights: tracking the detections of {args.config}'s seeded random weights")
     sequences, class_names = load_sequences(args.data)
     detections = (ground_truth_detections(sequences) if args.gt_detections else
                   model_detections(args.config, args.weights, args.data, sequences, args.cache or None, args.batch))

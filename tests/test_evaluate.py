@@ -130,8 +130,10 @@ def test_the_committed_default_model_finds_the_generated_classes(tmp_path):
     root = tmp_path / "unseen"
     write_dataset(root, images=12, seed=555555, progress=False)
     out = tmp_path / "metrics.json"
-    assert main(["--config", str(ROOT / "configs" / "default_model.yaml"), "--data", str(root), "--out", str(out),
-                 "--weights", str(ROOT / "configs" / "default_model.npz")]) == 0
-    segm = json.loads(out.read_text())["segm"]
+    assert main(["--data", str(root), "--out", str(out)]) == 0    # no --config: the embedded model, its weights
+    report = json.loads(out.read_text())
+    assert (report["config"], report["weights"]) == (str(ROOT / "configs" / "default_model.yaml"),
+                                                     str(ROOT / "configs" / "default_model.npz"))
+    segm = report["segm"]
     assert segm["AP50"] >= 0.85 and segm["AP"] >= 0.6, segm
     assert min(segm["per_class"].values()) >= 0.5, segm["per_class"]

@@ -1,11 +1,12 @@
 """COCO evaluation of a model on a data set: bbox and segm AP, AP50, AP75, AP small/medium/large.
 
-    python -m models.tools.evaluate --config FILE [--weights W] --data DIR_OR_SPEC
+    python -m models.tools.evaluate [--config FILE [--weights W]] --data DIR_OR_SPEC
                               [--out FILE.json] [--limit N] [--batch N]
 
 runs the model over the data set's images in file order (the first N with --limit), prints the
 twelve numbers of pycocotools' COCOeval and writes them with the run's inputs to JSON
-(default evaluation.json). Without --weights the config's seeded random weights are evaluated.
+(default evaluation.json). Without --config it evaluates the embedded default model with its
+trained weights; with --config and no --weights, that config's seeded random weights.
 
 Model classes are matched to the data set's categories by name, so a model whose class list
 is ordered differently, or is a superset (a COCO model on a data set of a few COCO classes),
@@ -28,7 +29,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from ..config import load_config
+from ..config import load_config, model_and_weights
 from ..data.coco import CocoDataset
 from ..errors import DataError, command
 from ..mask_rcnn import load_model
@@ -150,14 +151,16 @@ def evaluate(config_path: str, weights: str | None, data_spec: str, out: str, li
 @command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maskstream evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="model configuration YAML")
-    parser.add_argument("--weights", help="weights file (.npz); default: the config's seeded random weights")
+    parser.add_argument("--config", help="model configuration YAML (default: the embedded default model)")
+    parser.add_argument("--weights", help="weights file (.npz); default: the embedded model's own, or with --config "
+                                          "the config's seeded random weights")
     parser.add_argument("--data", required=True, help="data directory (annotations.json + images/) or "
                                                       "coco:ANNOTATIONS_JSON:IMAGE_DIR")
     parser.add_argument("--out", default="evaluation.json", help="where to write the metrics (JSON)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.add_argument("--batch", type=int, default=2, help="frames per model call")
     args = parser.parse_args(argv)
+    args.config, args.weights = model_and_weights(args.config, args.weights)
     if (args.limit is not None and args.limit < 1) or args.batch < 1:
         parser.error("--limit and --batch must be at least 1")
     report = evaluate(args.config, args.weights, args.data, args.out, args.limit, args.batch)
