@@ -7,7 +7,8 @@
 
 Every config value can be overridden with --set section.key=value (see pipeline/config.py).
 Prints the run's summary at the end; exits 0, 1 if an input failed (the others ran), 2 on a
-mistake that stops the run (one line), 130 on a second Ctrl-C.
+mistake that stops the run (one line), 130 on a second Ctrl-C. The first Ctrl-C or SIGTERM stops
+reading and finishes the frames already accepted (each stream ends with EOS, reason "stopped").
 """
 import argparse
 import json
