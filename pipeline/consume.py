@@ -3,7 +3,8 @@
 Prints a line per frame, a line per gap (frames it never received, see pipeline.consumer.Gap)
 and a line per end of stream saying why it ended; at the end, on stderr, how many duplicate and
 malformed messages were passed over. Exits 0 once every expected stream has ended normally, 1 on
-a timeout or a stream that ended with an error, 2 on bad input (one line), 130 on Ctrl-C.
+a timeout or a stream that ended with an error, 2 on bad input (one line), 130 on Ctrl-C or
+SIGTERM (its files closed whole).
 
 With tracking, each instance is shown with its ``#track_id``, and a stream's end line says how
 many tracks started (distinct ids seen) and ended (``tracks_ended`` of its frames and its EOS).
@@ -11,7 +12,9 @@ many tracks started (distinct ids seen) and ended (``tracks_ended`` of its frame
 import argparse
 import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
 
 from models.errors import command
@@ -61,6 +64,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class Interrupts:
+    """Ctrl-C and SIGTERM (docker stop, systemd) end the command between messages, never in the
+    middle of one: while it waits for a message they interrupt at once; while it prints and
+    records one they are held until that message is in every file. So the files stay whole (an
+    overlay video killed unclosed does not play) and hold the same frames. Signals land on the
+    main thread only; elsewhere nothing is changed."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.waiting, self.requested = True, False
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.waiting:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -72,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         video = (closing.enter_context(contextlib.closing(OverlayVideoSink(args.video, args.fps)))
                  if args.video else None)
         try:
-            consume(consumer, jsonl, video)
+            with Interrupts() as interrupts:
+                consume(consumer, jsonl, video, interrupts)
         except KeyboardInterrupt:
             return 130
     passed_over = [f"{count} {what}" for count, what in ((consumer.duplicates, "duplicate message(s) dropped"),
@@ -109,22 +141,33 @@ class TrackCounts:
         return f"; tracks: {len(self.started[stream])} started, {len(self.ended[stream])} ended"
 
 
-def consume(consumer: Consumer, jsonl: JsonlSink | None, video: OverlayVideoSink | None) -> None:
-    """Prints a line per message and feeds the sinks until the consumer is done."""
+def consume(consumer: Consumer, jsonl: JsonlSink | None, video: OverlayVideoSink | None,
+            interrupts: Interrupts | None = None) -> None:
+    """Prints a line per message and feeds the sinks until the consumer is done; an interrupt
+    (KeyboardInterrupt) comes only between messages (see Interrupts)."""
+    interrupts = interrupts or Interrupts()
     tracks = TrackCounts()
-    for message in consumer.messages():
+    messages = consumer.messages()
+    while True:
+        interrupts.waiting = True
+        message = next(messages, None)
+        interrupts.waiting = False
+        if message is None:
+            return
         if isinstance(message, Gap):
             print(message.describe(), flush=True)
-            continue
-        tracks.add(message)
-        if isinstance(message, EndOfStream):
+        elif isinstance(message, EndOfStream):
+            tracks.add(message)
             print(message.describe() + tracks.summary(message.stream), flush=True)
-            continue
-        print(describe(message), flush=True)
-        if jsonl:
-            jsonl.write(message)
-        if video:
-            video.write(message, message.image)
+        else:
+            tracks.add(message)
+            if jsonl:
+                jsonl.write(message)
+            if video:
+                video.write(message, message.image)
+            print(describe(message), flush=True)
+        if interrupts.requested:
+            raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

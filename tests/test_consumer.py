@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -125,6 +126,39 @@ def test_consume_cli_records_and_renders_what_was_sent(tmp_path):
     assert frames == len(recorded)
     assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (WIDTH, HEIGHT)
     capture.release()
+
+
+def test_consume_cli_stopped_by_sigterm_leaves_whole_files(tmp_path):
+    """SIGTERM (docker stop, systemd) mid-stream: the command ends as on Ctrl-C (status 130) and
+    closes its files, so the overlay video plays with as many frames as the JSON lines (an mp4
+    killed unclosed has no index and does not open)."""
+    publisher, endpoint = start_publisher()
+    jsonl, video = tmp_path / "cam1.jsonl", tmp_path / "cam1.mp4"
+    command = [sys.executable, "-m", "pipeline.cli", "consume", endpoint, "--stream", "cam1",
+               "--jsonl", str(jsonl), "--video", str(video)]
+    cli = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seq, started = 0, time.monotonic()
+    while wait_for_line(cli) is None:
+        assert time.monotonic() - started < CLI_START_LIMIT, cli.stderr.read()
+        publisher.publish.remote(make_record("cam1", seq))
+        seq += 1
+    for more in range(seq, seq + 3):   # three more frames, received; the stream goes on (no EOS)
+        publisher.publish.remote(make_record("cam1", more))
+    printed = 0
+    while printed < 3:
+        assert time.monotonic() - started < 2 * CLI_START_LIMIT, cli.stderr.read()
+        printed += (wait_for_line(cli) or "").startswith("cam1 seq=")
+    cli.send_signal(signal.SIGTERM)
+    output, errors = rest_of_output(cli)
+    stop_publisher(publisher)
+    assert cli.returncode == 130, errors
+    recorded = jsonl.read_bytes().splitlines()
+    capture = cv2.VideoCapture(str(video))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    assert len(recorded) >= 3 and frames == len(recorded)
 
 
 @pytest.mark.parametrize("arguments, message", [
