@@ -166,20 +166,26 @@ def train_command(data, out, *extra):
             "--set", "train.deterministic=true", *extra]
 
 
-# The training command, Ctrl-C'd (a real SIGINT to itself) right after its checkpoint at step 2:
-# the interrupt at a known step, however slow or loaded the machine.
-CTRL_C_AFTER_STEP_2 = """
+# The training command sending itself a real signal (SIGINT: Ctrl-C, or SIGTERM) right after its
+# checkpoint at step 2: the interrupt at a known step, however slow or loaded the machine.
+SIGNAL_AFTER_STEP_2 = """
 import os, signal, sys
 from models.training import train, trainer
-save, sent = trainer.Trainer.save_checkpoint, []
-def save_then_ctrl_c(self, path):
+save, sent, signum = trainer.Trainer.save_checkpoint, [], getattr(signal, sys.argv.pop(1))
+def save_then_signal(self, path):
     save(self, path)
     if int(self.step.numpy()) == 2 and not sent:
         sent.append(True)  # before the signal: its KeyboardInterrupt comes as soon as kill returns
-        os.kill(os.getpid(), signal.SIGINT)
-trainer.Trainer.save_checkpoint = save_then_ctrl_c
+        os.kill(os.getpid(), signum)
+trainer.Trainer.save_checkpoint = save_then_signal
 sys.exit(train.main(sys.argv[1:]))
 """
+
+
+def interrupted_after_step_2(command: list[str], signal_name: str) -> subprocess.CompletedProcess:
+    """`command` (a train_command) run with SIGNAL_AFTER_STEP_2."""
+    return subprocess.run([command[0], "-c", SIGNAL_AFTER_STEP_2, signal_name, *command[3:]],
+                          capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.slow
@@ -191,9 +197,7 @@ def test_a_run_interrupted_and_resumed_ends_where_the_uninterrupted_one_does(tin
     whole = subprocess.run(train_command(tiny_set, tmp_path / "whole"), capture_output=True, text=True)
     assert whole.returncode == 0, whole.stderr[-2000:]
     checkpoint = tmp_path / "parts" / "checkpoint.npz"
-    command = train_command(tiny_set, tmp_path / "parts")
-    run = subprocess.run([command[0], "-c", CTRL_C_AFTER_STEP_2, *command[3:]],
-                         capture_output=True, text=True, timeout=900)
+    run = interrupted_after_step_2(train_command(tiny_set, tmp_path / "parts"), "SIGINT")
     step = read_weights(checkpoint)[1]["step"]
     assert run.returncode == 130 and "interrupted at step 2 of 6; run again with --resume" in run.stderr, \
         run.stderr[-2000:]
@@ -208,6 +212,17 @@ def test_a_run_interrupted_and_resumed_ends_where_the_uninterrupted_one_does(tin
     assert meta["made_by"] == "training" and meta["config"]["train"]["steps"] == 6
     assert sorted(got) == sorted(want)
     assert [name for name in want if not np.array_equal(want[name], got[name])] == []
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_as_ctrl_c_does(tiny_set, tmp_path):
+    """docker stop, systemd or a pre-empted node send SIGTERM: the run stops with its checkpoint
+    at the step reached and says how to resume (killed, it would lose the steps since its last
+    checkpoint and say nothing)."""
+    run = interrupted_after_step_2(train_command(tiny_set, tmp_path), "SIGTERM")
+    assert run.returncode == 130 and "interrupted at step 2 of 6; run again with --resume" in run.stderr, \
+        run.stderr[-2000:]
+    assert read_weights(tmp_path / "checkpoint.npz")[1]["step"] == 2
 
 
 @pytest.mark.slow

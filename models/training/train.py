@@ -8,14 +8,16 @@ Every batch is resized (short side min_size x a random scale jitter), flipped at
 padded into one fixed canvas, so the step is compiled once. `--init` starts from any weights
 file of the same backbone (for example torchvision's COCO weights converted): parameters whose
 shape differs, the class-specific layers when the number of classes changes, start afresh.
-Ctrl-C writes a checkpoint before it stops; `--resume` continues from DIR/checkpoint.npz where
+Ctrl-C (or SIGTERM) writes a checkpoint before it stops; `--resume` continues from DIR/checkpoint.npz where
 the interrupted run was (to the last bit with `--set train.deterministic=true`).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ..config import load_config
@@ -48,12 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    # SIGTERM (docker stop, systemd, a cluster's pre-emption) stops it as Ctrl-C does: a checkpoint first
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if on_main_thread else None
     try:
         config = load_config(args.config, overrides(args))
         path = train_model(config, args.data, args.out, args.resume, args.init, args.tensorboard, not args.no_progress)
     except TrainingInterrupted as e:
         print(e, file=sys.stderr)
         return 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(f"wrote {path}")
     return 0
 
