@@ -1,10 +1,12 @@
 """The consumer SDK and the consume CLI against a live publisher."""
 import dataclasses
 import json
+import queue
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -137,21 +139,27 @@ def test_consume_cli_stopped_by_sigterm_leaves_whole_files(tmp_path):
     command = [sys.executable, "-m", "pipeline.cli", "consume", endpoint, "--stream", "cam1",
                "--jsonl", str(jsonl), "--video", str(video)]
     cli = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seq, started = 0, time.monotonic()
-    while wait_for_line(cli) is None:
-        assert time.monotonic() - started < CLI_START_LIMIT, cli.stderr.read()
-        publisher.publish.remote(make_record("cam1", seq))
-        seq += 1
-    for more in range(seq, seq + 3):   # three more frames, received; the stream goes on (no EOS)
-        publisher.publish.remote(make_record("cam1", more))
-    printed = 0
-    while printed < 3:
-        assert time.monotonic() - started < 2 * CLI_START_LIMIT, cli.stderr.read()
-        printed += (wait_for_line(cli) or "").startswith("cam1 seq=")
-    cli.send_signal(signal.SIGTERM)
-    output, errors = rest_of_output(cli)
-    stop_publisher(publisher)
-    assert cli.returncode == 130, errors
+    lines = queue.Queue()   # its stdout, line by line, read on a thread (never blocks the test)
+    threading.Thread(target=lambda: [lines.put(line) for line in cli.stdout], daemon=True).start()
+    try:
+        seq, started = 0, time.monotonic()
+        while lines.empty():   # its slow join: frames until it prints
+            assert time.monotonic() - started < CLI_START_LIMIT, "the consumer printed nothing"
+            publisher.publish.remote(make_record("cam1", seq))
+            seq += 1
+            time.sleep(0.05)
+        for more in range(seq, seq + 3):   # three more, received; the stream goes on (no EOS)
+            publisher.publish.remote(make_record("cam1", more))
+        printed = []
+        while sum(line.startswith("cam1 seq=") for line in printed) < 3:
+            printed.append(lines.get(timeout=CLI_START_LIMIT))
+        cli.send_signal(signal.SIGTERM)
+        cli.wait(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        stop_publisher(publisher)
+    assert cli.returncode == 130, cli.stderr.read()
     recorded = jsonl.read_bytes().splitlines()
     capture = cv2.VideoCapture(str(video))
     frames = 0
