@@ -38,6 +38,8 @@ def model_and_weights(config: str | None, weights: str | None) -> tuple[str, str
     if config is None:
         return str(EMBEDDED_MODEL), weights or str(EMBEDDED_WEIGHTS)
     return config, weights
+
+
 # The ResNet depths a backbone may have, and their residual blocks per stage (res2..res5).
 RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 # The stages that have torchvision's semantics or the seed's (the second configuration, configs/seed_*.yaml).

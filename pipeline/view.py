@@ -591,8 +591,7 @@ def main(argv: list[str] | None = None) -> int:
 
     view = ViewServer(args.endpoint, args.host, args.port, args.curve_keys, on_status=say)
     stopping = threading.Event()  # Ctrl-C or SIGTERM, whenever it comes, ends the wait below and nothing else
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.set())
+    previous = {signum: signal.signal(signum, lambda *_: stopping.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         view.start()
         print(f"view: {view.url} shows {args.endpoint} (Ctrl-C stops)", flush=True)
@@ -602,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
     finally:
         view.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 

@@ -8,8 +8,9 @@ Every batch is resized (short side min_size x a random scale jitter), flipped at
 padded into one fixed canvas, so the step is compiled once. `--init` starts from any weights
 file of the same backbone (for example torchvision's COCO weights converted): parameters whose
 shape differs, the class-specific layers when the number of classes changes, start afresh.
-Ctrl-C (or SIGTERM) writes a checkpoint before it stops; `--resume` continues from DIR/checkpoint.npz where
-the interrupted run was (to the last bit with `--set train.deterministic=true`).
+Ctrl-C (or SIGTERM) writes a checkpoint before it stops; `--resume` continues from
+DIR/checkpoint.npz where the interrupted run was (to the last bit with `--set
+train.deterministic=true`).
 """
 from __future__ import annotations
 
