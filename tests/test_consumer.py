@@ -88,7 +88,9 @@ def publish_until_it_prints(publisher, process: subprocess.Popen, then: int) -> 
     ``then`` more and cam1's end; returns (its first line, the frames published in all)."""
     seq, started = 0, time.monotonic()
     while (first_line := wait_for_line(process)) is None:
-        assert time.monotonic() - started < CLI_START_LIMIT, process.stderr.read()
+        if time.monotonic() - started > CLI_START_LIMIT:   # killed first: a running process's stderr read blocks
+            process.kill()
+            raise AssertionError(f"the consumer printed nothing in {CLI_START_LIMIT} s: {process.stderr.read()}")
         publisher.publish.remote(make_record("cam1", seq))
         seq += 1
     for more in range(seq, seq + then):
