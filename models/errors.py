@@ -2,13 +2,17 @@
 what is wrong, and every entry point (`maskstream ...`, `run_pipeline.py`, `python -m ...`)
 prints it as such, without a traceback.
 
-It sits at the bottom of the import graph (it imports nothing), so the model, the workers, the
-pipeline and the command lines all raise and catch the same classes. `MaskstreamError` is their
-common base: catching it catches every user mistake and nothing else. `command` wraps a command
-line's `main(argv)` so that such an error is printed as one line with exit status 2.
+It sits at the bottom of the import graph (it imports nothing of the project), so the model, the
+workers, the pipeline and the command lines all raise and catch the same classes.
+`MaskstreamError` is their common base: catching it catches every user mistake and nothing else.
+`command` wraps a command line's `main(argv)` so that such an error is printed as one line with
+exit status 2, and `on_signals` is how a command answers Ctrl-C and SIGTERM.
 """
+import contextlib
 import functools
+import signal
 import sys
+import threading
 
 
 class MaskstreamError(Exception):
@@ -85,3 +89,21 @@ def command(main):
             print(f"error: {error}", file=sys.stderr)
             return 2
     return run
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; what docker stop, systemd and schedulers send
+
+
+@contextlib.contextmanager
+def on_signals(handler, signums: tuple = STOP_SIGNALS):
+    """Within the block `handler(signum, frame)` answers these signals; the previous handlers come
+    back after it. Signals land on the main thread only: on any other thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)

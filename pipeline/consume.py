@@ -12,12 +12,10 @@ many tracks started (distinct ids seen) and ended (``tracks_ended`` of its frame
 import argparse
 import contextlib
 import logging
-import signal
 import sys
-import threading
 import time
 
-from models.errors import command
+from models.errors import command, on_signals
 
 from .consumer import Consumer, Gap, gap_log
 from .overlay import caption
@@ -68,28 +66,16 @@ class Interrupts:
     """Ctrl-C and SIGTERM (docker stop, systemd) end the command between messages, never in the
     middle of one: while it waits for a message they interrupt at once; while it prints and
     records one they are held until that message is in every file. So the files stay whole (an
-    overlay video killed unclosed does not play) and hold the same frames. Signals land on the
-    main thread only; elsewhere nothing is changed."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    overlay video killed unclosed does not play) and hold the same frames. `handle` answers the
+    signals (see models.errors.on_signals)."""
 
     def __init__(self):
         self.waiting, self.requested = True, False
-        self._previous = {}
 
-    def _handle(self, signum, frame) -> None:
+    def handle(self, signum, frame) -> None:
         if self.waiting:
             raise KeyboardInterrupt
         self.requested = True
-
-    def __enter__(self) -> "Interrupts":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 @command
@@ -103,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         video = (closing.enter_context(contextlib.closing(OverlayVideoSink(args.video, args.fps)))
                  if args.video else None)
         try:
-            with Interrupts() as interrupts:
+            interrupts = Interrupts()
+            with on_signals(interrupts.handle):
                 consume(consumer, jsonl, video, interrupts)
         except KeyboardInterrupt:
             return 130
@@ -149,6 +136,8 @@ def consume(consumer: Consumer, jsonl: JsonlSink | None, video: OverlayVideoSink
     tracks = TrackCounts()
     messages = consumer.messages()
     while True:
+        if interrupts.requested:    # held while the last message was printed and recorded
+            raise KeyboardInterrupt
         interrupts.waiting = True
         message = next(messages, None)
         interrupts.waiting = False
@@ -156,18 +145,16 @@ def consume(consumer: Consumer, jsonl: JsonlSink | None, video: OverlayVideoSink
             return
         if isinstance(message, Gap):
             print(message.describe(), flush=True)
-        elif isinstance(message, EndOfStream):
-            tracks.add(message)
+            continue
+        tracks.add(message)
+        if isinstance(message, EndOfStream):
             print(message.describe() + tracks.summary(message.stream), flush=True)
-        else:
-            tracks.add(message)
-            if jsonl:
-                jsonl.write(message)
-            if video:
-                video.write(message, message.image)
-            print(describe(message), flush=True)
-        if interrupts.requested:
-            raise KeyboardInterrupt
+            continue
+        if jsonl:
+            jsonl.write(message)
+        if video:
+            video.write(message, message.image)
+        print(describe(message), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from workers.results import InstanceRecord, rle_runs
+from workers.results import InstanceRecord, rle_runs, runs_of_ones
 
 MASK_OPACITY = 0.5
 MASK_WEIGHT = round(MASK_OPACITY * 256)  # the blend in integers: (pixel * (256 - w) + colour * w) >> 8
@@ -74,10 +74,8 @@ def mask_crops(rles: list[dict]) -> list[tuple[int, int, np.ndarray | None]]:
     out = []
     for rle, runs in zip(rles, rle_runs(rles)):
         height = int(rle["size"][0])
-        ends = np.cumsum(runs)
-        starts, stops = ends[0::2][:len(runs) // 2], ends[1::2]   # each run of ones: [start, stop)
-        keep = stops > starts
-        starts, stops = starts[keep], stops[keep]
+        starts, lengths = runs_of_ones(runs)
+        starts, stops = starts[lengths > 0], (starts + lengths)[lengths > 0]   # each run of ones: [start, stop)
         if len(starts) == 0:
             out.append((0, 0, None))
             continue

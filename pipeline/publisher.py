@@ -49,8 +49,9 @@ Delivery (the socket is an XPUB, which sees each subscription come and go):
   subscriber whose queue (``publish.hwm``) is full fail, and the publisher waits until it has room,
   so a slow subscriber slows the pipeline (the scheduler and the readers wait behind this call).
   A subscriber whose host vanished (its TCP connection acknowledges nothing for
-  ``publish.stall_timeout_s``) is disconnected by the kernel, and its queue with it. If nothing could be sent for ``publish.stall_timeout_s``
-  (a subscriber alive but not reading), the publisher disconnects the connections that still
+  ``publish.stall_timeout_s``) is disconnected by the kernel, and its queue with it. If nothing
+  could be sent for ``publish.stall_timeout_s`` (a subscriber alive but not reading), the
+  publisher disconnects the connections that still
   hold unsent bytes in their kernel queue (after that long without a send, a subscriber that
   reads has emptied its own), says so in one line and goes on losslessly for the others; the
   one cut off may connect again and sees gaps. Where it cannot tell (no such connection found),

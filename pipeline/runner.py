@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import threading
 import uuid
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from models.config import ModelConfig, load_config
-from models.errors import PipelineError, SourceError
+from models.errors import PipelineError, SourceError, on_signals
 from workers.inference import InferenceWorkerActor, ModelFactory
 
 from .config import PipelineConfig
@@ -334,19 +333,11 @@ def warm_up(workers: dict, opened: dict, max_batch: int, live: bool) -> None:
 def stop_on_signals(stop: threading.Event):
     """The first Ctrl-C or SIGTERM (a service manager's stop: systemd, docker stop) sets `stop`,
     a clean finish; a second one interrupts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def handle(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
         log.warning("stopping: finishing the frames in flight (Ctrl-C again to abandon them)")
         stop.set()
 
-    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with on_signals(handle):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

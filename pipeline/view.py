@@ -43,7 +43,6 @@ import contextlib
 import errno
 import json
 import os
-import signal
 import socket
 import struct
 import sys
@@ -60,7 +59,7 @@ import numpy as np
 import zmq
 from aiohttp import WSMsgType, web
 
-from models.errors import ViewError, command
+from models.errors import ViewError, command, on_signals
 
 from .consumer import Consumer
 from .overlay import render_frame
@@ -591,18 +590,16 @@ def main(argv: list[str] | None = None) -> int:
 
     view = ViewServer(args.endpoint, args.host, args.port, args.curve_keys, on_status=say)
     stopping = threading.Event()  # Ctrl-C or SIGTERM, whenever it comes, ends the wait below and nothing else
-    previous = {signum: signal.signal(signum, lambda *_: stopping.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        view.start()
-        print(f"view: {view.url} shows {args.endpoint} (Ctrl-C stops)", flush=True)
-        if args.host not in LOOPBACK_HOSTS:
-            print(f"view: serving on {args.host}: anyone who can reach it sees the streams", file=sys.stderr)
-        while not stopping.wait(1.0):
-            pass
-    finally:
-        view.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with on_signals(lambda signum, frame: stopping.set()):
+        try:
+            view.start()
+            print(f"view: {view.url} shows {args.endpoint} (Ctrl-C stops)", flush=True)
+            if args.host not in LOOPBACK_HOSTS:
+                print(f"view: serving on {args.host}: anyone who can reach it sees the streams", file=sys.stderr)
+            while not stopping.wait(1.0):
+                pass
+        finally:
+            view.stop()
     return 0
 
 

@@ -95,6 +95,13 @@ def rle_runs(rles: list[dict]) -> list[np.ndarray]:
     return np.split(runs, np.cumsum(per_mask)[:-1])
 
 
+def runs_of_ones(runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A mask's run lengths (R,) from `rle_runs` (alternating 0s and 1s, from 0s) -> (starts,
+    lengths) of its runs of 1s: each one's flat column-major index and its length."""
+    ends = np.cumsum(runs)
+    return (ends - runs)[1::2], runs[1::2]
+
+
 def mask_colours(pixels: np.ndarray, rles: list[dict], samples: int = 256) -> np.ndarray:
     """The mean colour of each mask's pixels: pixels (H, W, 3) uint8, N COCO RLEs of that frame ->
     (N, 3) float64 (0 for an empty mask). A mask of more than `samples` pixels is sampled evenly
@@ -103,11 +110,7 @@ def mask_colours(pixels: np.ndarray, rles: list[dict], samples: int = 256) -> np
     if not rles:
         return np.zeros((0, 3))
     height = pixels.shape[0]
-    starts, lengths = [], []
-    for runs in rle_runs(rles):                      # runs alternate 0s and 1s from 0s: the 1s are odd
-        ends = np.cumsum(runs)
-        starts.append((ends - runs)[1::2])
-        lengths.append(runs[1::2])
+    starts, lengths = zip(*(runs_of_ones(runs) for runs in rle_runs(rles)))
     areas = np.array([part.sum() for part in lengths], np.int64)
     first_one = np.concatenate(starts)               # (R,) flat column-major index of each run of 1s
     one_length = np.concatenate(lengths)

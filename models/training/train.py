@@ -18,11 +18,10 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from ..config import load_config
-from ..errors import TrainingInterrupted, command
+from ..errors import TrainingInterrupted, command, on_signals
 from .trainer import train_model
 
 
@@ -52,17 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     # SIGTERM (docker stop, systemd, a cluster's pre-emption) stops it as Ctrl-C does: a checkpoint first
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if on_main_thread else None
     try:
-        config = load_config(args.config, overrides(args))
-        path = train_model(config, args.data, args.out, args.resume, args.init, args.tensorboard, not args.no_progress)
+        with on_signals(signal.default_int_handler):
+            config = load_config(args.config, overrides(args))
+            path = train_model(config, args.data, args.out, args.resume, args.init, args.tensorboard,
+                               not args.no_progress)
     except TrainingInterrupted as e:
         print(e, file=sys.stderr)
         return 130
-    finally:
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous)
     print(f"wrote {path}")
     return 0
 
