@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -191,6 +192,9 @@ class BoxHeadConfig:
     score_threshold: float = 0.05    # the seed: DETECTION_MIN_CONFIDENCE
     nms_threshold: float = 0.5       # the seed: DETECTION_NMS_THRESHOLD
     detections_per_image: int = 100  # the seed: DETECTION_MAX_INSTANCES
+    # The class names to detect (a subset of class_names); the others are dropped before NMS and the
+    # per-image cap, so their boxes, masks and NMS cost nothing. null: every class.
+    classes: list[str] | None = None
     # "torchvision": every class's decoded box of every RoI with a score > score_threshold, per-class NMS,
     # the best detections_per_image. "seed": the seed's DetectionLayer: one class per RoI (the argmax over
     # all classes, background included; background RoIs dropped), its score >= score_threshold (0: no
@@ -307,6 +311,7 @@ class ModelConfig:
         require(self.precision in ("float32", "bfloat16"), path + ".precision", "must be float32 or bfloat16")
         require(self.box_coding in CONVENTIONS, path + ".box_coding", f"must be {' or '.join(CONVENTIONS)}")
         validate_sections(self, path)
+        check_classes(self.box_head.classes, self.class_names, path + ".box_head.classes", config_name(self))
         # The stages that work in the seed's normalised frame of the molded square come together.
         frame = {key: value == SEED_FRAME[key] for key, value in seed_frame_values(self).items()}
         if any(frame.values()) and not all(frame.values()):
@@ -314,6 +319,13 @@ class ModelConfig:
             other = next(key for key, seed in frame.items() if not seed)
             require(False, f"{path}.{other}", f"must be {SEED_FRAME[other]} with {first} {SEED_FRAME[first]} "
                     "(the seed's normalised box frame)")
+
+    @property
+    def detected_class_ids(self) -> tuple[int, ...] | None:
+        """The class ids of `box_head.classes` in class id order, or None for every class."""
+        if self.box_head.classes is None:
+            return None
+        return tuple(i for i, name in enumerate(self.class_names) if i > 0 and name in self.box_head.classes)
 
     @property
     def seed_frame(self) -> bool:
@@ -333,6 +345,26 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def config_name(config: ModelConfig) -> str:
+    """How messages name a configuration: its file, else its name."""
+    return config.source or f"the configuration {config.name}"
+
+
+def check_classes(classes: list[str] | None, class_names: list[str], path: str, model: str) -> None:
+    """ConfigError naming `path` unless every name in `classes` is a class of the model (`class_names`,
+    background first): suggests the nearest name, else lists the model's classes."""
+    if classes is None:
+        return
+    require(len(classes) > 0, path, "needs at least one class name (null: every class)")
+    known = list(class_names[1:])
+    for name in classes:
+        if name not in known:
+            near = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
+            hint = f"did you mean {near[0]!r}?" if near else "its classes: " + ", ".join(known[:12]) + (
+                f", ... ({len(known)} in all)" if len(known) > 12 else "")
+            require(False, path, f"{name!r} is not a class of {model} ({hint})")
 
 
 def seed_frame_values(config: ModelConfig) -> dict[str, str]:

@@ -32,7 +32,7 @@ import tensorflow as tf
 from . import anchors as anchor_lib
 from . import postprocess, preprocess
 from .backbone import backbone_shapes, last_conv_of_blocks, resnet, stage_channels
-from .config import ModelConfig, load_config
+from .config import ModelConfig, config_name, load_config
 from .errors import ConfigError
 from .fpn import fpn, fpn_shapes
 from .image_size import input_sizes, square_window
@@ -99,11 +99,6 @@ def weights_record(config: ModelConfig, made_by: str) -> dict:
     """What a weights file records about its model: how it was made ("training", "conversion" or
     "saved"), the full configuration, and the YAML that configuration came from (if any)."""
     return {"made_by": made_by, "config": config.to_dict(), "config_file": config.source}
-
-
-def config_name(config: ModelConfig) -> str:
-    """How messages name a configuration: its file, else its name."""
-    return config.source or f"the configuration {config.name}"
 
 
 @dataclass
@@ -262,10 +257,11 @@ class MaskRCNN(tf.Module):
         box_deltas = tf.reshape(box_deltas, [batch, num_proposals, cfg.num_classes, 4])
         if cfg.box_head.detection == "seed":
             boxes, scores, class_ids, valid = detect_seed(class_logits, box_deltas, proposals, windows, cfg.box_head,
-                                                          cfg.box_coding, cfg.box_xform_clip)
+                                                          cfg.box_coding, cfg.box_xform_clip, cfg.detected_class_ids)
         else:
             boxes, scores, class_ids, valid = detect(class_logits, box_deltas, proposals, stage.proposal_valid,
-                                                     image_hw, cfg.box_head, cfg.box_xform_clip, cfg.box_coding)
+                                                     image_hw, cfg.box_head, cfg.box_xform_clip, cfg.box_coding,
+                                                     cfg.detected_class_ids)
         mask_probs = self._masks(pooling, boxes, class_ids, valid, image_hw)
         return {"boxes": boxes, "scores": scores, "class_ids": class_ids, "valid": valid, "mask_probs": mask_probs}
 

@@ -79,16 +79,19 @@ def box_head(params: Params, pooled: tf.Tensor, num_convs: int = 0, fc_layers: i
 
 
 def detect(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, proposal_valid: tf.Tensor,
-           image_hw: tuple[int, int], cfg: BoxHeadConfig, box_xform_clip: float, coding: str = "torchvision"):
+           image_hw: tuple[int, int], cfg: BoxHeadConfig, box_xform_clip: float, coding: str = "torchvision",
+           classes: tuple[int, ...] | None = None):
     """Per-class decoding, score filtering and per-class NMS.
 
     logits (B, P, K), deltas (B, P, K, 4), proposals (B, P, 4), proposal_valid (B, P) ->
     boxes (B, D, 4), scores (B, D), class ids (B, D) int32 in 1..K-1, valid (B, D) bool;
-    D = detections_per_image, sorted by score.
+    D = detections_per_image, sorted by score. `classes` (ids in 1..K-1, ascending): only these are
+    decoded and take part in NMS and the best D (ModelConfig.detected_class_ids); None: all.
     """
-    scores = tf.nn.softmax(logits, axis=-1)[:, :, 1:]
-    boxes = box_coding.decode_with(coding, deltas[:, :, 1:, :], proposals[:, :, None, :], cfg.box_weights,
-                                   box_xform_clip)
+    classes = tuple(range(1, logits.shape[-1])) if classes is None else classes
+    scores = tf.gather(tf.nn.softmax(logits, axis=-1), classes, axis=2)
+    boxes = box_coding.decode_with(coding, tf.gather(deltas, classes, axis=2), proposals[:, :, None, :],
+                                   cfg.box_weights, box_xform_clip)
     boxes = box_coding.clip_to_image(boxes, image_hw[0], image_hw[1])
     keep = tf.logical_and(proposal_valid[:, :, None], box_coding.is_large_enough(boxes, cfg.min_size))
     keep = tf.logical_and(keep, scores > cfg.score_threshold)
@@ -105,12 +108,12 @@ def detect(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, proposal_
     kept_scores = tf.reshape(kept_scores, [-1, num_fg * d])
     kept_boxes = tf.reshape(kept_boxes, [-1, num_fg * d, 4])
     top_scores, top = tf.math.top_k(kept_scores, k=d, sorted=True)
-    class_ids = top // d + 1
+    class_ids = tf.gather(tf.constant(classes, tf.int32), top // d)
     return tf.gather(kept_boxes, top, batch_dims=1), top_scores, class_ids, top_scores >= 0.0
 
 
 def detect_seed(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, windows: tf.Tensor, cfg: BoxHeadConfig,
-                coding: str = "seed", box_xform_clip: float = 0.0):
+                coding: str = "seed", box_xform_clip: float = 0.0, classes: tuple[int, ...] | None = None):
     """The seed's DetectionLayer (refine_detections_graph) for a batch.
 
     logits (B, P, K), deltas (B, P, K, 4), proposals (B, P, 4) and windows (B, 4) (each frame's place in the
@@ -120,7 +123,8 @@ def detect_seed(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, wind
     Each RoI keeps one class, the argmax of the softmax over all classes with the background; background
     RoIs are dropped, and so are scores under score_threshold (DETECTION_MIN_CONFIDENCE; 0 keeps all).
     That class's deltas decode the RoI (`coding`), clipped to the window; then NMS per frame and class
-    (at most D kept per class), and the best D of the survivors per frame.
+    (at most D kept per class), and the best D of the survivors per frame. `classes` (ids in 1..K-1,
+    ascending): RoIs whose argmax is another class are dropped too, before NMS; None: all classes.
     """
     probs = tf.nn.softmax(logits, axis=-1)
     class_ids = tf.argmax(probs, axis=-1, output_type=tf.int32)                 # (B, P)
@@ -132,16 +136,17 @@ def detect_seed(logits: tf.Tensor, deltas: tf.Tensor, proposals: tf.Tensor, wind
     if cfg.score_threshold:
         keep = tf.logical_and(keep, scores >= cfg.score_threshold)
     # One NMS group per (frame, class): each RoI takes part in its own class's only.
-    batch, num_proposals, num_classes = tf.shape(probs)[0], probs.shape[1], probs.shape[2]
+    batch, num_proposals = tf.shape(probs)[0], probs.shape[1]
+    classes = tuple(range(1, probs.shape[2])) if classes is None else classes
     d = min(cfg.detections_per_image, num_proposals)
-    classes = tf.range(1, num_classes)[None, :, None]                          # (1, K-1, 1)
-    in_class = tf.logical_and(keep[:, None, :], class_ids[:, None, :] == classes)  # (B, K-1, P)
+    in_class = tf.logical_and(keep[:, None, :],                                 # (B, C, P), C classes
+                              class_ids[:, None, :] == tf.constant(classes)[None, :, None])
     group_scores = tf.reshape(tf.where(in_class, scores[:, None, :], -1.0), [-1, num_proposals])
-    group_boxes = tf.reshape(tf.broadcast_to(boxes[:, None], [batch, num_classes - 1, num_proposals, 4]),
+    group_boxes = tf.reshape(tf.broadcast_to(boxes[:, None], [batch, len(classes), num_proposals, 4]),
                              [-1, num_proposals, 4])
     kept, kept_valid = grouped_nms(group_boxes, group_scores, d, cfg.nms_threshold)
     # Back to (B, P): a RoI survives if its class's NMS kept it.
-    frame = tf.repeat(tf.range(batch), (num_classes - 1) * d)
+    frame = tf.repeat(tf.range(batch), len(classes) * d)
     where = tf.stack([frame, tf.reshape(kept, [-1])], axis=1)
     survived = tf.scatter_nd(where, tf.cast(tf.reshape(kept_valid, [-1]), tf.int32), [batch, num_proposals]) > 0
     top_scores, top = tf.math.top_k(tf.where(survived, scores, -1.0), k=d, sorted=True)

@@ -9,9 +9,8 @@ frames by size), so the clipping bounds are Python numbers.
 """
 from __future__ import annotations
 
-import tensorflow as tf
-
 import numpy as np
+import tensorflow as tf
 
 from . import box_coding
 from .config import RPNConfig

@@ -33,6 +33,8 @@ class ModelSection:
     config: str | None = None          # model YAML (see models/config.py)
     weights: str | None = None         # weights file; none: seeded random weights
     score_threshold: float | None = None  # publish instances scoring above this; none: the model's own
+    classes: list[str] | None = None   # detect and publish only these class names; none: every class
+    # (the others are dropped inside the model, before NMS: they cost no mask, see box_head.classes)
     # (with tracking on, the workers keep detections down to tracking.low_score: weaker ones that
     # continue a track are published too, see pipeline/tracking.py TrackingStage)
 

@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, metavar="N", help="inference workers (default: one per GPU, else 1)")
     parser.add_argument("--max-batch", type=int, metavar="N", help="frames per inference batch")
     parser.add_argument("--max-wait-ms", type=float, metavar="MS", help="longest wait for a batch to fill")
+    parser.add_argument("--classes", metavar="NAMES",
+                        help="detect and publish only these classes, comma-separated (e.g. person,car)")
     parser.add_argument("--out", metavar="DIR", help="write JSON lines and COCO results per stream here")
     parser.add_argument("--overlay", "--video", action="store_true", help="also write an overlay video per stream (with --out)")
     parser.add_argument("--curve-keys", metavar="DIR", help="encrypt with CURVE; keys from maskstream keys DIR")
@@ -76,6 +78,8 @@ def overrides(args: argparse.Namespace) -> list[str]:
                        ("ray_address", args.ray_address)):
         if value is not None:
             pairs.append((key, value))
+    if args.classes is not None:
+        pairs.append(("model.classes", [name.strip() for name in args.classes.split(",") if name.strip()]))
     if args.overlay:
         pairs.append(("output.overlay", True))
     if args.verbose:

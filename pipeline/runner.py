@@ -26,7 +26,7 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from models.config import ModelConfig, load_config
+from models.config import ModelConfig, check_classes, config_name, load_config
 from models.errors import PipelineError, SourceError, on_signals
 from workers.inference import InferenceWorkerActor, ModelFactory
 
@@ -180,6 +180,9 @@ def check_model_inputs(config: PipelineConfig) -> ModelConfig:
     model_config = load_config(config.model.config)
     if config.model.score_threshold is not None:
         model_config.box_head.score_threshold = config.model.score_threshold
+    if config.model.classes is not None:
+        check_classes(config.model.classes, model_config.class_names, "model.classes", config_name(model_config))
+        model_config.box_head.classes = list(config.model.classes)
     return model_config
 
 

@@ -128,7 +128,7 @@ def test_command_line_flags_map_onto_the_config():
         "--source", "cam=0", "--source", "b c.avi", "--publish", "tcp://127.0.0.1:6000", "--mode", "live",
         "--workers", "3", "--max-batch", "2", "--max-wait-ms", "5", "--out", "o", "--video",
         "--curve-keys", "keys", "--metrics-port", "9200", "--ray-address", "auto", "--verbose",
-        "--metrics-address", "0.0.0.0", "--wait-subscribers", "2",
+        "--metrics-address", "0.0.0.0", "--wait-subscribers", "2", "--classes", "person, car",
         "--set", "sources.max_frames=7"])
     config = load_pipeline_config(None, run_command.overrides(args))
     assert config.sources.uris == ["cam=0", str(Path.cwd() / "b c.avi")]
@@ -138,6 +138,7 @@ def test_command_line_flags_map_onto_the_config():
     assert (config.output.dir, config.output.overlay) == (str(Path.cwd() / "o"), True)
     assert (config.metrics_port, config.ray_address, config.verbose) == (9200, "auto", True)
     assert (config.metrics_host, config.publish.wait_subscribers) == ("0.0.0.0", 2)
+    assert config.model.classes == ["person", "car"]
 
 
 def test_no_flags_means_the_embedded_default():
@@ -162,3 +163,15 @@ def test_score_threshold_overrides_the_models_own():
     assert check_model_inputs(config).box_head.score_threshold == 0.6
     with pytest.raises(ConfigError, match="score_threshold: must be in"):
         load_pipeline_config(None, ["model.score_threshold=1.5"])
+
+
+def test_classes_reach_the_model_and_a_class_it_does_not_have_is_one_line():
+    from pipeline.runner import check_model_inputs
+    config = load_pipeline_config(None, ["model.config=configs/test_tiny.yaml", "model.classes=[person]"])
+    model_config = check_model_inputs(config)
+    assert (model_config.box_head.classes, model_config.detected_class_ids) == (["person"], (2,))
+    assert check_model_inputs(load_pipeline_config(None, ["model.config=configs/test_tiny.yaml"])).box_head.classes is None
+    config = load_pipeline_config(None, ["model.config=configs/test_tiny.yaml", "model.classes=[people]"])
+    with pytest.raises(ConfigError, match=r"^model.classes: 'people' is not a class of .*test_tiny.yaml "
+                                          r"\(did you mean 'person'\?\)$"):
+        check_model_inputs(config)

@@ -213,6 +213,42 @@ def test_exact_paste_gives_small_instances_back_where_torchvision_paste_moves_th
         assert (moved & truth).sum() / (moved | truth).sum() < 0.7
 
 
+def assert_detections_of_classes(only, everything, class_ids, cap):
+    """`only` (a model with box_head.classes and detections_per_image `cap`) is exactly the first `cap`
+    detections of `class_ids` among `everything` (the same weights, every class, a cap that does not bind)."""
+    wanted = np.flatnonzero(np.isin(everything.class_ids, class_ids))
+    assert len(wanted) > cap and wanted[cap - 1] >= cap       # the cap binds: other classes rank among the first
+    first = wanted[:cap]
+    assert len(only) == cap
+    np.testing.assert_array_equal(only.class_ids, everything.class_ids[first])
+    assert only.labels == [everything.labels[i] for i in first]
+    np.testing.assert_array_equal(only.scores, everything.scores[first])
+    np.testing.assert_array_equal(only.boxes, everything.boxes[first])
+    np.testing.assert_array_equal(only.mask_probs, everything.mask_probs[first])
+    np.testing.assert_array_equal(only.masks, everything.masks[first])
+
+
+def test_classes_keeps_exactly_those_detections_and_fills_the_cap_with_them():
+    """box_head.classes drops the other classes before NMS and the per-frame cap: what is left is the
+    unfiltered model's detections of those classes, bit for bit, and the cap is filled with them
+    (a filter after the cap would leave fewer; a wrong class-id mapping, other boxes or labels)."""
+    frame = still(1, 320, 180)
+    everything = models.load_model(models.load_config(TINY, ["box_head.detections_per_image=300"]), seed=3)
+    only = models.load_model(models.load_config(TINY, ["box_head.classes=[lane, person]"]), seed=3)
+    assert only.config.detected_class_ids == (2, 3)
+    assert_detections_of_classes(only.predict([frame])[0], everything.predict([frame])[0], (2, 3), cap=10)
+
+
+def test_classes_that_the_model_does_not_have_are_one_line_naming_them():
+    from models.config import ConfigError
+    with pytest.raises(ConfigError, match=r"box_head.classes: 'persn' is not a class of .*did you mean 'person'"):
+        models.load_config(TINY, ["box_head.classes=[car, persn]"])
+    with pytest.raises(ConfigError, match=r"box_head.classes: 'zebra' is not a class of .*its classes: car, person, lane\)"):
+        models.load_config(TINY, ["box_head.classes=[zebra]"])
+    with pytest.raises(ConfigError, match="box_head.classes: needs at least one class name"):
+        models.load_config(TINY, ["box_head.classes=[]"])
+
+
 def test_paste_mode_is_validated():
     from models.config import ConfigError, load_config
     with pytest.raises(ConfigError, match="mask_head.paste"):

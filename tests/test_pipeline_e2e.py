@@ -281,6 +281,26 @@ def test_cli_runs_a_clip_to_files_quietly(tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_classes_publishes_only_those_and_a_misspelt_one_is_one_line(tmp_path):
+    """--classes reaches the workers' model: every published instance is of those classes (the tiny
+    model's random weights find lane markings first on this clip), and the cap is filled with them."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    tiny = ["--set", f"model.config={TINY}", "--set", "model.weights=null", "--set", "model.score_threshold=null"]
+    done = subprocess.run(cli("--source", f"ped={PEDESTRIANS}", "--set", "sources.max_frames=3", "--publish", endpoint,
+                              "--out", str(tmp_path), "--classes", "person", *tiny),
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    frames = [json.loads(line) for line in (tmp_path / "ped.jsonl").read_text().splitlines()]
+    assert len(frames) == 3
+    assert all(len(frame["instances"]) == 10 for frame in frames)     # the tiny model's cap, all of them kept
+    assert {i["label"] for frame in frames for i in frame["instances"]} == {"person"}
+    done = subprocess.run(cli("--source", str(PEDESTRIANS), "--classes", "persn", *tiny), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"error: model.classes: 'persn' is not a class of {TINY} (did you mean 'person'?)\n"
+
+
+@pytest.mark.slow
 def test_cli_missing_input_is_one_line():
     for command in (RUN_PIPELINE, MASKSTREAM_RUN):
         done = subprocess.run(cli("--source", "/no/such/clip.avi", command=command), cwd=REPO, capture_output=True,

@@ -7,6 +7,7 @@ own save_weights, and its detections on three 1280x720 frames of ../shared/data.
 `convert_seed_h5` (what `maskstream convert keras` runs) into the seed configuration, and `predict` must give
 the same detections one to one.
 """
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,24 @@ def test_same_detections_as_the_seeds_own_graph(model, reference, frames):
         assert worst <= 1e-3, f"{name}: mask probabilities differ by {worst}"
     # The seed's boxes are whole pixels, x2 and y2 exclusive.
     assert all(np.array_equal(d.boxes, np.round(d.boxes)) for d in ours)
+
+
+@pytest.mark.slow
+def test_classes_keep_exactly_those_of_the_seeds_detections(model, frames):
+    """The seed's detection layer with box_head.classes: RoIs whose top class is another one are dropped
+    before NMS and the cap, the rest are the unfiltered detections of those classes, bit for bit."""
+    from tests.test_model import assert_detections_of_classes
+
+    config = copy.deepcopy(model.config)
+    config.box_head.detections_per_image = 300
+    everything = MaskRCNN(config, {n: v.numpy() for n, v in model.params.items()}).predict(frames[:1])[0]
+    ids = (34, 38, 67)                        # the reference frame's most frequent classes
+    config = copy.deepcopy(model.config)
+    config.box_head.classes = [config.class_names[i] for i in ids]
+    config.box_head.detections_per_image = 20
+    only = MaskRCNN(models.load_config(config), {n: v.numpy() for n, v in model.params.items()})
+    assert only.config.detected_class_ids == ids
+    assert_detections_of_classes(only.predict(frames[:1])[0], everything, ids, cap=20)
 
 
 @pytest.mark.parametrize("shape, output", [((720, 1280), (576, 1024)), ((720, 1280), (288, 512)),
