@@ -19,6 +19,7 @@ from models.errors import ConfigError
 
 from .sources import source_kind, split_spec
 from .tracking import TrackingConfig
+from .zones import ZoneConfig, validate_zones
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -158,6 +159,7 @@ class PipelineConfig:
     publish: PublishSection = field(default_factory=PublishSection)
     output: OutputSection = field(default_factory=OutputSection)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # object identities (pipeline/tracking.py)
+    zones: list[ZoneConfig] = field(default_factory=list)  # regions and counting lines (pipeline/zones.py)
     metrics_port: int | None = None    # serve Prometheus metrics on this port
     metrics_host: str = "127.0.0.1"    # the address the metrics are served on (0.0.0.0: every interface)
     ray_address: str | None = None     # join this Ray cluster; none: start a local one
@@ -167,6 +169,7 @@ class PipelineConfig:
     def validate(self, path: str = "config") -> None:
         check_version(self.version, path)
         validate_sections(self, path)
+        validate_zones(self.zones, self.tracking.enabled, path + ".zones")
         require(self.metrics_port is None or 0 < self.metrics_port < 65536, path + ".metrics_port",
                  "must be a TCP port (1-65535)")
 

@@ -8,6 +8,7 @@ SIGTERM (its files closed whole).
 
 With tracking, each instance is shown with its ``#track_id``, and a stream's end line says how
 many tracks started (distinct ids seen) and ended (``tracks_ended`` of its frames and its EOS).
+With zones, each frame's line ends with its regions' counts and its lines' crossings so far.
 """
 import argparse
 import contextlib
@@ -26,14 +27,26 @@ MAX_LABELS_SHOWN = 5  # per line; the rest is counted
 
 
 def describe(frame: FrameRecord) -> str:
-    """One line per frame: ids, timing and the best few instances."""
+    """One line per frame: ids, timing, the best few instances, and with zones their counts."""
     age_ms = (time.time() - frame.captured_at) * 1e3
     labels = ", ".join(caption(inst) for inst in frame.instances[:MAX_LABELS_SHOWN])
     more = len(frame.instances) - MAX_LABELS_SHOWN
     return (f"{frame.stream} seq={frame.seq} frame={frame.frame_index} pts={frame.pts:.3f} "
             f"dropped_before={frame.dropped_before} age_ms={age_ms:.1f} "
             f"instances={len(frame.instances)}" + (f": {labels}" if labels else "")
-            + (f", +{more} more" if more > 0 else ""))
+            + (f", +{more} more" if more > 0 else "") + zone_summary(frame))
+
+
+def zone_summary(frame: FrameRecord) -> str:
+    """` | door: person 2 | gate: in car 3, out none`: each region's instances and each line's
+    crossings so far (nothing without zones)."""
+    def counts(by_label: dict) -> str:
+        return ", ".join(f"{label} {n}" for label, n in by_label.items()) or "none"
+
+    parts = [f"{name}: {counts(by_label)}" for name, by_label in (frame.zone_counts or {}).items()]
+    parts += [f"{name}: " + ", ".join(f"{direction} {counts(by_label)}" for direction, by_label in totals.items())
+              for name, totals in (frame.line_counts or {}).items()]
+    return "".join(f" | {part}" for part in parts)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -13,8 +13,9 @@ One ZeroMQ multipart message per frame on a PUB socket (docs/protocol.md has the
    matching ``cam10``, since ZeroMQ subscriptions are byte prefixes;
 2. header: compact UTF-8 JSON with ``"schema": "maskstream.frame/1"`` and the fields of
    ``FRAME_FIELDS``, in that order (with tracking, each instance's ``track_id`` and the frame's
-   ``tracks_ended`` too: ``OPTIONAL_FIELDS``, absent without tracking; then ``image`` when a
-   third part follows);
+   ``tracks_ended`` too, with zones each instance's ``zones`` and the frame's ``zone_counts``,
+   ``crossings`` and ``line_counts``: ``OPTIONAL_FIELDS``, absent without them; then ``image``
+   when a third part follows);
 3. only when the publisher sends images (``publish.images: jpeg``): the frame's pixels as a JPEG
    (``pipeline.images``), which the header's ``image`` field describes;
 
@@ -57,6 +58,7 @@ FRAME_SCHEMA = "maskstream.frame/1"
 EOS_SCHEMA = "maskstream.eos/1"
 TOPIC_ROOT = "maskstream/"
 EOS_REASONS = ("end", "stopped", "error")  # the source ended; the run was stopped; it failed (see `error`)
+CROSSING_DIRECTIONS = ("in", "out")        # to the right-hand side of a counting line; to its left
 # Bounds a receiver holds every message to: what no real frame exceeds, so that a hostile or broken
 # message cannot make a consumer allocate masks or canvases of absurd size.
 MAX_FRAME_PIXELS = 1 << 27        # a frame of at most 134 M pixels (16384 x 8192)
@@ -85,6 +87,11 @@ class FrameRecord:
     timing_ms: dict[str, float]   # milliseconds per stage: decode, queue, fetch, inference, publish
     instances: tuple[InstanceRecord, ...] = ()
     tracks_ended: tuple[int, ...] | None = None  # with tracking: ids of the tracks that ended at this frame
+    # With zones (pipeline/zones.py): per region, its instances by label; the crossings of counting
+    # lines at this frame ({"line", "track_id", "label", "direction"}); per line, the crossings so far.
+    zone_counts: dict[str, dict[str, int]] | None = None
+    crossings: tuple[dict, ...] | None = None
+    line_counts: dict[str, dict[str, dict[str, int]]] | None = None
     pixels: FrameRef | None = field(default=None, compare=False, repr=False)  # never on the wire
     encoded_image: EncodedImage | None = field(default=None, compare=False, repr=False)  # the JPEG part
 
@@ -128,6 +135,11 @@ class FrameRecord:
                   "instances": [inst.to_wire() for inst in self.instances]}
         if self.tracks_ended is not None:
             header["tracks_ended"] = [int(i) for i in self.tracks_ended]
+        if self.zone_counts is not None:
+            header["zone_counts"] = self.zone_counts
+        if self.crossings is not None:
+            header["crossings"] = list(self.crossings)
+            header["line_counts"] = self.line_counts
         if self.encoded_image is not None:
             header["image"] = self.encoded_image.to_wire()
         return header
@@ -149,11 +161,15 @@ class FrameRecord:
             if not (1 <= encoded_image.width <= header["width"] and 1 <= encoded_image.height <= header["height"]):
                 raise ProtocolError(f"{where}: an image of {encoded_image.width}x{encoded_image.height} "
                                     f"for a frame of {header['width']}x{header['height']}")
+        crossings = header.get("crossings")
         return cls(**{name: header[name] for name in FRAME_FIELDS if name != "instances"}, instances=instances,
-                   tracks_ended=_track_ids(header, where), encoded_image=encoded_image)
+                   tracks_ended=_track_ids(header, where), zone_counts=header.get("zone_counts"),
+                   crossings=None if crossings is None else tuple(crossings), line_counts=header.get("line_counts"),
+                   encoded_image=encoded_image)
 
 
-OPTIONAL_FIELDS = ("tracks_ended",)   # after the others, only with tracking: headers without are v1 too
+# After the others, only with tracking or zones: headers without them are v1 too.
+OPTIONAL_FIELDS = ("tracks_ended", "zone_counts", "crossings", "line_counts")
 FRAME_FIELDS = tuple(f.name for f in dataclasses.fields(FrameRecord)
                      if f.name not in ("pixels", "encoded_image", *OPTIONAL_FIELDS))
 
@@ -302,6 +318,7 @@ def check_frame_header(header: dict) -> None:
              f"instances is not a list of at most {MAX_INSTANCES}")
     for index, instance in enumerate(instances):
         _check_instance(instance, [header["height"], header["width"]], f"{where} instance {index}")
+    _check_zones(header, where)
 
 
 def _check_instance(instance, size: list[int], where: str) -> None:
@@ -318,6 +335,29 @@ def _check_instance(instance, size: list[int], where: str) -> None:
              f"mask is not an RLE of the frame's size {size}")
     _require(rle_pixels(mask["counts"]) == size[0] * size[1], where, "mask RLE does not cover the frame")
     _require(_is_count(instance.get("track_id", 0)), where, "track_id is not an integer >= 0")
+    zones = instance.get("zones", [])
+    _require(isinstance(zones, list) and all(isinstance(z, str) for z in zones), where, "zones is not a list of names")
+
+
+def _is_label_counts(value) -> bool:
+    """An object of integers >= 0 ({label: count})."""
+    return isinstance(value, dict) and all(_is_count(n) for n in value.values())
+
+
+def _check_zones(header: dict, where: str) -> None:
+    """A header's zone fields, when present (pipeline/zones.py): each of its type."""
+    counts = header.get("zone_counts", {})
+    _require(isinstance(counts, dict) and all(map(_is_label_counts, counts.values())), where,
+             "zone_counts is not an object of {label: count} objects")
+    crossings, totals = header.get("crossings", []), header.get("line_counts", {})
+    _require(("crossings" in header) == ("line_counts" in header), where, "crossings and line_counts come together")
+    _require(isinstance(crossings, list) and all(
+        isinstance(c, dict) and isinstance(c.get("line"), str) and _is_count(c.get("track_id")) and c["track_id"] >= 1
+        and isinstance(c.get("label"), str) and c.get("direction") in CROSSING_DIRECTIONS for c in crossings), where,
+        "crossings is not a list of {line, track_id, label, direction} objects")
+    _require(isinstance(totals, dict) and all(
+        isinstance(t, dict) and set(t) == set(CROSSING_DIRECTIONS) and all(map(_is_label_counts, t.values()))
+        for t in totals.values()), where, "line_counts is not an object of {in, out} label counts")
 
 
 def _track_ids(header: dict, where: str) -> tuple[int, ...] | None:

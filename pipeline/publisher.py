@@ -94,6 +94,7 @@ from .protocol import EndOfStream, FrameRecord, check_stream_id, encode_message,
 from .sinks import StreamSinks
 from .sources import FALLBACK_FPS
 from .tracking import TrackingConfig, TrackingStage
+from .zones import ZoneConfig, ZoneStage, validate_zones
 
 LATENCY_SAMPLES = 10_000  # per stage and stream: recent enough, bounded memory
 SEND_RETRY_S = 0.005      # offline, a full subscriber queue is tried again this often
@@ -110,6 +111,7 @@ class _Stream:
     stream_id: str
     sinks: StreamSinks | None
     tracking: TrackingStage | None = None
+    zones: ZoneStage | None = None   # with zones that apply to this stream
     next_seq: int = 0
     waiting: dict = field(default_factory=dict)  # seq -> (FrameRecord, arrival perf_counter)
     frames: int | None = None  # known once end_stream is called
@@ -148,10 +150,12 @@ class Publisher:
 
     def __init__(self, publish: PublishSection, output: OutputSection | None = None,
                  class_names: list[str] | None = None, live: bool = False,
-                 tracking: TrackingConfig | None = None, publish_score: float = 0.0):
+                 tracking: TrackingConfig | None = None, publish_score: float = 0.0,
+                 zones: list[ZoneConfig] = ()):
         """``class_names[class_id]``: labels for the COCO files' categories, also those never detected;
         ``live``: never wait for a subscriber; ``tracking``: track ids per stream (None or not
-        enabled: none); ``publish_score``: see the module docstring."""
+        enabled: none); ``publish_score``: see the module docstring; ``zones``: regions and
+        counting lines (pipeline/zones.py; lines need tracking)."""
         output = output or OutputSection()
         publish.validate("publish")
         output.validate("output")
@@ -161,6 +165,8 @@ class Publisher:
         if self.tracking is not None:
             self.tracking.validate("tracking")
         self.publish_score = publish_score
+        self.zones = list(zones)
+        validate_zones(self.zones, self.tracking is not None)
         if output.dir:
             _make_out_dir(output.dir)
         self._streams: dict[str, _Stream] = {}
@@ -315,8 +321,8 @@ class Publisher:
     def _stream(self, stream_id: str, source_fps: float | None = None, resume_at: int | None = None,
                 tracker=None) -> _Stream:
         """The state of ``stream_id``, opening its file sinks on first sight (at ``resume_at``
-        after a restart, its tracker then as it was before that seq: ``tracker``, a snapshot from
-        ``progress()``, None for a fresh one)."""
+        after a restart, its tracker and its counting lines then as they were before that seq:
+        ``tracker``, a snapshot from ``progress()``, None for fresh ones)."""
         if stream_id not in self._streams:
             check_stream_id(stream_id)
             sinks = None
@@ -324,10 +330,12 @@ class Publisher:
                 overlay_fps = (self.output.overlay_fps or source_fps or FALLBACK_FPS) if self.output.overlay else None
                 sinks = StreamSinks(self.output.dir, stream_id, self.class_names, overlay_fps, resume_at,
                                     tracks=self.tracking is not None)
+            saved_tracker, saved_lines = tracker if tracker is not None else (None, None)
             tracking = None
             if self.tracking is not None:
-                tracking = TrackingStage(self.tracking, self.publish_score, tracker)
-            self._streams[stream_id] = _Stream(stream_id, sinks, tracking, next_seq=resume_at or 0)
+                tracking = TrackingStage(self.tracking, self.publish_score, saved_tracker)
+            zones = ZoneStage(self.zones, stream_id, saved_lines)
+            self._streams[stream_id] = _Stream(stream_id, sinks, tracking, zones or None, next_seq=resume_at or 0)
         return self._streams[stream_id]
 
     def _send_in_order(self, stream: _Stream) -> None:
@@ -339,6 +347,8 @@ class Publisher:
     def _send_frame(self, stream: _Stream, record: FrameRecord, arrived: float) -> None:
         if stream.tracking is not None:
             record = stream.tracking.apply(record)
+        if stream.zones is not None:
+            record = stream.zones.apply(record)
         config = self.publish_section
         images = config.images == "jpeg"
         pixels = _pixels(record) if images or (stream.sinks is not None and stream.sinks.wants_pixels) else None
@@ -387,10 +397,12 @@ class Publisher:
         "ended": [streams whose EOS is out], "events": [one-line notices since the last call],
         "delivery": delivery(), "trackers": {stream: (seq, snapshot)}}``. ``resumed`` is False for a
         restarted publisher until ``resume``. ``trackers`` (with tracking): for each stream, its
-        tracker as it is before ``seq``, the first seq not yet sent (a copy: a few small arrays);
-        given back to ``resume`` it makes the same ids from that seq on."""
+        tracker and its counting lines as they are before ``seq``, the first seq not yet sent (a
+        copy: a few small arrays); given back to ``resume`` it makes the same ids and counts from
+        that seq on."""
         events, self._events = self._events, []
-        trackers = {sid: (stream.next_seq, stream.tracking.snapshot())
+        trackers = {sid: (stream.next_seq, (stream.tracking.snapshot(),
+                                            None if stream.zones is None else stream.zones.snapshot()))
                     for sid, stream in self._streams.items() if stream.tracking is not None}
         return {"incarnation": self._incarnation, "resumed": self._held is None, "trackers": trackers,
                 "sent": {sid: stream.next_seq for sid, stream in self._streams.items()},

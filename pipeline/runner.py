@@ -64,6 +64,7 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
     already has, or starts a local one (and shuts it down after).
     """
     specs = parse_sources(config.sources.uris)
+    check_zone_streams(config, specs)
     live = resolve_live(config.sources.mode, specs)
     model_config = check_model_inputs(config)
     publish_score, model_config.box_head.score_threshold = score_thresholds(config, model_config)
@@ -133,6 +134,16 @@ def parse_sources(uris: list[str]) -> list[SourceSpec]:
             raise PipelineError(f"two sources have the stream id {spec.stream_id!r}: name them with id=URI")
         seen.add(spec.stream_id)
     return specs
+
+
+def check_zone_streams(config: PipelineConfig, specs: list[SourceSpec]) -> None:
+    """PipelineError (one line) for a zone whose `streams` names a stream this run does not have."""
+    ids = [spec.stream_id for spec in specs]
+    for i, zone in enumerate(config.zones):
+        unknown = [sid for sid in zone.streams or () if sid not in ids]
+        if unknown:
+            raise PipelineError(f"zones[{i}] ({zone.name}): no stream {unknown[0]!r} in this run "
+                                f"(its streams: {', '.join(ids)})")
 
 
 def resolve_live(mode: str, specs: list[SourceSpec]) -> bool:
@@ -218,7 +229,7 @@ def start_publisher(config: PipelineConfig, class_names: list[str], placement, l
     it after a crash (publish.max_restarts); its calls are not retried (the scheduler resends)."""
     publisher = PublisherActor.options(
         scheduling_strategy=placement, max_restarts=config.publish.max_restarts, max_task_retries=0,
-    ).remote(config.publish, config.output, class_names, live, config.tracking, publish_score)
+    ).remote(config.publish, config.output, class_names, live, config.tracking, publish_score, config.zones)
     try:
         ray.get(publisher.ready.remote())
     except ray.exceptions.RayError as error:

@@ -120,11 +120,16 @@ def test_ingest_then_publisher_killed_mid_run_every_frame_once_and_the_files_who
     assert sorted(coco.getImgIds()) == list(range(FRAMES)) and len(results.anns) == FRAMES
 
 
+ZONES = [{"name": "left", "polygon": [[0, 0], [80, 0], [80, 120], [0, 120]]},
+         {"name": "middle", "line": [[80, 0], [80, 120]]}]
+
+
 def track_ids_of_a_run(kill_publisher_at: int | None = None) -> list:
     """FRAMES generated frames, each blob of bright pixels a car (BrightBlobsModel: ~5 a frame,
-    dozens of tracks), tracking on: per frame (seq, [(track_id, box)], tracks_ended), then EOS's
-    tracks_ended; the publisher's process killed (SIGKILL) after that many frames were received."""
-    config = delivery_config("publish.wait_subscribers=0")
+    dozens of tracks), tracking on, a region and a counting line: per frame (seq, [(track_id, box,
+    zones)], tracks_ended, zone_counts, crossings, line_counts), then EOS's tracks_ended; the
+    publisher's process killed (SIGKILL) after that many frames were received."""
+    config = delivery_config("publish.wait_subscribers=0", f"zones={json.dumps(ZONES)}")
 
     def kill(frames: int) -> None:
         if frames == kill_publisher_at:
@@ -136,8 +141,8 @@ def track_ids_of_a_run(kill_publisher_at: int | None = None) -> list:
         summary = background.result()
     assert_every_frame_once_in_order(consumer, messages, FRAMES)
     assert summary.restarts["publisher"] == (1 if kill_publisher_at else 0)
-    return [(m.seq, [(i.track_id, i.box) for i in m.instances], m.tracks_ended) for m in messages[:-1]] + \
-        [messages[-1].tracks_ended]
+    return [(m.seq, [(i.track_id, i.box, i.zones) for i in m.instances], m.tracks_ended, m.zone_counts, m.crossings,
+             m.line_counts) for m in messages[:-1]] + [messages[-1].tracks_ended]
 
 
 def test_a_restarted_publisher_gives_the_frames_it_sends_again_the_same_track_ids():
@@ -145,10 +150,14 @@ def test_a_restarted_publisher_gives_the_frames_it_sends_again_the_same_track_id
     back to the restarted publisher, which sends again from a seq whose state it got: every
     frame gets the ids an uninterrupted run gives (a fresh tracker would count from 1 again). The
     kill comes late enough that the frames sent again start past seq 0 (the resend window is
-    publish.hwm + 256 frames)."""
+    publish.hwm + 256 frames). The counting line's totals go on likewise (a fresh stage would count
+    from 0 again)."""
     whole = track_ids_of_a_run()
-    ids = {i for _, instances, _ in whole[:-1] for i, _ in instances} - {0}
+    ids = {i for _, instances, *_ in whole[:-1] for i, _, _ in instances} - {0}
     assert len(ids) >= 20
+    crossed = whole[-2][-1]["middle"]
+    assert sum(crossed["in"].values()) + sum(crossed["out"].values()) >= 5
+    assert sum(len(frame[4]) for frame in whole[:-1]) == sum(crossed["in"].values()) + sum(crossed["out"].values())
     assert track_ids_of_a_run(kill_publisher_at=450) == whole
 
 

@@ -9,7 +9,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline import consumer
 from pipeline.config import OutputSection, PublishSection
-from pipeline.protocol import EOS_SCHEMA, FRAME_SCHEMA, FrameRecord, InstanceRecord, json_schema
+from pipeline.protocol import EOS_SCHEMA, FRAME_SCHEMA, FrameRecord, InstanceRecord, ProtocolError, json_schema
 from pipeline.publisher import PublisherActor
 
 WIDTH, HEIGHT = 64, 48
@@ -45,6 +45,20 @@ class Consumer(consumer.Consumer):
     def part_counts(self, stream: str) -> list[int]:
         """How many parts each of ``stream``'s frame messages had: 2, or 3 with an image."""
         return [count for name, count in self._frame_parts if name == stream]
+
+
+def assert_refused(header: dict, changes: list) -> None:
+    """Each (change, problem) of `changes` made to a copy of frame `header`: the JSON Schema refuses
+    it and the SDK's decoder refuses it with a ProtocolError matching `problem`."""
+    import pytest
+
+    for change, problem in changes:
+        bad = json.loads(json.dumps(header))
+        change(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            VALIDATORS[FRAME_SCHEMA].validate(bad)
+        with pytest.raises(ProtocolError, match=problem):
+            FrameRecord.from_wire(bad)
 
 
 def rectangle_mask(seq: int, index: int) -> tuple[np.ndarray, list[float]]:

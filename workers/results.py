@@ -19,13 +19,15 @@ class InstanceRecord:
     """One detected instance: ``box`` is (x1, y1, x2, y2) in pixels, ``rle`` the mask in COCO
     compressed RLE ({"size": [height, width], "counts": str}; "mask" on the wire); ``track_id`` the
     object's identity across the stream's frames, set by the pipeline's tracking stage (0 for an
-    instance in no confirmed track yet; None, and not on the wire, without tracking)."""
+    instance in no confirmed track yet; None, and not on the wire, without tracking); ``zones`` the
+    regions of the frame it stands in (None, and not on the wire, when its stream has none)."""
     class_id: int
     label: str
     score: float
     box: tuple[float, float, float, float]
     rle: dict = field(repr=False)
     track_id: int | None = None
+    zones: tuple[str, ...] | None = None   # with zones: the regions it stands in (pipeline/zones.py)
     colour: tuple[float, float, float] | None = field(default=None, repr=False, compare=False)
     """The mean RGB of the mask's pixels, from the worker (the tracker's appearance cue); not on the wire."""
 
@@ -43,12 +45,15 @@ class InstanceRecord:
                          "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}}
         if self.track_id is not None:
             wire["track_id"] = int(self.track_id)
+        if self.zones is not None:
+            wire["zones"] = list(self.zones)
         return wire
 
     @classmethod
     def from_wire(cls, data: dict) -> InstanceRecord:
+        zones = data.get("zones")
         return cls(data["class_id"], data["label"], data["score"], tuple(data["box"]), data["mask"],
-                   data.get("track_id"))
+                   data.get("track_id"), None if zones is None else tuple(zones))
 
 
 def instance_records(detections, pixels: np.ndarray | None = None) -> tuple[InstanceRecord, ...]:

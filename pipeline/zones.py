@@ -1,0 +1,183 @@
+"""Zones: how many instances stand in each region of the frame, and which tracked objects cross a
+counting line, per stream (what NVIDIA DeepStream's nvdsanalytics calls ROI counting and line
+crossing). The publisher runs a `ZoneStage` per stream on each frame, after tracking, in `seq`
+order and exactly once.
+
+Configured in the pipeline's `zones:` list (`ZoneConfig`), in the frame's pixels:
+
+    zones:
+      - {name: door, polygon: [[0, 400], [300, 400], [300, 720], [0, 720]]}   # a region
+      - {name: gate, line: [[640, 0], [640, 720]], streams: [cam1]}          # a counting line
+
+An instance is where its box's bottom centre is (where a person stands, where a car meets the
+road). On the wire (additive to maskstream.frame/1, only with zones configured):
+- each instance's `zones`: the regions it is in, in configuration order;
+- the frame's `zone_counts`: per region, its instances by label (`{"door": {"person": 2}}`);
+- the frame's `crossings`: the confirmed tracks whose bottom centre crossed a line since their
+  last frame, `{"line", "track_id", "label", "direction"}`, direction `in` when it ends on the
+  right-hand side of the line walking from its first point to its second as the frame shows it,
+  `out` the other way;
+- the frame's `line_counts`: per line, the crossings so far in this stream,
+  `{"gate": {"in": {"car": 3}, "out": {}}}`.
+Lines need tracking (the same object before and after); a stage's `snapshot()` carries the
+counts and where each track last was over a publisher restart.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from models.config import require
+
+from .protocol import CROSSING_DIRECTIONS as DIRECTIONS
+
+
+@dataclass
+class ZoneConfig:
+    name: str                                   # the zone's name on the wire
+    polygon: list[list[float]] | None = None    # a region: [[x, y], ...], at least 3 points, frame pixels
+    line: list[list[float]] | None = None       # or a counting line: [[x1, y1], [x2, y2]], frame pixels
+    streams: list[str] | None = None            # the stream ids it applies to; null: every stream
+
+    def validate(self, path: str) -> None:
+        require(bool(re.fullmatch(r"[\w. -]+", self.name)), path + ".name",
+                "must be letters, digits, spaces, '.', '_' or '-'")
+        require((self.polygon is None) != (self.line is None), path, "needs a polygon or a line (one of them)")
+        if self.polygon is not None:
+            require(len(self.polygon) >= 3 and all(len(p) == 2 for p in self.polygon), path + ".polygon",
+                    "needs at least 3 [x, y] points")
+        else:
+            require(len(self.line) == 2 and all(len(p) == 2 for p in self.line), path + ".line",
+                    "needs 2 [x, y] points")
+            require(self.line[0] != self.line[1], path + ".line", "needs 2 different points")
+
+    def applies_to(self, stream_id: str) -> bool:
+        return self.streams is None or stream_id in self.streams
+
+
+def validate_zones(zones: list[ZoneConfig], tracking: bool, path: str = "zones") -> None:
+    """Each zone valid, names distinct, lines only with tracking; ConfigError naming the first mistake."""
+    for i, zone in enumerate(zones):
+        zone.validate(f"{path}[{i}]")
+        require(zone.name not in [z.name for z in zones[:i]], f"{path}[{i}].name", f"{zone.name!r} is used twice")
+        require(zone.line is None or tracking, f"{path}[{i}].line",
+                "a counting line needs tracking (tracking.enabled: true) to follow objects across it")
+
+
+def anchors(boxes: np.ndarray) -> np.ndarray:
+    """boxes (N, 4) x1 y1 x2 y2 -> (N, 2) float64 the bottom centre of each box."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, boxes[:, 3]], axis=1)
+
+
+def inside(polygon: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """polygon (V, 2), points (N, 2) -> (N,) bool: inside the polygon or on its edge (OpenCV's test)."""
+    contour = np.asarray(polygon, np.float32).reshape(-1, 1, 2)
+    return np.array([cv2.pointPolygonTest(contour, (float(x), float(y)), False) >= 0 for x, y in points], bool)
+
+
+def side(line: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """line (2, 2) first and second point, points (N, 2) -> (N,) float64: > 0 on the right-hand side of
+    the line walking from its first point to its second as the frame shows it (y down), < 0 on the
+    left, 0 on it (the z of the cross product)."""
+    (ax, ay), (bx, by) = np.asarray(line, np.float64)
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    return (bx - ax) * (points[:, 1] - ay) - (by - ay) * (points[:, 0] - ax)
+
+
+def crossings(line: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """line (2, 2), movements from start (N, 2) to end (N, 2) -> (N,) int: +1 where the movement
+    crosses the line segment to its right-hand side (`in`), -1 to its left (`out`), 0 where it does
+    not cross it (ends on it, stays on one side, or passes beyond either end of the segment)."""
+    start, end = np.asarray(start, np.float64).reshape(-1, 2), np.asarray(end, np.float64).reshape(-1, 2)
+    before, after = side(line, start), side(line, end)
+    a, b = np.asarray(line, np.float64)
+    # The line's two ends on opposite sides of each movement (or one of them on it).
+    da = (end[:, 0] - start[:, 0]) * (a[1] - start[:, 1]) - (end[:, 1] - start[:, 1]) * (a[0] - start[:, 0])
+    db = (end[:, 0] - start[:, 0]) * (b[1] - start[:, 1]) - (end[:, 1] - start[:, 1]) * (b[0] - start[:, 0])
+    through = (before * after < 0) & (da * db <= 0)
+    return np.where(through, np.sign(after), 0).astype(np.int64)
+
+
+@dataclass
+class LineState:
+    """One counting line's state in one stream: where each track was last seen off the line, and
+    the crossings so far by direction and label."""
+    last: dict[int, tuple[float, float]] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=lambda: {d: {} for d in DIRECTIONS})
+
+
+class ZoneStage:
+    """The zones of one stream: `apply` each frame record in seq order, exactly once, after tracking.
+
+        stage = ZoneStage(config.zones, "cam1")
+        record = stage.apply(record)      # instances' zones, zone_counts, crossings, line_counts
+        saved = stage.snapshot()          # ZoneStage(..., state=saved) goes on from it
+    """
+
+    def __init__(self, zones: list[ZoneConfig], stream_id: str, state: dict[str, LineState] | None = None):
+        mine = [zone for zone in zones if zone.applies_to(stream_id)]
+        self.regions = [(zone.name, np.array(zone.polygon, np.float64)) for zone in mine if zone.polygon is not None]
+        self.lines = [(zone.name, np.array(zone.line, np.float64)) for zone in mine if zone.line is not None]
+        self.state = copy.deepcopy(state) if state is not None else {name: LineState() for name, _ in self.lines}
+
+    def __bool__(self) -> bool:
+        return bool(self.regions or self.lines)
+
+    def apply(self, record):
+        """A `pipeline.protocol.FrameRecord` -> the record with the fields of the module docstring
+        (region fields only when the stream has regions, line fields only when it has lines)."""
+        points = anchors([inst.box for inst in record.instances])
+        changes = {}
+        if self.regions:
+            within = [inside(polygon, points) for _, polygon in self.regions]          # per region, (N,)
+            changes["instances"] = tuple(
+                replace(inst, zones=tuple(name for (name, _), w in zip(self.regions, within) if w[i]))
+                for i, inst in enumerate(record.instances))
+            changes["zone_counts"] = {name: label_counts([inst.label for inst, w_i in zip(record.instances, w)
+                                                          if w_i]) for (name, _), w in zip(self.regions, within)}
+        if self.lines:
+            changes["crossings"] = tuple(self._cross(record, points))   # counts first, then the totals
+            changes["line_counts"] = {name: copy.deepcopy(self.state[name].counts) for name, _ in self.lines}
+        return replace(record, **changes)
+
+    def _cross(self, record, points: np.ndarray) -> list[dict]:
+        """The crossings at this frame, as wire-ready dicts, counted into the lines' state."""
+        tracked = [(i, inst) for i, inst in enumerate(record.instances) if inst.track_id]
+        events = []
+        for name, line in self.lines:
+            state = self.state[name]
+            for track_id in record.tracks_ended or ():
+                state.last.pop(track_id, None)
+            if not tracked:
+                continue
+            now = points[[i for i, _ in tracked]]
+            before = np.array([state.last.get(inst.track_id, now[k]) for k, (_, inst) in enumerate(tracked)])
+            moved = crossings(line, before, now)
+            for k, (_, inst) in enumerate(tracked):
+                if moved[k]:
+                    direction = DIRECTIONS[0] if moved[k] > 0 else DIRECTIONS[1]
+                    state.counts[direction][inst.label] = state.counts[direction].get(inst.label, 0) + 1
+                    events.append({"line": name, "track_id": int(inst.track_id), "label": inst.label,
+                                   "direction": direction})
+            # Where each track was last seen off the line: one that stops on it crosses when it leaves it.
+            off = side(line, now) != 0
+            state.last.update({int(inst.track_id): (float(now[k, 0]), float(now[k, 1]))
+                               for k, (_, inst) in enumerate(tracked) if off[k]})
+        return events
+
+    def snapshot(self) -> dict[str, LineState]:
+        """A copy of the lines' state, unaffected by the frames that follow."""
+        return copy.deepcopy(self.state)
+
+
+def label_counts(labels: list[str]) -> dict[str, int]:
+    """Labels -> {label: how many}, in order of first appearance."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return counts

@@ -1,0 +1,170 @@
+"""Zones (pipeline/zones.py): instances counted in regions by where they stand, tracked objects
+counted crossing lines by direction, on the wire as the schema says, carried over a publisher's
+restart, and mistakes in the configuration in one line."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from models.errors import ConfigError, PipelineError
+from pipeline.config import load_pipeline_config
+from pipeline.protocol import FRAME_SCHEMA, FrameRecord, InstanceRecord, ProtocolError, decode_message, encode_message
+from pipeline.zones import ZoneConfig, ZoneStage, anchors, crossings, inside
+from tests.wire_helpers import VALIDATORS, assert_refused, encode_rle
+
+WIDTH, HEIGHT = 160, 120
+DOOR = ZoneConfig("door", polygon=[[0, 60], [80, 60], [80, 120], [0, 120]])      # the lower left quarter
+GATE = ZoneConfig("gate", line=[[100, 0], [100, 120]])                          # x = 100, pointing down
+
+
+def instance(box, label="person", track_id=None) -> InstanceRecord:
+    mask = np.zeros((HEIGHT, WIDTH), bool)
+    x1, y1, x2, y2 = (int(v) for v in box)
+    mask[max(y1, 0):y2, max(x1, 0):x2] = True
+    return InstanceRecord(1 if label == "person" else 3, label, 0.9, tuple(float(v) for v in box), encode_rle(mask),
+                          track_id)
+
+
+def record(seq, instances, stream="cam1", tracks_ended=()) -> FrameRecord:
+    return FrameRecord(stream, seq, seq, seq / 25.0, 1.7e9 + seq / 25.0, None, WIDTH, HEIGHT, 0, {}, tuple(instances),
+                       tracks_ended=tuple(tracks_ended))
+
+
+def walker(x, track_id=1, label="person") -> InstanceRecord:
+    """A 10x20 box standing at (x, 50): its bottom centre is (x, 50)."""
+    return instance((x - 5, 30, x + 5, 50), label, track_id)
+
+
+def test_where_an_instance_stands_is_its_boxs_bottom_centre_inside_a_polygon_or_on_its_edge():
+    np.testing.assert_array_equal(anchors([[10, 20, 30, 60], [0, 0, 5, 1]]), [[20, 60], [2.5, 1]])
+    square = np.array([[0, 0], [10, 0], [10, 10], [0, 10]])
+    points = np.array([[5, 5], [10, 5], [0, 0], [10.01, 5], [-1, 5], [5, 11]])
+    np.testing.assert_array_equal(inside(square, points), [True, True, True, False, False, False])
+    triangle = np.array([[0, 0], [10, 0], [0, 10]])
+    np.testing.assert_array_equal(inside(triangle, np.array([[2, 2], [6, 6]])), [True, False])
+
+
+def test_a_movement_crosses_a_line_segment_by_direction_and_not_past_its_ends():
+    line = np.array([[100, 0], [100, 120]])           # pointing down: its right-hand side is x < 100
+    start = np.array([[90, 50], [110, 50], [90, 50], [90, 130], [90, 50], [100, 50], [90, 110]])
+    end = np.array([[110, 50], [90, 50], [95, 60], [110, 130], [100, 50], [110, 50], [110, 130]])
+    # across left to right: out; back: in; short of it; below its end; onto it; from it; through its end point
+    np.testing.assert_array_equal(crossings(line, start, end), [-1, 1, 0, 0, 0, 0, -1])
+
+
+def test_regions_count_the_instances_standing_in_them_and_name_them_on_each_instance():
+    stage = ZoneStage([DOOR, ZoneConfig("all", polygon=[[0, 0], [160, 0], [160, 120], [0, 120]])], "cam1")
+    got = stage.apply(record(0, [instance((10, 70, 30, 100)),                 # stands at (20, 100): door
+                                 instance((60, 40, 100, 70), "car"),          # (80, 70): on door's edge
+                                 instance((100, 10, 120, 50)),                # (110, 50): not in the door
+                                 instance((10, 70, 30, 100), "car")]))
+    assert [inst.zones for inst in got.instances] == [("door", "all"), ("door", "all"), ("all",), ("door", "all")]
+    assert got.zone_counts == {"door": {"person": 1, "car": 2}, "all": {"person": 2, "car": 2}}
+    assert (got.crossings, got.line_counts) == (None, None)                  # no lines: no line fields
+    empty = stage.apply(record(1, []))
+    assert empty.zone_counts == {"door": {}, "all": {}} and empty.instances == ()
+
+
+def test_tracked_objects_crossing_a_line_are_counted_once_each_way_by_label():
+    stage = ZoneStage([GATE], "cam1")
+    path = [80, 95, 105, 120, 104, 96, 100, 100, 106]     # across (out), back (in), onto the line, off it (out)
+    frames = [stage.apply(record(seq, [walker(x, 7), walker(200 - x, 8, "car")])) for seq, x in enumerate(path)]
+    events = [(seq, c["track_id"], c["label"], c["direction"]) for seq, f in enumerate(frames) for c in f.crossings]
+    assert events == [(2, 7, "person", "out"), (2, 8, "car", "in"), (5, 7, "person", "in"),
+                      (5, 8, "car", "out"), (8, 7, "person", "out"), (8, 8, "car", "in")]
+    assert frames[-1].line_counts == {"gate": {"in": {"car": 2, "person": 1}, "out": {"person": 2, "car": 1}}}
+    assert frames[1].line_counts == {"gate": {"in": {}, "out": {}}} and frames[1].zone_counts is None
+    assert frames[0].instances[0].zones is None                              # no regions: no instance field
+
+
+def test_only_confirmed_tracks_cross_and_an_ended_track_starts_afresh():
+    stage = ZoneStage([GATE], "cam1")
+    assert stage.apply(record(0, [walker(90, 0)])).crossings == ()         # track 0: not yet an object
+    assert stage.apply(record(1, [walker(110, 0)])).crossings == ()
+    stage.apply(record(2, [walker(90, 3)]))
+    stage.apply(record(3, [], tracks_ended=[3]))
+    # The id is new to the stage after its end: where it was before does not count.
+    assert stage.apply(record(4, [walker(110, 3)])).crossings == ()
+    assert stage.apply(record(5, [walker(90, 3)])).crossings == ({"line": "gate", "track_id": 3,
+                                                                  "label": "person", "direction": "in"},)
+
+
+def test_a_zone_applies_to_the_streams_it_names():
+    zones = [dataclasses.replace(DOOR, streams=["cam2"]), GATE]
+    assert (ZoneStage(zones, "cam1").regions, [n for n, _ in ZoneStage(zones, "cam1").lines]) == ([], ["gate"])
+    assert [n for n, _ in ZoneStage(zones, "cam2").regions] == ["door"]
+    assert not ZoneStage([dataclasses.replace(DOOR, streams=["cam2"])], "cam1")
+
+
+def test_a_stage_taken_up_from_a_snapshot_counts_on_as_the_original():
+    path = [80, 95, 105, 120, 104, 96, 106, 90]
+    frames = [record(seq, [walker(x, 7)]) for seq, x in enumerate(path)]
+    whole = ZoneStage([GATE, DOOR], "cam1")
+    first = [whole.apply(f) for f in frames[:4]]
+    saved = whole.snapshot()
+    rest = [whole.apply(f) for f in frames[4:]]
+    taken_up = ZoneStage([GATE, DOOR], "cam1", saved)
+    assert [taken_up.apply(f) for f in frames[4:]] == rest
+    assert first[2].line_counts == {"gate": {"in": {}, "out": {"person": 1}}}   # the snapshot is a copy
+    assert rest[-1].line_counts == {"gate": {"in": {"person": 2}, "out": {"person": 2}}}
+
+
+def test_zone_fields_round_trip_validate_and_malformed_ones_are_refused():
+    stage = ZoneStage([DOOR, GATE], "cam1")
+    stage.apply(record(0, [walker(90, 5), instance((10, 70, 30, 100), "car", 6)]))
+    sent = dataclasses.replace(stage.apply(record(1, [walker(110, 5), instance((10, 70, 30, 100), "car", 6)])),
+                               published_at=1.7e9 + 1)
+    header = sent.to_wire()
+    VALIDATORS[FRAME_SCHEMA].validate(header)
+    assert header["zone_counts"] == {"door": {"car": 1}} and header["instances"][1]["zones"] == ["door"]
+    assert header["crossings"] == [{"line": "gate", "track_id": 5, "label": "person", "direction": "out"}]
+    assert header["line_counts"] == {"gate": {"in": {}, "out": {"person": 1}}}
+    assert list(header)[-4:] == ["tracks_ended", "zone_counts", "crossings", "line_counts"]
+    assert decode_message(encode_message(sent)) == sent
+    assert_refused(header, [
+        (lambda h: h["instances"][0].update(zones="door"), "zones is not a list of names"),
+        (lambda h: h.update(zone_counts={"door": {"car": -1}}), "zone_counts is not an object"),
+        (lambda h: h["crossings"][0].update(direction="up"), "crossings is not a list"),
+        (lambda h: h["crossings"][0].update(track_id=0), "crossings is not a list"),
+        (lambda h: h.update(line_counts={"gate": {"in": {}}}), "line_counts is not an object"),
+        (lambda h: h.update(line_counts={"gate": {"in": {}, "out": {"car": 1.5}}}), "line_counts is not an"),
+    ])
+    del header["line_counts"]
+    with pytest.raises(ProtocolError, match="crossings and line_counts come together"):
+        FrameRecord.from_wire(header)
+
+
+def test_consume_prints_each_regions_count_and_each_lines_crossings_so_far():
+    from pipeline.consume import describe
+    stage = ZoneStage([DOOR, GATE], "cam1")
+    stage.apply(record(0, [walker(90, 5)]))
+    line = describe(stage.apply(record(1, [walker(110, 5), instance((10, 70, 30, 100), "car", 6)])))
+    assert line.endswith("instances=2: #5 person 0.90, #6 car 0.90 | door: car 1 | gate: in none, out person 1")
+    assert " | " not in describe(record(1, [walker(110, 5)]))
+
+
+@pytest.mark.parametrize("zones, message", [
+    ([{"name": "a", "polygon": [[0, 0], [1, 1]]}], r"zones\[0\].polygon: needs at least 3 \[x, y\] points"),
+    ([{"name": "a"}], r"zones\[0\]: needs a polygon or a line"),
+    ([{"name": "a", "line": [[0, 0], [1, 1]], "polygon": [[0, 0], [1, 0], [0, 1]]}], r"zones\[0\]: needs a polygon"),
+    ([{"name": "a", "line": [[5, 5], [5, 5]]}], r"zones\[0\].line: needs 2 different points"),
+    ([{"name": "a", "line": [[0, 0], [1, 1]]}, {"name": "a", "line": [[0, 1], [1, 1]]}],
+     r"zones\[1\].name: 'a' is used twice"),
+    ([{"name": "a/b", "line": [[0, 0], [1, 1]]}], r"zones\[0\].name: must be letters"),
+    ([{"name": "a", "line": [[0, 0], [1, "x"]]}], r"zones\[0\].line\[1\]\[1\]: expected a number"),
+])
+def test_zone_mistakes_are_one_line_naming_the_zone(zones, message):
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline_config(None, [f"zones={json.dumps(zones)}"])
+
+
+def test_a_counting_line_without_tracking_or_for_a_stream_not_in_the_run_is_one_line():
+    line = json.dumps([{"name": "gate", "line": [[0, 0], [1, 1]], "streams": ["cam9"]}])
+    with pytest.raises(ConfigError, match=r"zones\[0\].line: a counting line needs tracking"):
+        load_pipeline_config(None, [f"zones={line}", "tracking.enabled=false"])
+    from pipeline.runner import check_zone_streams, parse_sources
+    config = load_pipeline_config(None, [f"zones={line}"])
+    with pytest.raises(PipelineError, match=r"^zones\[0\] \(gate\): no stream 'cam9' in this run \(its streams: "
+                                            r"synthetic\)$"):
+        check_zone_streams(config, parse_sources(config.sources.uris))
