@@ -22,6 +22,7 @@ from .consumer import Consumer, Gap, gap_log
 from .overlay import caption
 from .protocol import EndOfStream, FrameRecord
 from .sinks import JsonlSink, OverlayVideoSink
+from .zones import zone_figures
 
 MAX_LABELS_SHOWN = 5  # per line; the rest is counted
 
@@ -34,19 +35,7 @@ def describe(frame: FrameRecord) -> str:
     return (f"{frame.stream} seq={frame.seq} frame={frame.frame_index} pts={frame.pts:.3f} "
             f"dropped_before={frame.dropped_before} age_ms={age_ms:.1f} "
             f"instances={len(frame.instances)}" + (f": {labels}" if labels else "")
-            + (f", +{more} more" if more > 0 else "") + zone_summary(frame))
-
-
-def zone_summary(frame: FrameRecord) -> str:
-    """` | door: person 2 | gate: in car 3, out none`: each region's instances and each line's
-    crossings so far (nothing without zones)."""
-    def counts(by_label: dict) -> str:
-        return ", ".join(f"{label} {n}" for label, n in by_label.items()) or "none"
-
-    parts = [f"{name}: {counts(by_label)}" for name, by_label in (frame.zone_counts or {}).items()]
-    parts += [f"{name}: " + ", ".join(f"{direction} {counts(by_label)}" for direction, by_label in totals.items())
-              for name, totals in (frame.line_counts or {}).items()]
-    return "".join(f" | {part}" for part in parts)
+            + (f", +{more} more" if more > 0 else "") + "".join(f" | {part}" for part in zone_figures(frame)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

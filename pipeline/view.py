@@ -64,6 +64,7 @@ from models.errors import ViewError, command, on_signals
 from .consumer import Consumer
 from .overlay import render_frame
 from .protocol import EndOfStream, FrameRecord
+from .zones import zone_figures
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -185,7 +186,8 @@ def _figures(stream: str, state: _StreamState, now: float) -> dict:
             "publish_latency_ms": float(publish_ms.mean()) if window else None,
             "dropped": state.dropped,
             "instances": float(instances.mean()) if window else (len(frame.instances) if frame else None),
-            "idle_s": now - state.last_arrival if frame else None, "ended_after": state.ended_after}
+            "idle_s": now - state.last_arrival if frame else None, "ended_after": state.ended_after,
+            "zones": zone_figures(frame) if frame else []}
 
 
 class ConnectionWatch:

@@ -181,3 +181,14 @@ def label_counts(labels: list[str]) -> dict[str, int]:
     for label in labels:
         counts[label] = counts.get(label, 0) + 1
     return counts
+
+
+def zone_figures(frame) -> list[str]:
+    """A received frame's zone fields for people: `door: person 2, car 1` per region and
+    `gate: in car 3, out none` per line (crossings so far); [] without zones."""
+    def counts(by_label: dict) -> str:
+        return ", ".join(f"{label} {n}" for label, n in by_label.items()) or "none"
+
+    return ([f"{name}: {counts(by_label)}" for name, by_label in (frame.zone_counts or {}).items()]
+            + [f"{name}: " + ", ".join(f"{direction} {counts(by_label)}" for direction, by_label in totals.items())
+               for name, totals in (frame.line_counts or {}).items()])

@@ -33,6 +33,7 @@ from pipeline.overlay import MASK_OPACITY, caption, class_colour, render_frame, 
 from pipeline.protocol import EndOfStream, FrameRecord, InstanceRecord
 from pipeline.publisher import Publisher
 from pipeline.view import ViewServer, check_endpoint
+from pipeline.zones import ZoneConfig
 from tests.pipeline_helpers import free_port
 from tests.test_pipeline_e2e import RECEIVE_LIMIT_S, TINY, BackgroundRun, config_for
 from tests.wire_helpers import ANY_PORT, WARM_UP_LIMIT, Consumer, encode_rle
@@ -141,9 +142,10 @@ def known_record(stream: str, seq: int) -> FrameRecord:
                        instances=tuple(KNOWN))
 
 
-def plain_publisher(**publish) -> Publisher:
-    """A publisher (no actor) on a free port of 127.0.0.1; ``publish``: PublishSection fields."""
-    return Publisher(PublishSection(**{"endpoint": ANY_PORT, **publish}))
+def plain_publisher(zones=(), **publish) -> Publisher:
+    """A publisher (no actor) on a free port of 127.0.0.1; ``publish``: PublishSection fields;
+    ``zones``: its regions (pipeline.zones.ZoneConfig)."""
+    return Publisher(PublishSection(**{"endpoint": ANY_PORT, **publish}), zones=zones)
 
 
 def publish_until_shown(publisher: Publisher, page, stream: str, make_record=known_record) -> int:
@@ -157,8 +159,10 @@ def publish_until_shown(publisher: Publisher, page, stream: str, make_record=kno
     raise AssertionError(f"stream {stream} never shown after {WARM_UP_LIMIT} frames")
 
 
-def test_page_draws_known_masks_in_their_class_colours(page):
-    publisher = plain_publisher()
+def test_page_draws_known_masks_in_their_class_colours_and_its_regions_counts(page):
+    left = ZoneConfig("left", polygon=[[0, 0], [160, 0], [160, 240], [0, 240]])        # the person stands here
+    everywhere = ZoneConfig("everywhere", polygon=[[0, 0], [320, 0], [320, 240], [0, 240]])
+    publisher = plain_publisher([left, everywhere])
     try:
         with ViewServer(publisher.ready(), port=0) as view:
             page.goto(view.url)
@@ -170,9 +174,11 @@ def test_page_draws_known_masks_in_their_class_colours(page):
             names = page.locator(".stream-name").all_inner_texts()
             dropped = page.locator(f"{tile('known')} .dropped").inner_text()
             badge = page.locator(f"{tile('known')} .state-badge").inner_text()
+            zones = page.locator(f"{tile('known')} .zones li").all_inner_texts()
     finally:
         publisher.close()
     assert names == ["known"] and dropped == str(last + 1) and badge == f"ended after {last + 1} frames"
+    assert zones == ["left: person 1", "everywhere: person 1, car 1"]
     person, car = shot[110:130, 80:100], shot[150:170, 230:250]  # inside each mask, away from edges and captions
     assert np.abs(person.astype(int) - half_colour(class_colour(1))).max() <= JPEG_TOLERANCE
     assert np.abs(car.astype(int) - half_colour(class_colour(3))).max() <= JPEG_TOLERANCE

@@ -43,6 +43,11 @@ function showState(state) {
     tile.querySelector(".dropped").textContent = s.dropped;
     tile.querySelector(".instances").textContent = figure(s.instances, 1);
     tile.querySelector(".seq").textContent = s.seq === null ? "-" : s.seq;
+    const zones = tile.querySelector(".zones");
+    if (zones.dataset.shown !== s.zones.join("\n")) {
+      zones.replaceChildren(...s.zones.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
+      zones.dataset.shown = s.zones.join("\n");
+    }
   }
 }
 
