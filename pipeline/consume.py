@@ -35,7 +35,7 @@ def describe(frame: FrameRecord) -> str:
     return (f"{frame.stream} seq={frame.seq} frame={frame.frame_index} pts={frame.pts:.3f} "
             f"dropped_before={frame.dropped_before} age_ms={age_ms:.1f} "
             f"instances={len(frame.instances)}" + (f": {labels}" if labels else "")
-            + (f", +{more} more" if more > 0 else "") + "".join(f" | {part}" for part in zone_figures(frame)))
+            + (f", +{more} more" if more > 0 else "") + "".join(f" | {name}: {text}" for name, text in zone_figures(frame).items()))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

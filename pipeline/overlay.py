@@ -1,4 +1,5 @@
-"""Drawing a frame's instances (coloured masks, boxes, labels, scores, track ids) onto an image.
+"""Drawing a frame's instances (coloured masks, boxes, labels, scores, track ids) onto an image,
+and the publisher's zones (regions, counting lines with their direction, their counts).
 
 Shared by the publisher's overlay-video sink, ``maskstream consume --video`` and the live view
 (``pipeline.view``).
@@ -14,6 +15,7 @@ from workers.results import InstanceRecord, rle_runs, runs_of_ones
 MASK_OPACITY = 0.5
 MASK_WEIGHT = round(MASK_OPACITY * 256)  # the blend in integers: (pixel * (256 - w) + colour * w) >> 8
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895
+ZONE_COLOUR = (0, 200, 255)  # BGR amber: regions and counting lines
 CLASS_SATURATION = 0.85
 TRACK_SATURATION = 0.6  # tracks of one class still differ from each other and from class colours
 
@@ -105,12 +107,31 @@ def render_frame(width: int, height: int, instances: Sequence[InstanceRecord],
     return draw_instances(canvas, instances)
 
 
+def draw_zones(image: np.ndarray, regions, lines, figures: dict[str, str]) -> np.ndarray:
+    """Draws zones onto ``image`` (H, W, 3) uint8 BGR, in place, and returns it: each region
+    [(name, polygon (V, 2))] outlined, each counting line [(name, line (2, 2))] an arrow from its
+    first point to its second (its `in` side is on the arrow's right), each named with its
+    ``figures[name]`` (``pipeline.zones.zone_figures``) at its first point."""
+    for name, points in [*regions, *lines]:
+        corners = np.round(points).astype(np.int32)
+        if len(corners) == 2:
+            length = max(float(np.hypot(*(corners[1] - corners[0]))), 1.0)
+            cv2.arrowedLine(image, tuple(map(int, corners[0])), tuple(map(int, corners[1])), ZONE_COLOUR, 2,
+                            cv2.LINE_AA, tipLength=min(0.2, 15 / length))
+        else:
+            cv2.polylines(image, [corners.reshape(-1, 1, 2)], True, ZONE_COLOUR, 2, cv2.LINE_AA)
+        text = f"{name}: {figures[name]}" if name in figures else name
+        _draw_caption(image, text, (int(corners[0, 0]), int(corners[0, 1])), ZONE_COLOUR)
+    return image
+
+
 def _draw_caption(image: np.ndarray, text: str, corner: tuple[int, int],
                   colour: tuple[int, int, int]) -> None:
-    """Black text on a filled box of ``colour`` just above ``corner`` (inside the image)."""
+    """Black text on a filled box of ``colour`` just above ``corner`` (inside the image: moved left
+    where it would run past the right edge)."""
     font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1
     (width, height), baseline = cv2.getTextSize(text, font, scale, thickness)
-    x = max(corner[0], 0)
+    x = max(min(corner[0], image.shape[1] - width), 0)
     y = max(corner[1], height + baseline)
     cv2.rectangle(image, (x, y - height - baseline), (x + width, y), colour, cv2.FILLED)
     cv2.putText(image, text, (x, y - baseline), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)

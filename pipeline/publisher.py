@@ -325,17 +325,17 @@ class Publisher:
         ``tracker``, a snapshot from ``progress()``, None for fresh ones)."""
         if stream_id not in self._streams:
             check_stream_id(stream_id)
-            sinks = None
-            if self.output.dir:
-                overlay_fps = (self.output.overlay_fps or source_fps or FALLBACK_FPS) if self.output.overlay else None
-                sinks = StreamSinks(self.output.dir, stream_id, self.class_names, overlay_fps, resume_at,
-                                    tracks=self.tracking is not None)
             saved_tracker, saved_lines = tracker if tracker is not None else (None, None)
             tracking = None
             if self.tracking is not None:
                 tracking = TrackingStage(self.tracking, self.publish_score, saved_tracker)
-            zones = ZoneStage(self.zones, stream_id, saved_lines)
-            self._streams[stream_id] = _Stream(stream_id, sinks, tracking, zones or None, next_seq=resume_at or 0)
+            zones = ZoneStage(self.zones, stream_id, saved_lines) or None
+            sinks = None
+            if self.output.dir:
+                overlay_fps = (self.output.overlay_fps or source_fps or FALLBACK_FPS) if self.output.overlay else None
+                sinks = StreamSinks(self.output.dir, stream_id, self.class_names, overlay_fps, resume_at,
+                                    tracks=self.tracking is not None, zones=zones)
+            self._streams[stream_id] = _Stream(stream_id, sinks, tracking, zones, next_seq=resume_at or 0)
         return self._streams[stream_id]
 
     def _send_in_order(self, stream: _Stream) -> None:

@@ -36,8 +36,9 @@ import numpy as np
 from models.data.mots import TrackedFrame, mot_lines, mots_lines, without_overlaps
 from models.errors import SinkError
 
-from .overlay import render_frame
+from .overlay import draw_zones, render_frame
 from .protocol import FrameRecord, encode_header
+from .zones import zone_figures
 
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG"}
 
@@ -158,8 +159,10 @@ class OverlayVideoSink:
     black canvas of the frame's size.
     """
 
-    def __init__(self, path: str | Path, fps: float):
+    def __init__(self, path: str | Path, fps: float, zones=None):
+        """``zones``: the stream's ``pipeline.zones.ZoneStage``, drawn with each frame's counts."""
         self._path = Path(path)
+        self._zones = zones
         if self._path.suffix.lower() not in FOURCC_BY_SUFFIX:
             raise SinkError(f"overlay video {self._path}: use a .mp4 or .avi file name")
         self._fps = fps
@@ -177,7 +180,10 @@ class OverlayVideoSink:
                                       or image_rgb.shape[1] > size[0]):
             raise SinkError(f"overlay video {self._path}: frame seq {record.seq} pixels are "
                             f"{image_rgb.shape}, its record says {size[0]}x{size[1]} RGB")
-        self._writer.write(render_frame(*size, record.instances, image_rgb))
+        canvas = render_frame(*size, record.instances, image_rgb)
+        if self._zones is not None:
+            draw_zones(canvas, self._zones.regions, self._zones.lines, zone_figures(record))
+        self._writer.write(canvas)
 
     def _open(self, size: tuple[int, int]) -> None:
         fourcc = cv2.VideoWriter_fourcc(*FOURCC_BY_SUFFIX[self._path.suffix.lower()])
@@ -195,9 +201,11 @@ class StreamSinks:
     """All file sinks of one stream under ``out_dir`` (names in the module docstring)."""
 
     def __init__(self, out_dir: str | Path, stream: str, class_names: list[str] | None = None,
-                 overlay_fps: float | None = None, resume_at: int | None = None, tracks: bool = False):
+                 overlay_fps: float | None = None, resume_at: int | None = None, tracks: bool = False,
+                 zones=None):
         """``resume_at``: reopen after a crash, at this seq (see the module docstring); ``tracks``:
-        the records carry track ids (tracking is on): also the MOTS and MOT files."""
+        the records carry track ids (tracking is on): also the MOTS and MOT files; ``zones``: the
+        stream's ``pipeline.zones.ZoneStage``, drawn on the overlay video."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -214,7 +222,7 @@ class StreamSinks:
             if self._tracks is not None:
                 self._tracks.write(record)
         video = f"{stream}.overlay.mp4" if not resume_at else f"{stream}.overlay.from{resume_at}.mp4"
-        self._video = OverlayVideoSink(out / video, overlay_fps) if overlay_fps else None
+        self._video = OverlayVideoSink(out / video, overlay_fps, zones) if overlay_fps else None
 
     @property
     def wants_pixels(self) -> bool:

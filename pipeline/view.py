@@ -187,7 +187,7 @@ def _figures(stream: str, state: _StreamState, now: float) -> dict:
             "dropped": state.dropped,
             "instances": float(instances.mean()) if window else (len(frame.instances) if frame else None),
             "idle_s": now - state.last_arrival if frame else None, "ended_after": state.ended_after,
-            "zones": zone_figures(frame) if frame else []}
+            "zones": [f"{name}: {text}" for name, text in zone_figures(frame).items()] if frame else []}
 
 
 class ConnectionWatch:

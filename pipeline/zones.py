@@ -183,12 +183,13 @@ def label_counts(labels: list[str]) -> dict[str, int]:
     return counts
 
 
-def zone_figures(frame) -> list[str]:
-    """A received frame's zone fields for people: `door: person 2, car 1` per region and
-    `gate: in car 3, out none` per line (crossings so far); [] without zones."""
+def zone_figures(frame) -> dict[str, str]:
+    """A received frame's zone fields for people, by zone name: `person 2, car 1` for a region,
+    `in car 3, out none` for a line (its crossings so far); {} without zones."""
     def counts(by_label: dict) -> str:
         return ", ".join(f"{label} {n}" for label, n in by_label.items()) or "none"
 
-    return ([f"{name}: {counts(by_label)}" for name, by_label in (frame.zone_counts or {}).items()]
-            + [f"{name}: " + ", ".join(f"{direction} {counts(by_label)}" for direction, by_label in totals.items())
-               for name, totals in (frame.line_counts or {}).items()])
+    figures = {name: counts(by_label) for name, by_label in (frame.zone_counts or {}).items()}
+    figures.update({name: ", ".join(f"{direction} {counts(by_label)}" for direction, by_label in totals.items())
+                    for name, totals in (frame.line_counts or {}).items()})
+    return figures

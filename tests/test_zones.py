@@ -168,3 +168,36 @@ def test_a_counting_line_without_tracking_or_for_a_stream_not_in_the_run_is_one_
     with pytest.raises(PipelineError, match=r"^zones\[0\] \(gate\): no stream 'cam9' in this run \(its streams: "
                                             r"synthetic\)$"):
         check_zone_streams(config, parse_sources(config.sources.uris))
+
+
+def test_overlay_outlines_each_region_and_draws_each_line_as_an_arrow_with_its_counts():
+    from pipeline.overlay import ZONE_COLOUR, draw_zones
+    stage = ZoneStage([ZoneConfig("door", polygon=[[20, 60], [80, 60], [80, 110], [20, 110]]),
+                       ZoneConfig("gate", line=[[130, 10], [130, 110]])], "cam1")
+    canvas = draw_zones(np.zeros((HEIGHT, WIDTH, 3), np.uint8), stage.regions, stage.lines,
+                        {"door": "person 1", "gate": "in none, out car 1"})
+    amber = np.all(np.abs(canvas.astype(int) - ZONE_COLOUR) <= 40, axis=2)
+    assert amber[85, 19:22].any() and amber[85, 79:82].any() and amber[110, 50]      # the region's edges
+    assert not amber[85, 30:70].any()                                                # not its inside
+    assert amber[60:100, 129:132].all(axis=0).any()                                  # the line
+    # The arrow's head is at the second point: wider there than at the first.
+    assert amber[96:111, 115:145].sum() > 2 * amber[20:35, 115:145].sum()
+    # Each caption sits on a filled box just above the zone's first point.
+    assert amber[45:58, 20:60].mean() > 0.5 and amber[0:10, 100:160].mean() > 0.5
+    assert amber[0:10, 159].any()                      # kept inside the frame: moved left from x = 130
+
+
+def test_the_overlay_video_shows_the_zones_of_its_stream(tmp_path):
+    import cv2
+
+    from pipeline.sinks import StreamSinks
+    stage = ZoneStage([ZoneConfig("door", polygon=[[20, 60], [80, 60], [80, 110], [20, 110]])], "cam1")
+    sinks = StreamSinks(tmp_path, "cam1", ["__background__", "person", "lane", "car"], overlay_fps=10, zones=stage)
+    for seq in range(3):
+        sinks.write(dataclasses.replace(stage.apply(record(seq, [walker(50 + seq, 4)])), published_at=1.7e9))
+    sinks.close()
+    capture = cv2.VideoCapture(str(tmp_path / "cam1.overlay.mp4"))
+    ok, frame = capture.read()
+    capture.release()
+    edge, inside_ = frame[85, 18:23], frame[85, 30:45]       # BGR: amber is high green and red
+    assert ok and edge[:, 1].max() > 150 and edge[:, 2].max() > 150 and inside_.max() < 60
