@@ -30,6 +30,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from tqdm import tqdm
 
+from .zones import line_figure
+
 if TYPE_CHECKING:
     from .protocol import FrameRecord
 
@@ -54,6 +56,7 @@ class StreamSummary:
     error: str | None = None
     end_to_end_ms: dict = field(default_factory=dict)  # {p50, p95, p99}, capture to publish
     skipped: int = 0               # could not be decoded (damaged input), passed over
+    line_counts: dict = field(default_factory=dict)  # with counting lines: {line: {in, out: {label: n}}}
 
 
 @dataclass
@@ -86,6 +89,9 @@ class RunSummary:
             lines.append(f"{stage:<20} {p['p50']:>9.1f} {p['p95']:>9.1f} {p['p99']:>9.1f} {p['count']:>7}")
         for w in self.workers:
             lines.append(f"worker {w['name']}: {w['device']}, threads {w['threads']}, {w.get('precision') or '-'}")
+        for s in self.streams.values():
+            for name, totals in s.line_counts.items():
+                lines.append(f"line {name} of {s.stream}: crossed {line_figure(totals)}")
         if self.reruns:
             lines.append(f"re-run after a worker died: {self.reruns} batch(es)")
         lines += self.delivery_lines()
@@ -232,7 +238,7 @@ class RunStats:
                 stream=sid, frames_in=counts["read"], published=sent.get("published", 0),
                 dropped=counts["dropped"], fps=sent.get("published", 0) / seconds if seconds > 0 else 0.0,
                 error=errors.get(sid), end_to_end_ms=sent.get("latency_ms", {}).get("end_to_end", {}),
-                skipped=counts.get("skipped", 0))
+                skipped=counts.get("skipped", 0), line_counts=sent.get("line_counts", {}))
         if "delivery" in publisher_stats:
             self.delivery({**publisher_stats["delivery"]})
         self.refresh_quantiles()

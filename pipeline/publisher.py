@@ -130,6 +130,7 @@ class _Stream:
 
     def summary(self) -> dict:
         return {"published": self.next_seq - self.missing,
+                "line_counts": {} if self.zones is None else self.zones.line_counts(),
                 "duplicates_dropped": self.duplicates,
                 "last_seq": self.next_seq - 1,
                 "waiting": len(self.waiting),

@@ -142,7 +142,7 @@ class ZoneStage:
                                                           if w_i]) for (name, _), w in zip(self.regions, within)}
         if self.lines:
             changes["crossings"] = tuple(self._cross(record, points))   # counts first, then the totals
-            changes["line_counts"] = {name: copy.deepcopy(self.state[name].counts) for name, _ in self.lines}
+            changes["line_counts"] = self.line_counts()
         return replace(record, **changes)
 
     def _cross(self, record, points: np.ndarray) -> list[dict]:
@@ -170,6 +170,10 @@ class ZoneStage:
                                for k, (_, inst) in enumerate(tracked) if off[k]})
         return events
 
+    def line_counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Per line, the crossings so far by direction and label (a copy)."""
+        return {name: copy.deepcopy(self.state[name].counts) for name, _ in self.lines}
+
     def snapshot(self) -> dict[str, LineState]:
         """A copy of the lines' state, unaffected by the frames that follow."""
         return copy.deepcopy(self.state)
@@ -186,10 +190,16 @@ def label_counts(labels: list[str]) -> dict[str, int]:
 def zone_figures(frame) -> dict[str, str]:
     """A received frame's zone fields for people, by zone name: `person 2, car 1` for a region,
     `in car 3, out none` for a line (its crossings so far); {} without zones."""
-    def counts(by_label: dict) -> str:
-        return ", ".join(f"{label} {n}" for label, n in by_label.items()) or "none"
-
-    figures = {name: counts(by_label) for name, by_label in (frame.zone_counts or {}).items()}
-    figures.update({name: ", ".join(f"{direction} {counts(by_label)}" for direction, by_label in totals.items())
-                    for name, totals in (frame.line_counts or {}).items()})
+    figures = {name: label_figure(by_label) for name, by_label in (frame.zone_counts or {}).items()}
+    figures.update({name: line_figure(totals) for name, totals in (frame.line_counts or {}).items()})
     return figures
+
+
+def label_figure(by_label: dict[str, int]) -> str:
+    """{label: count} -> `person 2, car 1` (`none` when empty)."""
+    return ", ".join(f"{label} {n}" for label, n in by_label.items()) or "none"
+
+
+def line_figure(totals: dict[str, dict[str, int]]) -> str:
+    """A line's totals {direction: {label: count}} -> `in car 3, out none`."""
+    return ", ".join(f"{direction} {label_figure(by_label)}" for direction, by_label in totals.items())

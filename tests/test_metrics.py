@@ -59,7 +59,8 @@ def test_summary_joins_ingest_publisher_and_errors():
         stats.published(record("cam1", 5.0))
     stats.ended("cam1", 3)
     stats.rerun()
-    publisher = {"streams": {"cam1": {"published": 3, "latency_ms": {"end_to_end": {"p50": 9.0, "p95": 9.5, "p99": 9.9}}}}}
+    publisher = {"streams": {"cam1": {"published": 3, "latency_ms": {"end_to_end": {"p50": 9.0, "p95": 9.5, "p99": 9.9}},
+                                      "line_counts": {"gate": {"in": {"car": 3, "person": 1}, "out": {}}}}}}
     worker = {"name": "w0", "device": "cpu", "gpu_ids": [], "node_id": "n", "threads": 2, "precision": "bfloat16"}
     summary = stats.summary({"cam1": {"read": 4, "dropped": 1}}, publisher, workers=[worker],
                             errors={"bad": "bad.avi: no such file"})
@@ -71,6 +72,7 @@ def test_summary_joins_ingest_publisher_and_errors():
     assert "cam1" in table and "9/10/10" in table and "error: bad.avi: no such file" in table
     assert summary.reruns == 1 and "re-run after a worker died: 1 batch(es)" in table
     assert "worker w0: cpu, threads 2, bfloat16" in table.splitlines()  # what each worker got
+    assert "line gate of cam1: crossed in car 3, person 1, out none" in table.splitlines()
     stats.restart("publisher")
     stats.delivery({"subscriptions": 1, "undelivered": 0, "stalls": 2, "blocked_s": 4.0})
     lines = stats.summary({"cam1": {"read": 4, "dropped": 1, "skipped": 2}}, publisher, workers=[], errors={}

@@ -141,6 +141,7 @@ def track_ids_of_a_run(kill_publisher_at: int | None = None) -> list:
         summary = background.result()
     assert_every_frame_once_in_order(consumer, messages, FRAMES)
     assert summary.restarts["publisher"] == (1 if kill_publisher_at else 0)
+    assert summary.streams["synthetic"].line_counts == messages[-2].line_counts     # the run's totals
     return [(m.seq, [(i.track_id, i.box, i.zones) for i in m.instances], m.tracks_ended, m.zone_counts, m.crossings,
              m.line_counts) for m in messages[:-1]] + [messages[-1].tracks_ended]
 
