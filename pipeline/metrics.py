@@ -13,7 +13,11 @@ gives the end-of-run `RunSummary`. With a metrics port it serves, from its own r
   `maskstream_publish_blocked_seconds_total` (offline: time spent waiting for slow subscribers);
 - `maskstream_stage_latency_seconds{stage}`: a histogram per stage;
 - `maskstream_stage_latency_ms{stage, quantile}`: p50, p95 and p99 over recent frames, as in
-  the summary (refreshed at most once a second).
+  the summary (refreshed at most once a second);
+- with zones (pipeline/zones.py), from the publisher's answers: `maskstream_zone_instances{stream,
+  zone, label}`, the instances standing in each region in the last frame sent, and
+  `maskstream_line_crossings_total{stream, line, direction, label}`, the tracked objects that
+  crossed each counting line.
 
 Stages: `decode` (reading the frame from its source), `queue` (capture to dispatch: buffers
 and batching), `fetch` (the worker reading the pixels from the object store), `inference` (the
@@ -163,6 +167,12 @@ class RunStats:
                                     buckets=LATENCY_BUCKETS_S, **labels)
         self._m_quantile = Gauge("maskstream_stage_latency_ms", "Latency percentiles per stage over recent frames",
                                  ["stage", "quantile"], **labels)
+        self._m_zone = Gauge("maskstream_zone_instances", "Instances standing in each region in the last frame sent",
+                             ["stream", "zone", "label"], **labels)
+        self._m_crossings = Counter("maskstream_line_crossings", "Tracked objects that crossed each counting line",
+                                    ["stream", "line", "direction", "label"], **labels)
+        self._zone_labels: set[tuple[str, str, str]] = set()   # (stream, zone, label) gauges set so far
+        self._crossings_seen: dict[tuple[str, str, str, str], int] = {}
         self._quantiles_at = 0.0
         if metrics_port is not None:
             self._server, _thread = start_http_server(metrics_port, addr=metrics_host, registry=self._registry)
@@ -196,6 +206,27 @@ class RunStats:
         """An actor (one of ACTORS) was restarted after a crash."""
         self.restarts[actor] += 1
         self._m_restarts.labels(actor).inc()
+
+    def zones(self, streams: dict) -> None:
+        """The publisher's zone figures as it last answered, ``{stream: {"zone_counts",
+        "line_counts"}}``: region gauges set (a label no longer there: 0); crossing counters moved
+        up to the totals (a restarted publisher's totals start where its snapshot was: never down)."""
+        for stream, figures in streams.items():
+            now = {(stream, zone, label): n for zone, by_label in figures["zone_counts"].items()
+                   for label, n in by_label.items()}
+            for key in self._zone_labels - now.keys():
+                if key[0] == stream:
+                    self._m_zone.labels(*key).set(0)
+            for key, n in now.items():
+                self._m_zone.labels(*key).set(n)
+            self._zone_labels |= now.keys()
+            for line, totals in figures["line_counts"].items():
+                for direction, by_label in totals.items():
+                    for label, n in by_label.items():
+                        key = (stream, line, direction, label)
+                        if n > self._crossings_seen.get(key, 0):
+                            self._m_crossings.labels(*key).inc(n - self._crossings_seen.get(key, 0))
+                            self._crossings_seen[key] = n
 
     def delivery(self, counters: dict) -> None:
         """The publisher's delivery counters as it last answered (they start again from 0 when

@@ -112,6 +112,7 @@ class _Stream:
     sinks: StreamSinks | None
     tracking: TrackingStage | None = None
     zones: ZoneStage | None = None   # with zones that apply to this stream
+    zone_counts: dict = field(default_factory=dict)  # the last frame sent's zone_counts
     next_seq: int = 0
     waiting: dict = field(default_factory=dict)  # seq -> (FrameRecord, arrival perf_counter)
     frames: int | None = None  # known once end_stream is called
@@ -350,6 +351,7 @@ class Publisher:
             record = stream.tracking.apply(record)
         if stream.zones is not None:
             record = stream.zones.apply(record)
+            stream.zone_counts = record.zone_counts or {}
         config = self.publish_section
         images = config.images == "jpeg"
         pixels = _pixels(record) if images or (stream.sinks is not None and stream.sinks.wants_pixels) else None
@@ -396,7 +398,9 @@ class Publisher:
     def progress(self) -> dict:
         """What is out: ``{"incarnation", "resumed", "sent": {stream: first seq not yet sent},
         "ended": [streams whose EOS is out], "events": [one-line notices since the last call],
-        "delivery": delivery(), "trackers": {stream: (seq, snapshot)}}``. ``resumed`` is False for a
+        "delivery": delivery(), "trackers": {stream: (seq, snapshot)}, "zones": {stream: {"zone_counts",
+        "line_counts"}}}``; ``zones`` (with zones): the last frame sent's region counts and each
+        line's totals so far. ``resumed`` is False for a
         restarted publisher until ``resume``. ``trackers`` (with tracking): for each stream, its
         tracker and its counting lines as they are before ``seq``, the first seq not yet sent (a
         copy: a few small arrays); given back to ``resume`` it makes the same ids and counts from
@@ -405,7 +409,9 @@ class Publisher:
         trackers = {sid: (stream.next_seq, (stream.tracking.snapshot(),
                                             None if stream.zones is None else stream.zones.snapshot()))
                     for sid, stream in self._streams.items() if stream.tracking is not None}
-        return {"incarnation": self._incarnation, "resumed": self._held is None, "trackers": trackers,
+        zones = {sid: {"zone_counts": stream.zone_counts, "line_counts": stream.zones.line_counts()}
+                 for sid, stream in self._streams.items() if stream.zones is not None}
+        return {"incarnation": self._incarnation, "resumed": self._held is None, "trackers": trackers, "zones": zones,
                 "sent": {sid: stream.next_seq for sid, stream in self._streams.items()},
                 "ended": [sid for sid, stream in self._streams.items() if stream.ended],
                 "events": events, "delivery": self.delivery()}

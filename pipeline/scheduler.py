@@ -437,6 +437,7 @@ class Scheduler:
         for event in progress["events"]:
             log.warning("%s", event)
         self.stats.delivery(progress["delivery"])
+        self.stats.zones(progress.get("zones", {}))
         if progress["resumed"]:
             self._subscriptions = progress["delivery"]["subscriptions"]
         unsent = sum(s.next_seq - s.confirmed for s in self.streams.values())

@@ -33,6 +33,11 @@ def test_counts_percentiles_and_prometheus_scrape():
         stats.accepted("cam2", 0)
         stats.published(record("cam2", inference_ms=1.0))
         stats.refresh_quantiles()
+        gate = {"in": {"car": 2}, "out": {}}
+        stats.zones({"cam1": {"zone_counts": {"door": {"person": 2, "car": 1}}, "line_counts": {"gate": gate}}})
+        stats.zones({"cam1": {"zone_counts": {"door": {"person": 1}},                 # the car left the door
+                              "line_counts": {"gate": {"in": {"car": 3}, "out": {"person": 1}}}}})
+        stats.zones({"cam1": {"zone_counts": {"door": {"person": 1}}, "line_counts": {"gate": gate}}})  # restarted
         latency = stats.latency_ms()
         assert latency["inference"]["count"] == 101
         assert latency["inference"]["p50"] == pytest.approx(50.0)
@@ -50,6 +55,10 @@ def test_counts_percentiles_and_prometheus_scrape():
     assert 'maskstream_actor_restarts_total{actor="ingest"} 1.0' in text
     assert 'maskstream_actor_restarts_total{actor="publisher"} 1.0' in text
     assert "maskstream_publish_undelivered_total 6.0" in text and "maskstream_publish_subscriptions 2.0" in text
+    assert 'maskstream_zone_instances{label="person",stream="cam1",zone="door"} 1.0' in text
+    assert 'maskstream_zone_instances{label="car",stream="cam1",zone="door"} 0.0' in text
+    assert 'maskstream_line_crossings_total{direction="in",label="car",line="gate",stream="cam1"} 3.0' in text
+    assert 'maskstream_line_crossings_total{direction="out",label="person",line="gate",stream="cam1"} 1.0' in text
 
 
 def test_summary_joins_ingest_publisher_and_errors():

@@ -201,3 +201,19 @@ def test_the_overlay_video_shows_the_zones_of_its_stream(tmp_path):
     capture.release()
     edge, inside_ = frame[85, 18:23], frame[85, 30:45]       # BGR: amber is high green and red
     assert ok and edge[:, 1].max() > 150 and edge[:, 2].max() > 150 and inside_.max() < 60
+
+
+def test_the_publishers_answers_carry_each_streams_last_region_counts_and_line_totals():
+    """What the scheduler hands to the Prometheus metrics (RunStats.zones)."""
+    from pipeline.config import PublishSection
+    from pipeline.publisher import Publisher
+    from pipeline.tracking import TrackingConfig
+    publisher = Publisher(PublishSection(endpoint="tcp://127.0.0.1:*"), tracking=TrackingConfig(), zones=[DOOR, GATE])
+    try:
+        for seq, x in enumerate(range(92, 110, 2)):          # one person walking through the gate
+            publisher.publish(dataclasses.replace(record(seq, [walker(x, 0)]), tracks_ended=None))
+        progress = publisher.progress()
+    finally:
+        publisher.close()
+    assert progress["zones"] == {"cam1": {"zone_counts": {"door": {}},
+                                          "line_counts": {"gate": {"in": {}, "out": {"person": 1}}}}}
