@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                "  maskstream run --config my.yaml --source cam=0 --source rtsp://host/stream --workers 2")
     parser.add_argument("--config", help="pipeline YAML laid over configs/default.yaml")
     parser.add_argument("--source", action="append", metavar="[ID=]URI",
-                        help="video file, image folder, camera index, rtsp:// or http(s):// URL, or synthetic:; repeatable")
+                        help="video file, image folder, camera index, rtsp:// or http(s):// URL, or synthetic:; "
+                             "repeatable; a quoted pattern ('clips/*.mp4') is a stream per file it matches")
     parser.add_argument("--publish", metavar="ENDPOINT", help="ZeroMQ PUB endpoint, e.g. tcp://127.0.0.1:5555")
     parser.add_argument("--mode", choices=("live", "offline"),
                         help="default: live for cameras and streams, offline for files, folders and synthetic:")

@@ -35,7 +35,7 @@ from .ingest import IngestActor, Opened
 from .metrics import RunStats, RunSummary
 from .publisher import PublisherActor
 from .scheduler import Scheduler, error_line
-from .sources import SourceSpec, parse_source
+from .sources import SourceSpec, expand_pattern, parse_source
 
 log = logging.getLogger("maskstream")
 
@@ -123,16 +123,18 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
 
 
 def parse_sources(uris: list[str]) -> list[SourceSpec]:
-    """The streams of the configured URIs; PipelineError for a malformed or repeated one."""
+    """The streams of the configured URIs (a pattern: a stream per path it matches); PipelineError
+    for a malformed or repeated one."""
     try:
-        specs = [parse_source(uri) for uri in uris]
+        specs = [parse_source(path) for uri in uris for path in expand_pattern(uri)]
     except SourceError as error:
         raise PipelineError(str(error)) from None
-    seen = set()
+    seen = {}
     for spec in specs:
         if spec.stream_id in seen:
-            raise PipelineError(f"two sources have the stream id {spec.stream_id!r}: name them with id=URI")
-        seen.add(spec.stream_id)
+            raise PipelineError(f"{seen[spec.stream_id]} and {spec.uri} have the same stream id {spec.stream_id!r}: "
+                                "name them with id=URI")
+        seen[spec.stream_id] = spec.uri
     return specs
 
 

@@ -16,6 +16,7 @@ A source that cannot be opened raises `SourceError` with one line naming the inp
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -85,6 +86,22 @@ def split_spec(spec: str) -> tuple[str | None, str]:
     if sep and name and re.fullmatch(r"[\w.-]+", name):
         return name, uri
     return None, spec
+
+
+def expand_pattern(spec: str) -> list[str]:
+    """A `--source` value with a shell pattern (`clips/*.mp4`, `day?/cam[12]/`) that names no
+    path as it is -> the paths it matches, sorted, one stream each (ids from their names); any
+    other value -> [spec]. SourceError when it matches nothing, or when it has an `id=` (one id
+    cannot name several streams)."""
+    stream_id, uri = split_spec(spec)
+    if source_kind(uri) not in ("file", "folder") or not glob.has_magic(uri) or Path(uri).exists():
+        return [spec]
+    if stream_id is not None:
+        raise SourceError(f"source {spec!r}: a pattern gives a stream per file, named after it; drop {stream_id}=")
+    matches = sorted(glob.glob(uri))
+    if not matches:
+        raise SourceError(f"{uri}: no file matches this pattern")
+    return matches
 
 
 def parse_source(spec: str) -> SourceSpec:

@@ -301,6 +301,18 @@ def test_cli_classes_publishes_only_those_and_a_misspelt_one_is_one_line(tmp_pat
 
 
 @pytest.mark.slow
+def test_cli_source_pattern_runs_a_stream_per_matching_file(tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    tiny = ["--set", f"model.config={TINY}", "--set", "model.weights=null"]
+    done = subprocess.run(cli("--source", f"{DATA}/*_720p*", "--set", "sources.max_frames=2", "--publish", endpoint,
+                              "--out", str(tmp_path), *tiny), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert sorted(path.name for path in tmp_path.glob("*.jsonl")) == ["highway_720p_38f.jsonl", "pedestrians_720p.jsonl"]
+    for path in tmp_path.glob("*.jsonl"):
+        assert [json.loads(line)["stream"] for line in path.read_text().splitlines()] == [path.stem] * 2
+
+
+@pytest.mark.slow
 def test_cli_missing_input_is_one_line():
     for command in (RUN_PIPELINE, MASKSTREAM_RUN):
         done = subprocess.run(cli("--source", "/no/such/clip.avi", command=command), cwd=REPO, capture_output=True,

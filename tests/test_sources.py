@@ -152,3 +152,25 @@ def test_synthetic_scenes_are_generated_and_repeatable():
 def test_synthetic_parameters_are_checked(uri, problem):
     with pytest.raises(SourceError, match=problem):
         parse_synthetic(uri)
+
+
+def test_a_pattern_is_a_stream_per_matching_path_named_after_it(tmp_path):
+    from models.errors import PipelineError
+    from pipeline.runner import parse_sources
+    for name in ("b.mp4", "a.mp4", "c.avi", "[x].mp4"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "day1").mkdir()
+    specs = parse_sources([f"{tmp_path}/*.mp4", f"{tmp_path}/day?", "cam=0"])
+    assert [(s.stream_id, s.uri, s.kind) for s in specs] == [
+        ("x", f"{tmp_path}/[x].mp4", "file"), ("a", f"{tmp_path}/a.mp4", "file"), ("b", f"{tmp_path}/b.mp4", "file"),
+        ("day1", f"{tmp_path}/day1", "folder"), ("cam", "0", "camera")]
+    # A path that exists as it is is that file, whatever its characters.
+    assert [s.uri for s in parse_sources([f"{tmp_path}/[x].mp4"])] == [f"{tmp_path}/[x].mp4"]
+    with pytest.raises(PipelineError, match=r"^.*/\*\.mkv: no file matches this pattern$"):
+        parse_sources([f"{tmp_path}/*.mkv"])
+    with pytest.raises(PipelineError, match=r"a pattern gives a stream per file, named after it; drop clips=$"):
+        parse_sources([f"clips={tmp_path}/*.mp4"])
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "a.mp4").write_bytes(b"")
+    with pytest.raises(PipelineError, match=r"/a.mp4 and .*/more/a.mp4 have the same stream id 'a': name them with"):
+        parse_sources([f"{tmp_path}/*.mp4", f"{tmp_path}/more/*.mp4"])
