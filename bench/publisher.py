@@ -7,7 +7,10 @@ RLE, and a real subscriber on 127.0.0.1 receiving every message:
 - ``encode``: ``encode_message`` of a frame record (its header to JSON, and the topic), per frame;
 - ``publish``: ``Publisher.publish`` in this process (reorder bookkeeping, encode, ZeroMQ send);
 - ``actor``: frames/s through ``PublisherActor.publish.remote`` (adds Ray's call and the record's
-  serialisation), from the first call to the subscriber's last message.
+  serialisation), from the first call to the subscriber's last message;
+- ``zones``: the zones stage (``pipeline.zones.ZoneStage.apply``, which the publisher runs per
+  frame when ``zones:`` are configured) with three regions and two counting lines, every
+  instance in a track, per frame.
 
 Prints a table and writes bench/results/publisher.json. Times vary with the machine's load:
 compare rows of one run.
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import PublishSection  # noqa: E402
 from pipeline.protocol import FrameRecord, InstanceRecord, encode_message, topic  # noqa: E402
 from pipeline.publisher import Publisher, PublisherActor  # noqa: E402
+from pipeline.zones import ZoneConfig, ZoneStage  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "publisher.json"
 INSTANCE_COUNTS = (20, 100)
@@ -141,6 +145,28 @@ def time_publish_in_process(records: list[dict], width: int, height: int) -> tup
     return percentiles(samples), subscriber.message_bytes
 
 
+def bench_zones(width: int, height: int) -> list[ZoneConfig]:
+    """Three regions (the left third, the lower half, a diamond in the middle) and two lines."""
+    w, h = width, height
+    return [ZoneConfig("left", polygon=[[0, 0], [w / 3, 0], [w / 3, h], [0, h]]),
+            ZoneConfig("lower", polygon=[[0, h / 2], [w, h / 2], [w, h], [0, h]]),
+            ZoneConfig("diamond", polygon=[[w / 2, h / 4], [3 * w / 4, h / 2], [w / 2, 3 * h / 4], [w / 4, h / 2]]),
+            ZoneConfig("middle", line=[[w / 2, 0], [w / 2, h]]), ZoneConfig("across", line=[[0, h / 2], [w, h / 2]])]
+
+
+def time_zones(records: list[FrameRecord], width: int, height: int) -> dict:
+    """Per-frame ``ZoneStage.apply`` times, every instance in a track of its own."""
+    stage = ZoneStage(bench_zones(width, height), records[0].stream)
+    tracked = tuple(dataclasses.replace(inst, track_id=i + 1) for i, inst in enumerate(records[0].instances))
+    samples = []
+    for record in records:
+        record = dataclasses.replace(record, instances=tracked, tracks_ended=())
+        start = time.perf_counter()
+        stage.apply(record)
+        samples.append(time.perf_counter() - start)
+    return percentiles(samples)
+
+
 def time_actor(records: list[dict], width: int, height: int) -> float:
     """Frames/s through the Ray actor, first call to the subscriber's EOS."""
     publisher = PublisherActor.remote(PublishSection(endpoint="tcp://127.0.0.1:*", hwm=0))
@@ -173,17 +199,19 @@ def main() -> None:
         encode = time_encode(records)
         publish, message_bytes = time_publish_in_process(records, args.width, args.height)
         rows.append({"instances": count, "message_bytes": message_bytes, "encode": encode,
-                     "publish": publish, "actor_frames_per_s": time_actor(records, args.width, args.height)})
+                     "publish": publish, "actor_frames_per_s": time_actor(records, args.width, args.height),
+                     "zones": time_zones(records, args.width, args.height)})
     ray.shutdown()
 
     print(f"publisher, {args.frames} frames of {args.width}x{args.height} per row")
     print(f"{'instances':>9} {'bytes':>8} {'encode p50/p99 ms':>18} {'publish p50/p99 ms':>19} "
-          f"{'in-process fps':>14} {'actor fps':>9}")
+          f"{'in-process fps':>14} {'actor fps':>9} {'zones p50/p99 ms':>17}")
     for row in rows:
         print(f"{row['instances']:>9} {row['message_bytes']:>8} "
               f"{row['encode']['p50_ms']:>8.3f}/{row['encode']['p99_ms']:<9.3f} "
               f"{row['publish']['p50_ms']:>8.3f}/{row['publish']['p99_ms']:<10.3f} "
-              f"{1e3 / row['publish']['mean_ms']:>14.0f} {row['actor_frames_per_s']:>9.0f}")
+              f"{1e3 / row['publish']['mean_ms']:>14.0f} {row['actor_frames_per_s']:>9.0f} "
+              f"{row['zones']['p50_ms']:>8.3f}/{row['zones']['p99_ms']:<8.3f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "publisher", "date": time.strftime("%Y-%m-%d"), "machine": platform.processor()

@@ -28,7 +28,6 @@ import copy
 import re
 from dataclasses import dataclass, field, replace
 
-import cv2
 import numpy as np
 
 from models.config import require
@@ -75,9 +74,20 @@ def anchors(boxes: np.ndarray) -> np.ndarray:
 
 
 def inside(polygon: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """polygon (V, 2), points (N, 2) -> (N,) bool: inside the polygon or on its edge (OpenCV's test)."""
-    contour = np.asarray(polygon, np.float32).reshape(-1, 1, 2)
-    return np.array([cv2.pointPolygonTest(contour, (float(x), float(y)), False) >= 0 for x, y in points], bool)
+    """polygon (V, 2), points (N, 2) -> (N,) bool: inside the polygon (even-odd rule, any simple
+    polygon, convex or not) or on its edge; what OpenCV's pointPolygonTest(...) >= 0 says, for
+    all points at once (tests/test_zones.py checks one against the other)."""
+    a = np.asarray(polygon, np.float64)[None]                   # (1, V, 2) each edge from a to b
+    b = np.roll(a, -1, axis=1)
+    p = np.asarray(points, np.float64).reshape(-1, 1, 2)       # (N, 1, 2)
+    ax, ay, bx, by, px, py = a[..., 0], a[..., 1], b[..., 0], b[..., 1], p[..., 0], p[..., 1]
+    cross = (bx - ax) * (py - ay) - (by - ay) * (px - ax)
+    on_edge = ((cross == 0) & (np.minimum(ax, bx) <= px) & (px <= np.maximum(ax, bx))
+               & (np.minimum(ay, by) <= py) & (py <= np.maximum(ay, by))).any(axis=1)
+    straddles = (ay > py) != (by > py)                          # the edge crosses the point's row
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_at = ax + (py - ay) * (bx - ax) / (by - ay)
+    return on_edge | ((straddles & (px < x_at)).sum(axis=1) % 2 == 1)
 
 
 def side(line: np.ndarray, points: np.ndarray) -> np.ndarray:

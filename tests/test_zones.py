@@ -45,6 +45,21 @@ def test_where_an_instance_stands_is_its_boxs_bottom_centre_inside_a_polygon_or_
     np.testing.assert_array_equal(inside(triangle, np.array([[2, 2], [6, 6]])), [True, False])
 
 
+def test_inside_says_what_opencvs_point_polygon_test_says_on_random_polygons_and_points():
+    import cv2
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        vertices = rng.integers(3, 9)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, vertices))   # star-shaped: concave ones too
+        radii = rng.uniform(5, 40, vertices)
+        polygon = np.round(np.stack([50 + radii * np.cos(angles), 50 + radii * np.sin(angles)], 1))
+        points = np.concatenate([rng.integers(0, 100, (60, 2)).astype(float), polygon,       # the corners,
+                                 (polygon + np.roll(polygon, -1, 0)) / 2])                   # mid-edges
+        want = [cv2.pointPolygonTest(polygon.astype(np.float32).reshape(-1, 1, 2), (float(x), float(y)), False) >= 0
+                for x, y in points]
+        np.testing.assert_array_equal(inside(polygon, points), want)
+
+
 def test_a_movement_crosses_a_line_segment_by_direction_and_not_past_its_ends():
     line = np.array([[100, 0], [100, 120]])           # pointing down: its right-hand side is x < 100
     start = np.array([[90, 50], [110, 50], [90, 50], [90, 130], [90, 50], [100, 50], [90, 110]])
