@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -148,8 +149,8 @@ class ZoneStage:
             changes["instances"] = tuple(
                 replace(inst, zones=tuple(name for (name, _), w in zip(self.regions, within) if w[i]))
                 for i, inst in enumerate(record.instances))
-            changes["zone_counts"] = {name: label_counts([inst.label for inst, w_i in zip(record.instances, w)
-                                                          if w_i]) for (name, _), w in zip(self.regions, within)}
+            changes["zone_counts"] = {name: dict(Counter(inst.label for inst, w_i in zip(record.instances, w) if w_i))
+                                      for (name, _), w in zip(self.regions, within)}   # labels in order of score
         if self.lines:
             changes["crossings"] = tuple(self._cross(record, points))   # counts first, then the totals
             changes["line_counts"] = self.line_counts()
@@ -187,14 +188,6 @@ class ZoneStage:
     def snapshot(self) -> dict[str, LineState]:
         """A copy of the lines' state, unaffected by the frames that follow."""
         return copy.deepcopy(self.state)
-
-
-def label_counts(labels: list[str]) -> dict[str, int]:
-    """Labels -> {label: how many}, in order of first appearance."""
-    counts: dict[str, int] = {}
-    for label in labels:
-        counts[label] = counts.get(label, 0) + 1
-    return counts
 
 
 def zone_figures(frame) -> dict[str, str]:
