@@ -337,6 +337,9 @@ def _check_instance(instance, size: list[int], where: str) -> None:
     _require(_is_count(instance.get("track_id", 0)), where, "track_id is not an integer >= 0")
     zones = instance.get("zones", [])
     _require(isinstance(zones, list) and all(isinstance(z, str) for z in zones), where, "zones is not a list of names")
+    dwell = instance.get("dwell_s", {})
+    _require(isinstance(dwell, dict) and all(_is_number(t) and t >= 0 for t in dwell.values()), where,
+             "dwell_s is not an object of seconds >= 0")
 
 
 def _is_label_counts(value) -> bool:

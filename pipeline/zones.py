@@ -11,7 +11,10 @@ Configured in the pipeline's `zones:` list (`ZoneConfig`), in the frame's pixels
 
 An instance is where its box's bottom centre is (where a person stands, where a car meets the
 road). On the wire (additive to maskstream.frame/1, only with zones configured):
-- each instance's `zones`: the regions it is in, in configuration order;
+- each instance's `zones`: the regions it is in, in configuration order; with tracking also its
+  `dwell_s`: per region it is in, the seconds (of `pts`) since its track entered it, kept across
+  frames the object is missed and restarted when it leaves the region (`{}` for an instance in
+  no confirmed track yet): how long a car has stood at the kerb, a person at the door;
 - the frame's `zone_counts`: per region, its instances by label (`{"door": {"person": 2}}`);
 - the frame's `crossings`: the confirmed tracks whose bottom centre crossed a line since their
   last frame, `{"line", "track_id", "label", "direction"}`, direction `in` when it ends on the
@@ -19,8 +22,9 @@ road). On the wire (additive to maskstream.frame/1, only with zones configured):
   `out` the other way;
 - the frame's `line_counts`: per line, the crossings so far in this stream,
   `{"gate": {"in": {"car": 3}, "out": {}}}`.
-Lines need tracking (the same object before and after); a stage's `snapshot()` carries the
-counts and where each track last was over a publisher restart.
+Lines and dwell times need tracking (the same object from frame to frame); a stage's
+`snapshot()` carries the counts, where each track last was and when it entered each region over
+a publisher restart.
 """
 from __future__ import annotations
 
@@ -115,6 +119,12 @@ def crossings(line: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarra
 
 
 @dataclass
+class RegionState:
+    """One region's state in one stream: the pts at which each track now in it entered it."""
+    entered: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
 class LineState:
     """One counting line's state in one stream: where each track was last seen off the line, and
     the crossings so far by direction and label."""
@@ -130,11 +140,13 @@ class ZoneStage:
         saved = stage.snapshot()          # ZoneStage(..., state=saved) goes on from it
     """
 
-    def __init__(self, zones: list[ZoneConfig], stream_id: str, state: dict[str, LineState] | None = None):
+    def __init__(self, zones: list[ZoneConfig], stream_id: str,
+                 state: dict[str, RegionState | LineState] | None = None):
         mine = [zone for zone in zones if zone.applies_to(stream_id)]
         self.regions = [(zone.name, np.array(zone.polygon, np.float64)) for zone in mine if zone.polygon is not None]
         self.lines = [(zone.name, np.array(zone.line, np.float64)) for zone in mine if zone.line is not None]
-        self.state = copy.deepcopy(state) if state is not None else {name: LineState() for name, _ in self.lines}
+        fresh = {**{name: RegionState() for name, _ in self.regions}, **{name: LineState() for name, _ in self.lines}}
+        self.state = copy.deepcopy(state) if state is not None else fresh
 
     def __bool__(self) -> bool:
         return bool(self.regions or self.lines)
@@ -146,8 +158,10 @@ class ZoneStage:
         changes = {}
         if self.regions:
             within = [inside(polygon, points) for _, polygon in self.regions]          # per region, (N,)
+            dwell = self._dwell(record, within)
             changes["instances"] = tuple(
-                replace(inst, zones=tuple(name for (name, _), w in zip(self.regions, within) if w[i]))
+                replace(inst, zones=tuple(name for (name, _), w in zip(self.regions, within) if w[i]),
+                        dwell_s=dwell[i])
                 for i, inst in enumerate(record.instances))
             changes["zone_counts"] = {name: dict(Counter(inst.label for inst, w_i in zip(record.instances, w) if w_i))
                                       for (name, _), w in zip(self.regions, within)}   # labels in order of score
@@ -155,6 +169,24 @@ class ZoneStage:
             changes["crossings"] = tuple(self._cross(record, points))   # counts first, then the totals
             changes["line_counts"] = self.line_counts()
         return replace(record, **changes)
+
+    def _dwell(self, record, within: list[np.ndarray]) -> list[dict[str, float] | None]:
+        """Per instance, {region: seconds since its track entered it} for the regions it is in ({}
+        without a confirmed track; None without tracking), the regions' state brought up to date:
+        tracks seen outside a region or ended leave it; a track missed in this frame stays."""
+        for (name, _), w in zip(self.regions, within):
+            entered = self.state[name].entered
+            for track_id in record.tracks_ended or ():
+                entered.pop(track_id, None)
+            for inst, w_i in zip(record.instances, w):
+                if inst.track_id and not w_i:
+                    entered.pop(inst.track_id, None)
+                elif inst.track_id:
+                    entered.setdefault(int(inst.track_id), float(record.pts))
+        return [None if inst.track_id is None else
+                {name: float(record.pts) - self.state[name].entered[inst.track_id]
+                 for (name, _), w in zip(self.regions, within) if inst.track_id and w[i]}
+                for i, inst in enumerate(record.instances)]
 
     def _cross(self, record, points: np.ndarray) -> list[dict]:
         """The crossings at this frame, as wire-ready dicts, counted into the lines' state."""
@@ -185,8 +217,8 @@ class ZoneStage:
         """Per line, the crossings so far by direction and label (a copy)."""
         return {name: copy.deepcopy(self.state[name].counts) for name, _ in self.lines}
 
-    def snapshot(self) -> dict[str, LineState]:
-        """A copy of the lines' state, unaffected by the frames that follow."""
+    def snapshot(self) -> dict[str, RegionState | LineState]:
+        """A copy of the regions' and lines' state, unaffected by the frames that follow."""
         return copy.deepcopy(self.state)
 
 

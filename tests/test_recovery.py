@@ -127,7 +127,7 @@ ZONES = [{"name": "left", "polygon": [[0, 0], [80, 0], [80, 120], [0, 120]]},
 def track_ids_of_a_run(kill_publisher_at: int | None = None) -> list:
     """FRAMES generated frames, each blob of bright pixels a car (BrightBlobsModel: ~5 a frame,
     dozens of tracks), tracking on, a region and a counting line: per frame (seq, [(track_id, box,
-    zones)], tracks_ended, zone_counts, crossings, line_counts), then EOS's tracks_ended; the
+    zones, dwell_s)], tracks_ended, zone_counts, crossings, line_counts), then EOS's tracks_ended; the
     publisher's process killed (SIGKILL) after that many frames were received."""
     config = delivery_config("publish.wait_subscribers=0", f"zones={json.dumps(ZONES)}")
 
@@ -142,8 +142,8 @@ def track_ids_of_a_run(kill_publisher_at: int | None = None) -> list:
     assert_every_frame_once_in_order(consumer, messages, FRAMES)
     assert summary.restarts["publisher"] == (1 if kill_publisher_at else 0)
     assert summary.streams["synthetic"].line_counts == messages[-2].line_counts     # the run's totals
-    return [(m.seq, [(i.track_id, i.box, i.zones) for i in m.instances], m.tracks_ended, m.zone_counts, m.crossings,
-             m.line_counts) for m in messages[:-1]] + [messages[-1].tracks_ended]
+    return [(m.seq, [(i.track_id, i.box, i.zones, i.dwell_s) for i in m.instances], m.tracks_ended, m.zone_counts,
+             m.crossings, m.line_counts) for m in messages[:-1]] + [messages[-1].tracks_ended]
 
 
 def test_a_restarted_publisher_gives_the_frames_it_sends_again_the_same_track_ids():
@@ -151,10 +151,11 @@ def test_a_restarted_publisher_gives_the_frames_it_sends_again_the_same_track_id
     back to the restarted publisher, which sends again from a seq whose state it got: every
     frame gets the ids an uninterrupted run gives (a fresh tracker would count from 1 again). The
     kill comes late enough that the frames sent again start past seq 0 (the resend window is
-    publish.hwm + 256 frames). The counting line's totals go on likewise (a fresh stage would count
-    from 0 again)."""
+    publish.hwm + 256 frames). The counting line's totals and the region's dwell times go on
+    likewise (a fresh stage would count from 0 again)."""
     whole = track_ids_of_a_run()
-    ids = {i for _, instances, *_ in whole[:-1] for i, _, _ in instances} - {0}
+    ids = {i for _, instances, *_ in whole[:-1] for i, *_ in instances} - {0}
+    assert max(seconds for _, instances, *_ in whole[:-1] for *_, dwell in instances for seconds in dwell.values()) > 1
     assert len(ids) >= 20
     crossed = whole[-2][-1]["middle"]
     assert sum(crossed["in"].values()) + sum(crossed["out"].values()) >= 5

@@ -81,6 +81,32 @@ def test_regions_count_the_instances_standing_in_them_and_name_them_on_each_inst
     assert empty.zone_counts == {"door": {}, "all": {}} and empty.instances == ()
 
 
+def test_a_tracked_object_dwells_in_a_region_from_when_it_entered_across_misses_until_it_leaves():
+    stage = ZoneStage([DOOR], "cam1")
+    inside_, outside = (10, 70, 30, 100), (100, 10, 120, 50)        # standing at (20, 100): in; (110, 50): out
+    frames = [[instance(inside_, track_id=0)],                          # t = 0.00: not yet a track: {}
+              [instance(inside_, track_id=4)],                          # 0.04: enters
+              [instance(inside_, track_id=4), instance(inside_, "car", 5)],   # 0.08: a car enters too
+              [instance(inside_, "car", 5)],                            # 0.12: the person missed: still in
+              [instance(inside_, track_id=4), instance(outside, "car", 5)],   # 0.16: the car left
+              [instance(inside_, track_id=4), instance(inside_, "car", 5)],   # 0.20: the car back: from 0
+              [instance(inside_, "car", 5)]]                            # 0.24: the person's track ended
+    got = [stage.apply(record(seq, instances, tracks_ended=[4] if seq == 6 else []))
+           for seq, instances in enumerate(frames)]
+    dwell = [[inst.dwell_s for inst in frame.instances] for frame in got]
+    assert dwell[0] == [{}] and dwell[1] == [{"door": 0.0}]
+    assert dwell[2] == [{"door": pytest.approx(0.04)}, {"door": 0.0}]
+    assert dwell[3] == [{"door": pytest.approx(0.04)}]
+    assert dwell[4] == [{"door": pytest.approx(0.12)}, {}]
+    assert dwell[5] == [{"door": pytest.approx(0.16)}, {"door": 0.0}]
+    assert stage.snapshot()["door"].entered == {5: pytest.approx(0.20)}            # track 4 ended: forgotten
+    assert ZoneStage([DOOR], "cam1").apply(record(0, [instance(inside_)])).instances[0].dwell_s is None  # untracked
+    header = dataclasses.replace(got[5], published_at=1.7e9).to_wire()
+    VALIDATORS[FRAME_SCHEMA].validate(header)
+    assert header["instances"][0]["dwell_s"] == {"door": pytest.approx(0.16)}
+    assert decode_message(encode_message(dataclasses.replace(got[5], published_at=1.7e9))).instances == got[5].instances
+
+
 def test_tracked_objects_crossing_a_line_are_counted_once_each_way_by_label():
     stage = ZoneStage([GATE], "cam1")
     path = [80, 95, 105, 120, 104, 96, 100, 100, 106]     # across (out), back (in), onto the line, off it (out)
@@ -139,6 +165,8 @@ def test_zone_fields_round_trip_validate_and_malformed_ones_are_refused():
     assert decode_message(encode_message(sent)) == sent
     assert_refused(header, [
         (lambda h: h["instances"][0].update(zones="door"), "zones is not a list of names"),
+        (lambda h: h["instances"][0].update(dwell_s={"door": -1}), "dwell_s is not an object of seconds"),
+        (lambda h: h["instances"][0].update(dwell_s=[1.0]), "dwell_s is not an object of seconds"),
         (lambda h: h.update(zone_counts={"door": {"car": -1}}), "zone_counts is not an object"),
         (lambda h: h["crossings"][0].update(direction="up"), "crossings is not a list"),
         (lambda h: h["crossings"][0].update(track_id=0), "crossings is not a list"),

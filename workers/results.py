@@ -20,7 +20,8 @@ class InstanceRecord:
     compressed RLE ({"size": [height, width], "counts": str}; "mask" on the wire); ``track_id`` the
     object's identity across the stream's frames, set by the pipeline's tracking stage (0 for an
     instance in no confirmed track yet; None, and not on the wire, without tracking); ``zones`` the
-    regions of the frame it stands in (None, and not on the wire, when its stream has none)."""
+    regions of the frame it stands in (None, and not on the wire, when its stream has none);
+    ``dwell_s`` with zones and tracking, the seconds since its track entered each of them."""
     class_id: int
     label: str
     score: float
@@ -28,6 +29,7 @@ class InstanceRecord:
     rle: dict = field(repr=False)
     track_id: int | None = None
     zones: tuple[str, ...] | None = None   # with zones: the regions it stands in (pipeline/zones.py)
+    dwell_s: dict[str, float] | None = None  # with zones and tracking: seconds since its track entered each
     colour: tuple[float, float, float] | None = field(default=None, repr=False, compare=False)
     """The mean RGB of the mask's pixels, from the worker (the tracker's appearance cue); not on the wire."""
 
@@ -47,13 +49,15 @@ class InstanceRecord:
             wire["track_id"] = int(self.track_id)
         if self.zones is not None:
             wire["zones"] = list(self.zones)
+        if self.dwell_s is not None:
+            wire["dwell_s"] = {name: float(seconds) for name, seconds in self.dwell_s.items()}
         return wire
 
     @classmethod
     def from_wire(cls, data: dict) -> InstanceRecord:
         zones = data.get("zones")
         return cls(data["class_id"], data["label"], data["score"], tuple(data["box"]), data["mask"],
-                   data.get("track_id"), None if zones is None else tuple(zones))
+                   data.get("track_id"), None if zones is None else tuple(zones), data.get("dwell_s"))
 
 
 def instance_records(detections, pixels: np.ndarray | None = None) -> tuple[InstanceRecord, ...]:
