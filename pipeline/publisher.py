@@ -323,8 +323,8 @@ class Publisher:
     def _stream(self, stream_id: str, source_fps: float | None = None, resume_at: int | None = None,
                 tracker=None) -> _Stream:
         """The state of ``stream_id``, opening its file sinks on first sight (at ``resume_at``
-        after a restart, its tracker and its counting lines then as they were before that seq:
-        ``tracker``, a snapshot from ``progress()``, None for fresh ones)."""
+        after a restart, its tracker and its zones' state then as they were before that seq:
+        ``tracker``, a snapshot pair from ``progress()``, None for fresh ones)."""
         if stream_id not in self._streams:
             check_stream_id(stream_id)
             saved_tracker, saved_lines = tracker if tracker is not None else (None, None)
@@ -398,13 +398,13 @@ class Publisher:
     def progress(self) -> dict:
         """What is out: ``{"incarnation", "resumed", "sent": {stream: first seq not yet sent},
         "ended": [streams whose EOS is out], "events": [one-line notices since the last call],
-        "delivery": delivery(), "trackers": {stream: (seq, snapshot)}, "zones": {stream: {"zone_counts",
-        "line_counts"}}}``; ``zones`` (with zones): the last frame sent's region counts and each
-        line's totals so far. ``resumed`` is False for a
-        restarted publisher until ``resume``. ``trackers`` (with tracking): for each stream, its
-        tracker and its counting lines as they are before ``seq``, the first seq not yet sent (a
-        copy: a few small arrays); given back to ``resume`` it makes the same ids and counts from
-        that seq on."""
+        "delivery": delivery(), "trackers": {stream: (seq, snapshot)}, "zones": {stream:
+        {"zone_counts", "line_counts"}}}``. ``resumed`` is False for a restarted publisher until
+        ``resume``. ``trackers`` (with tracking): for each stream, its tracker and its zones'
+        state (counting lines, dwell times) as they are before ``seq``, the first seq not yet sent
+        (a copy: a few small arrays and dicts); given back to ``resume`` it makes the same ids,
+        counts and dwell times from that seq on. ``zones`` (with zones): the last frame sent's
+        region counts and each line's totals so far (for the Prometheus metrics)."""
         events, self._events = self._events, []
         trackers = {sid: (stream.next_seq, (stream.tracking.snapshot(),
                                             None if stream.zones is None else stream.zones.snapshot()))
