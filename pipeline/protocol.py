@@ -13,9 +13,9 @@ One ZeroMQ multipart message per frame on a PUB socket (docs/protocol.md has the
    matching ``cam10``, since ZeroMQ subscriptions are byte prefixes;
 2. header: compact UTF-8 JSON with ``"schema": "maskstream.frame/1"`` and the fields of
    ``FRAME_FIELDS``, in that order (with tracking, each instance's ``track_id`` and the frame's
-   ``tracks_ended`` too, with zones each instance's ``zones`` and the frame's ``zone_counts``,
-   ``crossings`` and ``line_counts``: ``OPTIONAL_FIELDS``, absent without them; then ``image``
-   when a third part follows);
+   ``tracks_ended`` too, with zones each instance's ``zones`` (and with tracking its
+   ``dwell_s``) and the frame's ``zone_counts``, ``crossings`` and ``line_counts``:
+   ``OPTIONAL_FIELDS``, absent without them; then ``image`` when a third part follows);
 3. only when the publisher sends images (``publish.images: jpeg``): the frame's pixels as a JPEG
    (``pipeline.images``), which the header's ``image`` field describes;
 
