@@ -43,9 +43,11 @@ def instance_colour(inst: InstanceRecord) -> tuple[int, int, int]:
 
 
 def caption(inst: InstanceRecord) -> str:
-    """``label score``, led by ``#track_id`` when the instance has one."""
+    """``label score``, led by ``#track_id`` when the instance has one, followed by how long it has
+    stood in each region it is in (``door 12s``, its ``dwell_s``, with zones and tracking)."""
     text = f"{inst.label} {inst.score:.2f}"
-    return f"#{inst.track_id} {text}" if inst.track_id else text
+    text = f"#{inst.track_id} {text}" if inst.track_id else text
+    return " ".join([text, *(f"{zone} {seconds:.0f}s" for zone, seconds in (inst.dwell_s or {}).items())])
 
 
 def draw_instances(image: np.ndarray, instances: Sequence[InstanceRecord]) -> np.ndarray:

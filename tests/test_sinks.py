@@ -158,6 +158,8 @@ def test_with_tracking_each_track_has_its_own_colour_and_its_id_in_the_caption()
     assert track_colour(7) != track_colour(8)
     untracked = InstanceRecord(3, "car", 0.87, (60.0, 60.0, 120.0, 120.0), encode_rle(mask), 0)
     assert caption(untracked) == "car 0.87"          # in no track (yet): its class's colour, no id
+    dwelling = dataclasses.replace(untracked, track_id=7, zones=("kerb", "bay"), dwell_s={"kerb": 95.4, "bay": 3.6})
+    assert caption(dwelling) == "#7 car 0.87 kerb 95s bay 4s"   # how long it has stood in each region
     assert instance_colour(untracked) == class_colour(3)
 
 
