@@ -183,7 +183,7 @@ def test_consume_prints_each_regions_count_and_each_lines_crossings_so_far():
     stage = ZoneStage([DOOR, GATE], "cam1")
     stage.apply(record(0, [walker(90, 5)]))
     line = describe(stage.apply(record(1, [walker(110, 5), instance((10, 70, 30, 100), "car", 6)])))
-    assert line.endswith("instances=2: #5 person 0.90, #6 car 0.90 | door: car 1 | gate: in none, out person 1")
+    assert line.endswith("instances=2: #5 person 0.90, #6 car 0.90 door 0s | door: car 1 | gate: in none, out person 1")
     assert " | " not in describe(record(1, [walker(110, 5)]))
 
 
