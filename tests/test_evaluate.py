@@ -90,6 +90,22 @@ def test_classes_map_to_categories_by_name(data):
     assert sorted(r["category_id"] for r in results) == sorted(a["category_id"] for a in anns if a["category_id"] != 3)
 
 
+def test_a_model_of_some_classes_is_scored_on_those_categories_only(data):
+    """What `maskstream evaluate` scores for a model with box_head.classes: the exact cars of the
+    ground truth score 1 on the car category, where all categories would count the others as missed."""
+    car = data.class_names.index("car")
+    only_cars = truth_as_detections(data)
+    for det in only_cars:
+        keep = det.class_ids == car
+        det.boxes, det.scores, det.class_ids = det.boxes[keep], det.scores[keep], det.class_ids[keep]
+        det.rles = [rle for rle, k in zip(det.rles, keep) if k]
+    results = detections_to_coco(only_cars, data.image_ids, identity_mapping(data))
+    cars = coco_evaluate(data.coco, results, category_ids=[data.category_of_class[car]])
+    everything = coco_evaluate(data.coco, results)
+    assert cars["segm"]["AP"] == pytest.approx(1.0) and list(cars["segm"]["per_class"]) == ["car"]
+    assert everything["segm"]["AP"] < 0.7 and everything["segm"]["per_class"]["person"] == 0.0
+
+
 @pytest.mark.slow
 def test_cli_runs_the_model_end_to_end_and_writes_every_metric(tmp_path, capsys):
     root = tmp_path / "tiny"
@@ -108,6 +124,15 @@ def test_cli_runs_the_model_end_to_end_and_writes_every_metric(tmp_path, capsys)
         assert all(-1.0 <= v <= 1.0 for v in report[iou_type]["per_class"].values())
         assert any(line.startswith(iou_type) and len(line.split()) == 7 for line in printed.splitlines())
     assert "random weights" in printed
+    # A model of some classes (box_head.classes) is scored on those categories only.
+    import yaml
+    tiny = yaml.safe_load((ROOT / "configs" / "test_tiny.yaml").read_text())
+    tiny["box_head"]["classes"] = ["car"]
+    (tmp_path / "cars.yaml").write_text(yaml.safe_dump(tiny))
+    assert main(["--config", str(tmp_path / "cars.yaml"), "--data", str(root), "--out", str(out), "--limit", "2"]) == 0
+    assert "box_head.classes: scoring only car" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["detections"] > 0 and all(set(report[t]["per_class"]) == {"car"} for t in ("bbox", "segm"))
 
 
 @pytest.mark.parametrize("args, problem", [

@@ -63,9 +63,11 @@ def detections_to_coco(detections, image_ids: list[int], category_of_class: dict
     return results
 
 
-def coco_evaluate(gt: COCO, results: list[dict], image_ids: list[int] | None = None) -> dict[str, dict[str, float]]:
-    """COCO results scored against ground truth `gt` on `image_ids` (default: all its images)
-    -> {"bbox": {"AP": .., "AP50": .., ..., "per_class": {category name: AP}}, "segm": {...}}."""
+def coco_evaluate(gt: COCO, results: list[dict], image_ids: list[int] | None = None,
+                  category_ids: list[int] | None = None) -> dict[str, dict[str, float]]:
+    """COCO results scored against ground truth `gt` on `image_ids` (default: all its images) and
+    `category_ids` (default: all its categories) -> {"bbox": {"AP": .., "AP50": .., ...,
+    "per_class": {category name: AP}}, "segm": {...}}."""
     metrics = {}
     for iou_type in IOU_TYPES:
         # loadRes would replace a segmentation by the box's rectangle when both are present
@@ -76,6 +78,8 @@ def coco_evaluate(gt: COCO, results: list[dict], image_ids: list[int] | None = N
             evaluation = COCOeval(gt, found, iou_type)
             if image_ids is not None:
                 evaluation.params.imgIds = list(image_ids)
+            if category_ids is not None:
+                evaluation.params.catIds = list(category_ids)
             evaluation.evaluate()
             evaluation.accumulate()
             evaluation.summarize()
@@ -129,6 +133,11 @@ def evaluate(config_path: str, weights: str | None, data_spec: str, out: str, li
     config = load_config(config_path)
     data = CocoDataset(data_spec)
     category_of_class = class_to_category(config.class_names, data)
+    scored = None                        # every category of the data set
+    if config.detected_class_ids is not None:   # box_head.classes: the model finds only these
+        category_of_class = {k: c for k, c in category_of_class.items() if k in config.detected_class_ids}
+        scored = sorted(category_of_class.values())
+        print(f"box_head.classes: scoring only {', '.join(config.box_head.classes)}")
     if not category_of_class:
         raise DataError(f"{data_spec}: no category matches a class of {config_path} "
                         f"({', '.join(config.class_names[1:])})")
@@ -141,7 +150,7 @@ def evaluate(config_path: str, weights: str | None, data_spec: str, out: str, li
     image_ids = data.image_ids[:limit]
     detections = run_model(model, data, image_ids, batch)
     results = detections_to_coco(detections, image_ids, category_of_class)
-    metrics = coco_evaluate(data.coco, results, image_ids)
+    metrics = coco_evaluate(data.coco, results, image_ids, scored)
     report = {"config": str(config_path), "weights": weights, "data": str(data_spec), "images": len(image_ids),
               "detections": len(results), **metrics, "skipped_annotations": dict(data.skipped)}
     Path(out).write_text(json.dumps(report, indent=2) + "\n")
