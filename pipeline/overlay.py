@@ -109,12 +109,13 @@ def render_frame(width: int, height: int, instances: Sequence[InstanceRecord],
     return draw_instances(canvas, instances)
 
 
-def draw_zones(image: np.ndarray, regions, lines, figures: dict[str, str]) -> np.ndarray:
-    """Draws zones onto ``image`` (H, W, 3) uint8 BGR, in place, and returns it: each region
-    [(name, polygon (V, 2))] outlined, each counting line [(name, line (2, 2))] an arrow from its
-    first point to its second (its `in` side is on the arrow's right), each named with its
-    ``figures[name]`` (``pipeline.zones.zone_figures``) at its first point."""
-    for name, points in [*regions, *lines]:
+def draw_zones(image: np.ndarray, geometry, figures: dict[str, str]) -> np.ndarray:
+    """Draws zones onto ``image`` (H, W, 3) uint8 BGR, in place, and returns it: ``geometry``, a
+    ``pipeline.zones.ZoneGeometry`` in the image's pixels (``ZoneStage.geometry(W, H)``), each of
+    its regions ((name, polygon (V, 2)), ...) outlined, each counting line ((name, line (2, 2)), ...)
+    an arrow from its first point to its second (its `in` side is on the arrow's right), each named
+    with its ``figures[name]`` (``pipeline.zones.zone_figures``) at its first point."""
+    for name, points in [*geometry.regions, *geometry.lines]:
         corners = np.round(points).astype(np.int32)
         if len(corners) == 2:
             length = max(float(np.hypot(*(corners[1] - corners[0]))), 1.0)

@@ -160,7 +160,8 @@ class OverlayVideoSink:
     """
 
     def __init__(self, path: str | Path, fps: float, zones=None):
-        """``zones``: the stream's ``pipeline.zones.ZoneStage``, drawn with each frame's counts."""
+        """``zones``: the stream's ``pipeline.zones.ZoneStage``, drawn with each frame's counts where
+        the stage places them in a frame of its size."""
         self._path = Path(path)
         self._zones = zones
         if self._path.suffix.lower() not in FOURCC_BY_SUFFIX:
@@ -182,7 +183,7 @@ class OverlayVideoSink:
                             f"{image_rgb.shape}, its record says {size[0]}x{size[1]} RGB")
         canvas = render_frame(*size, record.instances, image_rgb)
         if self._zones is not None:
-            draw_zones(canvas, self._zones.regions, self._zones.lines, zone_figures(record))
+            draw_zones(canvas, self._zones.geometry(*size), zone_figures(record))   # scaled to this frame
         self._writer.write(canvas)
 
     def _open(self, size: tuple[int, int]) -> None:

@@ -3,11 +3,14 @@ counting line, per stream (what NVIDIA DeepStream's nvdsanalytics calls ROI coun
 crossing). The publisher runs a `ZoneStage` per stream on each frame, after tracking, in `seq`
 order and exactly once.
 
-Configured in the pipeline's `zones:` list (`ZoneConfig`), in the frame's pixels:
+Configured in the pipeline's `zones:` list (`ZoneConfig`), in the frame's pixels, or in those of
+a `frame_size` and scaled to each frame's size (what nvdsanalytics' config-width/config-height do:
+one list for cameras of different resolutions):
 
     zones:
       - {name: door, polygon: [[0, 400], [300, 400], [300, 720], [0, 720]]}   # a region
       - {name: gate, line: [[640, 0], [640, 720]], streams: [cam1]}          # a counting line
+      - {name: kerb, polygon: [[0, 600], [1280, 600], [1280, 720], [0, 720]], frame_size: [1280, 720]}
 
 An instance is where its box's bottom centre is (where a person stands, where a car meets the
 road). On the wire (additive to maskstream.frame/1, only with zones configured):
@@ -46,6 +49,8 @@ class ZoneConfig:
     polygon: list[list[float]] | None = None    # a region: [[x, y], ...], at least 3 points, frame pixels
     line: list[list[float]] | None = None       # or a counting line: [[x1, y1], [x2, y2]], frame pixels
     streams: list[str] | None = None            # the stream ids it applies to; null: every stream
+    frame_size: list[float] | None = None       # [width, height] the points are given at, scaled to each
+    #                                             frame's size; null: the frame's own pixels
 
     def validate(self, path: str) -> None:
         require(bool(re.fullmatch(r"[\w. -]+", self.name)), path + ".name",
@@ -58,6 +63,8 @@ class ZoneConfig:
             require(len(self.line) == 2 and all(len(p) == 2 for p in self.line), path + ".line",
                     "needs 2 [x, y] points")
             require(self.line[0] != self.line[1], path + ".line", "needs 2 different points")
+        require(self.frame_size is None or (len(self.frame_size) == 2 and min(self.frame_size) > 0),
+                path + ".frame_size", "must be [width, height], two positive numbers (or null: the frame's pixels)")
 
     def applies_to(self, stream_id: str) -> bool:
         return self.streams is None or stream_id in self.streams
@@ -70,6 +77,34 @@ def validate_zones(zones: list[ZoneConfig], tracking: bool, path: str = "zones")
         require(zone.name not in [z.name for z in zones[:i]], f"{path}[{i}].name", f"{zone.name!r} is used twice")
         require(zone.line is None or tracking, f"{path}[{i}].line",
                 "a counting line needs tracking (tracking.enabled: true) to follow objects across it")
+
+
+def scale(points, from_size, to_size) -> np.ndarray:
+    """points (P, 2) x y in a frame of from_size (width, height) -> (P, 2) float64, the same places
+    in a frame of to_size (width, height): x times to_width / from_width, y times to_height / from_height."""
+    (from_width, from_height), (to_width, to_height) = from_size, to_size
+    return np.asarray(points, np.float64).reshape(-1, 2) * [to_width / from_width, to_height / from_height]
+
+
+def placed(zone: ZoneConfig, size: tuple[int, int]) -> np.ndarray:
+    """A zone's polygon (V, 2) or line (2, 2), float64, in the pixels of a frame of size (width,
+    height): scaled from its frame_size, as given without one."""
+    points = zone.polygon if zone.polygon is not None else zone.line
+    return scale(points, zone.frame_size, size) if zone.frame_size is not None else np.array(points, np.float64)
+
+
+@dataclass(frozen=True)
+class ZoneGeometry:
+    """One stream's zones in the pixels of one frame size, in configuration order: regions
+    ((name, polygon (V, 2)), ...) and counting lines ((name, line (2, 2)), ...), float64."""
+    regions: tuple[tuple[str, np.ndarray], ...]
+    lines: tuple[tuple[str, np.ndarray], ...]
+
+
+def zone_geometry(zones: list[ZoneConfig], size: tuple[int, int]) -> ZoneGeometry:
+    """The zones' regions and lines in the pixels of a frame of size (width, height)."""
+    return ZoneGeometry(tuple((zone.name, placed(zone, size)) for zone in zones if zone.polygon is not None),
+                        tuple((zone.name, placed(zone, size)) for zone in zones if zone.line is not None))
 
 
 def anchors(boxes: np.ndarray) -> np.ndarray:
@@ -137,36 +172,48 @@ class ZoneStage:
 
         stage = ZoneStage(config.zones, "cam1")
         record = stage.apply(record)      # instances' zones, zone_counts, crossings, line_counts
+        stage.geometry(1280, 720)         # its regions and lines in a 1280x720 frame's pixels
         saved = stage.snapshot()          # ZoneStage(..., state=saved) goes on from it
     """
 
     def __init__(self, zones: list[ZoneConfig], stream_id: str,
                  state: dict[str, RegionState | LineState] | None = None):
-        mine = [zone for zone in zones if zone.applies_to(stream_id)]
-        self.regions = [(zone.name, np.array(zone.polygon, np.float64)) for zone in mine if zone.polygon is not None]
-        self.lines = [(zone.name, np.array(zone.line, np.float64)) for zone in mine if zone.line is not None]
-        fresh = {**{name: RegionState() for name, _ in self.regions}, **{name: LineState() for name, _ in self.lines}}
+        self.zones = [zone for zone in zones if zone.applies_to(stream_id)]
+        self.region_names = [zone.name for zone in self.zones if zone.polygon is not None]
+        self.line_names = [zone.name for zone in self.zones if zone.line is not None]
+        self._geometry: dict[tuple[int, int], ZoneGeometry] = {}   # by frame size (width, height)
+        fresh = {**{name: RegionState() for name in self.region_names},
+                 **{name: LineState() for name in self.line_names}}
         self.state = copy.deepcopy(state) if state is not None else fresh
 
     def __bool__(self) -> bool:
-        return bool(self.regions or self.lines)
+        return bool(self.region_names or self.line_names)
+
+    def geometry(self, width: int, height: int) -> ZoneGeometry:
+        """The zones in the pixels of a width x height frame (`placed`), worked out once per size."""
+        size = (int(width), int(height))
+        if size not in self._geometry:
+            self._geometry[size] = zone_geometry(self.zones, size)
+        return self._geometry[size]
 
     def apply(self, record):
         """A `pipeline.protocol.FrameRecord` -> the record with the fields of the module docstring
-        (region fields only when the stream has regions, line fields only when it has lines)."""
+        (region fields only when the stream has regions, line fields only when it has lines), its
+        zones placed in its frame's size (`record.width` x `record.height`)."""
+        geometry = self.geometry(record.width, record.height)
         points = anchors([inst.box for inst in record.instances])
         changes = {}
-        if self.regions:
-            within = [inside(polygon, points) for _, polygon in self.regions]          # per region, (N,)
+        if geometry.regions:
+            within = [inside(polygon, points) for _, polygon in geometry.regions]      # per region, (N,)
             dwell = self._dwell(record, within)
             changes["instances"] = tuple(
-                replace(inst, zones=tuple(name for (name, _), w in zip(self.regions, within) if w[i]),
+                replace(inst, zones=tuple(name for name, w in zip(self.region_names, within) if w[i]),
                         dwell_s=dwell[i])
                 for i, inst in enumerate(record.instances))
             changes["zone_counts"] = {name: dict(Counter(inst.label for inst, w_i in zip(record.instances, w) if w_i))
-                                      for (name, _), w in zip(self.regions, within)}   # labels in order of score
-        if self.lines:
-            changes["crossings"] = tuple(self._cross(record, points))   # counts first, then the totals
+                                      for name, w in zip(self.region_names, within)}   # labels in order of score
+        if geometry.lines:
+            changes["crossings"] = tuple(self._cross(record, geometry.lines, points))   # counts first, then the totals
             changes["line_counts"] = self.line_counts()
         return replace(record, **changes)
 
@@ -174,7 +221,7 @@ class ZoneStage:
         """Per instance, {region: seconds since its track entered it} for the regions it is in ({}
         without a confirmed track; None without tracking), the regions' state brought up to date:
         tracks seen outside a region or ended leave it; a track missed in this frame stays."""
-        for (name, _), w in zip(self.regions, within):
+        for name, w in zip(self.region_names, within):
             entered = self.state[name].entered
             for track_id in record.tracks_ended or ():
                 entered.pop(track_id, None)
@@ -185,14 +232,15 @@ class ZoneStage:
                     entered.setdefault(int(inst.track_id), float(record.pts))
         return [None if inst.track_id is None else
                 {name: float(record.pts) - self.state[name].entered[inst.track_id]
-                 for (name, _), w in zip(self.regions, within) if inst.track_id and w[i]}
+                 for name, w in zip(self.region_names, within) if inst.track_id and w[i]}
                 for i, inst in enumerate(record.instances)]
 
-    def _cross(self, record, points: np.ndarray) -> list[dict]:
-        """The crossings at this frame, as wire-ready dicts, counted into the lines' state."""
+    def _cross(self, record, lines, points: np.ndarray) -> list[dict]:
+        """The crossings at this frame of `lines` ((name, line (2, 2)), ...) by the instances standing
+        at `points` (N, 2), as wire-ready dicts, counted into the lines' state."""
         tracked = [(i, inst) for i, inst in enumerate(record.instances) if inst.track_id]
         events = []
-        for name, line in self.lines:
+        for name, line in lines:
             state = self.state[name]
             for track_id in record.tracks_ended or ():
                 state.last.pop(track_id, None)
@@ -215,7 +263,7 @@ class ZoneStage:
 
     def line_counts(self) -> dict[str, dict[str, dict[str, int]]]:
         """Per line, the crossings so far by direction and label (a copy)."""
-        return {name: copy.deepcopy(self.state[name].counts) for name, _ in self.lines}
+        return {name: copy.deepcopy(self.state[name].counts) for name in self.line_names}
 
     def snapshot(self) -> dict[str, RegionState | LineState]:
         """A copy of the regions' and lines' state, unaffected by the frames that follow."""

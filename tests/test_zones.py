@@ -10,7 +10,7 @@ import pytest
 from models.errors import ConfigError, PipelineError
 from pipeline.config import load_pipeline_config
 from pipeline.protocol import FRAME_SCHEMA, FrameRecord, InstanceRecord, ProtocolError, decode_message, encode_message
-from pipeline.zones import ZoneConfig, ZoneStage, anchors, crossings, inside
+from pipeline.zones import ZoneConfig, ZoneStage, anchors, crossings, inside, scale
 from tests.wire_helpers import VALIDATORS, assert_refused, encode_rle
 
 WIDTH, HEIGHT = 160, 120
@@ -133,9 +133,76 @@ def test_only_confirmed_tracks_cross_and_an_ended_track_starts_afresh():
 
 def test_a_zone_applies_to_the_streams_it_names():
     zones = [dataclasses.replace(DOOR, streams=["cam2"]), GATE]
-    assert (ZoneStage(zones, "cam1").regions, [n for n, _ in ZoneStage(zones, "cam1").lines]) == ([], ["gate"])
-    assert [n for n, _ in ZoneStage(zones, "cam2").regions] == ["door"]
+    assert (ZoneStage(zones, "cam1").region_names, ZoneStage(zones, "cam1").line_names) == ([], ["gate"])
+    assert ZoneStage(zones, "cam2").region_names == ["door"]
+    assert [n for n, _ in ZoneStage(zones, "cam2").geometry(WIDTH, HEIGHT).regions] == ["door"]
     assert not ZoneStage([dataclasses.replace(DOOR, streams=["cam2"])], "cam1")
+
+
+# Zones given for a 1280x720 frame: a kerb (the lower left), a gate (x = 640, pointing down) and a
+# line across (y = 300, pointing right); and a region in the frame's own pixels.
+AT_720P = dict(frame_size=[1280.0, 720.0])
+KERB = ZoneConfig("kerb", polygon=[[0, 500], [720, 500], [720, 720], [0, 720]], **AT_720P)
+MIDDLE = ZoneConfig("middle", line=[[640, 0], [640, 720]], **AT_720P)
+ACROSS = ZoneConfig("across", line=[[0, 300], [1280, 300]], **AT_720P)
+
+
+def test_scaling_multiplies_x_by_the_widths_ratio_and_y_by_the_heights():
+    points = [[1280, 720], [640, 0], [0, 360]]
+    np.testing.assert_allclose(scale(points, (1280, 720), (640, 480)), [[640, 480], [320, 0], [0, 240]])
+    np.testing.assert_allclose(scale(points, (1280, 720), (1920, 1080)), [[1920, 1080], [960, 0], [0, 540]])
+    assert scale([], (1280, 720), (640, 360)).shape == (0, 2)
+
+
+def test_a_zone_given_at_a_frame_size_is_placed_in_each_frames_size_one_without_stays_in_its_pixels():
+    pixels = ZoneConfig("corner", polygon=[[0, 0], [400, 0], [400, 300]])
+    stage = ZoneStage([KERB, MIDDLE, pixels], "cam1")
+    small = stage.geometry(640, 480)                                    # x halved, y two thirds
+    assert ([name for name, _ in small.regions], [name for name, _ in small.lines]) == (["kerb", "corner"],
+                                                                                       ["middle"])
+    np.testing.assert_allclose(small.regions[0][1], [[0, 1000 / 3], [360, 1000 / 3], [360, 480], [0, 480]])
+    np.testing.assert_allclose(small.lines[0][1], [[320, 0], [320, 480]])
+    np.testing.assert_array_equal(small.regions[1][1], pixels.polygon)              # as given, at any size
+    np.testing.assert_array_equal(stage.geometry(1280, 720).regions[0][1], KERB.polygon)
+    np.testing.assert_array_equal(stage.geometry(1280, 720).regions[1][1], pixels.polygon)
+    assert stage.geometry(640, 480) is small                            # worked out once per size
+
+
+def street(width, height, frames=10) -> list[FrameRecord]:
+    """The same street at any frame size, as seen at 1280x720 and scaled: a person (track 1) walking
+    right along y = 600 out of the kerb (x = 720) and across the middle (x = 640), a car (2) driving
+    down x = 1000 across the line at y = 300, a person (3) standing in the kerb at (300, 650)."""
+    sx, sy = width / 1280, height / 720
+    def standing(x, y, label, track_id):
+        box = (x - 20, y - 80, x + 20, y)
+        return InstanceRecord(1 if label == "person" else 3, label, 0.9,
+                              (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy),
+                              {"size": [height, width], "counts": ""}, track_id)
+    return [FrameRecord("cam1", seq, seq, seq / 25.0, 1.7e9, None, width, height, 0, {},
+                        (standing(500 + 33 * seq, 600, "person", 1), standing(1000, 200 + 30 * seq, "car", 2),
+                         standing(300, 650, "person", 3)), tracks_ended=())
+            for seq in range(frames)]
+
+
+def zone_outputs(zones: list[ZoneConfig], frames: list[FrameRecord]) -> list[tuple]:
+    """What one stream's zones stage adds to each of its frames, in order."""
+    stage = ZoneStage(zones, "cam1")
+    return [([(inst.zones, inst.dwell_s) for inst in f.instances], f.zone_counts, f.crossings, f.line_counts)
+            for f in map(stage.apply, frames)]
+
+
+@pytest.mark.parametrize("width, height", [(640, 360), (640, 480), (1920, 1080)])
+def test_zones_given_for_720p_count_the_same_street_alike_at_any_frame_size(width, height):
+    zones = [KERB, MIDDLE, ACROSS]
+    seen = zone_outputs(zones, street(1280, 720))
+    # At 1280x720 itself: the walker leaves the kerb at seq 7, crosses the middle at 5; the car crosses at 4.
+    assert [counts["kerb"] for _, counts, _, _ in seen] == [{"person": 2}] * 7 + [{"person": 1}] * 3
+    assert [(seq, c["line"], c["track_id"], c["direction"]) for seq, (_, _, crossed, _) in enumerate(seen)
+            for c in crossed] == [(4, "across", 2, "in"), (5, "middle", 1, "out")]
+    assert seen[-1][0][2] == (("kerb",), {"kerb": pytest.approx(0.36)})
+    assert seen[-1][3] == {"middle": {"in": {}, "out": {"person": 1}}, "across": {"in": {"car": 1}, "out": {}}}
+    # The same street at another size: the same zones, counts, dwell times and crossings.
+    assert zone_outputs(zones, street(width, height)) == seen
 
 
 def test_a_stage_taken_up_from_a_snapshot_counts_on_as_the_original():
@@ -187,6 +254,9 @@ def test_consume_prints_each_regions_count_and_each_lines_crossings_so_far():
     assert " | " not in describe(record(1, [walker(110, 5)]))
 
 
+SIZE_MISTAKE = r"^config.zones\[0\].frame_size: must be \[width, height\], two positive numbers \(or null"
+
+
 @pytest.mark.parametrize("zones, message", [
     ([{"name": "a", "polygon": [[0, 0], [1, 1]]}], r"zones\[0\].polygon: needs at least 3 \[x, y\] points"),
     ([{"name": "a"}], r"zones\[0\]: needs a polygon or a line"),
@@ -196,10 +266,18 @@ def test_consume_prints_each_regions_count_and_each_lines_crossings_so_far():
      r"zones\[1\].name: 'a' is used twice"),
     ([{"name": "a/b", "line": [[0, 0], [1, 1]]}], r"zones\[0\].name: must be letters"),
     ([{"name": "a", "line": [[0, 0], [1, "x"]]}], r"zones\[0\].line\[1\]\[1\]: expected a number"),
+    ([{"name": "a", "line": [[0, 0], [1, 1]], "frame_size": [1280]}], SIZE_MISTAKE),
+    ([{"name": "a", "line": [[0, 0], [1, 1]], "frame_size": [1280, 720, 3]}], SIZE_MISTAKE),
+    ([{"name": "a", "line": [[0, 0], [1, 1]], "frame_size": [1280, 0]}], SIZE_MISTAKE),
+    ([{"name": "a", "line": [[0, 0], [1, 1]], "frame_size": [-1280, 720]}], SIZE_MISTAKE),
+    ([{"name": "a", "line": [[0, 0], [1, 1]], "frame_size": [1280, "720p"]}],
+     r"zones\[0\].frame_size\[1\]: expected a number"),
+    ([{"name": "a", "line": [[0, 0], [1, 1]], "frame_size": "1280x720"}], r"zones\[0\].frame_size: expected a list"),
 ])
 def test_zone_mistakes_are_one_line_naming_the_zone(zones, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         load_pipeline_config(None, [f"zones={json.dumps(zones)}"])
+    assert "\n" not in str(error.value)
 
 
 def test_a_counting_line_without_tracking_or_for_a_stream_not_in_the_run_is_one_line():
@@ -217,7 +295,7 @@ def test_overlay_outlines_each_region_and_draws_each_line_as_an_arrow_with_its_c
     from pipeline.overlay import ZONE_COLOUR, draw_zones
     stage = ZoneStage([ZoneConfig("door", polygon=[[20, 60], [80, 60], [80, 110], [20, 110]]),
                        ZoneConfig("gate", line=[[130, 10], [130, 110]])], "cam1")
-    canvas = draw_zones(np.zeros((HEIGHT, WIDTH, 3), np.uint8), stage.regions, stage.lines,
+    canvas = draw_zones(np.zeros((HEIGHT, WIDTH, 3), np.uint8), stage.geometry(WIDTH, HEIGHT),
                         {"door": "person 1", "gate": "in none, out car 1"})
     amber = np.all(np.abs(canvas.astype(int) - ZONE_COLOUR) <= 40, axis=2)
     assert amber[85, 19:22].any() and amber[85, 79:82].any() and amber[110, 50]      # the region's edges
@@ -244,6 +322,29 @@ def test_the_overlay_video_shows_the_zones_of_its_stream(tmp_path):
     capture.release()
     edge, inside_ = frame[85, 18:23], frame[85, 30:45]       # BGR: amber is high green and red
     assert ok and edge[:, 1].max() > 150 and edge[:, 2].max() > 150 and inside_.max() < 60
+
+
+def test_the_overlay_video_draws_a_zone_given_at_a_frame_size_where_it_falls_in_its_frames(tmp_path):
+    import cv2
+
+    from pipeline.sinks import StreamSinks
+    # Given at 160x120, drawn on 320x64 frames: x doubled, y times 0.53 -> corners (40, 10.7), (200, 53.3).
+    square = ZoneConfig("square", polygon=[[20, 20], [100, 20], [100, 100], [20, 100]], frame_size=[160, 120])
+    stage = ZoneStage([square], "cam1")
+    sinks = StreamSinks(tmp_path, "cam1", ["__background__", "person"], overlay_fps=10, zones=stage)
+    for seq in range(3):
+        frame = dataclasses.replace(record(seq, []), width=320, height=64, published_at=1.7e9)
+        sinks.write(stage.apply(frame))
+    sinks.close()
+    capture = cv2.VideoCapture(str(tmp_path / "cam1.overlay.mp4"))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok and frame.shape == (64, 320, 3)
+    amber = (frame[..., 1] > 120) & (frame[..., 2] > 120)           # BGR: amber is high green and red
+    assert amber[25:45, 38:43].any(axis=1).all() and amber[25:45, 198:203].any(axis=1).all()  # its sides
+    assert amber[52:56, 60:180].any(axis=0).all()                                        # its bottom
+    assert not amber[25:45, 14:26].any() and not amber[25:45, 95:105].any()  # not the given x = 20, 100
+    assert not amber[18:23, 60:180].any() and not amber[25:45, 50:190].any()  # nor y = 20; inside empty
 
 
 def test_the_publishers_answers_carry_each_streams_last_region_counts_and_line_totals():
