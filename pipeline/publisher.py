@@ -94,7 +94,7 @@ from .protocol import EndOfStream, FrameRecord, check_stream_id, encode_message,
 from .sinks import StreamSinks
 from .sources import FALLBACK_FPS
 from .tracking import TrackingConfig, TrackingStage
-from .zones import ZoneConfig, ZoneStage, validate_zones
+from .zones import ZoneConfig, ZoneStage
 
 LATENCY_SAMPLES = 10_000  # per stage and stream: recent enough, bounded memory
 SEND_RETRY_S = 0.005      # offline, a full subscriber queue is tried again this often
@@ -157,7 +157,8 @@ class Publisher:
         """``class_names[class_id]``: labels for the COCO files' categories, also those never detected;
         ``live``: never wait for a subscriber; ``tracking``: track ids per stream (None or not
         enabled: none); ``publish_score``: see the module docstring; ``zones``: regions and
-        counting lines (pipeline/zones.py; lines need tracking)."""
+        counting lines (pipeline/zones.py), valid ones: ``load_pipeline_config`` checks them
+        (``pipeline.zones.validate_zones``; lines need tracking), the publisher does not again."""
         output = output or OutputSection()
         publish.validate("publish")
         output.validate("output")
@@ -167,8 +168,7 @@ class Publisher:
         if self.tracking is not None:
             self.tracking.validate("tracking")
         self.publish_score = publish_score
-        self.zones = list(zones)
-        validate_zones(self.zones, self.tracking is not None)
+        self.zones = list(zones)   # validated with the config (PipelineConfig.validate: validate_zones)
         if output.dir:
             _make_out_dir(output.dir)
         self._streams: dict[str, _Stream] = {}
