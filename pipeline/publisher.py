@@ -406,10 +406,11 @@ class Publisher:
         counts and dwell times from that seq on. ``zones`` (with zones): the last frame sent's
         region counts and each line's totals so far (for the Prometheus metrics)."""
         events, self._events = self._events, []
-        trackers = {sid: (stream.next_seq, (stream.tracking.snapshot(),
-                                            None if stream.zones is None else stream.zones.snapshot()))
+        # One copy of each stream's zone state per answer: the restart snapshot, and the line totals from it.
+        saved = {sid: stream.zones.snapshot() for sid, stream in self._streams.items() if stream.zones is not None}
+        trackers = {sid: (stream.next_seq, (stream.tracking.snapshot(), saved.get(sid)))
                     for sid, stream in self._streams.items() if stream.tracking is not None}
-        zones = {sid: {"zone_counts": stream.zone_counts, "line_counts": stream.zones.line_counts()}
+        zones = {sid: {"zone_counts": stream.zone_counts, "line_counts": stream.zones.line_counts(saved[sid])}
                  for sid, stream in self._streams.items() if stream.zones is not None}
         return {"incarnation": self._incarnation, "resumed": self._held is None, "trackers": trackers, "zones": zones,
                 "sent": {sid: stream.next_seq for sid, stream in self._streams.items()},

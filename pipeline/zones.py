@@ -261,8 +261,12 @@ class ZoneStage:
                                for k, (_, inst) in enumerate(tracked) if off[k]})
         return events
 
-    def line_counts(self) -> dict[str, dict[str, dict[str, int]]]:
-        """Per line, the crossings so far by direction and label (a copy)."""
+    def line_counts(self, saved: dict[str, RegionState | LineState] | None = None
+                    ) -> dict[str, dict[str, dict[str, int]]]:
+        """Per line, the crossings so far by direction and label: a copy of the stage's; from `saved`,
+        a `snapshot()` of this stage, that snapshot's own (a copy already)."""
+        if saved is not None:
+            return {name: saved[name].counts for name in self.line_names}
         return {name: copy.deepcopy(self.state[name].counts) for name in self.line_names}
 
     def snapshot(self) -> dict[str, RegionState | LineState]:

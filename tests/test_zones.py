@@ -357,7 +357,13 @@ def test_the_publishers_answers_carry_each_streams_last_region_counts_and_line_t
         for seq, x in enumerate(range(92, 110, 2)):          # one person walking through the gate
             publisher.publish(dataclasses.replace(record(seq, [walker(x, 0)]), tracks_ended=None))
         progress = publisher.progress()
+        for seq, x in enumerate([110] * 4 + list(range(108, 90, -2)), start=9):   # a pause, and back
+            publisher.publish(dataclasses.replace(record(seq, [walker(x, 0)]), tracks_ended=None))
+        back = publisher.progress()
     finally:
         publisher.close()
     assert progress["zones"] == {"cam1": {"zone_counts": {"door": {}},
                                           "line_counts": {"gate": {"in": {}, "out": {"person": 1}}}}}
+    # The totals are those of the restart snapshot in the same answer, and copies: later frames leave them be.
+    assert progress["trackers"]["cam1"][1][1]["gate"].counts == {"in": {}, "out": {"person": 1}}
+    assert back["zones"]["cam1"]["line_counts"] == {"gate": {"in": {"person": 1}, "out": {"person": 1}}}
