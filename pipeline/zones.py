@@ -35,6 +35,7 @@ import copy
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from itertools import compress
 
 import numpy as np
 
@@ -201,44 +202,53 @@ class ZoneStage:
         (region fields only when the stream has regions, line fields only when it has lines), its
         zones placed in its frame's size (`record.width` x `record.height`)."""
         geometry = self.geometry(record.width, record.height)
-        points = anchors([inst.box for inst in record.instances])
+        instances = record.instances
+        points = anchors([inst.box for inst in instances])                          # (N, 2)
+        track_ids = [inst.track_id for inst in instances]
         changes = {}
         if geometry.regions:
-            within = [inside(polygon, points) for _, polygon in geometry.regions]      # per region, (N,)
-            dwell = self._dwell(record, within)
-            changes["instances"] = tuple(
-                replace(inst, zones=tuple(name for name, w in zip(self.region_names, within) if w[i]),
-                        dwell_s=dwell[i])
-                for i, inst in enumerate(record.instances))
-            changes["zone_counts"] = {name: dict(Counter(inst.label for inst, w_i in zip(record.instances, w) if w_i))
-                                      for name, w in zip(self.region_names, within)}   # labels in order of score
+            within = [inside(polygon, points).tolist() for _, polygon in geometry.regions]   # per region, N bools
+            rows = list(zip(*within))                                                  # per instance, R bools
+            dwell = self._dwell(record, track_ids, within, rows)
+            changes["instances"] = tuple(with_zones(inst, tuple(compress(self.region_names, row)), dwell_i)
+                                         for inst, row, dwell_i in zip(instances, rows, dwell))
+            labels = [inst.label for inst in instances]
+            changes["zone_counts"] = {name: dict(Counter(compress(labels, w)))            # labels in order of score
+                                      for name, w in zip(self.region_names, within)}
         if geometry.lines:
-            changes["crossings"] = tuple(self._cross(record, geometry.lines, points))   # counts first, then the totals
-            changes["line_counts"] = self.line_counts()
+            changes["crossings"] = tuple(self._cross(record, geometry.lines, track_ids, points))  # counts first,
+            changes["line_counts"] = self.line_counts()                                             # then the totals
         return replace(record, **changes)
 
-    def _dwell(self, record, within: list[np.ndarray]) -> list[dict[str, float] | None]:
+    def _dwell(self, record, track_ids: list, within: list[list[bool]],
+               rows: list[tuple[bool, ...]]) -> list[dict[str, float] | None]:
         """Per instance, {region: seconds since its track entered it} for the regions it is in ({}
         without a confirmed track; None without tracking), the regions' state brought up to date:
-        tracks seen outside a region or ended leave it; a track missed in this frame stays."""
-        for name, w in zip(self.region_names, within):
-            entered = self.state[name].entered
+        tracks seen outside a region or ended leave it; a track missed in this frame stays.
+        `within` per region and `rows` per instance say which instances stand in which region."""
+        pts = float(record.pts)
+        entered = [self.state[name].entered for name in self.region_names]
+        for region, w in zip(entered, within):
             for track_id in record.tracks_ended or ():
-                entered.pop(track_id, None)
-            for inst, w_i in zip(record.instances, w):
-                if inst.track_id and not w_i:
-                    entered.pop(inst.track_id, None)
-                elif inst.track_id:
-                    entered.setdefault(int(inst.track_id), float(record.pts))
-        return [None if inst.track_id is None else
-                {name: float(record.pts) - self.state[name].entered[inst.track_id]
-                 for name, w in zip(self.region_names, within) if inst.track_id and w[i]}
-                for i, inst in enumerate(record.instances)]
+                region.pop(track_id, None)
+            for track_id, w_i in zip(track_ids, w):
+                if track_id and not w_i:
+                    region.pop(track_id, None)
+                elif track_id:
+                    region.setdefault(int(track_id), pts)
+        return [None if track_id is None else
+                {name: pts - region[track_id] for name, region, w_i in zip(self.region_names, entered, row)
+                 if track_id and w_i}
+                for track_id, row in zip(track_ids, rows)]
 
-    def _cross(self, record, lines, points: np.ndarray) -> list[dict]:
+    def _cross(self, record, lines, track_ids: list, points: np.ndarray) -> list[dict]:
         """The crossings at this frame of `lines` ((name, line (2, 2)), ...) by the instances standing
         at `points` (N, 2), as wire-ready dicts, counted into the lines' state."""
-        tracked = [(i, inst) for i, inst in enumerate(record.instances) if inst.track_id]
+        tracked = [i for i, track_id in enumerate(track_ids) if track_id]
+        ids = [int(track_ids[i]) for i in tracked]
+        labels = [record.instances[i].label for i in tracked]
+        now = points[tracked]                                   # (T, 2)
+        now_xy = [tuple(xy) for xy in now.tolist()]
         events = []
         for name, line in lines:
             state = self.state[name]
@@ -246,19 +256,15 @@ class ZoneStage:
                 state.last.pop(track_id, None)
             if not tracked:
                 continue
-            now = points[[i for i, _ in tracked]]
-            before = np.array([state.last.get(inst.track_id, now[k]) for k, (_, inst) in enumerate(tracked)])
+            before = np.array([state.last.get(track_id, xy) for track_id, xy in zip(ids, now_xy)], np.float64)
             moved = crossings(line, before, now)
-            for k, (_, inst) in enumerate(tracked):
-                if moved[k]:
-                    direction = DIRECTIONS[0] if moved[k] > 0 else DIRECTIONS[1]
-                    state.counts[direction][inst.label] = state.counts[direction].get(inst.label, 0) + 1
-                    events.append({"line": name, "track_id": int(inst.track_id), "label": inst.label,
-                                   "direction": direction})
+            for k in np.flatnonzero(moved).tolist():
+                direction = DIRECTIONS[0] if moved[k] > 0 else DIRECTIONS[1]
+                state.counts[direction][labels[k]] = state.counts[direction].get(labels[k], 0) + 1
+                events.append({"line": name, "track_id": ids[k], "label": labels[k], "direction": direction})
             # Where each track was last seen off the line: one that stops on it crosses when it leaves it.
-            off = side(line, now) != 0
-            state.last.update({int(inst.track_id): (float(now[k, 0]), float(now[k, 1]))
-                               for k, (_, inst) in enumerate(tracked) if off[k]})
+            off = (side(line, now) != 0).tolist()
+            state.last.update({track_id: xy for track_id, xy, off_k in zip(ids, now_xy, off) if off_k})
         return events
 
     def line_counts(self, saved: dict[str, RegionState | LineState] | None = None
@@ -267,11 +273,22 @@ class ZoneStage:
         a `snapshot()` of this stage, that snapshot's own (a copy already)."""
         if saved is not None:
             return {name: saved[name].counts for name in self.line_names}
-        return {name: copy.deepcopy(self.state[name].counts) for name in self.line_names}
+        return {name: {direction: dict(by_label) for direction, by_label in self.state[name].counts.items()}
+                for name in self.line_names}
 
     def snapshot(self) -> dict[str, RegionState | LineState]:
         """A copy of the regions' and lines' state, unaffected by the frames that follow."""
         return copy.deepcopy(self.state)
+
+
+def with_zones(inst, zones: tuple[str, ...], dwell_s: dict[str, float] | None):
+    """An `InstanceRecord` with its `zones` and `dwell_s` set: what `dataclasses.replace` makes, at a
+    fifth of its cost (the stage makes one per instance per frame): a copy of its attributes, which
+    is all that the frozen dataclass's __init__ sets (it has no __post_init__ and no __slots__;
+    tests/test_zones.py checks both)."""
+    new = object.__new__(type(inst))
+    new.__dict__.update(inst.__dict__, zones=zones, dwell_s=dwell_s)
+    return new
 
 
 def zone_figures(frame) -> dict[str, str]:
