@@ -210,7 +210,7 @@ class ZoneStage:
             within = [inside(polygon, points).tolist() for _, polygon in geometry.regions]   # per region, N bools
             rows = list(zip(*within))                                                  # per instance, R bools
             dwell = self._dwell(record, track_ids, within, rows)
-            changes["instances"] = tuple(with_zones(inst, tuple(compress(self.region_names, row)), dwell_i)
+            changes["instances"] = tuple(replace(inst, zones=tuple(compress(self.region_names, row)), dwell_s=dwell_i)
                                          for inst, row, dwell_i in zip(instances, rows, dwell))
             labels = [inst.label for inst in instances]
             changes["zone_counts"] = {name: dict(Counter(compress(labels, w)))            # labels in order of score
@@ -279,16 +279,6 @@ class ZoneStage:
     def snapshot(self) -> dict[str, RegionState | LineState]:
         """A copy of the regions' and lines' state, unaffected by the frames that follow."""
         return copy.deepcopy(self.state)
-
-
-def with_zones(inst, zones: tuple[str, ...], dwell_s: dict[str, float] | None):
-    """An `InstanceRecord` with its `zones` and `dwell_s` set: what `dataclasses.replace` makes, at a
-    fifth of its cost (the stage makes one per instance per frame): a copy of its attributes, which
-    is all that the frozen dataclass's __init__ sets (it has no __post_init__ and no __slots__;
-    tests/test_zones.py checks both)."""
-    new = object.__new__(type(inst))
-    new.__dict__.update(inst.__dict__, zones=zones, dwell_s=dwell_s)
-    return new
 
 
 def zone_figures(frame) -> dict[str, str]:

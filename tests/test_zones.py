@@ -10,7 +10,7 @@ import pytest
 from models.errors import ConfigError, PipelineError
 from pipeline.config import load_pipeline_config
 from pipeline.protocol import FRAME_SCHEMA, FrameRecord, InstanceRecord, ProtocolError, decode_message, encode_message
-from pipeline.zones import ZoneConfig, ZoneStage, anchors, crossings, inside, scale, with_zones
+from pipeline.zones import ZoneConfig, ZoneStage, anchors, crossings, inside, scale
 from tests.wire_helpers import VALIDATORS, assert_refused, encode_rle
 
 WIDTH, HEIGHT = 160, 120
@@ -345,15 +345,6 @@ def test_the_overlay_video_draws_a_zone_given_at_a_frame_size_where_it_falls_in_
     assert amber[52:56, 60:180].any(axis=0).all()                                        # its bottom
     assert not amber[25:45, 14:26].any() and not amber[25:45, 95:105].any()  # not the given x = 20, 100
     assert not amber[18:23, 60:180].any() and not amber[25:45, 50:190].any()  # nor y = 20; inside empty
-
-
-def test_the_stages_copy_of_an_instance_is_what_dataclasses_replace_makes():
-    inst = dataclasses.replace(walker(50, 4), colour=(0.1, 0.2, 0.3))
-    made = with_zones(inst, ("door",), {"door": 1.5})
-    assert vars(made) == vars(dataclasses.replace(inst, zones=("door",), dwell_s={"door": 1.5}))
-    assert type(made) is InstanceRecord and inst.zones is None                      # the original as it was
-    # It copies the attributes instead of calling __init__: the same only while __init__ does nothing more.
-    assert not hasattr(InstanceRecord, "__post_init__") and not hasattr(InstanceRecord, "__slots__")
 
 
 def test_the_publishers_answers_carry_each_streams_last_region_counts_and_line_totals():
