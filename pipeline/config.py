@@ -57,9 +57,13 @@ class SourcesSection:
     read_ahead: int = 8                # offline: decoded frames waiting per stream (reader blocks beyond)
     live_queue: int = 1                # live: newest frames kept per stream while inference is busy
     max_restarts: int = 2              # Ray restarts a crashed ingest actor this often (it resumes the stream)
+    max_open: int = 8                  # offline: streams read at once (an ingest process each); the others wait
+                                       # their turn in order, opened as earlier ones finish; 0: all at once.
+                                       # Live runs open every source.
 
     def validate(self, path: str) -> None:
         require(len(self.uris) > 0, path + ".uris", "needs at least one source")
+        require(self.max_open >= 0, path + ".max_open", "must be >= 0 (0 opens every stream at once)")
         require(self.mode in MODES, path + ".mode", f"must be one of {', '.join(MODES)}")
         require(self.max_frames >= 0, path + ".max_frames", "must be >= 0 (0 reads to the end)")
         require(self.folder_fps > 0, path + ".folder_fps", "must be positive")

@@ -72,6 +72,7 @@ class Taken:
     done: bool                        # no frame will follow
     error: str | None                 # why the stream ended early, or None
     events: list[str]                 # one-line notices since the last take()
+    counts: dict | None = None        # with done: the stream's final `Ingest.counts()`
 
 
 class Ingest:
@@ -177,7 +178,8 @@ class Ingest:
         for decoded in taken:
             frames.append(self._record(decoded, dropped_before))
             dropped_before = 0  # the drops happened before the first frame taken
-        return Taken(frames, done, self._error if done else None, events), pixels_of(taken)
+        return Taken(frames, done, self._error if done else None, events, self.counts() if done else None), \
+            pixels_of(taken)
 
     def _record(self, decoded: _Decoded, dropped_before: int) -> FrameRecord:
         return FrameRecord(self.spec.stream_id, None, decoded.frame_index, decoded.pts, decoded.captured_at,

@@ -74,6 +74,7 @@ class RunSummary:
     restarts: dict = field(default_factory=dict)   # actor kind -> restarts after a crash
     delivery: dict = field(default_factory=dict)   # the publisher's undelivered, stalls, blocked_s
     peak_unsent: int = 0           # most frames accepted and not yet sent by the publisher at once
+    not_started: list[str] = field(default_factory=list)  # streams still waiting their turn when the run stopped
 
     @property
     def published(self) -> int:
@@ -96,6 +97,9 @@ class RunSummary:
         for s in self.streams.values():
             for name, totals in s.line_counts.items():
                 lines.append(f"line {name} of {s.stream}: crossed {line_figure(totals)}")
+        if self.not_started:
+            lines.append(f"not started (the run was stopped first): {len(self.not_started)} stream(s), "
+                         + ", ".join(self.not_started[:3]) + (", ..." if len(self.not_started) > 3 else ""))
         if self.reruns:
             lines.append(f"re-run after a worker died: {self.reruns} batch(es)")
         lines += self.delivery_lines()
@@ -139,12 +143,13 @@ class RunStats:
         self.restarts = dict.fromkeys(ACTORS, 0)
         self.delivered = dict.fromkeys(DELIVERY_COUNTERS, 0)  # summed over publisher incarnations
         self._delivery_seen = dict.fromkeys(DELIVERY_COUNTERS, 0)  # the current incarnation's last answer
-        self.accepted_frames = dict.fromkeys(totals, 0)
-        self.published_frames = dict.fromkeys(totals, 0)
+        self.accepted_frames: dict[str, int] = {}
+        self.published_frames: dict[str, int] = {}
         self._latency = {stage: deque(maxlen=LATENCY_SAMPLES) for stage in STAGES}
-        self._bars = {sid: tqdm(total=total, desc=sid, unit="frame", position=i, leave=True,
-                                dynamic_ncols=True, disable=None if progress else True)
-                      for i, (sid, total) in enumerate(totals.items())}
+        self._progress = progress
+        self._bars = {}
+        for sid, total in totals.items():
+            self.add_stream(sid, total)
         self._registry = CollectorRegistry()
         self._server = None
         labels = {"registry": self._registry}
@@ -176,6 +181,12 @@ class RunStats:
         self._quantiles_at = 0.0
         if metrics_port is not None:
             self._server, _thread = start_http_server(metrics_port, addr=metrics_host, registry=self._registry)
+
+    def add_stream(self, stream: str, total: int | None) -> None:
+        """A stream that opened (`total`: its expected frames, None when unknown): counted, with a bar."""
+        self.accepted_frames[stream] = self.published_frames[stream] = 0
+        self._bars[stream] = tqdm(total=total, desc=stream, unit="frame", leave=True, dynamic_ncols=True,
+                                  disable=None if self._progress else True)
 
     def accepted(self, stream: str, dropped_before: int) -> None:
         self.accepted_frames[stream] += 1
@@ -247,10 +258,12 @@ class RunStats:
                 self._m_quantile.labels(stage, str(q / 100)).set(p[f"p{q}"])
 
     def ended(self, stream: str, frames: int) -> None:
-        """The stream ended after `frames` frames: its bar now shows the true total."""
+        """The stream ended after `frames` frames: its bar shows the true total and is done (its
+        line kept; a run of many streams has bars for those being read)."""
         bar = self._bars[stream]
         bar.total = frames
         bar.refresh()
+        bar.close()
 
     def latency_ms(self) -> dict[str, dict]:
         return {stage: percentiles(samples) for stage, samples in self._latency.items() if samples}

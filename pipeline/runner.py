@@ -31,7 +31,7 @@ from models.errors import PipelineError, SourceError, on_signals
 from workers.inference import InferenceWorkerActor, ModelFactory
 
 from .config import PipelineConfig
-from .ingest import IngestActor, Opened
+from .ingest import IngestActor
 from .metrics import RunStats, RunSummary
 from .publisher import PublisherActor
 from .scheduler import Scheduler, error_line
@@ -72,15 +72,21 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
     started_ray = connect_ray(config)
     actors = []
     try:
-        slots, use_gpus = plan_workers(config, len(specs))
+        limit = open_limit(config, live, len(specs))
+        slots, use_gpus = plan_workers(config, limit)
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         publisher = start_publisher(config, list(model_config.class_names), here, live, publish_score)
         endpoint = ray.get(publisher.ready.remote())
         actors.append(publisher)
+
+        def new_ingest(spec: SourceSpec):
+            actor = start_ingest(spec, config, live, here)
+            actors.append(actor)
+            return actor
+
         failure = None
         try:
-            ingests, opened, errors = start_ingests(specs, config, live, here)
-            actors += ingests.values()
+            ingests, opened, errors, waiting = start_ingests(specs, limit, new_ingest)
             ray.get([publisher.open_stream.remote(sid, answer.fps) for sid, answer in opened.items()])
             workers, placement = start_workers(config, model_config, slots, use_gpus, model_factory)
             warm_up(workers, opened, config.batching.max_batch, live)
@@ -96,15 +102,16 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
             try:
                 scheduler = Scheduler(ingests, workers, placement, publisher, config.batching, live=live,
                                       live_queue=config.sources.live_queue,
-                                       keep_pixels=config.output.overlay or config.publish.images != "none",
+                                      keep_pixels=config.output.overlay or config.publish.images != "none",
                                       stats=stats, stream_fps={sid: answer.fps for sid, answer in opened.items()},
                                       endpoint=endpoint, ingest_restarts=config.sources.max_restarts,
                                       publisher_restarts=config.publish.max_restarts,
-                                      publisher_hwm=config.publish.hwm)
+                                      publisher_hwm=config.publish.hwm,
+                                      waiting=waiting, new_ingest=new_ingest, max_open=limit)
                 with stop_on_signals(stop):
                     scheduler.run(stop)
-                errors.update({s.stream_id: s.error for s in scheduler.streams.values() if s.error})
-                counts = {sid: ingest_counts(actor, scheduler.streams[sid]) for sid, actor in ingests.items()}
+                errors.update(scheduler.errors())
+                counts = scheduler.ingest_counts()
             finally:
                 stats.close()
         except PipelineError as error:
@@ -114,6 +121,7 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
             publisher_stats = close_publisher(publisher, failure)
         summary = stats.summary(counts, publisher_stats, placement, errors)
         summary.peak_unsent = scheduler.peak_unsent
+        summary.not_started = scheduler.not_started
         return summary
     finally:
         for actor in actors:
@@ -207,14 +215,6 @@ def score_thresholds(config: PipelineConfig, model_config: ModelConfig) -> tuple
     return publish, min(publish, config.tracking.low_score) if config.tracking.enabled else publish
 
 
-def ingest_counts(actor, stream) -> dict:
-    """An ingest actor's counts, or the scheduler's own (`stream`: its StreamState) if it is gone."""
-    try:
-        return ray.get(actor.counts.remote())
-    except ray.exceptions.RayActorError:
-        return {"read": stream.read, "dropped": stream.dropped}
-
-
 def close_publisher(publisher, failure: str | None) -> dict:
     """Close the publisher (EOS for every stream still open: stopped, or the run's `failure`);
     its final stats, or none if it is gone."""
@@ -240,24 +240,41 @@ def start_publisher(config: PipelineConfig, class_names: list[str], placement, l
     return publisher
 
 
-def start_ingests(specs: list[SourceSpec], config: PipelineConfig, live: bool, placement):
-    """An ingest actor per stream, opened. Returns ({stream: actor}, {stream: its open() answer},
-    {stream: error}) for the streams that opened and those that did not."""
-    block = config.batching.max_batch  # offline: one object-store object per batch of frames
-    actors = {spec.stream_id: IngestActor.options(
+def start_ingest(spec: SourceSpec, config: PipelineConfig, live: bool, placement):
+    """The ingest actor of one stream, not yet opened. Offline it puts one object-store object per
+    batch of frames."""
+    return IngestActor.options(
         scheduling_strategy=placement, max_restarts=config.sources.max_restarts, max_task_retries=0,
-    ).remote(spec, config.sources, live, block) for spec in specs}
-    opened: dict[str, Opened] = dict(zip(actors, ray.get([actor.open.remote() for actor in actors.values()])))
-    errors = {sid: answer.error for sid, answer in opened.items() if answer.error}
-    for sid in errors:
-        ray.kill(actors.pop(sid))
+    ).remote(spec, config.sources, live, config.batching.max_batch)
+
+
+def open_limit(config: PipelineConfig, live: bool, streams: int) -> int:
+    """How many streams are read at once: every one live, else `sources.max_open` (0: all)."""
+    return streams if live or not config.sources.max_open else min(streams, config.sources.max_open)
+
+
+def start_ingests(specs: list[SourceSpec], limit: int, new_ingest) -> tuple[dict, dict, dict, list[SourceSpec]]:
+    """Ingest actors for the first `limit` streams that open, opened. Returns ({stream: actor},
+    {stream: its open() answer}, {stream: error}, [the specs left to open later, in order]).
+    PipelineError if none opens. `new_ingest(spec)`: makes the actor (`start_ingest`)."""
+    actors, opened, errors, waiting = {}, {}, {}, list(specs)
+    while waiting and len(actors) < limit:
+        chunk, waiting = waiting[:limit - len(actors)], waiting[limit - len(actors):]
+        tried = {spec.stream_id: new_ingest(spec) for spec in chunk}
+        answers = dict(zip(tried, ray.get([actor.open.remote() for actor in tried.values()])))
+        for sid, answer in answers.items():
+            if answer.error:
+                errors[sid] = answer.error
+                ray.kill(tried[sid])
+            else:
+                actors[sid], opened[sid] = tried[sid], answer
     if not actors:
         if len(errors) == 1:
             raise PipelineError(next(iter(errors.values())))
         raise PipelineError(f"none of the {len(errors)} sources could be opened: " + "; ".join(errors.values()))
     for error in errors.values():
         log.error("%s", error)
-    return actors, {sid: opened[sid] for sid in actors}, errors
+    return actors, opened, errors, waiting
 
 
 def plan_workers(config: PipelineConfig, streams: int = 1) -> tuple[list[WorkerSlot], bool]:

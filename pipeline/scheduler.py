@@ -34,6 +34,12 @@ around it, on Ray refs:
   the first seq not yet sent; records are kept from a seq whose tracker is kept, and the
   restarted publisher gets that tracker back: the frames sent again get the same track ids. Offline, a publisher waiting for a slow subscriber holds its answers back, and
   the loop stops taking frames once PUBLISH_BACKLOG calls wait: back-pressure reaches the readers.
+- Offline, at most `max_open` streams are read at once (`sources.max_open`: an archive of a
+  thousand files is not a thousand ingest processes); the others wait in order and are opened
+  as earlier ones finish reading. A stream's ingest actor is stopped once its EOS is out. So
+  that a consumer that ends when every stream it has seen has ended (`maskstream consume`)
+  sees them all, a stream's EOS waits while a stream has yet to get a frame out and no other
+  stream with a frame out is still going.
 - Each stream's EOS says why it ended: `end`, `stopped` (the run was stopped) or `error` (its
   source failed, or its ingest died for good), with the problem in one line.
 """
@@ -42,6 +48,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import ray
@@ -52,8 +60,9 @@ from workers.inference import BatchResult
 
 from .batching import Accepted, DynamicBatcher
 from .config import BatchingSection
-from .ingest import Taken, with_pixels
+from .ingest import Opened, Taken, with_pixels
 from .metrics import RunStats
+from .sources import SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +103,7 @@ class StreamState:
     confirmed: int = 0             # the first seq the publisher has not said it sent
     eos: tuple | None = None       # the end_stream arguments (frames, reason, error), once called
     eos_confirmed: bool = False
+    counts: dict | None = None     # its ingest's counts, taken when its actor was stopped after EOS
 
 
 @dataclass
@@ -108,28 +118,34 @@ class WorkerState:
 
 @dataclass
 class _Pending:
-    kind: str                      # take | batch | probe
+    kind: str                      # take | resume | batch | probe | open | announce
     stream: StreamState | None = None
     worker: WorkerState | None = None
     frames: list[Accepted] = field(default_factory=list)
     requested: int = 0
     pid: int | None = None         # batch: the worker's process when the batch was sent
     pixels: object = None          # take: the ObjectRef of the frames' pixels (take's second answer)
+    spec: SourceSpec | None = None # open: the stream being opened
+    ingest: object = None          # open: its new IngestActor
 
 
 class Scheduler:
     """Runs streams through workers to the publisher until every stream has ended (see module doc).
 
-    `streams`: {stream id: IngestActor}; `workers`: {name: InferenceWorkerActor}, with their
-    ready() answers in `placement`; `live_queue`: the sources section's, how many frames a live
-    take() may carry; `keep_pixels`: records reach the publisher with their pixels (the overlay
-    video or images on the wire need them), else without.
+    `streams`: {stream id: IngestActor}, opened and started; `workers`: {name:
+    InferenceWorkerActor}, with their ready() answers in `placement`; `live_queue`: the sources
+    section's, how many frames a live take() may carry; `keep_pixels`: records reach the publisher
+    with their pixels (the overlay video or images on the wire need them), else without;
+    `waiting`: the streams to open later, in order, with `new_ingest(spec)` (an IngestActor), as
+    fewer than `max_open` streams are reading.
     """
 
     def __init__(self, streams: dict[str, object], workers: dict[str, object], placement: list[dict],
                  publisher, batching: BatchingSection, *, live: bool, live_queue: int, keep_pixels: bool,
                  stats: RunStats, stream_fps: dict[str, float] | None = None, endpoint: str | None = None,
-                 ingest_restarts: int = 0, publisher_restarts: int = 0, publisher_hwm: int = 0):
+                 ingest_restarts: int = 0, publisher_restarts: int = 0, publisher_hwm: int = 0,
+                 waiting: list[SourceSpec] = (), new_ingest: Callable[[SourceSpec], object] | None = None,
+                 max_open: int = 0):
         """`stream_fps`: each source's frame rate; `endpoint`: the one the publisher bound;
         `ingest_restarts`, `publisher_restarts`: how often Ray restarts those actors;
         `publisher_hwm`: its publish.hwm (see the module docstring)."""
@@ -161,6 +177,11 @@ class Scheduler:
         self.peak_unsent = 0           # most frames accepted and not yet sent by the publisher, at any time
         # Live, a frame lost in a crashed publisher's queues is a gap, not sent again late.
         self.resend_window = 0 if live else publisher_hwm + RESEND_MARGIN
+        self.waiting = deque(waiting)  # streams not opened yet, in order
+        self.new_ingest = new_ingest
+        self.max_open = max_open or len(streams) + len(self.waiting)
+        self.open_errors: dict[str, str] = {}  # streams opened late whose source did not open
+        self.not_started: list[str] = []       # streams still waiting when the run was stopped
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -170,12 +191,16 @@ class Scheduler:
         while True:
             if stop.is_set() and not self._stopping:
                 self._stop_reading()
+            self._open_waiting()
             self._request_frames()
             self._dispatch()
             self._end_finished_streams()
-            if all(s.ended for s in self.streams.values()):
+            if all(s.ended for s in self.streams.values()) and not self._more_to_come():
                 break
             if not self._pending:
+                if self._publishing and not self.batcher:
+                    self._collect_publisher(1)  # a held EOS waits for another stream's frames to be out
+                    continue
                 if not self.batcher:
                     raise PipelineError("scheduler stalled: streams open but no frame or call in flight")
                 time.sleep(self._wait_timeout())  # a partial batch waits out max_wait_ms
@@ -196,9 +221,46 @@ class Scheduler:
 
     def _stop_reading(self) -> None:
         self._stopping = True
+        self.not_started += [spec.stream_id for spec in self.waiting]
+        self.waiting.clear()
         for stream in self.streams.values():
-            stream.reading = False
-            stream.ingest.stop.remote()
+            if stream.reading:
+                stream.reading = False
+                stream.ingest.stop.remote()
+
+    # -- streams opened as others finish (offline, sources.max_open) ---------------------------
+
+    def _more_to_come(self) -> bool:
+        return bool(self.waiting) or any(p.kind == "open" for p in self._pending.values())
+
+    def _open_waiting(self) -> None:
+        """Open waiting streams while fewer than max_open are reading or opening."""
+        busy = sum(s.reading for s in self.streams.values()) + sum(p.kind == "open" for p in self._pending.values())
+        for _ in range(min(self.max_open - busy, len(self.waiting))):
+            spec = self.waiting.popleft()
+            ingest = self.new_ingest(spec)
+            self._pending[ingest.open.remote()] = _Pending("open", spec=spec, ingest=ingest)
+
+    def _opened(self, pending: _Pending, ref) -> None:
+        """A waiting stream's source opened (or not): it joins the run, or its error is noted."""
+        sid = pending.spec.stream_id
+        try:
+            opened: Opened = ray.get(ref)
+        except RayActorError as error:
+            opened = Opened(sid, None, None, None, f"{sid}: its ingest actor died while opening ({error_line(error)})")
+        if self._stopping or opened.error:
+            ray.kill(pending.ingest)
+            if opened.error:
+                self.open_errors[sid] = opened.error
+                log.error("%s", opened.error)
+            else:
+                self.not_started.append(sid)
+            return
+        # Calls to one actor run in the order made: the publisher opens the stream before its frames.
+        self._pending[self.publisher.open_stream.remote(sid, opened.fps)] = _Pending("announce")
+        pending.ingest.start.remote()
+        self.streams[sid] = StreamState(sid, pending.ingest, fps=opened.fps)
+        self.stats.add_stream(sid, opened.total)
 
     # -- frames in --------------------------------------------------------------------------
 
@@ -245,6 +307,9 @@ class Scheduler:
             stream.error = taken.error
             if stream.error:
                 log.error("%s", stream.error)
+            # Its frames' pixels are take()'s answers, owned here: the actor's process can go.
+            stream.counts = taken.counts
+            ray.kill(stream.ingest)
 
     # -- batches out ------------------------------------------------------------------------
 
@@ -277,6 +342,15 @@ class Scheduler:
                 self._accept(pending.stream, taken, pending.pixels)
         elif pending.kind == "resume":
             self._ingest_resumed(pending.stream, ref)
+        elif pending.kind == "open":
+            self._opened(pending, ref)
+        elif pending.kind == "announce":
+            try:
+                ray.get(ref)
+            except RayTaskError as error:
+                raise PipelineError(f"publisher: {error_line(error)}") from None
+            except RayActorError:
+                pass  # the publisher died: its restart opens every stream again (_recover_publisher)
         elif pending.kind == "batch":
             pending.worker.batches -= 1
             try:
@@ -482,9 +556,37 @@ class Scheduler:
     def _end_finished_streams(self) -> None:
         for stream in self.streams.values():
             if not stream.ended and not stream.reading and stream.published == stream.next_seq \
-                    and not any(p.stream is stream for p in self._pending.values()):
+                    and not any(p.stream is stream for p in self._pending.values()) \
+                    and not self._hold_eos(stream):
                 reason = "error" if stream.error else "stopped" if self._stopping else "end"
                 stream.eos = (stream.next_seq, reason, stream.error)
                 self._call_publisher("end_stream", stream.stream_id, *stream.eos)
                 stream.ended = True
                 self.stats.ended(stream.stream_id, stream.next_seq)
+
+    def _hold_eos(self, stream: StreamState) -> bool:
+        """Whether `stream`'s EOS waits: a stream has yet to get a frame out (one waiting its turn,
+        opening, or open with none sent yet) and no other stream has a frame out and its EOS to
+        come. A consumer that ends when every stream it has seen has ended would stop before it."""
+        others = [other for other in self.streams.values() if other is not stream and not other.ended]
+        unseen = self._more_to_come() or any(other.confirmed == 0 for other in others)
+        return unseen and not any(other.confirmed > 0 for other in others)
+
+    # -- the run's account --------------------------------------------------------------------
+
+    def errors(self) -> dict[str, str]:
+        """{stream: the one-line problem} for streams that failed: to open (late), or while read."""
+        return {**self.open_errors, **{s.stream_id: s.error for s in self.streams.values() if s.error}}
+
+    def ingest_counts(self) -> dict[str, dict]:
+        """{stream: its ingest's counts ("read", "dropped", "skipped")}: as the stream's last take
+        said, else asked of its actor now, else (the actor gone) as seen here."""
+        counts = {}
+        for sid, stream in self.streams.items():
+            counts[sid] = stream.counts
+            if counts[sid] is None:
+                try:
+                    counts[sid] = ray.get(stream.ingest.counts.remote())
+                except RayActorError:
+                    counts[sid] = {"read": stream.read, "dropped": stream.dropped}
+        return counts

@@ -230,8 +230,16 @@ def bright_blobs_model(config, weights):
 
 def actor_pid(class_name: str) -> int:
     """The process id of the one Ray actor of `class_name` running under this process's Ray node
-    (other Ray instances may share the machine). Ray titles an actor's process `ray::<Class>` or
-    `ray::<Class>.<method>`; its parent is the node's raylet. For tests that kill it with SIGKILL."""
+    (other Ray instances may share the machine). For tests that kill it with SIGKILL."""
+    found = actor_pids(class_name)
+    assert len(found) == 1, f"{len(found)} processes of ray::{class_name}: {found}"
+    return found[0]
+
+
+def actor_pids(class_name: str) -> list[int]:
+    """The process ids of the Ray actors of `class_name` running under this process's Ray node.
+    Ray titles an actor's process `ray::<Class>` or `ray::<Class>.<method>`; its parent is the
+    node's raylet. A process that has exited (a zombie: no command line) is not counted."""
     from ray._private import ray_constants
 
     raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
@@ -245,5 +253,4 @@ def actor_pid(class_name: str) -> int:
                 continue
             if parent == raylet and (title == f"ray::{class_name}" or title.startswith(f"ray::{class_name}.")):
                 found.append(int(entry.name))
-    assert len(found) == 1, f"{len(found)} processes of ray::{class_name} under raylet {raylet}: {found}"
-    return found[0]
+    return found

@@ -77,6 +77,7 @@ def test_set_overrides_are_read_as_yaml():
     (["batching.max_batch=four"], "config.batching.max_batch: expected an integer, got 'four'"),
     (["batching.max_bacth=4"], "config.batching.max_bacth: unknown key (known: batches_per_worker, max_batch,"),
     (["sources.mode=fast"], "config.sources.mode: must be one of auto, offline, live"),
+    (["sources.max_open=-1"], "config.sources.max_open: must be >= 0 (0 opens every stream at once)"),
     (["sources.uris=[]"], "config.sources.uris: needs at least one source"),
     (["workers.device=tpu"], "config.workers.device: must be one of auto, gpu, cpu"),
     (["output.overlay=true"], "config.output.overlay: needs output.dir"),

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from tests.pipeline_helpers import (
     BackgroundRun,
     MjpegCamera,
     OneThreadModelActor,
+    actor_pids,
     config_for,
     free_port,
 )
@@ -250,6 +252,66 @@ def test_nothing_to_run_is_one_error():
         run(config_for("model.weights=/no/weights.npz"))
     with pytest.raises(PipelineError, match=r"^9 workers of 1 CPU need 9 CPUs; the Ray cluster has 4 "):
         run(config_for("workers.count=9"))
+
+
+class ProcessCounter:
+    """The most ingest actor processes alive at once while it runs (sampled every few ms)."""
+
+    def __init__(self):
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._done.wait(0.005):
+            self.peak = max(self.peak, len(actor_pids("Ingest")))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._done.set()
+        self._thread.join()
+
+
+@pytest.mark.slow
+def test_an_archive_is_read_max_open_streams_at_a_time_and_a_consumer_sees_every_stream():
+    """sources.max_open 1 over four streams and a file that does not open: one ingest process at
+    a time (counted in /proc while the run goes; all at once would be four), the bad file one
+    line while the others go on, every stream complete and in order. The consumer names no
+    stream and so ends when every stream it has seen has ended (maskstream consume's rule): it
+    still gets all four, because a stream's EOS waits until the next one has a frame out."""
+    ids = ["s0", "s1", "s2", "s3"]
+    sources = [f"{sid}=synthetic:seed={i},width=160,height=96,frames=8" for i, sid in enumerate(ids)]
+    sources.insert(1, "/no/such/clip.mp4")
+    config = config_for(f"sources.uris={json.dumps(sources)}", "sources.max_open=1", "publish.wait_subscribers=1")
+    with Consumer(config.publish.endpoint, timeout=RECEIVE_LIMIT_S) as consumer, ProcessCounter() as processes:
+        with BackgroundRun(config) as background:
+            by_stream = receive(consumer)
+        summary = background.result()
+    assert processes.peak == 1
+    assert sorted(by_stream) == ids
+    for sid in ids:
+        assert_complete_in_order(by_stream[sid], 8)
+    assert summary.errors == ["/no/such/clip.mp4: no such file"]
+    assert [(s.stream, s.frames_in, s.published) for s in summary.streams.values()] == [(sid, 8, 8) for sid in ids]
+
+
+@pytest.mark.slow
+def test_a_stopped_archive_run_ends_the_streams_read_and_names_those_never_started():
+    config = config_for("sources.uris=['a=synthetic:width=160,height=96,frames=100000', "
+                        "'b=synthetic:width=160,height=96,frames=5', 'c=synthetic:width=160,height=96,frames=5']",
+                        "sources.max_open=1")
+    with Consumer(config.publish.endpoint, streams=["a"], timeout=RECEIVE_LIMIT_S) as consumer:
+        with BackgroundRun(config) as background:
+            first = next(iter(consumer))
+            background.stop.set()
+            messages = [first, *receive(consumer)["a"]]
+        summary = background.result()
+    assert messages[-1].reason == "stopped" and [m.seq for m in messages[:-1]] == list(range(len(messages) - 1))
+    assert summary.not_started == ["b", "c"] and list(summary.streams) == ["a"] and not summary.errors
+    assert "not started (the run was stopped first): 2 stream(s), b, c" in summary.table()
 
 
 RUN_PIPELINE = (sys.executable, "run_pipeline.py")        # the thin wrapper
