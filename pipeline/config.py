@@ -146,9 +146,12 @@ class OutputSection:
     dir: str | None = None             # file sinks (JSON lines, COCO results); none: no files
     overlay: bool = False              # also an overlay video per stream (needs dir)
     overlay_fps: float | None = None   # the overlay video's frame rate; none: the source's own
+    skip_done: bool = False            # pass over the streams whose files in dir are complete from an earlier
+                                       # run (<stream>.eos.json says reason end): an archive run resumed
 
     def validate(self, path: str) -> None:
         require(not self.overlay or self.dir is not None, path + ".overlay", "needs output.dir")
+        require(not self.skip_done or self.dir is not None, path + ".skip_done", "needs output.dir")
         require(self.overlay_fps is None or self.overlay_fps > 0, path + ".overlay_fps",
                 "must be positive (or null: the source's own frame rate)")
 

@@ -75,6 +75,7 @@ class RunSummary:
     delivery: dict = field(default_factory=dict)   # the publisher's undelivered, stalls, blocked_s
     peak_unsent: int = 0           # most frames accepted and not yet sent by the publisher at once
     not_started: list[str] = field(default_factory=list)  # streams still waiting their turn when the run stopped
+    skipped: list[str] = field(default_factory=list)      # streams passed over: done by an earlier run (skip_done)
 
     @property
     def published(self) -> int:
@@ -97,9 +98,11 @@ class RunSummary:
         for s in self.streams.values():
             for name, totals in s.line_counts.items():
                 lines.append(f"line {name} of {s.stream}: crossed {line_figure(totals)}")
+        if self.skipped:
+            lines.append(f"passed over, done in an earlier run: {len(self.skipped)} stream(s), {few(self.skipped)}")
         if self.not_started:
             lines.append(f"not started (the run was stopped first): {len(self.not_started)} stream(s), "
-                         + ", ".join(self.not_started[:3]) + (", ..." if len(self.not_started) > 3 else ""))
+                         f"{few(self.not_started)}")
         if self.reruns:
             lines.append(f"re-run after a worker died: {self.reruns} batch(es)")
         lines += self.delivery_lines()
@@ -122,6 +125,11 @@ class RunSummary:
             lines.append(f"publisher could not queue {self.delivery['undelivered']} frame(s) for every subscriber "
                          "(a subscriber's queue was full)")
         return lines
+
+
+def few(names: list[str], shown: int = 3) -> str:
+    """`a, b, c, ...`: the first `shown` names, and an ellipsis for more."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def percentiles(samples) -> dict:

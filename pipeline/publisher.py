@@ -368,13 +368,13 @@ class Publisher:
             stream.sinks.write(sent, pixels)
 
     def _send_eos(self, stream: _Stream) -> None:
-        # Files first: a consumer that sees EOS may read them at once.
-        if stream.sinks is not None:
-            stream.sinks.close()
         reason, error = stream.end or ("end", None)
         ended = stream.tracking.alive() if stream.tracking is not None else None
-        self._send(stream, encode_message(EndOfStream(stream.stream_id, stream.next_seq, reason, error, ended)),
-                   final=True)
+        eos = EndOfStream(stream.stream_id, stream.next_seq, reason, error, ended)
+        # Files first: a consumer that sees EOS may read them at once.
+        if stream.sinks is not None:
+            stream.sinks.close(eos)
+        self._send(stream, encode_message(eos), final=True)
         stream.ended = True
 
     # -- delivery: subscribers, back-pressure, restarts (see the module docstring) ----------------

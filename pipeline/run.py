@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="detect and publish only these classes, comma-separated (e.g. person,car)")
     parser.add_argument("--out", metavar="DIR", help="write JSON lines and COCO results per stream here")
     parser.add_argument("--overlay", "--video", action="store_true", help="also write an overlay video per stream (with --out)")
+    parser.add_argument("--skip-done", action="store_true",
+                        help="with --out: pass over the streams an earlier run into that folder completed "
+                             "(<stream>.eos.json says end); resumes an interrupted archive run")
     parser.add_argument("--curve-keys", metavar="DIR", help="encrypt with CURVE; keys from maskstream keys DIR")
     parser.add_argument("--view", nargs="?", type=int, const=VIEW_PORT, metavar="PORT",
                         help=f"watch the run in a browser: the live view (maskstream view) on "
@@ -83,6 +86,8 @@ def overrides(args: argparse.Namespace) -> list[str]:
         pairs.append(("model.classes", [name.strip() for name in args.classes.split(",") if name.strip()]))
     if args.overlay:
         pairs.append(("output.overlay", True))
+    if args.skip_done:
+        pairs.append(("output.skip_done", True))
     if args.verbose:
         pairs.append(("verbose", True))
     if args.view is not None:

@@ -35,6 +35,7 @@ from .ingest import IngestActor
 from .metrics import RunStats, RunSummary
 from .publisher import PublisherActor
 from .scheduler import Scheduler, error_line
+from .sinks import done_streams
 from .sources import SourceSpec, expand_pattern, parse_source
 
 log = logging.getLogger("maskstream")
@@ -65,6 +66,9 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
     """
     specs = parse_sources(config.sources.uris)
     check_zone_streams(config, specs)
+    specs, skipped = skip_done(config, specs)
+    if not specs:  # all done already: nothing to start
+        return RunSummary(0.0, {}, {}, [], [], skipped=skipped)
     live = resolve_live(config.sources.mode, specs)
     model_config = check_model_inputs(config)
     publish_score, model_config.box_head.score_threshold = score_thresholds(config, model_config)
@@ -122,6 +126,7 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
         summary = stats.summary(counts, publisher_stats, placement, errors)
         summary.peak_unsent = scheduler.peak_unsent
         summary.not_started = scheduler.not_started
+        summary.skipped = skipped
         return summary
     finally:
         for actor in actors:
@@ -144,6 +149,15 @@ def parse_sources(uris: list[str]) -> list[SourceSpec]:
                                 "name them with id=URI")
         seen[spec.stream_id] = spec.uri
     return specs
+
+
+def skip_done(config: PipelineConfig, specs: list[SourceSpec]) -> tuple[list[SourceSpec], list[str]]:
+    """With `output.skip_done`: (the streams to run, the ids of those an earlier run into
+    `output.dir` completed, which are passed over); else (specs, [])."""
+    if not config.output.skip_done:
+        return specs, []
+    done = set(done_streams(config.output.dir, [spec.stream_id for spec in specs]))
+    return [spec for spec in specs if spec.stream_id not in done], [s.stream_id for s in specs if s.stream_id in done]
 
 
 def check_zone_streams(config: PipelineConfig, specs: list[SourceSpec]) -> None:

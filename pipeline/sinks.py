@@ -17,7 +17,10 @@ Per stream, under the output directory:
   (MOTChallenge: ``frame,id,x,y,w,h,score,-1,-1,-1``): the instances in a track (``track_id``
   > 0), frame = ``seq`` + 1;
 - ``<stream>.overlay.mp4`` (optional): the frames with coloured masks, boxes, labels and scores
-  (with tracking, a colour per track and its ``#id``).
+  (with tracking, a colour per track and its ``#id``);
+- ``<stream>.eos.json``: the stream's EOS header as on the wire, written once every other file
+  of the stream is complete: a stream whose ``reason`` is ``end`` was done
+  (``maskstream run --skip-done`` passes over it).
 
 Every sink takes ``pipeline.protocol.FrameRecord``s as published. A file that cannot be written
 is a one-line ``SinkError`` naming it.
@@ -37,7 +40,7 @@ from models.data.mots import TrackedFrame, mot_lines, mots_lines, without_overla
 from models.errors import SinkError
 
 from .overlay import draw_zones, render_frame
-from .protocol import FrameRecord, encode_header
+from .protocol import EndOfStream, FrameRecord, encode_header
 from .zones import zone_figures
 
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG"}
@@ -209,6 +212,8 @@ class StreamSinks:
         stream's ``pipeline.zones.ZoneStage``, drawn on the overlay video."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        self._out = out
+        eos_path(out, stream).unlink(missing_ok=True)  # the stream is being written again: not done
         kept = []
         if resume_at is None:
             self._jsonl = JsonlSink(out / f"{stream}.jsonl")
@@ -238,10 +243,42 @@ class StreamSinks:
         if self._video is not None:
             self._video.write(record, image_rgb)
 
-    def close(self) -> None:
+    def close(self, eos: EndOfStream | None = None) -> None:
+        """Close every file; then, given the stream's `eos`, write it as ``<stream>.eos.json``."""
         self._jsonl.close()
         self._coco.close()
         if self._tracks is not None:
             self._tracks.close()
         if self._video is not None:
             self._video.close()
+        if eos is not None:
+            write_eos(self._out, eos)
+
+
+def eos_path(out_dir: str | Path, stream: str) -> Path:
+    return Path(out_dir) / f"{stream}.eos.json"
+
+
+def write_eos(out_dir: str | Path, eos: EndOfStream) -> None:
+    """``<stream>.eos.json``: the EOS header (written whole, then renamed into place: a crash
+    leaves the old file or the new one, never half of one)."""
+    path = eos_path(out_dir, eos.stream)
+    part = path.with_suffix(".json.part")
+    with _open(part, "wb") as file:
+        file.write(encode_header(eos) + b"\n")
+    part.replace(path)
+
+
+def done_streams(out_dir: str | Path, streams: list[str]) -> list[str]:
+    """Those of `streams` that an earlier run into `out_dir` published to their end: their
+    ``<stream>.eos.json`` says reason ``end`` (a stream stopped, or ended by an error, is not done;
+    an unreadable file is not done either)."""
+    done = []
+    for stream in streams:
+        try:
+            header = json.loads(eos_path(out_dir, stream).read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(header, dict) and header.get("stream") == stream and header.get("reason") == "end":
+            done.append(stream)
+    return done

@@ -77,6 +77,7 @@ def test_set_overrides_are_read_as_yaml():
     (["batching.max_batch=four"], "config.batching.max_batch: expected an integer, got 'four'"),
     (["batching.max_bacth=4"], "config.batching.max_bacth: unknown key (known: batches_per_worker, max_batch,"),
     (["sources.mode=fast"], "config.sources.mode: must be one of auto, offline, live"),
+    (["output.skip_done=true"], "config.output.skip_done: needs output.dir"),
     (["sources.max_open=-1"], "config.sources.max_open: must be >= 0 (0 opens every stream at once)"),
     (["sources.uris=[]"], "config.sources.uris: needs at least one source"),
     (["workers.device=tpu"], "config.workers.device: must be one of auto, gpu, cpu"),
@@ -130,13 +131,13 @@ def test_command_line_flags_map_onto_the_config():
         "--workers", "3", "--max-batch", "2", "--max-wait-ms", "5", "--out", "o", "--video",
         "--curve-keys", "keys", "--metrics-port", "9200", "--ray-address", "auto", "--verbose",
         "--metrics-address", "0.0.0.0", "--wait-subscribers", "2", "--classes", "person, car",
-        "--set", "sources.max_frames=7"])
+        "--skip-done", "--set", "sources.max_frames=7"])
     config = load_pipeline_config(None, run_command.overrides(args))
     assert config.sources.uris == ["cam=0", str(Path.cwd() / "b c.avi")]
     assert (config.publish.endpoint, config.publish.curve_keys) == ("tcp://127.0.0.1:6000", str(Path.cwd() / "keys"))
     assert (config.sources.mode, config.sources.max_frames) == ("live", 7)
     assert (config.workers.count, config.batching.max_batch, config.batching.max_wait_ms) == (3, 2, 5.0)
-    assert (config.output.dir, config.output.overlay) == (str(Path.cwd() / "o"), True)
+    assert (config.output.dir, config.output.overlay, config.output.skip_done) == (str(Path.cwd() / "o"), True, True)
     assert (config.metrics_port, config.ray_address, config.verbose) == (9200, "auto", True)
     assert (config.metrics_host, config.publish.wait_subscribers) == ("0.0.0.0", 2)
     assert config.model.classes == ["person", "car"]

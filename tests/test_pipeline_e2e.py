@@ -314,6 +314,30 @@ def test_a_stopped_archive_run_ends_the_streams_read_and_names_those_never_start
     assert "not started (the run was stopped first): 2 stream(s), b, c" in summary.table()
 
 
+@pytest.mark.slow
+def test_an_interrupted_archive_run_resumed_with_skip_done_runs_only_what_it_had_not_finished(tmp_path):
+    """Run 1 is stopped after stream a's end, while b is read: a is done, b is not. Run 2, with
+    output.skip_done and b now a finite source, passes over a (its files untouched) and runs b
+    to its end; run 3 finds both done and starts nothing."""
+    short, endless = "synthetic:width=160,height=96,frames=5", "synthetic:width=160,height=96,frames=100000"
+    first = config_for(f"sources.uris=['a={short}', 'b={endless}']", f"output.dir={tmp_path}")
+    with Consumer(first.publish.endpoint, streams=["a"], timeout=RECEIVE_LIMIT_S) as consumer:
+        with BackgroundRun(first) as background:
+            assert_complete_in_order(receive(consumer)["a"], 5)
+            background.stop.set()
+        assert sorted(background.result().streams) == ["a", "b"]
+    a_files = {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in tmp_path.glob("a.*")}
+    assert json.loads((tmp_path / "b.eos.json").read_text())["reason"] == "stopped"
+    again = [f"sources.uris=['a={short}', 'b={short}']", f"output.dir={tmp_path}", "output.skip_done=true"]
+    second = run(config_for(*again))
+    assert (list(second.streams), second.skipped, second.streams["b"].published) == (["b"], ["a"], 5)
+    assert "passed over, done in an earlier run: 1 stream(s), a" in second.table()
+    assert {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in tmp_path.glob("a.*")} == a_files
+    assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 5
+    third = run(config_for(*again))
+    assert (third.streams, third.skipped) == ({}, ["a", "b"])
+
+
 RUN_PIPELINE = (sys.executable, "run_pipeline.py")        # the thin wrapper
 MASKSTREAM_RUN = (sys.executable, "-m", "pipeline.cli", "run")  # what the `maskstream run` script calls
 

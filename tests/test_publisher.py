@@ -234,4 +234,5 @@ def test_without_tracking_nothing_of_it_is_on_the_wire_or_in_the_files(tmp_path)
         sent = json.loads(header)
         assert header == encode_header(replace(record, published_at=sent["published_at"], timing_ms=sent["timing_ms"]))
     assert set(json.loads(raw[0])["timing_ms"]) == {"infer", "publish"}
-    assert sorted(p.name for p in tmp_path.glob("cam1.*")) == ["cam1.coco_images.json", "cam1.coco_results.json", "cam1.jsonl"]
+    assert sorted(p.name for p in tmp_path.glob("cam1.*")) == ["cam1.coco_images.json", "cam1.coco_results.json",
+                                                               "cam1.eos.json", "cam1.jsonl"]   # no MOTS or MOT file

@@ -15,6 +15,7 @@ from pipeline.protocol import InstanceRecord
 from pipeline.sinks import OverlayVideoSink
 from tests.wire_helpers import (
     HEIGHT,
+    VALIDATORS,
     WIDTH,
     Consumer,
     encode_rle,
@@ -199,3 +200,30 @@ def test_sinks_reopened_after_a_crash_are_cut_back_to_whole_lines_and_rebuilt(tm
     results = coco.loadRes(str(tmp_path / "cam1.coco_results.json"))
     assert sorted(coco.getImgIds()) == list(range(8))
     assert len(results.anns) == sum(len(r.instances) for r in records)
+
+
+def test_the_eos_file_is_the_wire_eos_and_is_there_when_the_eos_arrives(published):
+    """The fixture read the files the moment the consumer had the stream's EOS."""
+    _, files, _ = published
+    header = json.loads(files["cam1.eos.json"])
+    VALIDATORS["maskstream.eos/1"].validate(header)
+    assert header == {"schema": "maskstream.eos/1", "stream": "cam1", "frames": FRAMES, "reason": "end"}
+
+
+def test_done_streams_are_those_whose_eos_file_says_they_ended_and_a_reopened_stream_is_not(tmp_path):
+    from pipeline.protocol import EndOfStream
+    from pipeline.sinks import StreamSinks, done_streams, write_eos
+
+    write_eos(tmp_path, EndOfStream("a", 12))
+    write_eos(tmp_path, EndOfStream("b", 3, "stopped"))
+    write_eos(tmp_path, EndOfStream("c", 0, "error", "c.mp4: cannot open (not a video, or damaged)"))
+    (tmp_path / "d.eos.json").write_text('{"schema": "maskstream.eos/1", "stream": "d", "fra')   # cut short
+    (tmp_path / "e.eos.json").write_bytes((tmp_path / "a.eos.json").read_bytes())              # another's
+    assert done_streams(tmp_path, ["a", "b", "c", "d", "e", "f"]) == ["a"]
+    assert not list(tmp_path.glob("*.part"))
+    sinks = StreamSinks(tmp_path, "a", CLASS_NAMES)   # a written again: not done until its new end
+    assert done_streams(tmp_path, ["a"]) == []
+    sinks.close(EndOfStream("a", 0, "stopped"))
+    assert done_streams(tmp_path, ["a"]) == []
+    assert json.loads((tmp_path / "a.eos.json").read_text())["reason"] == "stopped"
+
