@@ -192,10 +192,11 @@ def load_pipeline_config(path: str | Path | None = None, overrides: list[str] = 
     current directory. Raises ConfigError with one line for the first mistake.
     """
     data = _read_layer(DEFAULT_CONFIG)
+    from_file = None
     if path is not None:
         merge(data, _read_layer(path))
         try:   # an unknown key or a value of the wrong type in the file: named with the file
-            from_dict(PipelineConfig, copy.deepcopy(data), "config")
+            from_file = from_dict(PipelineConfig, copy.deepcopy(data), "config")
         except ConfigError as error:
             raise ConfigError(f"{path}: {str(error).removeprefix('config.')}") from None
     for override in overrides:
@@ -203,8 +204,23 @@ def load_pipeline_config(path: str | Path | None = None, overrides: list[str] = 
     # Absolute paths: actors do not share the driver's current directory (nor, on other nodes, its disk).
     resolve_paths(data, Path.cwd())
     config = from_dict(PipelineConfig, data, "config")
-    config.validate("config")
+    try:
+        config.validate("config")
+    except ConfigError as error:
+        if from_file is not None and _same_mistake(from_file, error):  # the file's own, not the command line's
+            raise ConfigError(f"{path}: {str(error).removeprefix('config.')}") from None
+        raise
     return config
+
+
+def _same_mistake(config: PipelineConfig, error: ConfigError) -> bool:
+    """Whether `config` (the default and the file, without the command line's settings) fails
+    validation with the very same `error`."""
+    try:
+        config.validate("config")
+    except ConfigError as own:
+        return str(own) == str(error)
+    return False
 
 
 def _read_layer(path: str | Path) -> dict:

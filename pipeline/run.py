@@ -152,7 +152,7 @@ def live_view(config, port: int | None):
 
     endpoint = connect_address(config.publish.endpoint)
     keys = own_client_keys(config.publish.curve_keys) if config.publish.curve_keys else None
-    view = ViewServer(endpoint, port=port, curve_keys=keys, on_status=say).start()
+    view = ViewServer(endpoint, port=port, curve_keys=keys, on_status=say, zones=config.zones).start()
     print(f"view: {view.url} shows this run ({endpoint})", flush=True)
     try:
         yield

@@ -9,7 +9,9 @@ latency (its arrival here - captured_at: clocks of two machines may differ; and 
 captured_at), dropped frames (the sum of ``dropped_before``), instances per frame; a stream
 that ended says so. The instances are drawn on the frame's own picture when the publisher sends
 images (``publish.images: jpeg``; ``maskstream run --view`` turns them on), else on a black
-canvas of the frame's size.
+canvas of the frame's size. Zones (regions, counting lines) are drawn with their counts when the
+view knows them: the run's own beside a run, ``--config FILE`` (a pipeline config's ``zones:``)
+for a view of a pipeline already running; the wire carries the counts, not the geometry.
 
 One job per part:
 
@@ -61,10 +63,11 @@ from aiohttp import WSMsgType, web
 
 from models.errors import ViewError, command, on_signals
 
+from .config import load_pipeline_config
 from .consumer import Consumer
-from .overlay import render_frame
+from .overlay import draw_zones, render_frame
 from .protocol import EndOfStream, FrameRecord
-from .zones import zone_figures
+from .zones import ZoneConfig, zone_figures, zone_geometry
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -331,9 +334,13 @@ class Subscriber:
             self.board.add_frame(message)
 
 
-def frame_jpeg(frame: FrameRecord, quality: int = JPEG_QUALITY) -> bytes:
-    """The frame with its instances drawn, as JPEG bytes."""
+def frame_jpeg(frame: FrameRecord, quality: int = JPEG_QUALITY, zones: list[ZoneConfig] = ()) -> bytes:
+    """The frame with its instances drawn, and those of `zones` that apply to its stream with the
+    frame's counts (placed in its size: `pipeline.zones.zone_geometry`), as JPEG bytes."""
     bgr = render_frame(frame.width, frame.height, frame.instances, frame.image)
+    mine = [zone for zone in zones if zone.applies_to(frame.stream)]
+    if mine:
+        draw_zones(bgr, zone_geometry(mine, (frame.width, frame.height)), zone_figures(frame))
     ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError(f"stream {frame.stream} seq {frame.seq}: JPEG encoding failed")
@@ -343,17 +350,18 @@ def frame_jpeg(frame: FrameRecord, quality: int = JPEG_QUALITY) -> bytes:
 class Renderer:
     """JPEGs of the streams' newest frames, drawn on one thread, each frame once for every viewer.
 
-    Used from the web server's event loop only.
+    Used from the web server's event loop only. `zones`: drawn on the frames of their streams.
     """
 
-    def __init__(self):
+    def __init__(self, zones: list[ZoneConfig] = ()):
+        self.zones = list(zones)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="view-render")
         self._latest: dict[str, tuple[tuple[int, int], object]] = {}  # stream -> (key, Future of bytes)
 
     async def jpeg(self, stream: str, key: tuple[int, int], frame: FrameRecord) -> bytes:
         latest = self._latest.get(stream)
         if latest is None or latest[0] != key:
-            latest = self._latest[stream] = (key, self._executor.submit(frame_jpeg, frame))
+            latest = self._latest[stream] = (key, self._executor.submit(frame_jpeg, frame, JPEG_QUALITY, self.zones))
         return await asyncio.wrap_future(latest[1])
 
     def close(self) -> None:
@@ -497,12 +505,14 @@ class ViewServer:
     ``start`` raises a one-line MaskstreamError (ViewError, ConsumerError, CurveKeyError) for a
     bad endpoint, key directory or a port in use. ``curve_keys``: a consumer key directory or
     the keys themselves (see ``Consumer``). ``on_status(Status)`` hears every new status line,
-    on the subscriber's thread.
+    on the subscriber's thread. ``zones``: the pipeline's, drawn on the frames with their counts.
     """
 
     def __init__(self, endpoint: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 curve_keys: str | Path | tuple[bytes, bytes, bytes] | None = None, on_status=None):
+                 curve_keys: str | Path | tuple[bytes, bytes, bytes] | None = None, on_status=None,
+                 zones: list[ZoneConfig] = ()):
         self.endpoint, self.host, self.port, self.curve_keys = endpoint, host, port, curve_keys
+        self.zones = list(zones)
         self.board = Board(endpoint, on_status=on_status)
         self._subscriber = self._loop = self._thread = self._runner = self._renderer = None
 
@@ -526,7 +536,7 @@ class ViewServer:
 
     async def _serve(self) -> None:
         viewers = set()
-        self._renderer = Renderer()
+        self._renderer = Renderer(self.zones)
         self.board.on_change = _Wakeups(asyncio.get_running_loop(), viewers).notify
         self._runner = web.AppRunner(make_app(self.board, self._renderer, viewers), access_log=None,
                                      shutdown_timeout=CLOSE_TIMEOUT_S)
@@ -577,6 +587,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"0.0.0.0 lets anyone on the network watch, without a password)")
     parser.add_argument("--curve-keys", metavar="DIR",
                         help="consumer key directory for an encrypted publisher (see python -m pipeline.keys)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="the pipeline config of the run watched: its zones are drawn with their counts")
     args = parser.parse_args(argv)
     if not 0 <= args.port < 65536:
         parser.error(f"--port {args.port}: must be 0-65535")
@@ -590,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     def say(status: Status) -> None:
         print(f"view: {status.text}", file=sys.stderr, flush=True)
 
-    view = ViewServer(args.endpoint, args.host, args.port, args.curve_keys, on_status=say)
+    zones = load_pipeline_config(args.config).zones if args.config else []
+    view = ViewServer(args.endpoint, args.host, args.port, args.curve_keys, on_status=say, zones=zones)
     stopping = threading.Event()  # Ctrl-C or SIGTERM, whenever it comes, ends the wait below and nothing else
     with on_signals(lambda signum, frame: stopping.set()):
         try:

@@ -1,4 +1,5 @@
 """Pipeline configuration and the command line: defaults, layering, overrides, one-line errors."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,14 @@ def test_a_mistake_in_a_config_file_names_the_file(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("output:\n  overlay: true\n")
     assert load_pipeline_config(good, ["output.dir=o"]).output.overlay is True
+    # A value out of range in the file is the file's; one the command line sets is not.
+    bad.write_text("batching:\n  max_batch: 0\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(bad))}: batching.max_batch: must be >= 1$"):
+        load_pipeline_config(bad)
+    with pytest.raises(ConfigError, match="^config.batching.max_batch: must be >= 1$"):
+        load_pipeline_config(good, ["output.dir=o", "batching.max_batch=0"])
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(good))}: output.overlay: needs output.dir$"):
+        load_pipeline_config(good)
 
 
 def test_malformed_and_missing_yaml(tmp_path):
@@ -155,7 +164,7 @@ def test_cli_reports_a_config_mistake_in_one_line_without_traceback(tmp_path):
         done = subprocess.run([sys.executable, *command, "--config", str(bad)], cwd=REPO,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2
-        assert done.stderr == "error: config.batching.max_batch: must be >= 1\n"
+        assert done.stderr == f"error: {bad}: batching.max_batch: must be >= 1\n"   # the file's mistake, named so
 
 
 def test_score_threshold_overrides_the_models_own():

@@ -29,10 +29,10 @@ from models.errors import ViewError
 from pipeline import keys
 from pipeline import run as run_command
 from pipeline.config import PublishSection, load_pipeline_config
-from pipeline.overlay import MASK_OPACITY, caption, class_colour, render_frame, track_colour
+from pipeline.overlay import MASK_OPACITY, ZONE_COLOUR, caption, class_colour, render_frame, track_colour
 from pipeline.protocol import EndOfStream, FrameRecord, InstanceRecord
 from pipeline.publisher import Publisher
-from pipeline.view import ViewServer, check_endpoint
+from pipeline.view import ViewServer, check_endpoint, frame_jpeg
 from pipeline.zones import ZoneConfig
 from tests.pipeline_helpers import free_port
 from tests.test_pipeline_e2e import RECEIVE_LIMIT_S, TINY, BackgroundRun, config_for
@@ -133,6 +133,28 @@ def test_frame_image_is_drawn_under_the_masks_at_the_frames_size():
     assert (bgr[150, 150] == expected).all()
 
 
+def is_amber(bgr: np.ndarray) -> np.ndarray:
+    """(..., 3) BGR -> (...) bool: the zones' colour (ZONE_COLOUR: high green and red, low blue),
+    as JPEG and the browser's scaling of a 2-pixel line leave it."""
+    blue, green, red = ZONE_COLOUR
+    return (bgr[..., 0] < blue + 100) & (bgr[..., 1] > green - 80) & (bgr[..., 2] > red - 80)
+
+
+def test_the_views_frames_show_their_streams_zones_placed_in_the_frames_size():
+    """A region given for 640x480 frames on a 320x240 stream: outlined at half its coordinates;
+    a zone of another stream not at all."""
+    frame = FrameRecord("cam1", 0, 0, 0.0, 1.7e9, None, 320, 240, 0, {}, (), zone_counts={"kerb": {}})
+    kerb = ZoneConfig("kerb", polygon=[[100, 100], [300, 100], [300, 400], [100, 400]], frame_size=[640, 480])
+    elsewhere = ZoneConfig("far", polygon=[[10, 60], [40, 60], [40, 230], [10, 230]], streams=["cam2"])
+    shown = cv2.imdecode(np.frombuffer(frame_jpeg(frame, zones=[kerb, elsewhere]), np.uint8), cv2.IMREAD_COLOR)
+    assert is_amber(shown[80:190, 149:152]).any(axis=1).all()       # its right side, at x = 150
+    assert is_amber(shown[199:202, 70:140]).any(axis=0).all()       # its bottom, at y = 200
+    assert not is_amber(shown[80:190, 295:305]).any()               # not at the given x = 300
+    assert not is_amber(shown[70:235, 5:45]).any()                  # cam2's zone is not cam1's
+    plain = cv2.imdecode(np.frombuffer(frame_jpeg(frame), np.uint8), cv2.IMREAD_COLOR)
+    assert plain.max() <= JPEG_TOLERANCE                            # no zones given: none drawn
+
+
 # -- the page, fed by a publisher whose masks are known ------------------------------------------
 KNOWN = [instance(1, "person", slice(60, 180), slice(40, 140)), instance(3, "car", slice(100, 220), slice(180, 300))]
 
@@ -164,7 +186,7 @@ def test_page_draws_known_masks_in_their_class_colours_and_its_regions_counts(pa
     everywhere = ZoneConfig("everywhere", polygon=[[0, 0], [320, 0], [320, 240], [0, 240]])
     publisher = plain_publisher([left, everywhere])
     try:
-        with ViewServer(publisher.ready(), port=0) as view:
+        with ViewServer(publisher.ready(), port=0, zones=[left, everywhere]) as view:
             page.goto(view.url)
             last = publish_until_shown(publisher, page, "known")
             publisher.publish(known_record("known", last))
@@ -182,7 +204,8 @@ def test_page_draws_known_masks_in_their_class_colours_and_its_regions_counts(pa
     person, car = shot[110:130, 80:100], shot[150:170, 230:250]  # inside each mask, away from edges and captions
     assert np.abs(person.astype(int) - half_colour(class_colour(1))).max() <= JPEG_TOLERANCE
     assert np.abs(car.astype(int) - half_colour(class_colour(3))).max() <= JPEG_TOLERANCE
-    assert shot[200:230, 10:30].max() <= JPEG_TOLERANCE  # the black canvas outside every instance
+    assert shot[200:225, 15:35].max() <= JPEG_TOLERANCE  # the black canvas outside every instance and zone line
+    assert is_amber(shot[30:50, 156:164]).any(axis=1).all()  # the region "left" outlined: its side at x = 160
 
 
 TOP, BOTTOM = (200, 60, 20), (20, 120, 200)  # RGB halves of the known picture
@@ -390,6 +413,10 @@ def test_port_in_use_and_missing_keys_are_one_line(tmp_path):
     result = run_view("tcp://127.0.0.1:5555", "--port", "0", "--curve-keys", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and result.stderr.startswith(f"error: curve keys {tmp_path / 'nowhere'}: no such directory")
     assert result.stderr.count("\n") == 1
+    (tmp_path / "zones.yaml").write_text("zones:\n  - {name: door, polygon: [[0, 0], [1, 1]]}\n")
+    result = run_view("tcp://127.0.0.1:5555", "--port", "0", "--config", str(tmp_path / "zones.yaml"))
+    assert (result.returncode, result.stderr) == (2, f"error: {tmp_path / 'zones.yaml'}: zones[0].polygon: "
+                                                     "needs at least 3 [x, y] points\n")
 
 
 class ViewProcess:
