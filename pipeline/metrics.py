@@ -11,6 +11,8 @@ gives the end-of-run `RunSummary`. With a metrics port it serves, from its own r
   `maskstream_publish_undelivered_total` (live: frames not queued for every subscriber),
   `maskstream_publish_stalls_total` (offline: stalled subscribers cut off or given up on),
   `maskstream_publish_blocked_seconds_total` (offline: time spent waiting for slow subscribers);
+- `maskstream_streams{state}`: the run's streams `waiting` their turn (offline,
+  `sources.max_open`) or opening, `reading`, and `finished` (read to their end or failed);
 - `maskstream_stage_latency_seconds{stage}`: a histogram per stage;
 - `maskstream_stage_latency_ms{stage, quantile}`: p50, p95 and p99 over recent frames, as in
   the summary (refreshed at most once a second);
@@ -176,6 +178,9 @@ class RunStats:
             "stalls": Counter("maskstream_publish_stalls", "Stalled subscribers no longer waited for", **labels),
             "blocked_s": Counter("maskstream_publish_blocked_seconds", "Time spent waiting for slow subscribers",
                                  **labels)}
+        self._m_streams = Gauge("maskstream_streams", "Streams waiting their turn or opening, reading, finished",
+                                ["state"], **labels)
+        self._stream_states: tuple[int, int, int] | None = None
         self._m_latency = Histogram("maskstream_stage_latency_seconds", "Latency per stage", ["stage"],
                                     buckets=LATENCY_BUCKETS_S, **labels)
         self._m_quantile = Gauge("maskstream_stage_latency_ms", "Latency percentiles per stage over recent frames",
@@ -246,6 +251,13 @@ class RunStats:
                         if n > self._crossings_seen.get(key, 0):
                             self._m_crossings.labels(*key).inc(n - self._crossings_seen.get(key, 0))
                             self._crossings_seen[key] = n
+
+    def stream_states(self, waiting: int, reading: int, finished: int) -> None:
+        """How many streams wait their turn (or are opening), are read, have finished reading."""
+        if (waiting, reading, finished) != self._stream_states:
+            self._stream_states = (waiting, reading, finished)
+            for state, count in zip(("waiting", "reading", "finished"), self._stream_states):
+                self._m_streams.labels(state).set(count)
 
     def delivery(self, counters: dict) -> None:
         """The publisher's delivery counters as it last answered (they start again from 0 when

@@ -195,6 +195,7 @@ class Scheduler:
             self._request_frames()
             self._dispatch()
             self._end_finished_streams()
+            self._count_streams()
             if all(s.ended for s in self.streams.values()) and not self._more_to_come():
                 break
             if not self._pending:
@@ -232,6 +233,11 @@ class Scheduler:
 
     def _more_to_come(self) -> bool:
         return bool(self.waiting) or any(p.kind == "open" for p in self._pending.values())
+
+    def _count_streams(self) -> None:
+        opening = sum(p.kind == "open" for p in self._pending.values())
+        reading = sum(s.reading for s in self.streams.values())
+        self.stats.stream_states(len(self.waiting) + opening, reading, len(self.streams) - reading)
 
     def _open_waiting(self) -> None:
         """Open waiting streams while fewer than max_open are reading or opening."""

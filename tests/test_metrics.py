@@ -38,6 +38,8 @@ def test_counts_percentiles_and_prometheus_scrape():
         stats.zones({"cam1": {"zone_counts": {"door": {"person": 1}},                 # the car left the door
                               "line_counts": {"gate": {"in": {"car": 3}, "out": {"person": 1}}}}})
         stats.zones({"cam1": {"zone_counts": {"door": {"person": 1}}, "line_counts": {"gate": gate}}})  # restarted
+        stats.stream_states(waiting=5, reading=2, finished=0)
+        stats.stream_states(waiting=3, reading=2, finished=2)
         latency = stats.latency_ms()
         assert latency["inference"]["count"] == 101
         assert latency["inference"]["p50"] == pytest.approx(50.0)
@@ -56,6 +58,8 @@ def test_counts_percentiles_and_prometheus_scrape():
     assert 'maskstream_actor_restarts_total{actor="publisher"} 1.0' in text
     assert "maskstream_publish_undelivered_total 6.0" in text and "maskstream_publish_subscriptions 2.0" in text
     assert 'maskstream_zone_instances{label="person",stream="cam1",zone="door"} 1.0' in text
+    assert all(f'maskstream_streams{{state="{state}"}} {n}.0' in text for state, n in
+               (("waiting", 3), ("reading", 2), ("finished", 2)))
     assert 'maskstream_zone_instances{label="car",stream="cam1",zone="door"} 0.0' in text
     assert 'maskstream_line_crossings_total{direction="in",label="car",line="gate",stream="cam1"} 3.0' in text
     assert 'maskstream_line_crossings_total{direction="out",label="person",line="gate",stream="cam1"} 1.0' in text

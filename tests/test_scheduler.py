@@ -57,3 +57,23 @@ def test_live_takes_no_frame_while_one_of_its_stream_waits_and_sends_a_lone_fram
     scheduler.workers[0].handle.infer.calls = dispatched
     scheduler._dispatch()
     assert len(dispatched) == 1 and len(scheduler.batcher) == 0        # no take in flight: sent now
+
+
+def test_the_streams_are_counted_waiting_reading_and_finished_for_the_metrics():
+    """Offline with sources.max_open: the streams still to open (and those opening) are waiting."""
+    from pipeline.scheduler import _Pending
+    from pipeline.sources import parse_source
+
+    class StatesRecorder:
+        def stream_states(self, *counts):
+            self.counts = counts
+
+    stats = StatesRecorder()
+    scheduler = Scheduler({"a": object(), "b": object()}, {"w0": object()}, [{"name": "w0", "pid": 1}],
+                          publisher=None, batching=BatchingSection(), live=False, live_queue=1, keep_pixels=False,
+                          stats=stats, waiting=[parse_source(f"{sid}=synthetic:") for sid in "cde"], max_open=3)
+    scheduler.streams["b"].reading = False                          # b read to its end
+    scheduler.waiting.popleft()                                     # c is being opened
+    scheduler._pending["ref"] = _Pending("open", spec=parse_source("c=synthetic:"))
+    scheduler._count_streams()
+    assert stats.counts == (3, 1, 1)                                # c, d, e waiting; a reading; b finished
