@@ -77,7 +77,7 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
     actors = []
     try:
         limit = open_limit(config, live, len(specs))
-        slots, use_gpus = plan_workers(config, limit)
+        slots, use_gpus = plan_workers(config, decoding_streams(live, limit))
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         publisher = start_publisher(config, list(model_config.class_names), here, live, publish_score)
         endpoint = ray.get(publisher.ready.remote())
@@ -260,6 +260,13 @@ def start_ingest(spec: SourceSpec, config: PipelineConfig, live: bool, placement
     return IngestActor.options(
         scheduling_strategy=placement, max_restarts=config.sources.max_restarts, max_task_retries=0,
     ).remote(spec, config.sources, live, config.batching.max_batch)
+
+
+def decoding_streams(live: bool, streams: int) -> int:
+    """The streams whose decoding `workers.cpus: auto` leaves cores for (INGEST_CORES_PER_STREAM):
+    live, each is decoded at its camera's rate; offline, the readers are pulled at the rate of
+    inference, whatever their number: as much decoding as one stream."""
+    return streams if live else 1
 
 
 def open_limit(config: PipelineConfig, live: bool, streams: int) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from models.errors import ConfigError
 from pipeline.config import load_pipeline_config
-from pipeline.runner import INGEST_CORES_PER_STREAM, WorkerSlot, auto_slots
+from pipeline.runner import INGEST_CORES_PER_STREAM, WorkerSlot, auto_slots, decoding_streams
 from workers.device import cpu_flags, model_precision, native_bfloat16
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +66,9 @@ def test_auto_spreads_workers_over_nodes_of_different_sizes():
     kept = int(streams * INGEST_CORES_PER_STREAM)
     assert kept >= 1 and auto_slots({"host": {"CPU": 8}}, 2, False, "host", streams) == \
         [WorkerSlot("host", (8 - kept) // 2, (8 - kept) // 2)] * 2
+    # offline, eight files read at once decode at the rate of inference, as one would: no core kept
+    assert auto_slots({"host": {"CPU": 2}}, 1, False, "host", decoding_streams(False, 8)) == [WorkerSlot("host", 2, 2)]
+    assert decoding_streams(True, 8) == 8
     # more workers than cores: one thread each, a fractional reservation that fits the node
     assert auto_slots({"host": {"CPU": 2}}, 4, False, "host", 1) == [WorkerSlot("host", 0.5, 1)] * 4
 
