@@ -6,6 +6,8 @@ Configurations (100 detections kept where the model allows: score threshold 0):
   r50_fpn_800   configs/coco_r50_fpn.yaml with the parity reference's weights (tests/data/tv_reference_r50.npz),
                 1280x720 stills of ../shared/data, short side 800; torchvision runs the same (bench/torchvision_speed.py,
                 in its own process: torchvision and tensorflow cannot share one);
+  r50_fpn_800_direct  the same with TensorFlow's direct 3x3 convolutions instead of Winograd F(2x2, 3x3)
+                (models/winograd.py, what float32 inference runs where its op builds): the gain side by side;
   r18_fpn_512   the light comparison: ResNet-18 FPN at a short side of 512 (weights of tv_reference_r18_320.npz);
   default       the embedded default model (configs/default_model.yaml + .npz) on 640x360 generated street
                 scenes, at its own input size (short side 360), its own score threshold.
@@ -31,7 +33,8 @@ Per configuration and batch size: one untimed warm-up call, then timed calls; th
 detections the run kept where the configuration does not keep 100) and the fraction of this machine's float32 floor that the run
 reaches: `floor %` against the float32 matmul rate measured in this run (bench/floor.py, before and after the models, the
 mean; `--floor-gflops` imposes one), `cpu floor %` the same per CPU-second (a frame's CPU seconds against the matmul's: what
-a loaded machine distorts least). TF's threads: `--threads` (default: all cores, as `workers.cpus: auto` gives one worker).
+a loaded machine distorts least). The FLOPs are those of direct convolutions: Winograd's 3x3 convolutions
+do fewer multiplications, so a fraction above 100% is the floor passed by computing less. TF's threads: `--threads` (default: all cores, as `workers.cpus: auto` gives one worker).
 Prints a table and writes bench/results/model.json; the README quotes it.
 """
 from __future__ import annotations
@@ -60,7 +63,7 @@ STILLS = [ROOT.parent / "shared" / "data" / f"highway_{i}.jpg" for i in range(1,
 
 
 def reference_model(reference: str, min_size: int, precision: str = "float32",
-                    config: str = "configs/coco_r50_fpn.yaml"):
+                    config: str = "configs/coco_r50_fpn.yaml", winograd_convolutions: bool = True):
     import models
     from models.mask_rcnn import MaskRCNN
     from models.tools.convert import convert_state_dict
@@ -73,7 +76,13 @@ def reference_model(reference: str, min_size: int, precision: str = "float32",
     config.box_head.score_threshold = 0.0
     config.box_head.detections_per_image = 100
     config.precision = precision
-    return MaskRCNN(config, convert_state_dict(reference_state_dict(ROOT / "tests" / "data" / reference), config))
+    return MaskRCNN(config, convert_state_dict(reference_state_dict(ROOT / "tests" / "data" / reference), config),
+                    winograd_convolutions=winograd_convolutions)
+
+
+def torchvision_name(name: str) -> str:
+    """The torchvision row a configuration is compared with: r50_fpn_800_bf16 and _direct with r50_fpn_800."""
+    return name.removesuffix("_bf16").removesuffix("_direct")
 
 
 def default_model(precision: str = "float32"):
@@ -111,7 +120,7 @@ def time_model(model, frames: list[np.ndarray], batch: int, total_frames: int) -
 
 def torchvision_results(args, names: list[str]) -> dict:
     out = args.torchvision_json
-    configs = sorted({name.removesuffix("_bf16") for name in names} & set(TORCHVISION_CONFIGS))
+    configs = sorted({torchvision_name(name) for name in names} & set(TORCHVISION_CONFIGS))
     if not configs:
         return {}
     cmd = [sys.executable, str(ROOT / "bench" / "torchvision_speed.py"), "--json", str(out), "--frames",
@@ -152,6 +161,9 @@ def main(argv=None) -> None:
     floor_before = matmul_rate()
     results = {}
     runs = [("r50_fpn_800", lambda: reference_model("tv_reference_r50.npz", 800), stills(), 100),
+            # the same with TensorFlow's direct 3x3 convolutions instead of Winograd F(2x2, 3x3) (models/winograd.py)
+            ("r50_fpn_800_direct", lambda: reference_model("tv_reference_r50.npz", 800, winograd_convolutions=False),
+             stills(), 100),
             ("r18_fpn_512", lambda: reference_model("tv_reference_r18_320.npz", 512), stills(), 100)]
     if args.bf16:
         runs.append(("r50_fpn_800_bf16", lambda: reference_model("tv_reference_r50.npz", 800, "bfloat16"), stills(),
@@ -436,15 +448,15 @@ def print_table(report: dict) -> None:
     print(f"\nfloat32 floor: {floor['gflops_per_second']:.0f} GFLOP/s, {floor['gflops_per_cpu_second']:.0f} GFLOP per "
           f"CPU-second ({report['threads']} threads; load {report['load_average_before']:.1f} before, "
           f"{report['load_average_after']:.1f} after)")
-    print(f"{'config':12s} {'batch':>5s} {'TF fps':>8s} {'torchvision fps':>16s} {'ratio':>6s} {'CPU ratio':>9s} "
+    print(f"{'config':18s} {'batch':>5s} {'TF fps':>8s} {'torchvision fps':>16s} {'ratio':>6s} {'CPU ratio':>9s} "
           f"{'GFLOP/frame':>12s} {'floor %':>8s} {'cpu floor %':>11s}")
     for name, r in report["tensorflow"].items():
         for batch, b in r["batches"].items():
-            tv = tv_fps(report["torchvision"], name.removesuffix("_bf16"), batch)
-            tv_cpu = tv_cpu_seconds(report["torchvision"], name.removesuffix("_bf16"), batch)
+            tv = tv_fps(report["torchvision"], torchvision_name(name), batch)
+            tv_cpu = tv_cpu_seconds(report["torchvision"], torchvision_name(name), batch)
             ratio = f"{b['fps'] / tv:.2f}" if tv else "-"
             cpu_ratio = f"{tv_cpu / b['cpu_seconds_per_frame']:.2f}" if tv_cpu else "-"
-            print(f"{name:12s} {batch:>5s} {b['fps']:8.2f} {tv if tv else '-':>16} {ratio:>6s} {cpu_ratio:>9s} "
+            print(f"{name:18s} {batch:>5s} {b['fps']:8.2f} {tv if tv else '-':>16} {ratio:>6s} {cpu_ratio:>9s} "
                   f"{r['flops_per_frame'] / 1e9:12.1f} {b['floor_fraction'] * 100:8.0f} {b.get('cpu_floor_fraction', float('nan')) * 100:11.0f}")
 
 

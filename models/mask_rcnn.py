@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import anchors as anchor_lib
-from . import postprocess, preprocess
+from . import postprocess, preprocess, winograd
 from .backbone import backbone_shapes, last_conv_of_blocks, resnet, stage_channels
 from .config import ModelConfig, config_name, load_config
 from .errors import ConfigError
@@ -165,12 +165,25 @@ class FeaturesAndProposals(NamedTuple):
 class MaskRCNN(tf.Module):
     """Mask R-CNN over batches of frames. Build with `load_model`."""
 
-    def __init__(self, config: ModelConfig, params: dict[str, np.ndarray], trainable: bool = False):
+    def __init__(self, config: ModelConfig, params: dict[str, np.ndarray], trainable: bool = False,
+                 winograd_convolutions: bool = True):
         super().__init__(name="mask_rcnn")
         self.config = config
         self.params = {name: tf.Variable(value, trainable=trainable, name=name.replace("/", "."))
                        for name, value in sorted(params.items())}
+        # What the stages read: the parameters and, for inference in float32 where the op builds,
+        # each 3x3 kernel's Winograd transform (models/winograd.py; conv2d uses it at stride 1).
+        self.stage_params = self.params
+        if winograd_convolutions and not trainable and config.precision == "float32" and winograd.available():
+            self.stage_params = {**self.params, **{
+                name.removesuffix("kernel") + "winograd": tf.constant(winograd.transform_kernel(value))
+                for name, value in params.items() if name.endswith("/kernel") and np.shape(value)[:2] == (3, 3)}}
         self._graphs: dict[tuple[int, int], tf.types.experimental.PolymorphicFunction] = {}
+
+    @property
+    def convolution(self) -> str:
+        """How its 3x3 stride-1 convolutions run: "winograd" (F(2x2, 3x3)) or "direct"."""
+        return "direct" if self.stage_params is self.params else "winograd"
 
     @property
     def class_names(self) -> list[str]:
@@ -210,8 +223,8 @@ class MaskRCNN(tf.Module):
                 image_hw, padded_hw = input_sizes(height, width, cfg.input)
             x = preprocess.normalize_resize_pad(images, image_hw, padded_hw, cfg.input.mean, cfg.input.std,
                                                 cfg.input.pixel_scale)
-        features = pyramid(self.params, x, cfg)
-        logits, deltas = rpn_head(self.params, features, cfg.rpn.conv_depth, logits_per_anchor(cfg))
+        features = pyramid(self.stage_params, x, cfg)
+        logits, deltas = rpn_head(self.stage_params, features, cfg.rpn.conv_depth, logits_per_anchor(cfg))
         logits = [tf.cast(t, tf.float32) for t in logits]
         deltas = [tf.cast(t, tf.float32) for t in deltas]
         anchors = feature_anchors(features, padded_hw, cfg)
@@ -229,7 +242,7 @@ class MaskRCNN(tf.Module):
         class logits (R, K) and box deltas (R, K, 4), float32 (computed in the compute precision)."""
         cfg = self.config
         pooled = pool(pooling, boxes, frame_of_box, image_hw, cfg.roi_align.box_output_size, cfg)
-        class_logits, box_deltas = box_head(self.params, to_compute(pooled, cfg), len(cfg.box_head.conv_dims),
+        class_logits, box_deltas = box_head(self.stage_params, to_compute(pooled, cfg), len(cfg.box_head.conv_dims),
                                             cfg.box_head.fc_layers)
         return tf.cast(class_logits, tf.float32), tf.cast(box_deltas, tf.float32)
 
@@ -239,7 +252,7 @@ class MaskRCNN(tf.Module):
         float32 of each RoI's class channel (computed in the compute precision)."""
         cfg = self.config
         pooled = pool(pooling, boxes, frame_of_box, image_hw, cfg.roi_align.mask_output_size, cfg)
-        logits = mask_head(self.params, to_compute(pooled, cfg), class_ids, len(cfg.mask_head.conv_dims),
+        logits = mask_head(self.stage_params, to_compute(pooled, cfg), class_ids, len(cfg.mask_head.conv_dims),
                            cfg.mask_head.deconvs)
         return tf.cast(logits, tf.float32)
 
@@ -368,10 +381,13 @@ def require_trainable(config: ModelConfig) -> None:
                           "the seed's conventions are for running its weights")
 
 
-def load_model(config, weights: str | Path | None = None, seed: int = 0, trainable: bool = False) -> MaskRCNN:
+def load_model(config, weights: str | Path | None = None, seed: int = 0, trainable: bool = False,
+               winograd_convolutions: bool = True) -> MaskRCNN:
     """A MaskRCNN from a config (YAML path, mapping or ModelConfig) and a weights file.
 
     Without weights the parameters are seeded random values (for tests and training from scratch).
+    `winograd_convolutions`: run the 3x3 stride-1 convolutions of float32 inference as Winograd
+    F(2x2, 3x3) where the op builds (models/winograd.py); False: TensorFlow's direct convolution.
     """
     config = load_config(config)
     shapes = param_shapes(config)
@@ -379,4 +395,4 @@ def load_model(config, weights: str | Path | None = None, seed: int = 0, trainab
         params = initial_params(config, seed)
     else:
         params, _ = load_weights(weights, shapes, config_name(config))
-    return MaskRCNN(config, params, trainable=trainable)
+    return MaskRCNN(config, params, trainable=trainable, winograd_convolutions=winograd_convolutions)

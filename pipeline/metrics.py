@@ -96,7 +96,9 @@ class RunSummary:
         for stage, p in self.latency_ms.items():
             lines.append(f"{stage:<20} {p['p50']:>9.1f} {p['p95']:>9.1f} {p['p99']:>9.1f} {p['count']:>7}")
         for w in self.workers:
-            lines.append(f"worker {w['name']}: {w['device']}, threads {w['threads']}, {w.get('precision') or '-'}")
+            convolution = f", {w['convolution']}" if w.get("convolution") else ""
+            lines.append(f"worker {w['name']}: {w['device']}, threads {w['threads']}, {w.get('precision') or '-'}"
+                         + convolution)
         for s in self.streams.values():
             for name, totals in s.line_counts.items():
                 lines.append(f"line {name} of {s.stream}: crossed {line_figure(totals)}")

@@ -70,12 +70,14 @@ class InferenceWorker:
 
     def ready(self) -> dict:
         """Where this worker runs and whether its model loaded: {"name", "pid", "device",
-        "gpu_ids", "node_id", "threads", "precision", "note", "error"}; threads: TensorFlow's
-        intra- and inter-op threads; precision: what the model computes in ("float32" or
-        "bfloat16"); error is one line, or None."""
+        "gpu_ids", "node_id", "threads", "precision", "convolution", "note", "error"}; threads:
+        TensorFlow's intra- and inter-op threads; precision: what the model computes in ("float32"
+        or "bfloat16"); convolution: how its 3x3 convolutions run ("winograd" or "direct",
+        models/winograd.py), None for a model that does not say; error is one line, or None."""
         return {"name": self.name, "pid": os.getpid(), "device": self.device.kind,
                 "gpu_ids": self.device.gpu_ids, "node_id": self.device.node_id,
-                "threads": self.device.threads, "precision": self.precision, "note": self.device.note,
+                "threads": self.device.threads, "precision": self.precision,
+                "convolution": getattr(self.model, "convolution", None), "note": self.device.note,
                 "error": self.error}
 
     def warm_up(self, frame_sizes: list[tuple[int, int]], batch_sizes: list[int]) -> None:
