@@ -36,7 +36,8 @@ around it, on Ray refs:
   the loop stops taking frames once PUBLISH_BACKLOG calls wait: back-pressure reaches the readers.
 - Offline, at most `max_open` streams are read at once (`sources.max_open`: an archive of a
   thousand files is not a thousand ingest processes); the others wait in order and are opened
-  as earlier ones finish reading. A stream's ingest actor is stopped once its EOS is out. So
+  as earlier ones finish reading. A stream's ingest actor is stopped once its last frame is
+  taken (the frames' pixels are take()'s answers, owned here). So
   that a consumer that ends when every stream it has seen has ended (`maskstream consume`)
   sees them all, a stream's EOS waits while a stream has yet to get a frame out and no other
   stream with a frame out is still going.
@@ -103,7 +104,7 @@ class StreamState:
     confirmed: int = 0             # the first seq the publisher has not said it sent
     eos: tuple | None = None       # the end_stream arguments (frames, reason, error), once called
     eos_confirmed: bool = False
-    counts: dict | None = None     # its ingest's counts, taken when its actor was stopped after EOS
+    counts: dict | None = None     # its ingest's final counts, from its last take() (its actor then stopped)
 
 
 @dataclass
