@@ -316,10 +316,10 @@ def compare_seed_stages(args) -> dict:
     molded, windows = [tf.constant(x) for x in inputs]
 
     def features(images):
-        return pyramid(ours.params, preprocess.normalize(images, cfg.input.mean, cfg.input.std,
+        return pyramid(ours.stage_params, preprocess.normalize(images, cfg.input.mean, cfg.input.std,
                                                          cfg.input.pixel_scale), cfg)
     ours_cuts = {"backbone_fpn": tf.function(features),
-                 "rpn_head": tf.function(lambda x: rpn_head(ours.params, features(x), cfg.rpn.conv_depth,
+                 "rpn_head": tf.function(lambda x: rpn_head(ours.stage_params, features(x), cfg.rpn.conv_depth,
                                                             logits_per_anchor(cfg))),
                  "proposals": tf.function(lambda x: ours.features_and_proposals(x).proposals),
                  "heads": lambda x: ours.graph_for(*x.shape[1:3])(x, windows)}

@@ -69,7 +69,7 @@ def profile(model, frames: list[np.ndarray], calls: int) -> dict[str, tuple[floa
     from models.roi_heads import detect
     from models.rpn import rpn_head, select_proposals
 
-    cfg, params = model.config, model.params
+    cfg, params = model.config, model.stage_params   # what inference reads: with Winograd kernels where it runs them
     batch = tf.constant(np.stack(frames))
     height, width = frames[0].shape[:2]
     image_hw = resized_size(height, width, cfg.input.min_size, cfg.input.max_size)
