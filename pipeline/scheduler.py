@@ -40,7 +40,7 @@ around it, on Ray refs:
   taken (the frames' pixels are take()'s answers, owned here). So
   that a consumer that ends when every stream it has seen has ended (`maskstream consume`)
   sees them all, a stream's EOS waits while a stream has yet to get a frame out and no other
-  stream with a frame out is still going.
+  stream with a frame out is still going (offline; live streams end when they end).
 - Each stream's EOS says why it ended: `end`, `stopped` (the run was stopped) or `error` (its
   source failed, or its ingest died for good), with the problem in one line.
 """
@@ -574,7 +574,11 @@ class Scheduler:
     def _hold_eos(self, stream: StreamState) -> bool:
         """Whether `stream`'s EOS waits: a stream has yet to get a frame out (one waiting its turn,
         opening, or open with none sent yet) and no other stream has a frame out and its EOS to
-        come. A consumer that ends when every stream it has seen has ended would stop before it."""
+        come. A consumer that ends when every stream it has seen has ended would stop before it.
+        Offline only: a live camera may never get a frame out (reopened with back-off for ever),
+        and the other streams' ends must not wait for it."""
+        if self.live:
+            return False
         others = [other for other in self.streams.values() if other is not stream and not other.ended]
         unseen = self._more_to_come() or any(other.confirmed == 0 for other in others)
         return unseen and not any(other.confirmed > 0 for other in others)

@@ -77,3 +77,17 @@ def test_the_streams_are_counted_waiting_reading_and_finished_for_the_metrics():
     scheduler._pending["ref"] = _Pending("open", spec=parse_source("c=synthetic:"))
     scheduler._count_streams()
     assert stats.counts == (3, 1, 1)                                # c, d, e waiting; a reading; b finished
+
+
+def test_an_eos_waits_offline_for_a_stream_with_no_frame_out_yet_but_never_live():
+    """Offline, a's end waits until b has a frame out (a consumer that has seen only a would stop
+    at a's end); live, b may be a camera that never answers: a's end goes at once."""
+    for live, held in ((False, True), (True, False)):
+        scheduler = Scheduler({"a": object(), "b": object()}, {"w0": object()}, [{"name": "w0", "pid": 1}],
+                              publisher=None, batching=BatchingSection(), live=live, live_queue=1,
+                              keep_pixels=False, stats=None)
+        a, b = scheduler.streams["a"], scheduler.streams["b"]
+        a.reading, a.confirmed = False, 5          # a read to its end, its 5 frames out
+        assert scheduler._hold_eos(a) is held
+        b.confirmed = 1                            # b's first frame is out: a's end may go
+        assert scheduler._hold_eos(a) is False
