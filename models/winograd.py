@@ -5,10 +5,10 @@ multiplications per tile and channel pair instead of 36: the input tiles are tra
 (`WinogradInput`, B^T d B), multiplied by the transformed kernels (G g G^T, computed once in
 float64 per model) as 16 matrix products (tiles x C) @ (C x K), one batched `tf.linalg.matmul`
 that oneDNN runs near the machine's matmul rate, and transformed back (`WinogradOutput`, A^T m A,
-with the bias and ReLU). On this machine it is 1.3-3.2x oneDNN's direct convolution on the
-ResNet-50-FPN's 3x3 shapes with 128 or more channels (about 1x at 64) and the whole model 1.5x
-(docs/performance.md). Its outputs differ from the exact convolution's less than the direct
-convolution's do (about 5e-7 of their largest value against 2e-6). F(4x4, 3x3), which the op
+with the bias and ReLU). On this machine it is 1.25-1.66x oneDNN's direct convolution on the
+ResNet-50-FPN's 3x3 shapes with 128 or more channels (0.86x at 64) and the whole model 1.5x
+(bench/winograd.py, bench/model.py). Its outputs differ from the exact convolution's less than
+the direct convolution's do (5-9e-7 of their largest value against 1.5-2.7e-6). F(4x4, 3x3), which the op
 also computes (`TILE` 4), is faster still (the model 1.8x) but 7-9x less exact than the direct
 convolution: torchvision v2's parity reference then moves a score by 1.06e-3, past the 1e-3
 its parity allows, so it is not used.
