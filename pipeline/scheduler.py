@@ -232,18 +232,22 @@ class Scheduler:
 
     # -- streams opened as others finish (offline, sources.max_open) ---------------------------
 
+    def _opening(self) -> int:
+        return sum(p.kind == "open" for p in self._pending.values())
+
+    def _reading(self) -> int:
+        return sum(s.reading for s in self.streams.values())
+
     def _more_to_come(self) -> bool:
-        return bool(self.waiting) or any(p.kind == "open" for p in self._pending.values())
+        return bool(self.waiting) or self._opening() > 0
 
     def _count_streams(self) -> None:
-        opening = sum(p.kind == "open" for p in self._pending.values())
-        reading = sum(s.reading for s in self.streams.values())
-        self.stats.stream_states(len(self.waiting) + opening, reading, len(self.streams) - reading)
+        reading = self._reading()
+        self.stats.stream_states(len(self.waiting) + self._opening(), reading, len(self.streams) - reading)
 
     def _open_waiting(self) -> None:
         """Open waiting streams while fewer than max_open are reading or opening."""
-        busy = sum(s.reading for s in self.streams.values()) + sum(p.kind == "open" for p in self._pending.values())
-        for _ in range(min(self.max_open - busy, len(self.waiting))):
+        for _ in range(min(self.max_open - self._reading() - self._opening(), len(self.waiting))):
             spec = self.waiting.popleft()
             ingest = self.new_ingest(spec)
             self._pending[ingest.open.remote()] = _Pending("open", spec=spec, ingest=ingest)
