@@ -93,7 +93,7 @@ class Consumer:
         self.ended: dict[str, EndOfStream] = {}  # stream -> its EOS
         self.seen: set[str] = set()  # streams with a frame or EOS received
         self.gaps: list[Gap] = []
-        self.duplicates = 0          # frames (and EOS) received again, dropped
+        self.duplicates = 0          # frames received again, dropped (an EOS again is dropped uncounted)
         self.malformed = 0           # messages skipped as not v1
         self.reconnects = 0          # connections dropped under it (an oversized message) and made again
         self._next_seq: dict[str, int] = {}  # stream -> the seq expected next
@@ -202,12 +202,15 @@ class Consumer:
         self.seen.add(stream)
         expected = self._next_seq.get(stream)
         ended = self.ended.get(stream)
-        # After an EOS, a restarted publisher may still resend that run's last frames or its EOS;
+        # After an EOS, a restarted publisher may still resend that run's last frames; a live one
+        # repeats the EOS itself (for a subscriber its sends had left out), dropped here uncounted;
         # a frame of seq 0 starts the stream again (a new run).
-        if expected is None and ended is not None and (
-                message == ended if isinstance(message, EndOfStream) else 0 < message.seq < ended.frames):
-            self.duplicates += 1
-            return
+        if expected is None and ended is not None:
+            if message == ended:
+                return
+            if isinstance(message, FrameRecord) and 0 < message.seq < ended.frames:
+                self.duplicates += 1
+                return
         if isinstance(message, EndOfStream):
             if message.frames > (expected or 0):
                 self._gap(stream, expected or 0, message.frames - 1,

@@ -58,7 +58,8 @@ Delivery (the socket is an XPUB, which sees each subscription come and go):
   it sends on with ZeroMQ dropping for full queues only, until a subscriber leaves.
 - Live (``live=True``) a send never waits: a frame that could not be queued for every subscriber
   (one's queue was full) goes to the others and is counted as ``undelivered``; only a stream's
-  EOS waits, up to ``stall_timeout_s``, so that a subscriber that is merely behind learns the end.
+  EOS waits, up to ``stall_timeout_s``, so that a subscriber that is merely behind learns the end;
+  once some queue was full it also goes again while the connections drain (``_repeat_while_draining``).
 - Each ``publish``/``publish_many``/``end_stream`` call answers ``progress()``: the first seq not
   yet sent per stream and the streams whose EOS went out, so that the caller can keep what is
   not sent yet. A publisher restarted by Ray (after a crash) binds nothing and holds every call
@@ -100,6 +101,8 @@ LATENCY_SAMPLES = 10_000  # per stage and stream: recent enough, bounded memory
 SEND_RETRY_S = 0.005      # offline, a full subscriber queue is tried again this often
 KEEPALIVE_PROBES = 3      # TCP keepalive: unanswered probes, a second apart, before a silent peer is dropped
 FLUSH_POLL_S = 0.05       # offline, at the end, how often the subscribers' queues are looked at
+EOS_REPEAT_S = 0.05       # live, after a queue was full: how often an EOS goes again while queues drain
+EOS_SETTLE_S = 0.5        # ... until the queues are empty, or have not moved this long (the rest are stalled)
 BIND_RETRY_S = 10.0       # a restarted publisher tries this long to bind the endpoint its predecessor held
 
 log = logging.getLogger(__name__)
@@ -522,20 +525,9 @@ class Publisher:
             self._await_rejoin()
         self._await_subscribers(stream)
         if self.live:
-            deadline = time.monotonic() + (self.publish_section.stall_timeout_s if final else 0.0)
-            while True:
-                try:
-                    self._socket.send_multipart(parts, zmq.NOBLOCK)
-                    return
-                except zmq.Again:
-                    if time.monotonic() >= deadline:
-                        break
-                    time.sleep(SEND_RETRY_S)
-            # A subscriber's queue is full: the others get it, that one does not.
-            self._counters["undelivered"] += 1
-            self._socket.setsockopt(zmq.XPUB_NODROP, 0)
-            self._socket.send_multipart(parts)
-            self._socket.setsockopt(zmq.XPUB_NODROP, 1)
+            self._send_live(parts, self.publish_section.stall_timeout_s if final else 0.0)
+            if final and self._counters["undelivered"]:
+                self._repeat_while_draining(parts)
             return
         while True:
             try:
@@ -557,6 +549,43 @@ class Publisher:
             self._counters["blocked_s"] += time.monotonic() - self._blocked_since
             self._blocked_since = None
         self._cut_off = False
+
+    def _send_live(self, parts: list[bytes], wait_s: float, repeat: bool = False) -> None:
+        """Live: send now, waiting up to wait_s while a subscriber's queue is full; then to the
+        others (that one misses it: counted as undelivered, unless this is a ``repeat``)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self._socket.send_multipart(parts, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(SEND_RETRY_S)
+        if not repeat:
+            self._counters["undelivered"] += 1
+        self._socket.setsockopt(zmq.XPUB_NODROP, 0)
+        self._socket.send_multipart(parts)
+        self._socket.setsockopt(zmq.XPUB_NODROP, 1)
+
+    def _repeat_while_draining(self, parts: list[bytes]) -> None:
+        """Live, a stream's EOS after some subscriber's queue was full: ZeroMQ leaves a subscriber
+        out of every send from the one its full queue missed until it has taken half that queue
+        (publish.hwm), so an EOS sent meanwhile never reaches it, however soon it would have read
+        it. The EOS goes again every EOS_REPEAT_S while the subscribers' connections still empty
+        out, up to stall_timeout_s: until they are empty or have not moved for EOS_SETTLE_S (who
+        still holds bytes then is not reading). A subscriber that has it drops the repeats."""
+        start = progress_at = time.monotonic()
+        last, empty = None, 0
+        while empty < 2 and time.monotonic() - progress_at < EOS_SETTLE_S \
+                and time.monotonic() - start < self.publish_section.stall_timeout_s:
+            time.sleep(EOS_REPEAT_S)
+            self._drain_subscriptions()
+            unsent = sum(_unsent_bytes(fd) for fd in self._connections)
+            empty = empty + 1 if unsent == 0 else 0
+            if unsent != last:
+                last, progress_at = unsent, time.monotonic()
+            self._send_live(parts, 0.0, repeat=True)
 
     def _flush(self) -> None:
         """Offline, before closing: wait while the subscribers still take what was sent (their
