@@ -63,7 +63,7 @@ STILLS = [ROOT.parent / "shared" / "data" / f"highway_{i}.jpg" for i in range(1,
 
 
 def reference_model(reference: str, min_size: int, precision: str = "float32",
-                    config: str = "configs/coco_r50_fpn.yaml", winograd_convolutions: bool = True):
+                    config: str = "configs/coco_r50_fpn.yaml", **options):
     import models
     from models.mask_rcnn import MaskRCNN
     from models.tools.convert import convert_state_dict
@@ -77,12 +77,12 @@ def reference_model(reference: str, min_size: int, precision: str = "float32",
     config.box_head.detections_per_image = 100
     config.precision = precision
     return MaskRCNN(config, convert_state_dict(reference_state_dict(ROOT / "tests" / "data" / reference), config),
-                    winograd_convolutions=winograd_convolutions)
+                    **options)
 
 
 def torchvision_name(name: str) -> str:
-    """The torchvision row a configuration is compared with: r50_fpn_800_bf16 and _direct with r50_fpn_800."""
-    return name.removesuffix("_bf16").removesuffix("_direct")
+    """The torchvision row a configuration is compared with: r50_fpn_800_bf16, _direct and _f2 with r50_fpn_800."""
+    return name.removesuffix("_bf16").removesuffix("_direct").removesuffix("_f2")
 
 
 def default_model(precision: str = "float32"):
@@ -161,9 +161,11 @@ def main(argv=None) -> None:
     floor_before = matmul_rate()
     results = {}
     runs = [("r50_fpn_800", lambda: reference_model("tv_reference_r50.npz", 800), stills(), 100),
-            # the same with TensorFlow's direct 3x3 convolutions instead of Winograd F(2x2, 3x3) (models/winograd.py)
-            ("r50_fpn_800_direct", lambda: reference_model("tv_reference_r50.npz", 800, winograd_convolutions=False),
+            # the same with TensorFlow's direct 3x3 convolutions instead of Winograd F(4x4, 3x3) (models/winograd.py),
+            # and with Winograd F(2x2, 3x3)
+            ("r50_fpn_800_direct", lambda: reference_model("tv_reference_r50.npz", 800, winograd_tile=None),
              stills(), 100),
+            ("r50_fpn_800_f2", lambda: reference_model("tv_reference_r50.npz", 800, winograd_tile=2), stills(), 100),
             ("r18_fpn_512", lambda: reference_model("tv_reference_r18_320.npz", 512), stills(), 100)]
     if args.bf16:
         runs.append(("r50_fpn_800_bf16", lambda: reference_model("tv_reference_r50.npz", 800, "bfloat16"), stills(),

@@ -27,7 +27,7 @@ def dense_shapes(name: str, cin: int, cout: int) -> dict[str, tuple]:
 def conv2d(x: tf.Tensor, params: Params, name: str, stride: int = 1, relu: bool = False) -> tf.Tensor:
     """(B, H, W, Cin) -> (B, H', W', Cout); a k x k kernel is padded k // 2 on every side, like torch.
     A 3x3 stride-1 convolution in float32 whose Winograd kernel is in `params` (`{name}/winograd`,
-    an inference model's: models/winograd.py) runs as Winograd F(2x2, 3x3)."""
+    an inference model's: models/winograd.py) runs as Winograd F(m x m, 3x3)."""
     transformed = params.get(f"{name}/winograd")
     if transformed is not None and stride == 1 and x.dtype == tf.float32:
         return winograd.conv3x3(x, transformed, params[f"{name}/bias"], relu)

@@ -166,7 +166,7 @@ class MaskRCNN(tf.Module):
     """Mask R-CNN over batches of frames. Build with `load_model`."""
 
     def __init__(self, config: ModelConfig, params: dict[str, np.ndarray], trainable: bool = False,
-                 winograd_convolutions: bool = True):
+                 winograd_tile: int | None = winograd.TILE):
         super().__init__(name="mask_rcnn")
         self.config = config
         self.params = {name: tf.Variable(value, trainable=trainable, name=name.replace("/", "."))
@@ -174,15 +174,15 @@ class MaskRCNN(tf.Module):
         # What the stages read: the parameters and, for inference in float32 where the op builds,
         # each 3x3 kernel's Winograd transform (models/winograd.py; conv2d uses it at stride 1).
         self.stage_params = self.params
-        if winograd_convolutions and not trainable and config.precision == "float32" and winograd.available():
+        if winograd_tile and not trainable and config.precision == "float32" and winograd.available():
             self.stage_params = {**self.params, **{
-                name.removesuffix("kernel") + "winograd": tf.constant(winograd.transform_kernel(value))
+                name.removesuffix("kernel") + "winograd": tf.constant(winograd.transform_kernel(value, winograd_tile))
                 for name, value in params.items() if name.endswith("/kernel") and np.shape(value)[:2] == (3, 3)}}
         self._graphs: dict[tuple[int, int], tf.types.experimental.PolymorphicFunction] = {}
 
     @property
     def convolution(self) -> str:
-        """How its 3x3 stride-1 convolutions run: "winograd" (F(2x2, 3x3)) or "direct"."""
+        """How its 3x3 stride-1 convolutions run: "winograd" (F(m x m, 3x3), models/winograd.py) or "direct"."""
         return "direct" if self.stage_params is self.params else "winograd"
 
     @property
@@ -382,12 +382,12 @@ def require_trainable(config: ModelConfig) -> None:
 
 
 def load_model(config, weights: str | Path | None = None, seed: int = 0, trainable: bool = False,
-               winograd_convolutions: bool = True) -> MaskRCNN:
+               winograd_tile: int | None = winograd.TILE) -> MaskRCNN:
     """A MaskRCNN from a config (YAML path, mapping or ModelConfig) and a weights file.
 
     Without weights the parameters are seeded random values (for tests and training from scratch).
-    `winograd_convolutions`: run the 3x3 stride-1 convolutions of float32 inference as Winograd
-    F(2x2, 3x3) where the op builds (models/winograd.py); False: TensorFlow's direct convolution.
+    `winograd_tile`: run the 3x3 stride-1 convolutions of float32 inference as Winograd F(m x m, 3x3)
+    with this m (2 or 4) where the op builds (models/winograd.py); None: TensorFlow's direct convolution.
     """
     config = load_config(config)
     shapes = param_shapes(config)
@@ -395,4 +395,4 @@ def load_model(config, weights: str | Path | None = None, seed: int = 0, trainab
         params = initial_params(config, seed)
     else:
         params, _ = load_weights(weights, shapes, config_name(config))
-    return MaskRCNN(config, params, trainable=trainable, winograd_convolutions=winograd_convolutions)
+    return MaskRCNN(config, params, trainable=trainable, winograd_tile=winograd_tile)

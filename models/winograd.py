@@ -1,17 +1,25 @@
-"""Winograd F(2x2, 3x3) for the 3x3 stride-1 convolutions at float32 inference on the CPU.
+"""Winograd F(4x4, 3x3) for the 3x3 stride-1 convolutions at float32 inference on the CPU.
 
-A 3x3 convolution computed on 4x4 input tiles, each giving a 2x2 output tile, takes 16
-multiplications per tile and channel pair instead of 36: the input tiles are transformed
+A 3x3 convolution computed on 6x6 input tiles, each giving a 4x4 output tile, takes 36
+multiplications per tile and channel pair instead of 144: the input tiles are transformed
 (`WinogradInput`, B^T d B), multiplied by the transformed kernels (G g G^T, computed once in
-float64 per model) as 16 matrix products (tiles x C) @ (C x K), one batched `tf.linalg.matmul`
+float64 per model) as 36 matrix products (tiles x C) @ (C x K), one batched `tf.linalg.matmul`
 that oneDNN runs near the machine's matmul rate, and transformed back (`WinogradOutput`, A^T m A,
-with the bias and ReLU). On this machine it is 1.25-1.66x oneDNN's direct convolution on the
-ResNet-50-FPN's 3x3 shapes with 128 or more channels (0.86x at 64) and the whole model 1.5x
-(bench/winograd.py, bench/model.py). Its outputs differ from the exact convolution's less than
-the direct convolution's do (5-9e-7 of their largest value against 1.5-2.7e-6). F(4x4, 3x3), which the op
-also computes (`TILE` 4), is faster still (the model 1.8x) but 7-9x less exact than the direct
-convolution: torchvision v2's parity reference then moves a score by 1.06e-3, past the 1e-3
-its parity allows, so it is not used.
+with the bias and ReLU). F(2x2, 3x3) (4x4 tiles, 16 products for 36) is the other tile the op
+computes (`transform_kernel(kernel, 2)`).
+
+Winograd trades exactness for speed as the tile grows: the transforms' large coefficients amplify
+float32 rounding. F(4x4) is built on the points 0, 1, -1, 2, -1/2 and infinity instead of the
+usual 0, +-1, +-2, infinity (Lavin and Gray, 2016): of 0, +-1 and any two of 14 small fractions,
+the most exact with its mirror image (-2, 1/2), its largest error 2.6x smaller than the usual
+points' and its typical one 1.5x (bench/winograd_points.py; on choosing the points: Barabasz et
+al., 2020). Measured against the float64 convolution (bench/winograd.py, the largest
+error as a fraction of the largest output): oneDNN's direct convolution 1.5-2.7e-6, F(2x2)
+5-9e-7, F(4x4) 4-6e-6; with the usual points F(4x4) moved a score of torchvision v2's parity
+reference by 1.06e-3 (past the 1e-3 its parity allows), with these by 6.5e-4 (F(2x2): 2.1e-4).
+Speed on this machine: F(4x4) 1.3-2.4x oneDNN's direct convolution on the ResNet-50-FPN's and
+the seed's 3x3 shapes (1.0x at 64 channels), 1.1-1.5x F(2x2); the reference model 1.50x direct
+and 1.19x F(2x2) at batch 1 (bench/model.py).
 
 The two transforms are a TensorFlow custom op, `kernels/winograd.cc`, compiled here on first use
 with the C++ compiler (`CXX`, else `g++`) against the installed TensorFlow and cached (one file
@@ -34,12 +42,12 @@ import numpy as np
 import tensorflow as tf
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "winograd.cc"
-TILE = 2                   # output tile side m: F(m x m, 3 x 3) on (m + 2) x (m + 2) input tiles
-ALPHA = TILE + 2
-# G, the kernel transform, of F(2, 3) and F(4, 3) (Lavin and Gray, 2016).
+TILE = 4                   # output tile side m of the models' F(m x m, 3 x 3), on (m + 2)^2 input tiles
+# G, the kernel transform: F(2, 3) on the points 0, 1, -1, infinity; F(4, 3) on 0, 1, -1, 2, -1/2,
+# infinity (B^T and A^T, the input and output transforms, are in kernels/winograd.cc).
 KERNEL_TRANSFORMS = {2: np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]]),
-                     4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
+                     4: np.array([[1, 0, 0], [-1 / 3, -1 / 3, -1 / 3], [1 / 3, -1 / 3, 1 / 3],
+                                  [1 / 15, 2 / 15, 4 / 15], [-16 / 15, 8 / 15, -4 / 15], [0, 0, 1]])}
 # g++ 12 with -march=native on CPUs with AVX512-FP16 cannot compile TensorFlow's own Eigen headers.
 FLAG_SETS = (["-O3", "-march=native", "-mno-avx512fp16"], ["-O3", "-march=native"])
 
@@ -47,19 +55,20 @@ _ops = None
 _reason: str | None = None
 
 
-def transform_kernel(kernel: np.ndarray) -> np.ndarray:
-    """(3, 3, C, K) kernel -> (ALPHA * ALPHA, C, K) float32, G g G^T per channel pair (in float64)."""
-    g = KERNEL_TRANSFORMS[TILE]
+def transform_kernel(kernel: np.ndarray, tile: int = TILE) -> np.ndarray:
+    """(3, 3, C, K) kernel -> ((tile + 2)^2, C, K) float32, G g G^T per channel pair (in float64)."""
+    g = KERNEL_TRANSFORMS[tile]
     u = np.einsum("ir,rsck,js->ijck", g, np.asarray(kernel, np.float64), g)
-    return u.reshape(ALPHA * ALPHA, kernel.shape[2], kernel.shape[3]).astype(np.float32)
+    return u.reshape((tile + 2) ** 2, kernel.shape[2], kernel.shape[3]).astype(np.float32)
 
 
 def conv3x3(x: tf.Tensor, transformed: tf.Tensor, bias: tf.Tensor, relu: bool = False) -> tf.Tensor:
     """(B, H, W, C) float32 -> (B, H, W, K): the 3x3 stride-1 'SAME' convolution of the kernel
-    whose `transform_kernel` is `transformed` (ALPHA * ALPHA, C, K), plus `bias` (K,), ReLU'd if
-    `relu`. Needs `available()`."""
-    products = tf.linalg.matmul(_ops.winograd_input(x, m=TILE), transformed)     # (ALPHA^2, tiles, K)
-    y = _ops.winograd_output(products, tf.shape(x)[:3], tf.cast(bias, tf.float32), m=TILE, relu=relu)
+    whose `transform_kernel` is `transformed` ((tile + 2)^2, C, K; the tile read from its first
+    side), plus `bias` (K,), ReLU'd if `relu`. Needs `available()`."""
+    tile = {16: 2, 36: 4}[transformed.shape[0]]
+    products = tf.linalg.matmul(_ops.winograd_input(x, m=tile), transformed)     # ((tile + 2)^2, tiles, K)
+    y = _ops.winograd_output(products, tf.shape(x)[:3], tf.cast(bias, tf.float32), m=tile, relu=relu)
     y.set_shape(x.shape[:3].concatenate([transformed.shape[-1]]))
     return y
 

@@ -67,7 +67,9 @@ static inline void in1d_f2(const float* __restrict d0, const float* __restrict d
     o0[c] = a - e; o1[c] = b + e; o2[c] = e - b; o3[c] = b - f;
   }
 }
-// F(4,3) input
+// F(4,3) input, points 0, 1, -1, 2, -1/2 and infinity (not the usual +-2: see models/winograd.py):
+// B^T rows [1 3/2 -2 -3/2 1 0], [0 -1 -5/2 -1/2 1 0], [0 1 1/2 -5/2 1 0], [0 -1/2 -1 1/2 1 0],
+//          [0 2 -1 -2 1 0], [0 1 3/2 -2 -3/2 1]
 static inline void in1d_f4(const float* const* d, float* const* o, int n) {
   const float* __restrict d0 = d[0]; const float* __restrict d1 = d[1];
   const float* __restrict d2 = d[2]; const float* __restrict d3 = d[3];
@@ -76,16 +78,12 @@ static inline void in1d_f4(const float* const* d, float* const* o, int n) {
   float* __restrict o3 = o[3]; float* __restrict o4 = o[4]; float* __restrict o5 = o[5];
   VLOOP {
     float x0 = d0[c], x1 = d1[c], x2 = d2[c], x3 = d3[c], x4 = d4[c], x5 = d5[c];
-    float t1 = x4 - 4.f * x2;        // x4 - 4x2
-    float t2 = x3 - 4.f * x1;        // x3 - 4x1
-    float t3 = x4 - x2;
-    float t4 = 2.f * (x3 - x1);
-    o0[c] = 4.f * x0 - 5.f * x2 + x4;
-    o1[c] = t1 + t2;
-    o2[c] = t1 - t2;
-    o3[c] = t3 + t4;
-    o4[c] = t3 - t4;
-    o5[c] = 4.f * x1 - 5.f * x3 + x5;
+    o0[c] = x0 + 1.5f * (x1 - x3) - 2.f * x2 + x4;
+    o1[c] = x4 - x1 - 2.5f * x2 - 0.5f * x3;
+    o2[c] = x4 + x1 + 0.5f * x2 - 2.5f * x3;
+    o3[c] = x4 - x2 + 0.5f * (x3 - x1);
+    o4[c] = x4 - x2 + 2.f * (x1 - x3);
+    o5[c] = x5 + x1 + 1.5f * (x2 - x4) - 2.f * x3;
   }
 }
 // F(2,3) output: A^T = [1 1 1 0; 0 1 -1 -1]
@@ -98,7 +96,7 @@ static inline void out1d_f2(const float* const* mm, float* const* o, int n) {
     o0[c] = a + b + e; o1[c] = b - e - f;
   }
 }
-// F(4,3) output: A^T rows [1 1 1 1 1 0],[0 1 -1 2 -2 0],[0 1 1 4 4 0],[0 1 -1 8 -8 1]
+// F(4,3) output: A^T rows [1 1 1 1 1 0], [0 1 -1 2 -1/2 0], [0 1 1 4 1/4 0], [0 1 -1 8 -1/8 1]
 static inline void out1d_f4(const float* const* mm, float* const* o, int n) {
   const float* __restrict m0 = mm[0]; const float* __restrict m1 = mm[1];
   const float* __restrict m2 = mm[2]; const float* __restrict m3 = mm[3];
@@ -107,11 +105,11 @@ static inline void out1d_f4(const float* const* mm, float* const* o, int n) {
   float* __restrict o2 = o[2]; float* __restrict o3 = o[3];
   VLOOP {
     float x0 = m0[c], x1 = m1[c], x2 = m2[c], x3 = m3[c], x4 = m4[c], x5 = m5[c];
-    float s12 = x1 + x2, d12 = x1 - x2, s34 = x3 + x4, d34 = x3 - x4;
-    o0[c] = x0 + s12 + s34;
-    o1[c] = d12 + 2.f * d34;
-    o2[c] = s12 + 4.f * s34;
-    o3[c] = d12 + 8.f * d34 + x5;
+    float s12 = x1 + x2, d12 = x1 - x2;
+    o0[c] = x0 + s12 + x3 + x4;
+    o1[c] = d12 + 2.f * x3 - 0.5f * x4;
+    o2[c] = s12 + 4.f * x3 + 0.25f * x4;
+    o3[c] = d12 + 8.f * x3 - 0.125f * x4 + x5;
   }
 }
 
