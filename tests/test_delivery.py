@@ -258,6 +258,33 @@ def stalled_subscriber(context, endpoint):
 FRAMES = 120
 
 
+@pytest.mark.slow
+def test_live_a_subscriber_behind_when_its_stream_ends_still_gets_the_eos():
+    """Live, a subscriber whose queue was full when the stream ended (ZeroMQ leaves it out of
+    every send until it has taken half its queue) gets the EOS once it reads on: the publisher
+    repeats the EOS while the connections drain. Sent once, the EOS went to nobody."""
+    publisher, endpoint = start_publisher(hwm=2, sndbuf=65536, stall_timeout_s=5.0, live=True)
+    context = zmq.Context()
+    behind = stalled_subscriber(context, endpoint)   # reads nothing until the stream has ended
+    try:
+        poll(lambda: ray.get(publisher.delivery.remote())["subscriptions"] == 1, "the subscription seen")
+        ray.get([publisher.publish.remote(striped_record("cam1", seq)) for seq in range(40)])
+        assert ray.get(publisher.delivery.remote())["undelivered"] > 0   # it is behind: frames went past it
+        ended = publisher.end_stream.remote("cam1", 40)
+        time.sleep(0.1)   # the EOS has gone out (the actor was idle); now it reads on
+        received, deadline = [], time.monotonic() + 10
+        while not any(isinstance(m, EndOfStream) for m in received) and time.monotonic() < deadline:
+            if behind.poll(100):
+                received.append(decode_message(behind.recv_multipart()))
+        ray.get(ended)
+    finally:
+        behind.close(linger=0)
+        context.term()
+    stop_publisher(publisher)
+    frames = [m.seq for m in received if isinstance(m, FrameRecord)]
+    assert received and received[-1] == EndOfStream("cam1", 40) and frames == sorted(frames) and len(frames) < 40
+
+
 @pytest.mark.parametrize("live", [False, True], ids=["offline", "live"])
 @pytest.mark.slow
 def test_a_stalled_subscriber_holds_offline_until_the_stall_timeout_and_never_live(live):
