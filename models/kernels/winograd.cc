@@ -11,6 +11,7 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
 #include <algorithm>
+#include <immintrin.h>
 #include <cstring>
 
 using namespace tensorflow;
@@ -118,6 +119,65 @@ struct WT {
   static constexpr int A = M + 2;
 };
 
+// One tile's channel block c0:c0+nc; NC > 0 fixes nc at compile time (a whole block: the 1D
+// transforms' loops unrolled and vectorised without a remainder), NC == 0 takes nc as it comes.
+template <int M, int NC>
+static inline void input_block(const float* x, float* v, int n, int H, int W, int C, int y0, int x0,
+                               int64_t t, int64_t T, int c0, int nc_, float (*tmp)[M + 2][CB]) {
+  constexpr int A = M + 2;
+  const int nc = NC > 0 ? NC : nc_;
+  const float* p[A][A];
+  for (int i = 0; i < A; ++i)
+    for (int j = 0; j < A; ++j) {
+      int yy = y0 + i, xx = x0 + j;
+      p[i][j] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x + (((int64_t)n * H + yy) * W + xx) * C + c0
+                                                         : kZeros;
+    }
+  // pass 1: along i (rows) for each column j -> tmp[i'][j]
+  for (int j = 0; j < A; ++j) {
+    if (M == 2) {
+      in1d_f2(p[0][j], p[1][j], p[2][j], p[3][j], tmp[0][j], tmp[1][j], tmp[2][j], tmp[3][j], nc);
+    } else {
+      const float* d[6] = {p[0][j], p[1][j], p[2][j], p[3][j], p[4][j], p[5][j]};
+      float* o[6] = {tmp[0][j], tmp[1][j], tmp[2][j], tmp[3][j], tmp[4][j], tmp[5][j]};
+      in1d_f4(d, o, nc);
+    }
+  }
+  // pass 2: along j for each row i -> v[(i*A+j), t, c0:]. V is written once and read much later
+  // (by the products): with AVX-512 a whole aligned block goes there with streaming stores, which
+  // skip reading the lines into the cache first (the transform 1.1-1.4x faster).
+#ifdef __AVX512F__
+  if (NC == CB && ((uintptr_t)(v + t * C + c0) % 64 == 0) && (T * C) % 16 == 0) {
+    alignas(64) float row[A][CB];
+    for (int i = 0; i < A; ++i) {
+      float* o[A];
+      for (int j = 0; j < A; ++j) o[j] = row[j];
+      if (M == 2) {
+        in1d_f2(tmp[i][0], tmp[i][1], tmp[i][2], tmp[i][3], o[0], o[1], o[2], o[3], nc);
+      } else {
+        const float* d[6] = {tmp[i][0], tmp[i][1], tmp[i][2], tmp[i][3], tmp[i][4], tmp[i][5]};
+        in1d_f4(d, o, nc);
+      }
+      for (int j = 0; j < A; ++j) {
+        float* dst = v + ((int64_t)(i * A + j) * T + t) * C + c0;
+        for (int c = 0; c < CB; c += 16) _mm512_stream_ps(dst + c, _mm512_load_ps(row[j] + c));
+      }
+    }
+    return;
+  }
+#endif
+  for (int i = 0; i < A; ++i) {
+    float* o[A];
+    for (int j = 0; j < A; ++j) o[j] = v + ((int64_t)(i * A + j) * T + t) * C + c0;
+    if (M == 2) {
+      in1d_f2(tmp[i][0], tmp[i][1], tmp[i][2], tmp[i][3], o[0], o[1], o[2], o[3], nc);
+    } else {
+      const float* d[6] = {tmp[i][0], tmp[i][1], tmp[i][2], tmp[i][3], tmp[i][4], tmp[i][5]};
+      in1d_f4(d, o, nc);
+    }
+  }
+}
+
 template <int M>
 static void input_tiles(const float* x, float* v, int N, int H, int W, int C,
                         int64_t t_begin, int64_t t_end, int TH, int TW, int64_t T) {
@@ -130,42 +190,53 @@ static void input_tiles(const float* x, float* v, int N, int H, int W, int C,
     int y0 = ty * M - 1, x0 = tx * M - 1;
     for (int c0 = 0; c0 < C; c0 += CB) {
       int nc = std::min(CB, C - c0);
-      const float* p[A][A];
-      for (int i = 0; i < A; ++i)
-        for (int j = 0; j < A; ++j) {
-          int yy = y0 + i, xx = x0 + j;
-          p[i][j] = (yy >= 0 && yy < H && xx >= 0 && xx < W)
-                        ? x + (((int64_t)n * H + yy) * W + xx) * C + c0
-                        : kZeros;
-        }
-      // pass 1: along i (rows) for each column j -> tmp[i'][j]
-      for (int j = 0; j < A; ++j) {
-        if (M == 2) {
-          in1d_f2(p[0][j], p[1][j], p[2][j], p[3][j], tmp[0][j], tmp[1][j], tmp[2][j], tmp[3][j], nc);
-        } else {
-          const float* d[6] = {p[0][j], p[1][j], p[2][j], p[3][j], p[4][j], p[5][j]};
-          float* o[6] = {tmp[0][j], tmp[1][j], tmp[2][j], tmp[3][j], tmp[4][j], tmp[5][j]};
-          in1d_f4(d, o, nc);
-        }
-      }
-      // pass 2: along j for each row i -> v[(i*A+j), t, c0:]
-      for (int i = 0; i < A; ++i) {
-        float* o[A];
-        for (int j = 0; j < A; ++j) o[j] = v + ((int64_t)(i * A + j) * T + t) * C + c0;
-        if (M == 2) {
-          in1d_f2(tmp[i][0], tmp[i][1], tmp[i][2], tmp[i][3], o[0], o[1], o[2], o[3], nc);
-        } else {
-          const float* d[6] = {tmp[i][0], tmp[i][1], tmp[i][2], tmp[i][3], tmp[i][4], tmp[i][5]};
-          in1d_f4(d, o, nc);
-        }
-      }
+      if (nc == CB) input_block<M, CB>(x, v, n, H, W, C, y0, x0, t, T, c0, nc, tmp);
+      else input_block<M, 0>(x, v, n, H, W, C, y0, x0, t, T, c0, nc, tmp);
     }
   }
+#ifdef __AVX512F__
+  _mm_sfence();  // the streaming stores are visible before this range reports done
+#endif
 }
 
 static inline void bias_act(float* __restrict o, const float* __restrict b, int n, bool relu) {
   if (relu) { VLOOP { float v = o[c] + b[c]; o[c] = v > 0.f ? v : 0.f; } }
   else { VLOOP { o[c] += b[c]; } }
+}
+
+template <int M, int NC>
+static inline void output_block(const float* mt, float* y, int n, int H, int W, int K, int y0, int x0, bool full,
+                                int64_t t, int64_t T, int c0, int nc_, const float* bias, bool relu,
+                                float (*tmp)[M + 2][CB], float (*res)[M][CB]) {
+  constexpr int A = M + 2;
+  const int nc = NC > 0 ? NC : nc_;
+  // pass 1: along i for each column j
+  for (int j = 0; j < A; ++j) {
+    const float* d[A];
+    for (int i = 0; i < A; ++i) d[i] = mt + ((int64_t)(i * A + j) * T + t) * K + c0;
+    float* o[M];
+    for (int i = 0; i < M; ++i) o[i] = tmp[i][j];
+    if (M == 2) out1d_f2(d, o, nc); else out1d_f4(d, o, nc);
+  }
+  // pass 2: along j for each output row i
+  for (int i = 0; i < M; ++i) {
+    const float* d[A];
+    for (int j = 0; j < A; ++j) d[j] = tmp[i][j];
+    float* o[M];
+    if (full) {
+      for (int s = 0; s < M; ++s) o[s] = y + (((int64_t)n * H + y0 + i) * W + x0 + s) * K + c0;
+      if (M == 2) out1d_f2(d, o, nc); else out1d_f4(d, o, nc);
+      for (int s = 0; s < M; ++s) bias_act(o[s], bias + c0, nc, relu);
+    } else {
+      for (int s = 0; s < M; ++s) o[s] = res[i][s];
+      if (M == 2) out1d_f2(d, o, nc); else out1d_f4(d, o, nc);
+      for (int s = 0; s < M; ++s) bias_act(o[s], bias + c0, nc, relu);
+      if (y0 + i < H)
+        for (int s = 0; s < M; ++s)
+          if (x0 + s < W)
+            std::memcpy(y + (((int64_t)n * H + y0 + i) * W + x0 + s) * K + c0, res[i][s], nc * sizeof(float));
+    }
+  }
 }
 
 template <int M>
@@ -183,35 +254,8 @@ static void output_tiles(const float* mt, float* y, int N, int H, int W, int K,
     bool full = (y0 + M <= H) && (x0 + M <= W);
     for (int c0 = 0; c0 < K; c0 += CB) {
       int nc = std::min(CB, K - c0);
-      // pass 1: along i for each column j
-      for (int j = 0; j < A; ++j) {
-        const float* d[A];
-        for (int i = 0; i < A; ++i) d[i] = mt + ((int64_t)(i * A + j) * T + t) * K + c0;
-        float* o[M];
-        for (int i = 0; i < M; ++i) o[i] = tmp[i][j];
-        if (M == 2) out1d_f2(d, o, nc); else out1d_f4(d, o, nc);
-      }
-      // pass 2: along j for each output row i
-      for (int i = 0; i < M; ++i) {
-        const float* d[A];
-        for (int j = 0; j < A; ++j) d[j] = tmp[i][j];
-        float* o[M];
-        if (full) {
-          for (int s = 0; s < M; ++s)
-            o[s] = y + (((int64_t)n * H + y0 + i) * W + x0 + s) * K + c0;
-          if (M == 2) out1d_f2(d, o, nc); else out1d_f4(d, o, nc);
-          for (int s = 0; s < M; ++s) bias_act(o[s], bias + c0, nc, relu);
-        } else {
-          for (int s = 0; s < M; ++s) o[s] = res[i][s];
-          if (M == 2) out1d_f2(d, o, nc); else out1d_f4(d, o, nc);
-          for (int s = 0; s < M; ++s) bias_act(o[s], bias + c0, nc, relu);
-          if (y0 + i < H)
-            for (int s = 0; s < M; ++s)
-              if (x0 + s < W)
-                std::memcpy(y + (((int64_t)n * H + y0 + i) * W + x0 + s) * K + c0, res[i][s],
-                            nc * sizeof(float));
-        }
-      }
+      if (nc == CB) output_block<M, CB>(mt, y, n, H, W, K, y0, x0, full, t, T, c0, nc, bias, relu, tmp, res);
+      else output_block<M, 0>(mt, y, n, H, W, K, y0, x0, full, t, T, c0, nc, bias, relu, tmp, res);
     }
   }
 }
