@@ -6,8 +6,9 @@ Configurations (100 detections kept where the model allows: score threshold 0):
   r50_fpn_800   configs/coco_r50_fpn.yaml with the parity reference's weights (tests/data/tv_reference_r50.npz),
                 1280x720 stills of ../shared/data, short side 800; torchvision runs the same (bench/torchvision_speed.py,
                 in its own process: torchvision and tensorflow cannot share one);
-  r50_fpn_800_direct  the same with TensorFlow's direct 3x3 convolutions instead of Winograd F(2x2, 3x3)
+  r50_fpn_800_direct  the same with TensorFlow's direct 3x3 convolutions instead of Winograd F(4x4, 3x3)
                 (models/winograd.py, what float32 inference runs where its op builds): the gain side by side;
+  r50_fpn_800_f2  the same with Winograd F(2x2, 3x3);
   r18_fpn_512   the light comparison: ResNet-18 FPN at a short side of 512 (weights of tv_reference_r18_320.npz);
   default       the embedded default model (configs/default_model.yaml + .npz) on 640x360 generated street
                 scenes, at its own input size (short side 360), its own score threshold.
