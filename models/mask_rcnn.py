@@ -174,16 +174,19 @@ class MaskRCNN(tf.Module):
         # What the stages read: the parameters and, for inference in float32 where the op builds,
         # each 3x3 kernel's Winograd transform (models/winograd.py; conv2d uses it at stride 1).
         self.stage_params = self.params
+        self.winograd_tile = None
         if winograd_tile and not trainable and config.precision == "float32" and winograd.available():
             self.stage_params = {**self.params, **{
                 name.removesuffix("kernel") + "winograd": tf.constant(winograd.transform_kernel(value, winograd_tile))
                 for name, value in params.items() if name.endswith("/kernel") and np.shape(value)[:2] == (3, 3)}}
+            self.winograd_tile = winograd_tile
         self._graphs: dict[tuple[int, int], tf.types.experimental.PolymorphicFunction] = {}
 
     @property
     def convolution(self) -> str:
-        """How its 3x3 stride-1 convolutions run: "winograd" (F(m x m, 3x3), models/winograd.py) or "direct"."""
-        return "direct" if self.stage_params is self.params else "winograd"
+        """How its 3x3 stride-1 convolutions run: "winograd 4x4" (F(4x4, 3x3), models/winograd.py),
+        "winograd 2x2" or "direct"."""
+        return f"winograd {self.winograd_tile}x{self.winograd_tile}" if self.winograd_tile else "direct"
 
     @property
     def class_names(self) -> list[str]:

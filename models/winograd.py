@@ -27,7 +27,7 @@ per TensorFlow version, source, flags and CPU, under `$MASKSTREAM_CACHE` or
 `~/.cache/maskstream`; a file lock keeps workers starting together from compiling it twice).
 Where it cannot be built (no compiler, another platform) the model uses the direct convolution
 and `unavailable()` says why in one line; so does a process whose TensorFlow has a GPU (the op
-is the CPU's). `MASKSTREAM_WINOGRAD=0` turns it off. Training and bfloat16 always use the
+is the CPU's). `MASKSTREAM_WINOGRAD=0` turns it off, `MASKSTREAM_WINOGRAD=2` makes F(2x2) the models'. Training and bfloat16 always use the
 direct convolution (the op has no gradient and computes in float32).
 """
 from __future__ import annotations
@@ -42,7 +42,9 @@ import numpy as np
 import tensorflow as tf
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "winograd.cc"
-TILE = 4                   # output tile side m of the models' F(m x m, 3 x 3), on (m + 2)^2 input tiles
+# The models' output tile side m: F(m x m, 3 x 3) on (m + 2)^2 input tiles. MASKSTREAM_WINOGRAD=2 picks
+# F(2x2, 3x3), more exact than the direct convolution and slower than F(4x4); 0 turns Winograd off.
+TILE = 2 if os.environ.get("MASKSTREAM_WINOGRAD") == "2" else 4
 # G, the kernel transform: F(2, 3) on the points 0, 1, -1, infinity; F(4, 3) on 0, 1, -1, 2, -1/2,
 # infinity (B^T and A^T, the input and output transforms, are in kernels/winograd.cc).
 KERNEL_TRANSFORMS = {2: np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]]),

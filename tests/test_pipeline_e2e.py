@@ -361,7 +361,7 @@ def test_cli_runs_a_clip_to_files_quietly(tmp_path):
     assert rows.pop("stream") == ["in", "published", "dropped", "fps", "end-to-end", "ms", "p50/p95/p99"]
     assert rows.pop("ped")[:3] == ["3", "3", "0"] and rows.pop("all")[:3] == ["3", "3", "0"]
     assert rows.pop("stage") == ["latency", "ms", "p50", "p95", "p99", "frames"]
-    assert rows.pop("worker")[1:] == ["cpu,", "threads", "1,", "float32,", "winograd"]  # what the worker got
+    assert rows.pop("worker")[1:] == ["cpu,", "threads", "1,", "float32,", "winograd", "4x4"]  # what the worker got
     assert {stage: row[-1] for stage, row in rows.items()} == {stage: "3" for stage in STAGES}
     assert done.stdout == ""
 

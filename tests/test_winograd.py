@@ -87,7 +87,11 @@ def test_conv2d_takes_winograd_only_for_3x3_stride_1_float32_with_a_transform():
 
 
 def test_inference_models_in_float32_use_it_and_training_and_bfloat16_do_not():
-    assert models.load_model(TINY, seed=1).convolution == "winograd"
+    model = models.load_model(TINY, seed=1)
+    assert model.convolution == "winograd 4x4"
+    assert {value.shape[0] for name, value in model.stage_params.items() if name.endswith("/winograd")} == {36}
+    assert models.load_model(TINY, seed=1, winograd_tile=2).convolution == "winograd 2x2"
+    assert models.load_model(TINY, seed=1, winograd_tile=None).convolution == "direct"
     assert models.load_model(TINY, seed=1, trainable=True).convolution == "direct"
     config = models.load_config(TINY)
     config.precision = "bfloat16"
@@ -108,3 +112,10 @@ def test_without_a_compiler_or_turned_off_the_model_runs_the_direct_convolution_
         "direct", f"cannot build winograd.cc: [Errno 2] No such file or directory: '{tmp_path / 'no-compiler'}'"]
     assert not list(tmp_path.glob("kernels/*.so")) and not list(tmp_path.glob("kernels/*.part"))
     assert run_python(code, MASKSTREAM_WINOGRAD="0").splitlines() == ["direct", "turned off (MASKSTREAM_WINOGRAD=0)"]
+
+
+def test_the_environment_picks_f2x2_for_the_most_exact_outputs():
+    code = ("import models; model = models.load_model(%r, seed=1); print(model.convolution); "
+            "print(sorted({v.shape[0] for n, v in model.stage_params.items() if n.endswith('/winograd')}))" % TINY)
+    assert run_python(code, MASKSTREAM_WINOGRAD="2").splitlines() == ["winograd 2x2", "[16]"]
+    assert run_python(code, MASKSTREAM_WINOGRAD="").splitlines() == ["winograd 4x4", "[36]"]

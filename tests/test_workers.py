@@ -65,7 +65,7 @@ def test_precision_auto_runs_what_the_cpu_flags_say_and_ready_says_which(frames)
     direct = ray.get(reference.predict.remote(frames[:1]))
     ray.kill(reference)
     assert (where["precision"], where["error"]) == (expected, None)
-    assert where["convolution"] == ("direct" if expected == "bfloat16" else "winograd")   # models/winograd.py
+    assert where["convolution"] == ("direct" if expected == "bfloat16" else "winograd 4x4")   # models/winograd.py
     # the scores differ between the precisions: equal results mean the worker computed in `expected`
     assert result.instances[0] == instance_records(direct[0])
 

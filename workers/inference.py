@@ -72,7 +72,7 @@ class InferenceWorker:
         """Where this worker runs and whether its model loaded: {"name", "pid", "device",
         "gpu_ids", "node_id", "threads", "precision", "convolution", "note", "error"}; threads:
         TensorFlow's intra- and inter-op threads; precision: what the model computes in ("float32"
-        or "bfloat16"); convolution: how its 3x3 convolutions run ("winograd" or "direct",
+        or "bfloat16"); convolution: how its 3x3 convolutions run ("winograd 4x4", "winograd 2x2" or "direct",
         models/winograd.py), None for a model that does not say; error is one line, or None."""
         return {"name": self.name, "pid": os.getpid(), "device": self.device.kind,
                 "gpu_ids": self.device.gpu_ids, "node_id": self.device.node_id,
