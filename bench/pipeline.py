@@ -13,8 +13,9 @@ whatever `--set` adds (printed with the results).
 
 1. `model`: the model alone in this process on N decoded frames, in batches of max_batch, with
    the thread count and precision the pipeline's worker gets (planned by the runner's own
-   functions and checked against the worker's ready() answer) and the pipeline's score
-   threshold, before and after the pipeline run; `pipeline`: the same frames through the whole
+   functions and checked against the worker's ready() answer) and the workers' score threshold
+   (with tracking on, `tracking.low_score`: the weak detections that may continue a track have
+   their masks computed too), before and after the pipeline run; `pipeline`: the same frames through the whole
    pipeline (ingest actor, object store, scheduler, worker, publisher, a real ZeroMQ
    subscriber). Throughput over the second half of the frames on both sides, so that graph
    compilation is left out of both; `ratio` = pipeline / model (target >= 0.9).
@@ -51,7 +52,7 @@ import ray  # noqa: E402
 import models  # noqa: E402
 from pipeline.config import load_pipeline_config  # noqa: E402
 from pipeline.consumer import Consumer  # noqa: E402
-from pipeline.runner import check_model_inputs, connect_ray, plan_workers, run  # noqa: E402
+from pipeline.runner import check_model_inputs, connect_ray, plan_workers, run, score_thresholds  # noqa: E402
 from pipeline.sources import open_source, parse_source  # noqa: E402
 from workers.device import model_precision, usable_cores  # noqa: E402
 
@@ -108,10 +109,12 @@ def worker_setup(overrides: list[str]) -> tuple[int, str]:
 
 
 def alone_model(overrides: list[str], precision: str):
-    """The model exactly as the pipeline's workers get it (its score threshold, its precision)."""
+    """The model exactly as the pipeline's workers get it (its precision, and the workers' score
+    threshold: with tracking on, tracking.low_score, so that weak detections can continue tracks)."""
     config = load_pipeline_config(None, overrides)
     model_config = check_model_inputs(config)
     model_config.precision = precision
+    _, model_config.box_head.score_threshold = score_thresholds(config, model_config)
     return models.load_model(model_config, config.model.weights)
 
 
