@@ -11,7 +11,9 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
 #include <algorithm>
-#include <immintrin.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>  // the streaming stores, with AVX-512
+#endif
 #include <cstring>
 
 using namespace tensorflow;
