@@ -70,6 +70,7 @@ place it on the node whose address the endpoint names.
 """
 import fcntl
 import logging
+import math
 import os
 import socket
 import termios
@@ -575,16 +576,7 @@ class Publisher:
         it. The EOS goes again every EOS_REPEAT_S while the subscribers' connections still empty
         out, up to stall_timeout_s: until they are empty or have not moved for EOS_SETTLE_S (who
         still holds bytes then is not reading). A subscriber that has it drops the repeats."""
-        start = progress_at = time.monotonic()
-        last, empty = None, 0
-        while empty < 2 and time.monotonic() - progress_at < EOS_SETTLE_S \
-                and time.monotonic() - start < self.publish_section.stall_timeout_s:
-            time.sleep(EOS_REPEAT_S)
-            self._drain_subscriptions()
-            unsent = sum(_unsent_bytes(fd) for fd in self._connections)
-            empty = empty + 1 if unsent == 0 else 0
-            if unsent != last:
-                last, progress_at = unsent, time.monotonic()
+        for _ in self._draining(EOS_REPEAT_S, EOS_SETTLE_S, self.publish_section.stall_timeout_s):
             self._send_live(parts, 0.0, repeat=True)
 
     def _flush(self) -> None:
@@ -592,14 +584,25 @@ class Publisher:
         connections' kernel queues empty out), up to stall_timeout_s without progress; then the
         socket lingers up to stall_timeout_s (or publish.linger_ms if longer) for what ZeroMQ
         itself still holds."""
-        last, progress_at, empty = None, time.monotonic(), 0
-        while empty < 2 and time.monotonic() - progress_at < self.publish_section.stall_timeout_s:
+        for _ in self._draining(FLUSH_POLL_S, self.publish_section.stall_timeout_s):
+            pass
+
+    def _draining(self, poll_s: float, settle_s: float, limit_s: float = math.inf):
+        """Yields every poll_s while the subscribers' connections still empty out (their kernel
+        send queues): until they are found empty twice in a row, have not moved for settle_s, or
+        limit_s has passed."""
+        start = progress_at = time.monotonic()
+        last, empty = None, 0
+        while time.monotonic() - start < limit_s:
             self._drain_subscriptions()
             unsent = sum(_unsent_bytes(fd) for fd in self._connections)
             empty = empty + 1 if unsent == 0 else 0
             if unsent != last:
                 last, progress_at = unsent, time.monotonic()
-            time.sleep(FLUSH_POLL_S)
+            if empty >= 2 or time.monotonic() - progress_at >= settle_s:
+                return
+            yield
+            time.sleep(poll_s)
 
     def _cut_off_stalled(self) -> bool:
         """Disconnect the subscribers that took nothing for stall_timeout_s: the connections with
