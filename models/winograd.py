@@ -17,9 +17,9 @@ al., 2020). Measured against the float64 convolution (bench/winograd.py, the lar
 error as a fraction of the largest output): oneDNN's direct convolution 1.5-2.7e-6, F(2x2)
 5-9e-7, F(4x4) 4-6e-6; with the usual points F(4x4) moved a score of torchvision v2's parity
 reference by 1.06e-3 (past the 1e-3 its parity allows), with these by 6.5e-4 (F(2x2): 2.1e-4).
-Speed on this machine: F(4x4) 1.3-2.4x oneDNN's direct convolution on the ResNet-50-FPN's and
-the seed's 3x3 shapes (1.0x at 64 channels), 1.1-1.5x F(2x2); the reference model 1.50x direct
-and 1.19x F(2x2) at batch 1 (bench/model.py).
+Speed on this machine: F(4x4) 1.3-2.6x oneDNN's direct convolution on the ResNet-50-FPN's and
+the seed's 3x3 shapes (1.3x at 64 channels), 1.2-1.6x F(2x2) (bench/winograd.py); the reference
+model 1.64x direct and 1.20x F(2x2) at batch 1 (bench/model.py).
 
 The two transforms are a TensorFlow custom op, `kernels/winograd.cc`, compiled here on first use
 with the C++ compiler (`CXX`, else `g++`) against the installed TensorFlow and cached (one file
