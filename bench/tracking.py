@@ -59,6 +59,7 @@ from models.data.mots import TrackedFrame  # noqa: E402
 from models.data.scenes import StreetScene  # noqa: E402
 from pipeline import track_eval  # noqa: E402
 from pipeline.tracking import METHODS, StreamTracker, TrackingConfig  # noqa: E402
+from workers.results import mask_colours  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "tracking.json"
 FPS = 25.0
@@ -79,7 +80,7 @@ def library_tracker(name: str):
             options["enable_cmc"] = False
         per_class: dict[int, object] = {}
 
-        def update(boxes, scores, class_ids, rles, pts, colours=None):    # box mode: masks and colours unused
+        def update(boxes, scores, class_ids, rles, pts, colours=None, palettes=None):   # box mode: masks, colours unused
             ids = np.zeros(len(scores), np.int64)
             for class_id in sorted(set(class_ids.tolist()) | set(per_class)):
                 tracker = per_class.setdefault(class_id, cls(**options))
@@ -125,7 +126,8 @@ def run_conditions(sequences, class_names, model_detections, data: str, mask_cla
 
 def cost_frames(count: int = 110, instances: int = 50, seeds=(5550, 5551, 5552, 5553)) -> list[TrackedFrame]:
     """`count` consecutive 1280x720 frames of ground-truth instances of several scenes merged,
-    `instances` kept per frame (the largest), as score-0.9 detections with their mask colours."""
+    `instances` kept per frame (the largest), as score-0.9 detections with their mask colours and
+    palettes (as the workers compute them)."""
     scenes = [StreetScene(seed, 1280, 720) for seed in seeds]
     from pycocotools import mask as mask_utils
     frames = []
@@ -133,15 +135,19 @@ def cost_frames(count: int = 110, instances: int = 50, seeds=(5550, 5551, 5552, 
         found = []
         for scene in scenes:
             rgb, drawn = scene.frame(1000 + t)
-            found += [(inst, rgb[inst.mask].mean(axis=0)) for inst in drawn]
+            found += [(inst, rgb) for inst in drawn]
         found = sorted(found, key=lambda pair: -int(pair[0].mask.sum()))[:instances]
-        rles = []
-        for inst, _ in found:
+        rles, colours, palettes = [], [], []
+        for inst, rgb in found:
             rle = mask_utils.encode(np.asfortranarray(inst.mask.astype(np.uint8)))
             rles.append({"size": [720, 1280], "counts": rle["counts"].decode("ascii")})
+            colour, palette = mask_colours(rgb, rles[-1:])
+            colours.append(colour[0])
+            palettes.append(palette[0])
         frames.append(TrackedFrame(np.zeros(len(found), np.int64), np.array([i.class_id for i, _ in found], np.int64),
                                    np.array([i.box for i, _ in found], np.float64), np.full(len(found), 0.9), rles,
-                                   colours=np.array([c for _, c in found], np.float64).reshape(-1, 3)))
+                                   colours=np.array(colours).reshape(-1, 3),
+                                   palettes=np.array(palettes).reshape(len(found), -1)))
     return frames
 
 
@@ -155,7 +161,8 @@ def tracker_cost(frames: list[TrackedFrame], repeats: int = 3) -> dict:
                 tracker = StreamTracker(TrackingConfig(method=method, mask_motion=mask_motion))
                 for n, f in enumerate(frames):
                     start, start_cpu = time.perf_counter(), time.thread_time()
-                    tracker.update(f.boxes, f.scores, f.class_ids, f.rles, n / FPS, colours=f.colours)
+                    tracker.update(f.boxes, f.scores, f.class_ids, f.rles, n / FPS, colours=f.colours,
+                                   palettes=f.palettes)
                     if n >= 10:
                         cpu.append(time.thread_time() - start_cpu)
                         wall.append(time.perf_counter() - start)

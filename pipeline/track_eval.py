@@ -10,7 +10,7 @@ image (`predict(..., masks="rle")`, at the model config's score threshold, 0.05 
 model), its detections are cached (--cache, default /tmp/maskstream-track-cache, keyed by the
 model and the image files), and a `StreamTracker` per sequence (settings: TrackingConfig,
 `--set key=value` for any of them) gives the track ids, fed the frames in order with pts = frame
-index / --fps and each detection's mask colour in its image (as the pipeline's workers give it).
+index / --fps and each detection's mask colour and palette in its image (as the pipeline's workers give them).
 `--drop KofN` drops K of every N frames before tracking (live-like: the tracker sees gaps in pts)
 and scores the frames kept. `--gt-detections` feeds the ground-truth masks and
 boxes (score 1) instead of the model's.
@@ -78,10 +78,11 @@ def kept_frames(count: int, drop: str | None) -> np.ndarray:
 
 def track_sequence(frames: list[TrackedFrame], pts: list[float], update) -> list[TrackedFrame]:
     """Detections per frame (track ids unused) -> the tracked objects per frame: `update(boxes,
-    scores, class_ids, rles, pts, colours)` gives each detection's track id (0: untracked, left out)."""
+    scores, class_ids, rles, pts, colours, palettes)` gives each detection's track id (0: untracked, left out)."""
     tracked = []
     for frame, t in zip(frames, pts, strict=True):
-        ids = np.asarray(update(frame.boxes, frame.scores, frame.class_ids, frame.rles, t, frame.colours), np.int64)
+        ids = np.asarray(update(frame.boxes, frame.scores, frame.class_ids, frame.rles, t, frame.colours,
+                                frame.palettes), np.int64)
         tracked.append(TrackedFrame(ids, frame.class_ids, frame.boxes, frame.scores, frame.rles).select(ids > 0))
     return tracked
 
@@ -89,8 +90,8 @@ def track_sequence(frames: list[TrackedFrame], pts: list[float], update) -> list
 def our_tracker(config: TrackingConfig):
     """A fresh StreamTracker's update as `track_sequence` wants it."""
     tracker = StreamTracker(config)
-    return lambda boxes, scores, class_ids, rles, pts, colours=None: tracker.update(
-        boxes, scores, class_ids, rles, pts, colours=colours).track_ids
+    return lambda boxes, scores, class_ids, rles, pts, colours=None, palettes=None: tracker.update(
+        boxes, scores, class_ids, rles, pts, colours=colours, palettes=palettes).track_ids
 
 
 # -- TrackEval -------------------------------------------------------------------------------------
@@ -243,14 +244,17 @@ def model_detections(config_path: str, weights: str | None, data_dir: str, seque
 
 def with_colours(detections: dict[str, list[TrackedFrame]], data_dir: str,
                  sequences: list[Sequence]) -> dict[str, list[TrackedFrame]]:
-    """The detections with each mask's mean colour in its image (`workers.results.mask_colours`,
+    """The detections with each mask's mean colour and palette in its image (`workers.results.mask_colours`,
     what the pipeline's workers attach to every instance for the tracker)."""
     from models.data.coco import CocoDataset
     from workers.results import mask_colours
 
     dataset = CocoDataset(data_dir)
-    return {seq.name: [dataclasses.replace(frame, colours=mask_colours(dataset.load_image(image_id), frame.rles))
-                       for frame, image_id in zip(detections[seq.name], seq.image_ids, strict=True)]
+    def coloured(frame: TrackedFrame, image_id: int) -> TrackedFrame:
+        colours, palettes = mask_colours(dataset.load_image(image_id), frame.rles)
+        return dataclasses.replace(frame, colours=colours, palettes=palettes)
+    return {seq.name: [coloured(frame, image_id) for frame, image_id in zip(detections[seq.name], seq.image_ids,
+                                                                             strict=True)]
             for seq in sequences}
 
 

@@ -2,7 +2,7 @@
 
     tracker = StreamTracker(TrackingConfig())            # one per stream
     for frame in frames_in_seq_order:
-        step = tracker.update(boxes, scores, class_ids, rles, pts, colours=colours)
+        step = tracker.update(boxes, scores, class_ids, rles, pts, colours=colours, palettes=palettes)
         step.track_ids      # (N,) int64, one per detection; 0: not (yet) part of a track
         step.ended          # (E,) int64, ids of tracks that ended at this frame
     tracker.finish()        # (E,) int64, the tracks still alive when the stream ends
@@ -10,8 +10,9 @@
 Inputs per frame: boxes (N, 4) float x1 y1 x2 y2 in pixels, scores (N,), class_ids (N,) ints,
 rles N COCO compressed RLE dicts (`{"size": [H, W], "counts": str}`) or None, pts the frame's
 presentation time in seconds (strictly increasing frames; equal pts predict no motion),
-colours (N, 3) the mean RGB of each detection's mask pixels (`workers.results.mask_colours`; the
-workers attach it to each instance) or None.
+colours (N, 3) the mean RGB of each detection's mask pixels and palettes (N, 64) their share in
+each cell of a coarse RGB grid (both `workers.results.mask_colours`; the workers attach them to
+each instance), or None.
 
 How a frame is associated (ByteTrack's stages, with masks where boxes overlap):
 1. Every track's box is predicted to `pts` by a constant-velocity Kalman filter on
@@ -23,7 +24,12 @@ How a frame is associated (ByteTrack's stages, with masks where boxes overlap):
    two or more such tracks: crowds, occlusion) a mix of it and the mask IoU of the track's last
    mask (moved by the predicted motion with `mask_motion: shift`) and the detection's; a lone
    pair keeps its box IoU, so a mask that changed shape over a gap does not break its track.
-   `motion_gate` can also rule out pairs far from the prediction (Mahalanobis).
+   `motion_gate` can also rule out pairs far from the prediction (Mahalanobis). With palettes,
+   every stage rules out pairs whose colours disagree (`appearance_gate`): less than that share of
+   the detection's pixels fall in colours its track shows (each cell counted up to PALETTE_SPREAD
+   times the track's share, so that the part of an object left visible behind another, a subset
+   of its colours, still passes); a car of another colour taking the place of one that left, or
+   passing in front of it, does not take its id.
    Each stage is an optimal assignment (`linear_sum_assignment`) of the pairs whose affinity
    (times the detection's score where `fuse_score`) reaches the stage's threshold.
 3. Stages (`sort`: the first alone, over every track): confident detections (score >=
@@ -58,12 +64,13 @@ from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
 from models.config import ConfigError, from_dict
-from workers.results import rle_runs
+from workers.results import PALETTE_BINS, rle_runs
 
 METHODS = ("bytetrack-mask", "bytetrack-box", "sort")
 MASK_MOTIONS = ("shift", "none")
 _NO_MATCH = 1e6          # assignment cost of a pair below its threshold
 SHIFT_FRACTION = 0.05    # mask_motion shift: masks move when the prediction moved more than this of the box
+PALETTE_SPREAD = 2.0     # appearance gate: a detection may show a palette cell up to twice its track's share
 SOLID_FILL = 0.3         # occlusion: a detection whose mask fills less of its box (a painted line) hides nothing
 
 
@@ -125,8 +132,12 @@ class TrackingConfig:
     reid_colour: float = 30.0
     """`reidentify`: the largest distance (RGB, 0-255 per channel) of the detection's mean mask
     colour from the track's."""
+    appearance_gate: float = 0.7
+    """With palettes: the least share of a detection's pixels (by its palette) that its track's
+    colours account for, for any stage to match them; 0: no gate. bench/tracking.py measured it
+    (docs/tracking.md): it stops tracks passing to other objects of another colour."""
     colour_smoothing: float = 0.3
-    """The weight of each new detection's colour in its track's running mean colour."""
+    """The weight of each new detection's colour (and palette) in its track's running means."""
     motion_gate: float = 0.0
     """Pairs whose box lies further from the track's prediction than this squared Mahalanobis
     distance (over cx, cy, w, h; 9.49 is chi-square's 95% for 4 values) are not matched; 0: no gate."""
@@ -155,6 +166,7 @@ class TrackingConfig:
         require(self.motion_gate >= 0, "motion_gate", "must be >= 0 (0: no gate)")
         require(self.reid_distance >= 0, "reid_distance", "must be >= 0")
         require(self.reid_colour >= 0, "reid_colour", "must be >= 0")
+        require(0 <= self.appearance_gate <= 1, "appearance_gate", "must be in [0, 1] (0: no gate)")
         require(0 < self.colour_smoothing <= 1, "colour_smoothing", "must be in (0, 1]")
         require(self.measurement_noise > 0, "measurement_noise", "must be positive")
         require(self.acceleration_noise >= 0, "acceleration_noise", "must be >= 0")
@@ -234,6 +246,14 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
+def palette_share(tracks: np.ndarray, dets: np.ndarray, spread: float = PALETTE_SPREAD) -> np.ndarray:
+    """Tracks' palettes (K, B) and detections' (D, B), each a share per colour cell -> (K, D) the
+    share of each detection's pixels its track's colours account for: sum over cells of
+    min(detection's share, spread * track's share). 1 for a detection showing the track's colours
+    or a part of them (up to `spread` times as concentrated); low for one of other colours."""
+    return np.minimum(dets[None, :, :], spread * tracks[:, None, :]).sum(axis=2)
+
+
 # -- moving masks ------------------------------------------------------------------------------
 
 def shift_masks(runs: list[np.ndarray], height: int, width: int, offsets: np.ndarray) -> list[dict]:
@@ -285,6 +305,7 @@ class StreamTracker:
         self.masks: list[dict | None] = []   # bytetrack-mask: last mask per track (COCO RLE) or None
         self.mask_centres = np.zeros((0, 2))  # (T, 2) box centre the last mask was seen at
         self.colours = np.full((0, 3), np.nan)  # (T, 3) running mean RGB of the track's masks (NaN: none seen)
+        self.palettes = np.full((0, PALETTE_BINS), np.nan)  # (T, B) running mean palette (NaN: none seen)
         self.image_size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
@@ -338,7 +359,7 @@ class StreamTracker:
         self.cov[index] = np.stack([(1 - gain_p) * pp, (1 - gain_p) * pv, vv - gain_v * pv], axis=-1)
 
     def _new_tracks(self, boxes: np.ndarray, class_ids: np.ndarray, masks: list, colours: np.ndarray,
-                    pts: float) -> None:
+                    palettes: np.ndarray, pts: float) -> None:
         state = boxes_to_state(boxes)
         scale = self._noise_scale(np.concatenate([state, np.zeros_like(state)], axis=1))
         cov = np.stack([(self.config.measurement_noise * scale) ** 2, np.zeros_like(scale),
@@ -354,11 +375,13 @@ class StreamTracker:
         self.masks += masks
         self.mask_centres = np.concatenate([self.mask_centres, state[:, :2]])
         self.colours = np.concatenate([self.colours, colours])
+        self.palettes = np.concatenate([self.palettes, palettes])
 
     def _keep(self, keep: np.ndarray) -> None:
         """Keep only tracks where keep (T,) bool is true."""
         old = np.flatnonzero(keep)
-        for name in ("mean", "cov", "updated_pts", "seen_pts", "class_ids", "ids", "hits", "mask_centres", "colours"):
+        for name in ("mean", "cov", "updated_pts", "seen_pts", "class_ids", "ids", "hits", "mask_centres", "colours",
+                     "palettes"):
             setattr(self, name, getattr(self, name)[keep])
         self.masks = [self.masks[i] for i in old]
 
@@ -380,12 +403,23 @@ class StreamTracker:
                 masks[k] = mask
         return masks
 
+    def _alike(self, tracks: np.ndarray, dets: np.ndarray, class_ids: np.ndarray,
+               palettes: np.ndarray | None) -> np.ndarray:
+        """(K, D) bool: tracks (K,) and detections (D,) that may be one object: the same class and,
+        with palettes on both sides, colours within `appearance_gate`."""
+        alike = self.class_ids[tracks][:, None] == class_ids[dets][None, :]
+        if palettes is not None and self.config.appearance_gate > 0:
+            share = palette_share(self.palettes[tracks], palettes[dets])     # NaN: no palette seen yet
+            alike &= ~(share < self.config.appearance_gate)
+        return alike
+
     def _affinity(self, tracks: np.ndarray, dets: np.ndarray, predicted: np.ndarray, predicted_cov: np.ndarray,
-                  boxes: np.ndarray, class_ids: np.ndarray, rles: list | None) -> np.ndarray:
-        """(K, D) affinity in [0, 1] of tracks (K,) and detections (D,); 0 across classes."""
+                  boxes: np.ndarray, class_ids: np.ndarray, rles: list | None,
+                  palettes: np.ndarray | None) -> np.ndarray:
+        """(K, D) affinity in [0, 1] of tracks (K,) and detections (D,); 0 where not `_alike`."""
         pred_boxes = self._expected_boxes(predicted[tracks])
         affinity = box_iou(pred_boxes, boxes[dets])
-        affinity *= self.class_ids[tracks][:, None] == class_ids[dets][None, :]
+        affinity *= self._alike(tracks, dets, class_ids, palettes)
         cfg = self.config
         if cfg.motion_gate > 0:     # squared Mahalanobis distance of each box to each prediction
             variance = predicted_cov[tracks, :, 0] + (cfg.measurement_noise * self._noise_scale(predicted[tracks])) ** 2
@@ -475,10 +509,11 @@ class StreamTracker:
         return rows[ok].astype(np.int64), cols[ok].astype(np.int64)
 
     def update(self, boxes, scores, class_ids, rles: list[dict] | None, pts: float,
-               image_size: tuple[int, int] | None = None, colours=None) -> TrackStep:
+               image_size: tuple[int, int] | None = None, colours=None, palettes=None) -> TrackStep:
         """One frame's detections (N,) at time pts -> their track ids and the tracks that ended.
         image_size (H, W) of the frame (default: the masks' size, else unknown); colours (N, 3)
-        each detection's mean mask colour, or None (no re-identification stage)."""
+        each detection's mean mask colour, or None (no re-identification stage); palettes (N, B)
+        each detection's mask palette, or None (no appearance gate)."""
         cfg = self.config
         if image_size is not None:
             self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -489,11 +524,13 @@ class StreamTracker:
         class_ids = np.asarray(class_ids, np.int64).reshape(-1)
         n = len(scores)
         colours = None if colours is None else np.asarray(colours, np.float64).reshape(-1, 3)
+        palettes = None if palettes is None else np.asarray(palettes, np.float64).reshape(-1, PALETTE_BINS)
         if (len(boxes) != n or len(class_ids) != n or (rles is not None and len(rles) != n)
-                or (colours is not None and len(colours) != n)):
+                or (colours is not None and len(colours) != n) or (palettes is not None and len(palettes) != n)):
             raise ValueError(f"StreamTracker.update: {len(boxes)} boxes, {n} scores, {len(class_ids)} class ids"
                              + ("" if rles is None else f", {len(rles)} masks")
-                             + ("" if colours is None else f", {len(colours)} colours") + ": expected as many of each")
+                             + ("" if colours is None else f", {len(colours)} colours")
+                             + ("" if palettes is None else f", {len(palettes)} palettes") + ": expected as many of each")
         pts = float(pts)
         if self.last_pts is not None and pts < self.last_pts:
             raise ValueError(f"StreamTracker.update: pts {pts} before the previous frame's {self.last_pts}")
@@ -527,7 +564,7 @@ class StreamTracker:
             if len(dets) == 0 or len(candidates) == 0:
                 continue
             state, state_cov = (predicted, predicted_cov) if where == "predicted" else (self._last_seen(), self.cov)
-            affinity = self._affinity(candidates, dets, state, state_cov, boxes, class_ids, rles)
+            affinity = self._affinity(candidates, dets, state, state_cov, boxes, class_ids, rles, palettes)
             rows, cols = self._assign(affinity * scores[dets][None, :] if fuse else affinity, threshold)
             matched_track[dets[cols]] = candidates[rows]
             taken[candidates[rows]] = True
@@ -541,7 +578,7 @@ class StreamTracker:
             candidates = np.flatnonzero(confirmed & ~taken)
             if len(dets) and len(candidates):
                 affinity = box_containment(self._expected_boxes(predicted[candidates]), boxes[dets])
-                affinity *= self.class_ids[candidates][:, None] == class_ids[dets][None, :]
+                affinity *= self._alike(candidates, dets, class_ids, palettes)
                 rows, cols = self._assign(affinity, cfg.partial_containment)
                 matched_track[dets[cols]] = candidates[rows]
                 taken[candidates[rows]] = True
@@ -579,6 +616,9 @@ class StreamTracker:
                 seen = colours[det_index[measured]]
                 old = self.colours[mt]
                 self.colours[mt] = np.where(np.isnan(old), seen, old + cfg.colour_smoothing * (seen - old))
+            if palettes is not None:
+                seen, old = palettes[det_index[measured]], self.palettes[mt]
+                self.palettes[mt] = np.where(np.isnan(old), seen, old + cfg.colour_smoothing * (seen - old))
         # tracks not matched coast: their state stays at their last update, predicted anew each frame
 
         # confident detections left over start tracks
@@ -586,7 +626,9 @@ class StreamTracker:
         first = len(self)
         if fresh:
             self._new_tracks(boxes[fresh], class_ids[fresh], [rles[d] if keep_masks else None for d in fresh],
-                             colours[fresh] if colours is not None else np.full((len(fresh), 3), np.nan), pts)
+                             colours[fresh] if colours is not None else np.full((len(fresh), 3), np.nan),
+                             palettes[fresh] if palettes is not None else np.full((len(fresh), PALETTE_BINS), np.nan),
+                             pts)
             matched_track[fresh] = np.arange(first, len(self))
 
         # tracks with enough consecutive detections get their id, in detection order; at a stream's
@@ -641,11 +683,13 @@ class TrackingStage:
         instances = record.instances
         colours = (np.array([inst.colour for inst in instances], np.float64).reshape(-1, 3)
                    if all(inst.colour is not None for inst in instances) else None)
+        palettes = (np.array([inst.palette for inst in instances], np.float64).reshape(-1, PALETTE_BINS)
+                    if all(inst.palette is not None for inst in instances) else None)
         step = self.tracker.update(np.array([inst.box for inst in instances], np.float64).reshape(-1, 4),
                                    np.array([inst.score for inst in instances], np.float64),
                                    np.array([inst.class_id for inst in instances], np.int64),
                                    [inst.rle for inst in instances], record.pts, (record.height, record.width),
-                                   colours)
+                                   colours, palettes)
         kept = tuple(replace(inst, track_id=int(track_id)) for inst, track_id in zip(instances, step.track_ids)
                      if track_id > 0 or inst.score > self.publish_score)
         ended = tuple(int(i) for i in np.concatenate([restarted, step.ended]))

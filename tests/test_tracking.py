@@ -6,8 +6,16 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from models.config import ConfigError
-from pipeline.tracking import METHODS, StreamTracker, TrackingConfig, TrackingStage, shift_masks, tracking_config
-from workers.results import mask_colours, rle_runs
+from pipeline.tracking import (
+    METHODS,
+    StreamTracker,
+    TrackingConfig,
+    TrackingStage,
+    palette_share,
+    shift_masks,
+    tracking_config,
+)
+from workers.results import PALETTE_BINS, mask_colours, palette_cell, rle_runs
 
 FPS = 25.0
 H, W = 120, 400
@@ -219,6 +227,8 @@ def test_config_is_validated_with_the_key_named():
         tracking_config({"max_age_s": -1})
     with pytest.raises(ConfigError, match=r"^tracking\.low_score"):
         tracking_config({"low_score": 0.7, "high_score": 0.5})
+    with pytest.raises(ConfigError, match=r"^tracking\.appearance_gate: must be in \[0, 1\]"):
+        tracking_config({"appearance_gate": 70})
     with pytest.raises(ConfigError, match=r"^tracking\.max_hits: unknown key"):
         tracking_config({"max_hits": 3})
     with pytest.raises(ValueError, match="pts"):
@@ -340,14 +350,22 @@ def test_mask_colours_are_the_mean_colour_of_each_masks_pixels():
         masks.append(mask)
     masks.append(np.zeros((height, width), np.uint8))
     rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
-    got = mask_colours(rgb, rles)
+    got, palettes = mask_colours(rgb, rles)
     want = [rgb[m.astype(bool)].mean(axis=0) if m.any() else np.zeros(3) for m in masks]
     assert got.shape == (len(masks), 3)
     np.testing.assert_array_equal(got[0], want[0])                # 45 pixels: every one read
     np.testing.assert_allclose(got, want, atol=8.0)
     assert np.abs(got - want).mean() < 2.0
     assert np.abs(got[1] - want[1]).max() > 0                     # 141,000 pixels: sampled
-    assert mask_colours(rgb, []).shape == (0, 3)
+    # palettes: each mask's share of pixels per colour cell, from the same samples
+    full = [np.bincount(palette_cell(rgb[m.astype(bool)]), minlength=PALETTE_BINS) / max(m.sum(), 1) for m in masks]
+    assert palettes.shape == (len(masks), PALETTE_BINS)
+    np.testing.assert_array_equal(palettes[0], full[0])
+    assert np.abs(palettes - full).sum(axis=1).max() < 0.25      # sampled: within a few % of the full share
+    np.testing.assert_allclose(palettes[:-1].sum(axis=1), 1.0)
+    assert (palettes[-1] == 0).all()                              # the empty mask
+    assert palette_cell(np.array([255, 0, 130], np.uint8)) == (3 * 4 + 0) * 4 + 2
+    assert [a.shape for a in mask_colours(rgb, [])] == [(0, 3), (0, PALETTE_BINS)]
 
 
 def record_of(boxes_scores, pts, seq=0):
@@ -430,3 +448,73 @@ def test_a_stage_taken_up_from_a_snapshot_gives_the_ids_the_original_gives():
     fresh = TrackingStage(TrackingConfig(), publish_score=0.5)
     assert ids(fresh.apply(r) for r in records[6:]) != ids(rest)
     assert {i.track_id for r in first + rest for i in r.instances} == {0, 1, 2, 3, 4}   # 0: late's first frame
+
+
+def palette(*parts) -> np.ndarray:
+    """A palette made of (RGB, share) parts."""
+    out = np.zeros(PALETTE_BINS)
+    for rgb, share in parts:
+        out[palette_cell(np.array(rgb, np.uint8))] += share
+    return out
+
+
+WHITE = (240.0, 240.0, 240.0)
+
+
+def test_palette_share_counts_a_part_of_the_tracks_colours_in_full_and_other_colours_not():
+    track = palette((RED, 0.5), (WHITE, 0.5))
+    shares = palette_share(track[None], np.stack([palette((RED, 1.0)), palette((RED, 0.5), (WHITE, 0.5)),
+                                                  palette((BLUE, 1.0)), palette((RED, 0.3), (BLUE, 0.7))]))
+    np.testing.assert_allclose(shares, [[1.0, 1.0, 0.0, 0.3]])
+    # up to twice the track's share per cell: a part of a third of the track's colours counts 2/3
+    assert palette_share(palette((RED, 1 / 3), (WHITE, 2 / 3))[None], palette((RED, 1.0))[None])[0, 0] == \
+        pytest.approx(2 / 3)
+
+
+def car_then_another(colour_after, palettes: bool = True, stage: bool = False) -> list[int]:
+    """A red car (40 px) drives 2 px a frame for 10 frames; from frame 10 a car painted
+    `colour_after` is where it would be (its box moved on 2 px a frame): the ids of each frame's
+    detection, from the tracker alone or through the pipeline's TrackingStage (palettes from the
+    workers' instance records)."""
+    tracker, tracking = StreamTracker(TrackingConfig()), TrackingStage(TrackingConfig(), publish_score=0.5)
+    ids = []
+    for f in range(16):
+        x = 100 + 2 * f
+        box, paint = (x, 40.0, x + 40.0, 80.0), palette((RED if f < 10 else colour_after, 1.0))
+        if stage:
+            record = record_of([(box, 0.9)], f / FPS, seq=f)
+            record = replace(record, instances=tuple(replace(i, class_id=CAR, label="car", palette=paint)
+                                                     for i in record.instances))
+            ids += [i.track_id for i in tracking.apply(record).instances]
+        else:
+            ids += tracker.update(np.array([box]), np.array([0.9]), np.array([CAR]), [rect_rle(box)], f / FPS,
+                                  palettes=paint[None] if palettes else None).track_ids.tolist()
+    return ids
+
+
+def test_a_car_of_another_colour_where_one_was_does_not_take_its_id():
+    """Boxes alone cannot tell one car from another that takes its place (one leaves the frame as
+    another comes in, or passes in front of it): the palettes can. A car of the same colour, or
+    a run without palettes, keeps the id; through the pipeline's stage the same."""
+    assert car_then_another(BLUE) == [1] * 10 + [0] + [2] * 5
+    assert car_then_another(BLUE, stage=True) == [1] * 10 + [0] + [2] * 5
+    assert car_then_another(RED) == [1] * 16
+    assert car_then_another(BLUE, palettes=False) == [1] * 16
+
+
+def test_the_part_of_a_car_left_visible_keeps_its_id_though_its_palette_is_a_part_of_the_tracks():
+    """A car half red, half white whose lower half goes behind something: what shows is all red
+    (a share of 1 in one cell, against the track's 0.5); it keeps its id (counted up to twice the
+    track's share). A detection of the same box all blue does not."""
+    def run(shown) -> list[int]:
+        tracker = StreamTracker(TrackingConfig())
+        ids = []
+        for f in range(16):
+            x = 100 + 2 * f
+            full, top = (x, 40.0, x + 40.0, 80.0), (x, 40.0, x + 40.0, 60.0)
+            box, paint = (full, palette((RED, 0.5), (WHITE, 0.5))) if f < 10 else (top, palette((shown, 1.0)))
+            ids += tracker.update(np.array([box]), np.array([0.9]), np.array([CAR]), [rect_rle(box)], f / FPS,
+                                  palettes=paint[None]).track_ids.tolist()
+        return ids
+    assert run(RED) == [1] * 16
+    assert run(BLUE) == [1] * 10 + [0] + [2] * 5

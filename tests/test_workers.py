@@ -10,7 +10,7 @@ from tests.pipeline_helpers import HIGHWAY, OneThreadModelActor
 from workers.device import native_bfloat16
 from workers.frames import put_frames
 from workers.inference import BatchResult, InferenceWorkerActor
-from workers.results import InstanceRecord, instance_records
+from workers.results import InstanceRecord, instance_records, mask_colours
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 TINY = "configs/test_tiny.yaml"
@@ -47,6 +47,8 @@ def test_worker_gives_the_models_own_results_as_small_plain_records(frames):
         colours = np.array([inst.colour for inst in got])
         np.testing.assert_allclose(colours, mean, atol=12.0)
         assert np.abs(colours - mean).mean() < 3.0
+        palettes = np.array([inst.palette for inst in got])    # and its palette (the tracker's gate)
+        np.testing.assert_array_equal(palettes, mask_colours(frame, [inst.rle for inst in got])[1])
         assert all(type(inst) is InstanceRecord and plain(inst) for inst in got)  # no arrays, no pixels
         assert all(inst.rle["size"] == list(frame.shape[:2]) for inst in got)
 
@@ -74,7 +76,8 @@ def plain(instance: InstanceRecord) -> bool:
     """Built only of int, float, str (no numpy values, no arrays): small, and JSON as it is."""
     return (type(instance.class_id), type(instance.label), type(instance.score)) == (int, str, float) and \
         all(type(v) is float for v in instance.box) and type(instance.rle["counts"]) is str and \
-        all(type(v) is int for v in instance.rle["size"]) and all(type(v) is float for v in instance.colour)
+        all(type(v) is int for v in instance.rle["size"]) and all(type(v) is float for v in instance.colour) and \
+        all(type(v) is float for v in instance.palette)
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_utils
 
+PALETTE_LEVELS = 4                    # per RGB channel: a mask's palette has 4**3 cells
+PALETTE_BINS = PALETTE_LEVELS ** 3
 
 @dataclass(frozen=True)
 class InstanceRecord:
@@ -32,6 +34,9 @@ class InstanceRecord:
     dwell_s: dict[str, float] | None = None  # with zones and tracking: seconds since its track entered each
     colour: tuple[float, float, float] | None = field(default=None, repr=False, compare=False)
     """The mean RGB of the mask's pixels, from the worker (the tracker's appearance cue); not on the wire."""
+    palette: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
+    """PALETTE_BINS shares of the mask's pixels, one per palette cell (`mask_colours`), from the
+    worker (the tracker's appearance gate); not on the wire."""
 
     @property
     def mask(self) -> np.ndarray:
@@ -62,13 +67,15 @@ class InstanceRecord:
 
 def instance_records(detections, pixels: np.ndarray | None = None) -> tuple[InstanceRecord, ...]:
     """A frame's `models.Detections` (predicted with masks="rle") as instance records; with the
-    frame's pixels (H, W, 3) uint8 RGB, each with its mask's mean `colour` (for the tracker)."""
-    colours = mask_colours(pixels, detections.rles) if pixels is not None else [None] * len(detections.rles)
+    frame's pixels (H, W, 3) uint8 RGB, each with its mask's mean `colour` and `palette` (for the tracker)."""
+    none = [None] * len(detections.rles)
+    colours, palettes = mask_colours(pixels, detections.rles) if pixels is not None else (none, none)
     return tuple(InstanceRecord(int(class_id), label, float(score), tuple(float(v) for v in box), rle,
-                                colour=None if colour is None else tuple(float(v) for v in colour))
-                 for class_id, label, score, box, rle, colour in zip(detections.class_ids, detections.labels,
-                                                                     detections.scores, detections.boxes,
-                                                                     detections.rles, colours))
+                                colour=None if colour is None else tuple(float(v) for v in colour),
+                                palette=None if palette is None else tuple(float(v) for v in palette))
+                 for class_id, label, score, box, rle, colour, palette
+                 in zip(detections.class_ids, detections.labels, detections.scores, detections.boxes,
+                        detections.rles, colours, palettes))
 
 
 # -- COCO RLE runs -----------------------------------------------------------------------------
@@ -111,13 +118,15 @@ def runs_of_ones(runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (ends - runs)[1::2], runs[1::2]
 
 
-def mask_colours(pixels: np.ndarray, rles: list[dict], samples: int = 256) -> np.ndarray:
-    """The mean colour of each mask's pixels: pixels (H, W, 3) uint8, N COCO RLEs of that frame ->
-    (N, 3) float64 (0 for an empty mask). A mask of more than `samples` pixels is sampled evenly
-    along its runs (every area // samples-th pixel): a few thousand pixel reads per frame, however
-    large the objects, within about one level of the full mean."""
+def mask_colours(pixels: np.ndarray, rles: list[dict], samples: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The colours of each mask's pixels: pixels (H, W, 3) uint8, N COCO RLEs of that frame ->
+    (means (N, 3) float64, palettes (N, PALETTE_BINS) float64). A palette is the share of the
+    mask's pixels in each cell of RGB cut into PALETTE_LEVELS levels per channel (cell `palette_cell`);
+    an empty mask gives a mean and a palette of 0. A mask of more than `samples` pixels is sampled
+    evenly along its runs (every area // samples-th pixel): a few thousand pixel reads per frame,
+    however large the objects, within about one level of the full mean."""
     if not rles:
-        return np.zeros((0, 3))
+        return np.zeros((0, 3)), np.zeros((0, PALETTE_BINS))
     height = pixels.shape[0]
     starts, lengths = zip(*(runs_of_ones(runs) for runs in rle_runs(rles)))
     areas = np.array([part.sum() for part in lengths], np.int64)
@@ -131,6 +140,15 @@ def mask_colours(pixels: np.ndarray, rles: list[dict], samples: int = 256) -> np
     position = (np.cumsum(areas) - areas)[owner] + k * stride[owner]      # among the laid-out 1s
     run = np.searchsorted(one_end, position, side="right")
     index = first_one[run] + position - (one_end[run] - one_length[run])
-    values = pixels[index % height, index // height].astype(np.float64)  # (S, 3)
+    read = pixels[index % height, index // height]                        # (S, 3) uint8
+    values = read.astype(np.float64)
+    counts = np.maximum(np.bincount(owner, minlength=len(rles)), 1)[:, None]
     sums = np.stack([np.bincount(owner, values[:, c], len(rles)) for c in range(3)], axis=1)
-    return sums / np.maximum(np.bincount(owner, minlength=len(rles)), 1)[:, None]
+    cells = np.bincount(owner * PALETTE_BINS + palette_cell(read), minlength=len(rles) * PALETTE_BINS)
+    return sums / counts, cells.reshape(len(rles), PALETTE_BINS) / counts
+
+
+def palette_cell(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB -> (...,) int64 its palette cell: r, g, b each cut into PALETTE_LEVELS levels."""
+    level = rgb.astype(np.int64) * PALETTE_LEVELS // 256
+    return (level[..., 0] * PALETTE_LEVELS + level[..., 1]) * PALETTE_LEVELS + level[..., 2]

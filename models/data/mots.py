@@ -39,6 +39,7 @@ class TrackedFrame:
     rles: list[dict]            # N COCO compressed RLE dicts {"size": [H, W], "counts": str}
     visibility: np.ndarray | None = None   # (N,) float: ground truth's fraction of each object shown, if known
     colours: np.ndarray | None = None      # (N, 3) float: each mask's mean RGB in its image, if known (the tracker's cue)
+    palettes: np.ndarray | None = None     # (N, B) float: each mask's palette in its image, if known (the tracker's gate)
 
     def __len__(self) -> int:
         return len(self.track_ids)
@@ -48,7 +49,8 @@ class TrackedFrame:
         index = np.arange(len(self))[keep]
         return TrackedFrame(self.track_ids[index], self.class_ids[index], self.boxes[index], self.scores[index],
                             [self.rles[i] for i in index], None if self.visibility is None else self.visibility[index],
-                            None if self.colours is None else self.colours[index])
+                            None if self.colours is None else self.colours[index],
+                            None if self.palettes is None else self.palettes[index])
 
 
 def counts_text(rle: dict) -> str:
