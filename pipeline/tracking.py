@@ -41,10 +41,12 @@ How a frame is associated (ByteTrack's stages, with masks where boxes overlap):
    observation-centric recovery: an object that stopped is not where its velocity said).
    With colours (`reidentify`), a last stage matches the confident detections still left against
    the confirmed tracks still left by where and what: within `reid_distance` of the track's size
-   from where it was last seen or is predicted, and within `reid_colour` of its colour (a running
-   mean of its detections' mask colours). A sliver of an object behind another, or one back after
-   a few frames hidden, whose box no longer overlaps its track's, keeps its id instead of starting
-   a new track; the colour keeps that from taking a neighbour's id.
+   from where it was last seen or is predicted, and alike in colour (with palettes, at least
+   `reid_share` of the detection's pixels in the track's colours; without, a mean colour within
+   `reid_colour` of the track's; the track's colours are running means of its detections'). A
+   sliver of an object behind another, or one back after a few frames hidden, whose box no longer
+   overlaps its track's, keeps its id instead of starting a new track; the colours keep that
+   from taking a neighbour's id.
 4. Confident detections left over that score at least `new_track_score` start tracks. A new
    track gets its id at its `min_hits`-th detection in consecutive frames (before that its
    detections carry id 0; those of a stream's first frame get theirs at once, as in ByteTrack);
@@ -130,8 +132,11 @@ class TrackingConfig:
     """`reidentify`: the farthest a detection's box centre may lie from the track's last seen or
     predicted centre, in the track's box sizes (its larger side)."""
     reid_colour: float = 30.0
-    """`reidentify`: the largest distance (RGB, 0-255 per channel) of the detection's mean mask
-    colour from the track's."""
+    """`reidentify` without palettes: the largest distance (RGB, 0-255 per channel) of the
+    detection's mean mask colour from the track's."""
+    reid_share: float = 0.8
+    """`reidentify` with palettes: the least share of the detection's pixels in its track's
+    colours (as `appearance_gate` counts it; stricter, as this stage has no box overlap to go by)."""
     appearance_gate: float = 0.7
     """With palettes: the least share of a detection's pixels (by its palette) that its track's
     colours account for, for any stage to match them; 0: no gate. bench/tracking.py measured it
@@ -166,6 +171,7 @@ class TrackingConfig:
         require(self.motion_gate >= 0, "motion_gate", "must be >= 0 (0: no gate)")
         require(self.reid_distance >= 0, "reid_distance", "must be >= 0")
         require(self.reid_colour >= 0, "reid_colour", "must be >= 0")
+        require(0 <= self.reid_share <= 1, "reid_share", "must be in [0, 1]")
         require(0 <= self.appearance_gate <= 1, "appearance_gate", "must be in [0, 1] (0: no gate)")
         require(0 < self.colour_smoothing <= 1, "colour_smoothing", "must be in (0, 1]")
         require(self.measurement_noise > 0, "measurement_noise", "must be positive")
@@ -448,20 +454,26 @@ class StreamTracker:
         return affinity
 
     def _reid_affinity(self, tracks: np.ndarray, dets: np.ndarray, predicted: np.ndarray, boxes: np.ndarray,
-                       class_ids: np.ndarray, colours: np.ndarray) -> np.ndarray:
+                       class_ids: np.ndarray, colours: np.ndarray, palettes: np.ndarray | None) -> np.ndarray:
         """(K, D) affinity in [0, 1] of tracks (K,) and detections (D,) by where and what: 0 beyond
-        `reid_distance` track sizes from both the last seen and the predicted centre, beyond
-        `reid_colour` from the track's colour, or across classes; else the nearer and the closer in
-        colour, the higher (each counting half)."""
+        `reid_distance` track sizes from both the last seen and the predicted centre, across
+        classes, or unlike in colour (with palettes: a palette share under `reid_share`; without:
+        a mean colour beyond `reid_colour` from the track's); else the nearer and the more alike
+        in colour, the higher (each counting half)."""
         cfg = self.config
         centres = boxes_to_state(boxes[dets])[:, :2]                                     # (D, 2)
         size = np.maximum(self.mean[tracks, 2:4], 1.0).max(axis=1)[:, None]               # (K, 1)
         distance = np.minimum(np.linalg.norm(predicted[tracks, None, :2] - centres[None], axis=2),
                               np.linalg.norm(self.mask_centres[tracks, None] - centres[None], axis=2)) / size
-        colour = np.linalg.norm(self.colours[tracks, None] - colours[dets][None], axis=2)  # NaN: no colour yet
-        near = (distance < cfg.reid_distance) & (colour < cfg.reid_colour)
+        if palettes is not None:     # the part of an object showing keeps its colours, not their mean
+            share = palette_share(self.palettes[tracks], palettes[dets])                # NaN: none seen yet
+            alike, unlike = share >= cfg.reid_share, 1 - share
+        else:
+            colour = np.linalg.norm(self.colours[tracks, None] - colours[dets][None], axis=2)
+            alike, unlike = colour < cfg.reid_colour, colour / max(cfg.reid_colour, 1e-9)
+        near = (distance < cfg.reid_distance) & alike
         near &= self.class_ids[tracks][:, None] == class_ids[dets][None, :]
-        score = 1 - distance / max(cfg.reid_distance, 1e-9) / 2 - colour / max(cfg.reid_colour, 1e-9) / 2
+        score = 1 - distance / max(cfg.reid_distance, 1e-9) / 2 - unlike / 2
         return np.where(near, np.clip(score, 1e-6, 1.0), 0.0)
 
     def _expected_boxes(self, state: np.ndarray) -> np.ndarray:
@@ -588,7 +600,7 @@ class StreamTracker:
             dets = high[matched_track[high] < 0]
             candidates = np.flatnonzero(confirmed & ~taken)
             if len(dets) and len(candidates):
-                affinity = self._reid_affinity(candidates, dets, predicted, boxes, class_ids, colours)
+                affinity = self._reid_affinity(candidates, dets, predicted, boxes, class_ids, colours, palettes)
                 rows, cols = self._assign(affinity, 1e-9)
                 matched_track[dets[cols]] = candidates[rows]
                 taken[candidates[rows]] = True

@@ -518,3 +518,29 @@ def test_the_part_of_a_car_left_visible_keeps_its_id_though_its_palette_is_a_par
         return ids
     assert run(RED) == [1] * 16
     assert run(BLUE) == [1] * 10 + [0] + [2] * 5
+
+
+def half_hidden_back_after_a_gap(shown, palettes: bool) -> list[int]:
+    """A car half red, half white drives 4 px a frame for 10 frames, is missed for 8 frames, and
+    is detected again 60 px behind where it was last seen (no box stage matches it) with its lower
+    half hidden, showing `shown` alone. The detection's ids, given palettes or mean colours."""
+    tracker = StreamTracker(TrackingConfig())
+    two_tone = palette((RED, 0.5), (WHITE, 0.5))
+    ids = []
+    for f in list(range(10)) + list(range(18, 30)):
+        x = 100 + 4 * f if f < 10 else 76
+        box = (x, 40.0, x + 40.0, 80.0) if f < 10 else (x, 40.0, x + 40.0, 60.0)
+        paint = two_tone if f < 10 else palette((shown, 1.0))
+        mean = (np.array(RED) + np.array(WHITE)) / 2 if f < 10 else np.array(shown)
+        ids += tracker.update(np.array([box]), np.array([0.9]), np.array([CAR]), [rect_rle(box)], f / FPS,
+                              colours=mean[None], palettes=paint[None] if palettes else None).track_ids.tolist()
+    return ids
+
+
+def test_re_identification_by_palette_knows_the_part_of_an_object_its_mean_colour_does_not():
+    """What shows of the car after the gap is its red half: its mean colour is far from the
+    track's (red and white), its palette is a part of the track's. With palettes it keeps its
+    id (and a blue car there does not take it); by mean colour alone it is a new object."""
+    assert half_hidden_back_after_a_gap(RED, palettes=True) == [1] * 22
+    assert half_hidden_back_after_a_gap(BLUE, palettes=True) == [1] * 10 + [0] + [2] * 11
+    assert half_hidden_back_after_a_gap(RED, palettes=False) == [1] * 10 + [0] + [2] * 11
