@@ -27,29 +27,28 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from models.config import from_dict  # noqa: E402
 from pipeline import track_eval  # noqa: E402
-from pipeline.tracking import StreamTracker, TrackingConfig, box_iou  # noqa: E402
+from pipeline.tracking import TrackingConfig, box_iou  # noqa: E402
 
 FPS = 25.0
 
 
 def follow(sequence, detections, config: TrackingConfig, class_id: int):
-    """One sequence through a fresh tracker -> per ground-truth object its (frame, track id or 0,
-    visibility, box) in every frame it is in, and per track id the frames it was output."""
-    tracker = StreamTracker(config)
+    """One sequence through a fresh tracker (`track_eval.track_sequence`) -> per ground-truth
+    object its (frame, track id or 0, visibility, box) in every frame it is in, and per track id
+    the frames it was output."""
+    pts = [index / FPS for index in sequence.frame_indices]
+    tracked_frames = track_eval.track_sequence(detections, pts, track_eval.our_tracker(config))
     history, output = collections.defaultdict(list), collections.Counter()
-    for i, frame in enumerate(detections):
-        ids = tracker.update(frame.boxes, frame.scores, frame.class_ids, frame.rles, sequence.frame_indices[i] / FPS,
-                             colours=frame.colours, palettes=frame.palettes).track_ids
-        truth = sequence.ground_truth[i]
+    for i, (truth, tracked) in enumerate(zip(sequence.ground_truth, tracked_frames)):
+        tracked = tracked.select(tracked.class_ids == class_id)
         objects = np.flatnonzero(truth.class_ids == class_id)
-        tracked = np.flatnonzero((frame.class_ids == class_id) & (ids > 0))
-        output.update(int(ids[k]) for k in tracked)
+        output.update(int(t) for t in tracked.track_ids)
         matched = {}
         if len(objects) and len(tracked):
-            iou = box_iou(truth.boxes[objects], frame.boxes[tracked])
+            iou = box_iou(truth.boxes[objects], tracked.boxes)
             for a, b in zip(*linear_sum_assignment(-iou)):
                 if iou[a, b] >= 0.5:
-                    matched[objects[a]] = int(ids[tracked[b]])
+                    matched[objects[a]] = int(tracked.track_ids[b])
         for k in objects:
             history[int(truth.track_ids[k])].append((i, matched.get(k, 0), float(truth.visibility[k]),
                                                      truth.boxes[k].round().astype(int).tolist()))
