@@ -2,6 +2,7 @@
 
     maskstream scenes write /tmp/trk_bench --images 1500 --seed 555000 --frames-per-sequence 150
     python bench/tracking.py --data /tmp/trk_bench [--cache DIR] [--skip-cost] [--min-visibility V --out FILE]
+    python bench/tracking.py --only-cost          # the cost per frame alone, updated in the JSON
 
 The data: generated sequences from seeds no training stage used (the default model trained on
 seeds 1000-4000 and was evaluated on 777777 and 888888; 555000 gives 10 sequences of 150 frames
@@ -28,7 +29,9 @@ are tracked and scored, pts jumping 0.12 s); ground-truth masks and boxes as the
 (score 1), every frame and with the drop. Plus the tracker's cost per frame at 50 instances at
 1280x720 (ground-truth instances of four 1280x720 scenes merged, 50 kept per frame; median CPU
 time of this thread per update over the frames after the first 10, three runs, ours in each
-method: CPU time, as this machine is shared and wall time counts the other processes' turns too).
+method: CPU time, as this machine is shared and wall time counts the other processes' turns too),
+and the workers' share of it: `mask_colours` on the same frames (each mask's mean colour and
+palette, which the workers compute beside the model for the tracker's appearance cues).
 
 `--min-visibility V` scores only objects showing at least V of themselves (the others are
 TrackEval ignore regions / distractors, as in `maskstream track-eval`). The load average is
@@ -124,18 +127,20 @@ def run_conditions(sequences, class_names, model_detections, data: str, mask_cla
     return out
 
 
-def cost_frames(count: int = 110, instances: int = 50, seeds=(5550, 5551, 5552, 5553)) -> list[TrackedFrame]:
+def cost_frames(count: int = 110, instances: int = 50,
+                seeds=(5550, 5551, 5552, 5553)) -> tuple[list[TrackedFrame], list[np.ndarray]]:
     """`count` consecutive 1280x720 frames of ground-truth instances of several scenes merged,
     `instances` kept per frame (the largest), as score-0.9 detections with their mask colours and
-    palettes (as the workers compute them)."""
+    palettes (as the workers compute them); and per frame the first scene's pixels (H, W, 3) uint8."""
     scenes = [StreetScene(seed, 1280, 720) for seed in seeds]
     from pycocotools import mask as mask_utils
-    frames = []
+    frames, pixels = [], []
     for t in range(count):
         found = []
         for scene in scenes:
             rgb, drawn = scene.frame(1000 + t)
             found += [(inst, rgb) for inst in drawn]
+        pixels.append(found[0][1])
         found = sorted(found, key=lambda pair: -int(pair[0].mask.sum()))[:instances]
         rles, colours, palettes = [], [], []
         for inst, rgb in found:
@@ -148,7 +153,22 @@ def cost_frames(count: int = 110, instances: int = 50, seeds=(5550, 5551, 5552, 
                                    np.array([i.box for i, _ in found], np.float64), np.full(len(found), 0.9), rles,
                                    colours=np.array(colours).reshape(-1, 3),
                                    palettes=np.array(palettes).reshape(len(found), -1)))
-    return frames
+    return frames, pixels
+
+
+def colour_cost(frames: list[TrackedFrame], pixels: list[np.ndarray], repeats: int = 3) -> dict:
+    """The workers' share of the appearance cue: median CPU milliseconds per frame of
+    `mask_colours` (each instance's mean colour and palette from its RLE and the frame's pixels,
+    as `workers.results.instance_records` calls it) over these frames, after 10 warm-up frames."""
+    cpu = []
+    for _ in range(repeats):
+        for n, (f, rgb) in enumerate(zip(frames, pixels, strict=True)):
+            start = time.thread_time()
+            mask_colours(rgb, f.rles)
+            if n >= 10:
+                cpu.append(time.thread_time() - start)
+    return {"median_cpu_ms": 1e3 * float(np.median(cpu)), "p90_cpu_ms": 1e3 * float(np.percentile(cpu, 90)),
+            "frames": len(cpu), "instances_per_frame": float(np.mean([len(f) for f in frames]))}
 
 
 def tracker_cost(frames: list[TrackedFrame], repeats: int = 3) -> dict:
@@ -175,15 +195,25 @@ def tracker_cost(frames: list[TrackedFrame], repeats: int = 3) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="generated sequences (maskstream scenes write --frames-per-sequence)")
+    parser.add_argument("--data", help="generated sequences (maskstream scenes write --frames-per-sequence)")
     parser.add_argument("--config", default=str(REPO / "configs" / "default_model.yaml"))
     parser.add_argument("--weights", default=str(REPO / "configs" / "default_model.npz"))
     parser.add_argument("--cache", default=str(track_eval.DEFAULT_CACHE), help="where the model's detections are cached")
     parser.add_argument("--skip-cost", action="store_true", help="leave out the cost per frame")
+    parser.add_argument("--only-cost", action="store_true",
+                        help="measure the cost per frame alone and update it in --out, the scores kept")
     parser.add_argument("--min-visibility", type=float, default=0.0,
                         help="score only objects showing at least this share of themselves (maskstream track-eval's)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
+    if args.only_cost:
+        report = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+        report["cost_measured_on"] = time.strftime("%Y-%m-%d")
+        write_cost(report)
+        write_report(report, args.out)
+        return
+    if not args.data:
+        parser.error("--data is required (or --only-cost)")
     sequences, class_names = track_eval.load_sequences(args.data)
     detections = track_eval.model_detections(args.config, args.weights, args.data, sequences, args.cache)
     detections = track_eval.with_colours(detections, args.data, sequences)
@@ -196,15 +226,28 @@ def main() -> None:
                                        min_visibility=args.min_visibility)}
     report["load_average_after_scores"] = os.getloadavg()
     if not args.skip_cost:
-        report["cost_per_frame_1280x720"] = tracker_cost(cost_frames())
-        report["load_average_after_cost"] = os.getloadavg()
-        print("\n== cost per frame, 1280x720")
-        for name, c in report["cost_per_frame_1280x720"].items():
-            print(f"{name:<40} CPU median {c['median_cpu_ms']:.2f} ms  p90 {c['p90_cpu_ms']:.2f} ms  "
-                  f"wall median {c['median_wall_ms']:.2f} ms  ({c['instances_per_frame']:.0f} instances, {c['frames']} frames)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+        write_cost(report)
+    write_report(report, args.out)
+
+
+def write_report(report: dict, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def write_cost(report: dict) -> None:
+    """Measure the cost per frame into `report` and print it."""
+    frames, pixels = cost_frames()
+    report["cost_per_frame_1280x720"] = tracker_cost(frames)
+    report["colour_cost_per_frame_1280x720"] = colour_cost(frames, pixels)
+    report["load_average_after_cost"] = os.getloadavg()
+    print("\n== cost per frame, 1280x720")
+    for name, c in report["cost_per_frame_1280x720"].items():
+        print(f"{name:<40} CPU median {c['median_cpu_ms']:.2f} ms  p90 {c['p90_cpu_ms']:.2f} ms  "
+              f"wall median {c['median_wall_ms']:.2f} ms  ({c['instances_per_frame']:.0f} instances, {c['frames']} frames)")
+    c = report["colour_cost_per_frame_1280x720"]
+    print(f"{'workers: mask_colours':<40} CPU median {c['median_cpu_ms']:.2f} ms  p90 {c['p90_cpu_ms']:.2f} ms")
 
 
 if __name__ == "__main__":
