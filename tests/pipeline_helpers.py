@@ -98,6 +98,21 @@ class OneThreadModel:
 OneThreadModelActor = ray.remote(num_cpus=1)(OneThreadModel)
 
 
+def assert_same_instances(got, want):
+    """Published instances `got` against the model's `want` (InstanceRecords) computed in another
+    batch: the same detections in the same order, to float32's last bits. oneDNN's sums depend on
+    the batch's size on some CPUs (seen on AVX-512), so a frame batched with others and the same
+    frame alone agree only that far; a wrong frame, class, order or mask is still far outside."""
+    from pycocotools import mask as mask_utils
+
+    assert len(got) == len(want) > 0
+    assert [(g.class_id, g.label) for g in got] == [(w.class_id, w.label) for w in want]
+    np.testing.assert_allclose([g.score for g in got], [w.score for w in want], atol=1e-5)
+    np.testing.assert_allclose([g.box for g in got], [w.box for w in want], atol=1e-2)
+    ious = mask_utils.iou([g.rle for g in got], [w.rle for w in want], [0] * len(want)).diagonal()
+    assert ious.min() > 0.99, ious
+
+
 POLL_LIMIT = 600  # polls of 50 ms: a guard against something that never happens, not a timing
 
 

@@ -215,7 +215,8 @@ def test_exact_paste_gives_small_instances_back_where_torchvision_paste_moves_th
 
 def assert_detections_of_classes(only, everything, class_ids, cap):
     """`only` (a model with box_head.classes and detections_per_image `cap`) is exactly the first `cap`
-    detections of `class_ids` among `everything` (the same weights, every class, a cap that does not bind)."""
+    detections of `class_ids` among `everything` (the same weights, every class, a cap that does not bind):
+    classes, scores and boxes bit for bit, masks to the last bits of their probabilities."""
     wanted = np.flatnonzero(np.isin(everything.class_ids, class_ids))
     assert len(wanted) > cap and wanted[cap - 1] >= cap       # the cap binds: other classes rank among the first
     first = wanted[:cap]
@@ -224,13 +225,16 @@ def assert_detections_of_classes(only, everything, class_ids, cap):
     assert only.labels == [everything.labels[i] for i in first]
     np.testing.assert_array_equal(only.scores, everything.scores[first])
     np.testing.assert_array_equal(only.boxes, everything.boxes[first])
-    np.testing.assert_array_equal(only.mask_probs, everything.mask_probs[first])
-    np.testing.assert_array_equal(only.masks, everything.masks[first])
+    # the mask head runs on `cap` RoIs here and on every detection there: oneDNN's sums depend on
+    # that batch's size on some CPUs (seen on AVX-512), so the masks agree to float32's last bits
+    np.testing.assert_allclose(only.mask_probs, everything.mask_probs[first], rtol=0, atol=1e-6)
+    for mine, theirs in zip(only.masks, everything.masks[first]):   # a pixel or two at the threshold, no more
+        assert (mine != theirs).sum() <= 2 + 1e-3 * theirs.sum()
 
 
 def test_classes_keeps_exactly_those_detections_and_fills_the_cap_with_them():
     """box_head.classes drops the other classes before NMS and the per-frame cap: what is left is the
-    unfiltered model's detections of those classes, bit for bit, and the cap is filled with them
+    unfiltered model's detections of those classes (see assert_detections_of_classes), and the cap is filled with them
     (a filter after the cap would leave fewer; a wrong class-id mapping, other boxes or labels)."""
     frame = still(1, 320, 180)
     everything = models.load_model(models.load_config(TINY, ["box_head.detections_per_image=300"]), seed=3)

@@ -33,6 +33,7 @@ from tests.pipeline_helpers import (
     MjpegCamera,
     OneThreadModelActor,
     actor_pids,
+    assert_same_instances,
     config_for,
     free_port,
 )
@@ -91,7 +92,8 @@ def test_video_and_image_folder_two_workers_match_the_model_and_the_files(tmp_pa
     assert [w["device"] for w in summary.workers] == ["cpu", "cpu"]
 
     # every frame's masks decode to its own size, and the results are the model's, frame by frame
-    # (called directly with the workers' one thread: see OneThreadModel)
+    # (called directly with the workers' one thread: see OneThreadModel; alone, not in the workers'
+    # batches, so to the last bits: see assert_same_instances)
     reference = OneThreadModelActor.remote(TINY)
     for stream, uri in (("pedestrians_720p", PEDESTRIANS), ("stills", folder)):
         source = open_source(parse_source(str(uri)))
@@ -99,7 +101,8 @@ def test_video_and_image_folder_two_workers_match_the_model_and_the_files(tmp_pa
             frame = source.read()
             assert (message.height, message.width) == frame.rgb.shape[:2]
             assert message.masks.shape == (10, message.height, message.width)
-            assert message.instances == instance_records(ray.get(reference.predict.remote([frame.rgb]))[0])
+            alone = ray.get(reference.predict.remote([frame.rgb]))[0]
+            assert_same_instances(message.instances, instance_records(alone))
         source.close()
     ray.kill(reference)
 

@@ -70,7 +70,7 @@ def test_same_detections_as_the_seeds_own_graph(model, reference, frames):
 @pytest.mark.slow
 def test_classes_keep_exactly_those_of_the_seeds_detections(model, frames):
     """The seed's detection layer with box_head.classes: RoIs whose top class is another one are dropped
-    before NMS and the cap, the rest are the unfiltered detections of those classes, bit for bit."""
+    before NMS and the cap, the rest are the unfiltered detections of those classes (see assert_detections_of_classes)."""
     from tests.test_model import assert_detections_of_classes
 
     config = copy.deepcopy(model.config)
