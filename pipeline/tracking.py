@@ -89,8 +89,12 @@ class TrackingConfig:
     exact masks and dropped frames (a thin or half-hidden mask changes shape between frames)."""
     high_score: float = 0.7
     """Detections scoring at least this are confident: matched first, and may start tracks."""
-    low_score: float = 0.1
-    """Detections in [low_score, high_score) only continue tracks (stage 2); lower ones are ignored."""
+    low_score: float = 0.5
+    """Detections in [low_score, high_score) only continue tracks (stage 2); lower ones are ignored.
+    In the stream it is at most the publish threshold (TrackingStage), so every instance published
+    is tracked. The workers keep detections down to it, with their masks: 0.1 (ByteTrack's) cost
+    the default model 45% more time a frame on real footage and measured no better than 0.5 on
+    the tuning seeds (bench/tracking_sweep.py; docs/tracking.md)."""
     new_track_score: float = 0.8
     """A confident detection left unmatched starts a track if it scores at least this."""
     match_threshold: float = 0.2
@@ -670,7 +674,7 @@ class TrackingStage:
         ended = stage.alive()             # at the end of the stream: the tracks still alive
         saved = stage.snapshot()          # its state now; TrackingStage(..., tracker=saved) goes on from it
 
-    The workers keep detections down to `low_score` for it; a frame's instances are published if
+    The workers keep detections down to `low_score` (at most `publish_score`) for it; a frame's instances are published if
     they score above `publish_score` (as without tracking; track_id 0 when in no confirmed
     track: a new object's first frame, or too weak to start a track) or if they continue a
     confirmed track (a weak detection of a partly hidden object: ByteTrack's second stage).
@@ -679,9 +683,11 @@ class TrackingStage:
     """
 
     def __init__(self, config: TrackingConfig, publish_score: float, tracker: StreamTracker | None = None):
-        """`tracker`: a `snapshot()` to go on from (a restarted publisher's), else a fresh one."""
-        self.config, self.publish_score = config, float(publish_score)
-        self.tracker = tracker.snapshot() if tracker is not None else StreamTracker(config)
+        """`tracker`: a `snapshot()` to go on from (a restarted publisher's), else a fresh one. A
+        `low_score` above `publish_score` comes down to it: every instance published is tracked."""
+        self.publish_score = float(publish_score)
+        self.config = replace(config, low_score=min(config.low_score, self.publish_score))
+        self.tracker = tracker.snapshot() if tracker is not None else StreamTracker(self.config)
 
     def apply(self, record):
         """A `pipeline.protocol.FrameRecord` -> the record as published: instances kept (see the

@@ -172,12 +172,12 @@ def test_track_ids_are_unique_within_a_frame_and_class_consistent():
 
 
 def test_weak_detection_continues_a_track_but_never_starts_one():
-    tracker = StreamTracker(TrackingConfig(min_hits=1))
+    tracker = StreamTracker(TrackingConfig(min_hits=1, low_score=0.1))
     box = (100, 40, 130, 80)
     assert step(tracker, [(box, CAR, 0.9)], 0.0).track_ids.tolist() == [1]
     assert step(tracker, [(box, CAR, 0.3)], 1 / FPS).track_ids.tolist() == [1]      # stage 2
     assert step(tracker, [((300, 40, 330, 80), CAR, 0.3)], 2 / FPS).track_ids.tolist() == [0]
-    sort = StreamTracker(TrackingConfig(method="sort", min_hits=1))
+    sort = StreamTracker(TrackingConfig(method="sort", min_hits=1, low_score=0.1))
     step(sort, [(box, CAR, 0.9)], 0.0)
     assert step(sort, [(box, CAR, 0.3)], 1 / FPS).track_ids.tolist() == [0]         # sort: one stage only
 
@@ -377,7 +377,7 @@ def record_of(boxes_scores, pts, seq=0):
 
 
 def test_tracking_stage_publishes_weak_instances_only_when_they_continue_a_track():
-    stage = TrackingStage(TrackingConfig(), publish_score=0.5)
+    stage = TrackingStage(TrackingConfig(low_score=0.1), publish_score=0.5)
     a, b = walker(50, 4.0), walker(250, -4.0)
     first = stage.apply(record_of([(a(0), 0.9), (b(0), 0.3)], 0.0))
     # the stream's first frame: its confident detection gets an id at once, the weak one is not published
@@ -389,6 +389,20 @@ def test_tracking_stage_publishes_weak_instances_only_when_they_continue_a_track
     ended = [stage.apply(record_of([], f / FPS, seq=f)).tracks_ended for f in range(2, 40)]
     assert [e for e in ended if e] == [(1,)]          # unseen for more than max_age_s: ended once
     assert stage.alive() == ()
+
+
+def test_every_instance_published_is_tracked_whatever_the_publish_threshold():
+    """low_score (0.5 by default) comes down to a lower publish threshold: an instance published
+    at 0.4 continues its track; at the default threshold, the same weak detection is neither
+    tracked nor published, and the confident object's track coasts over it."""
+    a = walker(50, 4.0)
+    frames = [[(a(0), 0.9)], [(a(1), 0.9)], [(a(2), 0.4)], [(a(3), 0.9)]]
+    low = TrackingStage(TrackingConfig(), publish_score=0.3)
+    assert [[(i.track_id, i.score) for i in low.apply(record_of(f, n / FPS, seq=n)).instances]
+            for n, f in enumerate(frames)] == [[(1, 0.9)], [(1, 0.9)], [(1, 0.4)], [(1, 0.9)]]
+    default = TrackingStage(TrackingConfig(), publish_score=0.5)
+    assert [[(i.track_id, i.score) for i in default.apply(record_of(f, n / FPS, seq=n)).instances]
+            for n, f in enumerate(frames)] == [[(1, 0.9)], [(1, 0.9)], [], [(1, 0.9)]]
 
 
 def test_tracking_stage_starts_over_when_pts_runs_backwards_and_ids_stay_unique():
