@@ -69,6 +69,10 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
     specs, skipped = skip_done(config, specs)
     if not specs:  # all done already: nothing to start
         return RunSummary(0.0, {}, {}, [], [], skipped=skipped)
+    missing = {spec.stream_id: f"{spec.uri}: no such file" for spec in specs
+               if spec.kind == "file" and not Path(spec.uri).is_file()}
+    if len(missing) == len(specs):  # said before Ray and the actors start (seconds); the ingests say the rest
+        raise no_source_error(missing)
     live = resolve_live(config.sources.mode, specs)
     model_config = check_model_inputs(config)
     publish_score, model_config.box_head.score_threshold = score_thresholds(config, model_config)
@@ -133,6 +137,13 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
             ray.kill(actor)
         if started_ray:
             ray.shutdown()
+
+
+def no_source_error(errors: dict[str, str]) -> PipelineError:
+    """The run's one line when none of its sources opens: {stream id: that source's error}."""
+    if len(errors) == 1:
+        return PipelineError(next(iter(errors.values())))
+    return PipelineError(f"none of the {len(errors)} sources could be opened: " + "; ".join(errors.values()))
 
 
 def parse_sources(uris: list[str]) -> list[SourceSpec]:
@@ -290,9 +301,7 @@ def start_ingests(specs: list[SourceSpec], limit: int, new_ingest) -> tuple[dict
             else:
                 actors[sid], opened[sid] = tried[sid], answer
     if not actors:
-        if len(errors) == 1:
-            raise PipelineError(next(iter(errors.values())))
-        raise PipelineError(f"none of the {len(errors)} sources could be opened: " + "; ".join(errors.values()))
+        raise no_source_error(errors)
     for error in errors.values():
         log.error("%s", error)
     return actors, opened, errors, waiting
