@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import ray
 from pycocotools.coco import COCO
@@ -167,14 +168,25 @@ def tracked_run(*overrides: str, kill_worker: bool = False) -> list:
             for m in messages[:-1]] + [messages[-1].tracks_ended]
 
 
+def assert_same_tracks(got: list, want: list):
+    """Two tracked_run results: the same seqs, ids, classes and ended tracks exactly; scores and
+    boxes to float32's last bits (the runs' batches differ, see assert_same_instances)."""
+    assert got[-1] == want[-1] and len(got) == len(want)
+    for (seq, instances, ended), (want_seq, want_instances, want_ended) in zip(got[:-1], want[:-1]):
+        assert (seq, [i[:2] for i in instances], ended) == (want_seq, [i[:2] for i in want_instances], want_ended)
+        if instances:
+            np.testing.assert_allclose([i[2] for i in instances], [i[2] for i in want_instances], atol=1e-5)
+            np.testing.assert_allclose([i[3] for i in instances], [i[3] for i in want_instances], atol=1e-2)
+
+
 @pytest.mark.slow
 def test_track_ids_are_the_same_with_one_worker_two_workers_and_a_worker_killed():
     """Tracking runs in the publisher on the frames in seq order, once each: which worker found a
     frame's instances, and whether its batch ran twice, changes no id (the workers have one
     thread each, as the one-worker run's: oneDNN's sums differ in the last bit with it)."""
     one = tracked_run("workers.count=1")
-    assert one == tracked_run("workers.count=2")
-    assert one == tracked_run("workers.count=2", kill_worker=True)
+    assert_same_tracks(tracked_run("workers.count=2"), one)
+    assert_same_tracks(tracked_run("workers.count=2", kill_worker=True), one)
     ids = [i[0] for _, instances, _ in one[:-1] for i in instances]
     assert max(ids) >= 3 and max(ids.count(i) for i in set(ids) - {0}) >= 20   # real tracks, followed long
     assert sorted(one[-1] + sum((ended for _, _, ended in one[:-1]), ())) == sorted(set(ids) - {0})
