@@ -36,8 +36,8 @@ class ModelSection:
     score_threshold: float | None = None  # publish instances scoring above this; none: the model's own
     classes: list[str] | None = None   # detect and publish only these class names; none: every class
     # (the others are dropped inside the model, before NMS: they cost no mask, see box_head.classes)
-    # (with tracking on, the workers keep detections down to tracking.low_score: weaker ones that
-    # continue a track are published too, see pipeline/tracking.py TrackingStage)
+    # (with tracking on, the workers keep detections down to tracking.low_score, at most this: weaker
+    # ones that continue a track are published too, see pipeline/tracking.py TrackingStage)
 
     def validate(self, path: str) -> None:
         require(self.config is not None, path + ".config", "needs the model's YAML file")
