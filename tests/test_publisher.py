@@ -189,8 +189,10 @@ def test_with_tracking_every_frame_carries_track_ids_and_eos_the_tracks_still_al
     """Records arriving out of order are tracked in seq order: the two moving rectangles of
     make_record keep one id each; every message validates against the schema (the helper
     Consumer checks), the files carry the ids, and the MOTS / MOT files list every tracked instance."""
+    # make_record's cars score 0.8: confident, so that they start a track, below the default 0.85
+    tracking = TrackingConfig(high_score=0.8, new_track_score=0.8)
     publisher, endpoint = start_publisher(OutputSection(dir=str(tmp_path)), ["background", "person", "bicycle", "car"],
-                                          tracking=TrackingConfig(), publish_score=0.5)
+                                          tracking=tracking, publish_score=0.5)
     with Consumer(endpoint, streams=["warmup", "cam1"], timeout=30) as consumer:
         publisher.end_stream.remote("warmup", warm_up(publisher, [consumer]))
         for batch in [[2, 0], [1, 4], [3, 5]]:

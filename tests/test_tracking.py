@@ -196,8 +196,8 @@ def test_mask_affinity_separates_boxes_that_overlap():
     box = np.array([[100, 20, 160, 80], [100, 20, 160, 80]], float)
     masks = [l_mask(False), l_mask(True)]
     tracker = StreamTracker(TrackingConfig(method="bytetrack-mask", min_hits=1))
-    first = tracker.update(box, [0.9, 0.8], [PERSON, PERSON], masks, 0.0).track_ids
-    second = tracker.update(box, [0.9, 0.8], [PERSON, PERSON], masks[::-1], 1 / FPS).track_ids
+    first = tracker.update(box, [0.95, 0.9], [PERSON, PERSON], masks, 0.0).track_ids
+    second = tracker.update(box, [0.95, 0.9], [PERSON, PERSON], masks[::-1], 1 / FPS).track_ids
     assert first.tolist() == [1, 2] and second.tolist() == [2, 1]
 
 
