@@ -10,8 +10,10 @@ class are matched one to one to its ground-truth objects by box IoU >= 0.5 (Hung
 per sequence, ground-truth objects and track ids are matched for the most shared frames, as
 IDF1 does. Printed: an IDF1 from those counts (within 0.003 of TrackEval's box IDF1 on the
 benchmark's data; TrackEval's numbers are bench/tracking.py's), how many object-frames it does
-not count and of those how many had no tracked detection at all (the detector's share, or a
-detection too weak to start or continue a track) rather than the wrong id, and the objects that
+not count and of those how many had no tracked detection at all rather than the wrong id, those
+split by what the detector gave there (`why_untracked`: no detection, a weak one, one detection
+given to another object, or one the tracker left out; each also counted for the objects showing
+at least a quarter of themselves), and the objects that
 lose most: their ids over time (frame, id, how many frames, visibility from-to, box) and which
 objects each of those ids also followed. This is how docs/tracking.md's root causes were found.
 """
@@ -30,17 +32,20 @@ from pipeline import track_eval  # noqa: E402
 from pipeline.tracking import TrackingConfig, box_iou  # noqa: E402
 
 FPS = 25.0
+VISIBLE = 0.25       # the untracked object-frames are split at this visibility too (as --min-visibility)
 
 
 def follow(sequence, detections, config: TrackingConfig, class_id: int):
     """One sequence through a fresh tracker (`track_eval.track_sequence`) -> per ground-truth
-    object its (frame, track id or 0, visibility, box) in every frame it is in, and per track id
-    the frames it was output."""
+    object its (frame, track id or 0, visibility, box, why) in every frame it is in, and per track
+    id the frames it was output. `why` says, for a frame where no tracked detection matched the
+    object, what the detector gave there (`why_untracked`); None where one matched."""
     pts = [index / FPS for index in sequence.frame_indices]
     tracked_frames = track_eval.track_sequence(detections, pts, track_eval.our_tracker(config))
     history, output = collections.defaultdict(list), collections.Counter()
-    for i, (truth, tracked) in enumerate(zip(sequence.ground_truth, tracked_frames)):
+    for i, (truth, tracked, raw) in enumerate(zip(sequence.ground_truth, tracked_frames, detections)):
         tracked = tracked.select(tracked.class_ids == class_id)
+        raw = raw.select(raw.class_ids == class_id)
         objects = np.flatnonzero(truth.class_ids == class_id)
         output.update(int(t) for t in tracked.track_ids)
         matched = {}
@@ -50,9 +55,36 @@ def follow(sequence, detections, config: TrackingConfig, class_id: int):
                 if iou[a, b] >= 0.5:
                     matched[objects[a]] = int(tracked.track_ids[b])
         for k in objects:
+            why = None if k in matched else why_untracked(truth.boxes[k], raw, tracked, config)
             history[int(truth.track_ids[k])].append((i, matched.get(k, 0), float(truth.visibility[k]),
-                                                     truth.boxes[k].round().astype(int).tolist()))
+                                                     truth.boxes[k].round().astype(int).tolist(), why))
     return history, output
+
+
+UNTRACKED = {
+    "missed": "no detection of the class at box IoU >= 0.5",
+    "weak": "its detection scored under low_score",
+    "shared": "its detection is in a track, as another object's (one detection for two objects)",
+    "left out": "a detection of it from low_score on was in no track (a track's first frame, or not matched)",
+}
+
+
+def why_untracked(box: np.ndarray, raw, tracked, config: TrackingConfig) -> str:
+    """Why a ground-truth object's box (4,) matched no tracked detection in its frame, given the
+    frame's detections of its class before tracking (`raw`) and after (`tracked`): a key of
+    UNTRACKED. The best-scoring detection at box IoU >= 0.5 decides: none ("missed"), one under
+    `low_score` ("weak"), one the tracker output but that the frame's one-to-one matching gave
+    to another object ("shared"), or one the tracker did not output ("left out")."""
+    if not len(raw):
+        return "missed"
+    near = np.flatnonzero(box_iou(box[None], raw.boxes)[0] >= 0.5)
+    if not len(near):
+        return "missed"
+    best = near[np.argmax(raw.scores[near])]
+    if raw.scores[best] < config.low_score:
+        return "weak"
+    output = {tuple(b) for b in tracked.boxes.tolist()}
+    return "shared" if tuple(raw.boxes[best].tolist()) in output else "left out"
 
 
 def identity_matches(history: dict, output: collections.Counter) -> dict[int, int]:
@@ -61,7 +93,7 @@ def identity_matches(history: dict, output: collections.Counter) -> dict[int, in
     objects, ids = list(history), list(output)
     shared = np.zeros((len(objects), len(ids)))
     for n, obj in enumerate(objects):
-        for _, track_id, _, _ in history[obj]:
+        for _, track_id, _, _, _ in history[obj]:
             if track_id:
                 shared[n, ids.index(track_id)] += 1
     if not shared.size:
@@ -73,7 +105,7 @@ def identity_matches(history: dict, output: collections.Counter) -> dict[int, in
 def runs_of(history: list) -> list[list]:
     """An object's frames -> runs of the same id: [first frame, id, frames, visibility first, last, box]."""
     runs = []
-    for frame, track_id, visibility, box in history:
+    for frame, track_id, visibility, box, _ in history:
         if runs and runs[-1][1] == track_id:
             runs[-1][2] += 1
             runs[-1][4] = visibility
@@ -102,20 +134,24 @@ def main(argv: list[str] | None = None) -> int:
     detections = track_eval.with_colours(detections, args.data, sequences)
 
     truth_frames = output_frames = counted = unmatched = 0
+    untracked = collections.Counter()      # (why, showing at least VISIBLE of itself) -> object-frames
     losers = []
     for sequence in sequences:
         history, output = follow(sequence, detections[sequence.name], config, class_id)
         best = identity_matches(history, output)
         owners = collections.defaultdict(list)       # track id -> (frame, object) it followed
         for obj, frames in history.items():
-            for frame, track_id, _, _ in frames:
+            for frame, track_id, _, _, _ in frames:
                 if track_id:
                     owners[track_id].append((frame, obj))
         truth_frames += sum(len(frames) for frames in history.values())
         output_frames += sum(output.values())
         for obj, frames in history.items():
-            kept = sum(1 for _, track_id, _, _ in frames if track_id and track_id == best.get(obj))
-            missing = sum(1 for _, track_id, _, _ in frames if not track_id)
+            kept = sum(1 for _, track_id, _, _, _ in frames if track_id and track_id == best.get(obj))
+            missing = sum(1 for _, track_id, _, _, _ in frames if not track_id)
+            for _, track_id, visibility, _, why in frames:
+                if not track_id:
+                    untracked[why, visibility >= VISIBLE] += 1
             counted += kept
             unmatched += missing
             if kept < len(frames):
@@ -126,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({truth_frames} object-frames, {output_frames} tracked detections)")
     print(f"object-frames not counted: {lost}; with no tracked detection: {unmatched}; with another object's id "
           f"or a second id of their own: {lost - unmatched}")
+    for why, meaning in UNTRACKED.items():
+        print(f"  {untracked[why, False] + untracked[why, True]:5d} {why}: {meaning} "
+              f"({untracked[why, True]} of them showing at least {VISIBLE:.0%} of themselves)")
     for loss, missing, name, obj, frames, owners in sorted(losers, key=lambda e: -e[0])[:args.top]:
         runs = runs_of(frames)
         print(f"{loss:4d} lost ({missing} untracked) {name} object {obj}: "

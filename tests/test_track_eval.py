@@ -1,5 +1,7 @@
 """Ground truth for tracking (models/data/mots.py) and its evaluation with TrackEval (pipeline/track_eval.py)."""
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from models.data.mots import TrackedFrame, mot_lines, mots_lines, read_sequences
 from models.data.scenes import write_dataset
 from pipeline import track_eval
 from pipeline.track_eval import kept_frames, trackeval_scores
+from pipeline.tracking import TrackingConfig
 
 pytest.importorskip("trackeval", reason=track_eval.INSTALL_HINT)
 
@@ -133,3 +136,32 @@ def test_min_visibility_ignores_what_barely_shows_instead_of_counting_it_missed(
         for class_name in classes.values():
             assert visible[kind][class_name]["HOTA"] == pytest.approx(1.0), (kind, class_name)
             assert visible[kind][class_name]["IDF1"] == pytest.approx(1.0), (kind, class_name)
+
+
+def _frame(boxes, scores, class_ids=None) -> TrackedFrame:
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    n = len(boxes)
+    return TrackedFrame(np.arange(1, n + 1), np.ones(n, np.int64) if class_ids is None else np.asarray(class_ids),
+                        boxes, np.asarray(scores, np.float64).reshape(-1), [None] * n)
+
+
+def test_tracking_errors_says_what_the_detector_gave_where_no_track_matched():
+    spec = importlib.util.spec_from_file_location("bench_tracking_errors",
+                                                  Path(__file__).resolve().parents[1] / "bench" / "tracking_errors.py")
+    errors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(errors)
+    config = TrackingConfig(low_score=0.5)
+    car = np.array([100.0, 100.0, 140.0, 130.0])
+    same = [100.0, 101.0, 140.0, 131.0]        # box IoU 0.94 with the car
+    beside = [120.0, 100.0, 160.0, 130.0]      # box IoU 0.33: not a detection of it
+    nothing = _frame(np.zeros((0, 4)), [])
+    assert errors.why_untracked(car, nothing, nothing, config) == "missed"
+    assert errors.why_untracked(car, _frame([beside], [0.99]), nothing, config) == "missed"
+    assert errors.why_untracked(car, _frame([same], [0.3]), nothing, config) == "weak"
+    # the best-scoring detection at IoU >= 0.5 decides, not the best-placed: a confident one (IoU
+    # 0.95) beside a weak one exactly on the car
+    both = _frame([car, [101.0, 100.0, 141.0, 130.0]], [0.3, 0.9])
+    assert errors.why_untracked(car, both, nothing, config) == "left out"
+    assert errors.why_untracked(car, both, _frame([[101.0, 100.0, 141.0, 130.0]], [0.9]), config) == "shared"
+    assert errors.why_untracked(car, both, _frame([car], [0.3]), config) == "left out"
+    assert errors.why_untracked(car, _frame([same], [0.3]), nothing, TrackingConfig(low_score=0.2)) == "left out"
