@@ -36,7 +36,7 @@ from .metrics import RunStats, RunSummary
 from .publisher import PublisherActor
 from .scheduler import Scheduler, error_line
 from .sinks import done_streams
-from .sources import SourceSpec, expand_pattern, parse_source
+from .sources import SourceSpec, expand_pattern, missing_file, parse_source
 
 log = logging.getLogger("maskstream")
 
@@ -69,8 +69,7 @@ def run(config: PipelineConfig, model_factory: ModelFactory | None = None,
     specs, skipped = skip_done(config, specs)
     if not specs:  # all done already: nothing to start
         return RunSummary(0.0, {}, {}, [], [], skipped=skipped)
-    missing = {spec.stream_id: f"{spec.uri}: no such file" for spec in specs
-               if spec.kind == "file" and not Path(spec.uri).is_file()}
+    missing = {spec.stream_id: error for spec in specs if (error := missing_file(spec)) is not None}
     if len(missing) == len(specs):  # said before Ray and the actors start (seconds); the ingests say the rest
         raise no_source_error(missing)
     live = resolve_live(config.sources.mode, specs)

@@ -169,6 +169,13 @@ class FrameSource:
         """Release the device, file or connection."""
 
 
+def missing_file(spec: SourceSpec) -> str | None:
+    """The one-line error of a file source whose file is not there, else None (any other source)."""
+    if spec.kind == "file" and not Path(spec.uri).is_file():
+        return f"{spec.uri}: no such file"
+    return None
+
+
 class CaptureSource(FrameSource):
     """A video file, a camera or a network stream, decoded by OpenCV (FFmpeg for files and URLs).
 
@@ -180,8 +187,8 @@ class CaptureSource(FrameSource):
 
     def __init__(self, spec: SourceSpec, open_timeout_s: float = 10.0):
         self.spec = spec
-        if spec.kind == "file" and not Path(spec.uri).is_file():
-            raise SourceError(f"{spec.uri}: no such file")
+        if (missing := missing_file(spec)) is not None:
+            raise SourceError(missing)
         self._capture = self._open(spec, open_timeout_s)
         if not self._capture.isOpened():
             raise SourceError(self._failure("cannot open"))

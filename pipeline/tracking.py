@@ -676,10 +676,11 @@ class TrackingStage:
         ended = stage.alive()             # at the end of the stream: the tracks still alive
         saved = stage.snapshot()          # its state now; TrackingStage(..., tracker=saved) goes on from it
 
-    The workers keep detections down to `low_score` (at most `publish_score`) for it; a frame's instances are published if
-    they score above `publish_score` (as without tracking; track_id 0 when in no confirmed
-    track: a new object's first frame, or too weak to start a track) or if they continue a
-    confirmed track (a weak detection of a partly hidden object: ByteTrack's second stage).
+    The workers keep detections down to `low_score` (at most `publish_score`) for it; a frame's
+    instances are published if they score above `publish_score` (as without tracking; track_id 0
+    when in no confirmed track: a new object's first frame, or too weak to start a track) or if
+    they continue a confirmed track (a weak detection of a partly hidden object: ByteTrack's
+    second stage).
     Should pts run backwards (a live source reopened with its clock restarted), every track
     ends at that frame and tracking starts over; ids keep counting up, so they stay unique.
     """

@@ -189,7 +189,7 @@ def test_with_tracking_every_frame_carries_track_ids_and_eos_the_tracks_still_al
     """Records arriving out of order are tracked in seq order: the two moving rectangles of
     make_record keep one id each; every message validates against the schema (the helper
     Consumer checks), the files carry the ids, and the MOTS / MOT files list every tracked instance."""
-    # make_record's cars score 0.8: confident, so that they start a track, below the default 0.85
+    # make_record's cars score 0.8: thresholds pinned at it, so that they start tracks whatever the defaults
     tracking = TrackingConfig(high_score=0.8, new_track_score=0.8)
     publisher, endpoint = start_publisher(OutputSection(dir=str(tmp_path)), ["background", "person", "bicycle", "car"],
                                           tracking=tracking, publish_score=0.5)
