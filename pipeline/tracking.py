@@ -148,7 +148,17 @@ class TrackingConfig:
     colours account for, for any stage to match them; 0: no gate. bench/tracking.py measured it
     (docs/tracking.md): it stops tracks passing to other objects of another colour."""
     colour_smoothing: float = 0.3
-    """The weight of each new detection's colour (and palette) in its track's running means."""
+    """The weight of each new detection's colour (and palette) in its track's running means (of a
+    detection showing the object whole: see `partial_view_power`)."""
+    partial_view_power: float = 0.75
+    """A detection whose box is a fraction f < 1 of the largest its track has shown lately (its
+    `full_view_half_life_s`) weighs `colour_smoothing` * f ** this in the running means: a car half
+    behind another, or a sliver, changes what its track knows of its colours little, and the object
+    seen whole again still passes the appearance gate. 0: every detection weighs the same.
+    bench/tracking_sweep.py picked it (docs/tracking.md)."""
+    full_view_half_life_s: float = 1.4
+    """`partial_view_power`: the largest box a track has shown counts half as much after this many
+    seconds (an object driving away shrinks for good)."""
     motion_gate: float = 0.0
     """Pairs whose box lies further from the track's prediction than this squared Mahalanobis
     distance (over cx, cy, w, h; 9.49 is chi-square's 95% for 4 values) are not matched; 0: no gate."""
@@ -180,6 +190,8 @@ class TrackingConfig:
         require(0 <= self.reid_share <= 1, "reid_share", "must be in [0, 1]")
         require(0 <= self.appearance_gate <= 1, "appearance_gate", "must be in [0, 1] (0: no gate)")
         require(0 < self.colour_smoothing <= 1, "colour_smoothing", "must be in (0, 1]")
+        require(self.partial_view_power >= 0, "partial_view_power", "must be >= 0 (0: every view weighs the same)")
+        require(self.full_view_half_life_s > 0, "full_view_half_life_s", "must be positive")
         require(self.measurement_noise > 0, "measurement_noise", "must be positive")
         require(self.acceleration_noise >= 0, "acceleration_noise", "must be >= 0")
         require(self.initial_velocity_std >= 0, "initial_velocity_std", "must be >= 0")
@@ -258,6 +270,19 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
+def colour_weights(areas: np.ndarray, full_areas: np.ndarray, elapsed: np.ndarray, smoothing: float,
+                   power: float, half_life: float) -> tuple[np.ndarray, np.ndarray]:
+    """How much each detection's colours count in its track's running means, by how much of the
+    object it shows. areas (K,) the detections' box areas, full_areas (K,) the largest box area
+    each track has shown, elapsed (K,) seconds since that track's last update -> (weights (K,),
+    the tracks' new full areas (K,)). The full area halves every `half_life` seconds and is
+    raised to the detection's own area where that is larger; a detection showing a fraction f of
+    it weighs smoothing * f ** power (f capped at 1)."""
+    full = np.maximum(full_areas * 0.5 ** (np.maximum(elapsed, 0.0) / half_life), areas)
+    fraction = areas / np.maximum(full, 1e-9)
+    return smoothing * fraction ** power, full
+
+
 def palette_share(tracks: np.ndarray, dets: np.ndarray, spread: float = PALETTE_SPREAD) -> np.ndarray:
     """Tracks' palettes (K, B) and detections' (D, B), each a share per colour cell -> (K, D) the
     share of each detection's pixels its track's colours account for: sum over cells of
@@ -318,6 +343,7 @@ class StreamTracker:
         self.mask_centres = np.zeros((0, 2))  # (T, 2) box centre the last mask was seen at
         self.colours = np.full((0, 3), np.nan)  # (T, 3) running mean RGB of the track's masks (NaN: none seen)
         self.palettes = np.full((0, PALETTE_BINS), np.nan)  # (T, B) running mean palette (NaN: none seen)
+        self.full_areas = np.zeros(0)        # (T,) the largest box area shown lately (`colour_weights`)
         self.image_size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
@@ -388,12 +414,13 @@ class StreamTracker:
         self.mask_centres = np.concatenate([self.mask_centres, state[:, :2]])
         self.colours = np.concatenate([self.colours, colours])
         self.palettes = np.concatenate([self.palettes, palettes])
+        self.full_areas = np.concatenate([self.full_areas, box_area(boxes)])
 
     def _keep(self, keep: np.ndarray) -> None:
         """Keep only tracks where keep (T,) bool is true."""
         old = np.flatnonzero(keep)
         for name in ("mean", "cov", "updated_pts", "seen_pts", "class_ids", "ids", "hits", "mask_centres", "colours",
-                     "palettes"):
+                     "palettes", "full_areas"):
             setattr(self, name, getattr(self, name)[keep])
         self.masks = [self.masks[i] for i in old]
 
@@ -622,6 +649,10 @@ class StreamTracker:
                                           boxes, rles)
             measured = ~occluded
             mt = track_index[measured]
+            weights, self.full_areas[mt] = colour_weights(
+                box_area(boxes[det_index[measured]]), self.full_areas[mt], pts - self.updated_pts[mt],
+                cfg.colour_smoothing, cfg.partial_view_power, cfg.full_view_half_life_s)
+            weights = weights[:, None]
             self._measure(mt, predicted[mt], predicted_cov[mt], boxes[det_index[measured]])
             consecutive = self.seen_pts[track_index] == previous_pts
             self.hits[track_index] = np.where(consecutive, np.minimum(self.hits[track_index] + 1, cfg.min_hits), 1)
@@ -633,10 +664,10 @@ class StreamTracker:
             if colours is not None:   # a running mean; a track's first colour is taken as it is
                 seen = colours[det_index[measured]]
                 old = self.colours[mt]
-                self.colours[mt] = np.where(np.isnan(old), seen, old + cfg.colour_smoothing * (seen - old))
+                self.colours[mt] = np.where(np.isnan(old), seen, old + weights * (seen - old))
             if palettes is not None:
                 seen, old = palettes[det_index[measured]], self.palettes[mt]
-                self.palettes[mt] = np.where(np.isnan(old), seen, old + cfg.colour_smoothing * (seen - old))
+                self.palettes[mt] = np.where(np.isnan(old), seen, old + weights * (seen - old))
         # tracks not matched coast: their state stays at their last update, predicted anew each frame
 
         # confident detections left over start tracks

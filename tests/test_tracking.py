@@ -11,6 +11,7 @@ from pipeline.tracking import (
     StreamTracker,
     TrackingConfig,
     TrackingStage,
+    colour_weights,
     palette_share,
     shift_masks,
     tracking_config,
@@ -558,3 +559,37 @@ def test_re_identification_by_palette_knows_the_part_of_an_object_its_mean_colou
     assert half_hidden_back_after_a_gap(RED, palettes=True) == [1] * 22
     assert half_hidden_back_after_a_gap(BLUE, palettes=True) == [1] * 10 + [0] + [2] * 11
     assert half_hidden_back_after_a_gap(RED, palettes=False) == [1] * 10 + [0] + [2] * 11
+
+
+def whole_sliver_whole(config: TrackingConfig) -> list[int]:
+    """A car half red, half white, seen whole for 10 frames; then for 8 frames only a strip of its
+    top shows (a quarter of its box, all red: the rest hidden by what no detection covers); then it is
+    whole again. The detection's ids."""
+    tracker = StreamTracker(config)
+    two_tone, red = palette((RED, 0.5), (WHITE, 0.5)), palette((RED, 1.0))
+    ids = []
+    for f in range(24):
+        x = 100 + 2 * f
+        sliver = 10 <= f < 18
+        box, paint = ((x, 40.0, x + 40.0, 50.0), red) if sliver else ((x, 40.0, x + 40.0, 80.0), two_tone)
+        ids += tracker.update(np.array([box]), np.array([0.9]), np.array([CAR]), [rect_rle(box)], f / FPS,
+                              palettes=paint[None]).track_ids.tolist()
+    return ids
+
+
+def test_a_sliver_of_a_car_does_not_teach_its_track_that_the_car_is_all_that_colour():
+    """The strip, a quarter of the car's box, weighs 0.25 ** partial_view_power of a whole view in
+    the track's palette, so the whole car back still shows the track's colours and keeps its id. With
+    every view weighing the same (power 0), eight red strips leave the track's palette nearly all
+    red, the appearance gate turns the whole car away, and it becomes a new track."""
+    assert whole_sliver_whole(TrackingConfig()) == [1] * 24
+    assert whole_sliver_whole(TrackingConfig(partial_view_power=0.0)) == [1] * 18 + [0] + [2] * 5
+
+
+def test_colour_weights_by_the_share_of_the_largest_view_which_fades_with_its_half_life():
+    """A whole view weighs the smoothing; a quarter of it 0.25 ** power of that; a view larger
+    than any before is the new full area; the full area halves every half-life."""
+    weights, full = colour_weights(np.array([100.0, 25.0, 400.0, 50.0]), np.array([100.0, 100.0, 100.0, 100.0]),
+                                   np.array([0.0, 0.0, 0.0, 1.4]), 0.3, 0.75, 1.4)
+    np.testing.assert_allclose(weights, [0.3, 0.3 * 0.25 ** 0.75, 0.3, 0.3])
+    np.testing.assert_allclose(full, [100.0, 100.0, 400.0, 50.0])
