@@ -230,6 +230,10 @@ def test_config_is_validated_with_the_key_named():
         tracking_config({"low_score": 0.7, "high_score": 0.5})
     with pytest.raises(ConfigError, match=r"^tracking\.appearance_gate: must be in \[0, 1\]"):
         tracking_config({"appearance_gate": 70})
+    with pytest.raises(ConfigError, match=r"^tracking\.partial_view_power: must be >= 0"):
+        tracking_config({"partial_view_power": -0.5})
+    with pytest.raises(ConfigError, match=r"^tracking\.full_view_half_life_s: must be positive"):
+        tracking_config({"full_view_half_life_s": 0})
     with pytest.raises(ConfigError, match=r"^tracking\.max_hits: unknown key"):
         tracking_config({"max_hits": 3})
     with pytest.raises(ValueError, match="pts"):
