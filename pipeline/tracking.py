@@ -277,7 +277,7 @@ def colour_weights(areas: np.ndarray, full_areas: np.ndarray, elapsed: np.ndarra
     each track has shown, elapsed (K,) seconds since that track's last update -> (weights (K,),
     the tracks' new full areas (K,)). The full area halves every `half_life` seconds and is
     raised to the detection's own area where that is larger; a detection showing a fraction f of
-    it weighs smoothing * f ** power (f capped at 1)."""
+    it (at most 1, the full area being at least its own) weighs smoothing * f ** power."""
     full = np.maximum(full_areas * 0.5 ** (np.maximum(elapsed, 0.0) / half_life), areas)
     fraction = areas / np.maximum(full, 1e-9)
     return smoothing * fraction ** power, full
@@ -648,12 +648,12 @@ class StreamTracker:
                 occluded = self._occluded(self._expected_boxes(predicted[track_index]), det_index, considered,
                                           boxes, rles)
             measured = ~occluded
-            mt = track_index[measured]
+            mt, seen_boxes = track_index[measured], boxes[det_index[measured]]
             weights, self.full_areas[mt] = colour_weights(
-                box_area(boxes[det_index[measured]]), self.full_areas[mt], pts - self.updated_pts[mt],
+                box_area(seen_boxes), self.full_areas[mt], pts - self.updated_pts[mt],
                 cfg.colour_smoothing, cfg.partial_view_power, cfg.full_view_half_life_s)
             weights = weights[:, None]
-            self._measure(mt, predicted[mt], predicted_cov[mt], boxes[det_index[measured]])
+            self._measure(mt, predicted[mt], predicted_cov[mt], seen_boxes)
             consecutive = self.seen_pts[track_index] == previous_pts
             self.hits[track_index] = np.where(consecutive, np.minimum(self.hits[track_index] + 1, cfg.min_hits), 1)
             self.updated_pts[mt] = pts

@@ -1,15 +1,13 @@
 """bench/flops.py against counts done by hand, and the frame sizes it counts on (models.image_size)."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from models.image_size import padded_size, resized_size
+from tests.bench_helpers import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_flops", ROOT / "bench" / "flops.py")
-flops = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(flops)
+flops = load_bench("flops")
 
 TINY_YAML = """
 class_names: [__background__, a, b]

@@ -1,7 +1,5 @@
 """Ground truth for tracking (models/data/mots.py) and its evaluation with TrackEval (pipeline/track_eval.py)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from models.data.scenes import write_dataset
 from pipeline import track_eval
 from pipeline.track_eval import kept_frames, trackeval_scores
 from pipeline.tracking import TrackingConfig
+from tests.bench_helpers import load_bench
 
 pytest.importorskip("trackeval", reason=track_eval.INSTALL_HINT)
 
@@ -146,10 +145,7 @@ def _frame(boxes, scores, class_ids=None) -> TrackedFrame:
 
 
 def test_tracking_errors_says_what_the_detector_gave_where_no_track_matched():
-    spec = importlib.util.spec_from_file_location("bench_tracking_errors",
-                                                  Path(__file__).resolve().parents[1] / "bench" / "tracking_errors.py")
-    errors = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(errors)
+    errors = load_bench("tracking_errors")
     config = TrackingConfig(low_score=0.5)
     car = np.array([100.0, 100.0, 140.0, 130.0])
     same = [100.0, 101.0, 140.0, 131.0]        # box IoU 0.94 with the car

@@ -6,7 +6,6 @@ and so are the view's ZeroMQ subscriber, its web server and the command line.
 """
 import asyncio
 import dataclasses
-import importlib.util
 import json
 import os
 import queue
@@ -34,6 +33,7 @@ from pipeline.protocol import EndOfStream, FrameRecord, InstanceRecord
 from pipeline.publisher import Publisher
 from pipeline.view import ViewServer, check_endpoint, frame_jpeg
 from pipeline.zones import ZoneConfig
+from tests.bench_helpers import load_bench
 from tests.pipeline_helpers import free_port
 from tests.test_pipeline_e2e import RECEIVE_LIMIT_S, TINY, BackgroundRun, config_for
 from tests.wire_helpers import ANY_PORT, WARM_UP_LIMIT, Consumer, encode_rle
@@ -49,9 +49,7 @@ LINE_LIMIT_S = 60    # the same for a line from the view's process
 JPEG_TOLERANCE = 8   # per channel: JPEG and the browser's scaling move flat colours by a few levels
 SCREENSHOT = REPO / "bench" / "results" / "view.png"
 
-_spec = importlib.util.spec_from_file_location("bench_view", REPO / "bench" / "view.py")
-bench_view = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_view)
+bench_view = load_bench("view")
 
 
 @pytest.fixture(scope="module")
